@@ -1,0 +1,222 @@
+"""Immutable snapshots of what one poll saw.
+
+Every layer above the sources (poller, TUI, agent, doctor) receives these frozen objects and
+never a raw stats document, so a widget can keep a snapshot as long as it likes and compare it
+with the next one without anything changing underneath it. Text fields that come from a stats
+document (URIs, headers, socket names) are already redacted and stripped of control characters
+by the sources; they are still untrusted and must be displayed as plain text, never as markup.
+
+Units: times are seconds (float), sizes are bytes, epochs are Unix time in seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Level = Literal["ok", "slow", "critical"]
+LEVELS: tuple[Level, ...] = ("ok", "slow", "critical")
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """How long a request may run before it is highlighted (slow) or alarming (critical)."""
+
+    slow: float = 10.0
+    critical: float = 60.0
+
+    def level(self, running_s: float | None) -> Level:
+        if running_s is None:
+            return "ok"
+        if running_s >= self.critical:
+            return "critical"
+        if running_s >= self.slow:
+            return "slow"
+        return "ok"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceError:
+    """A source that could not give a usable sample, and why, in words a user can act on."""
+
+    source: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A request in flight on one core of one worker (from the stats document's vars)."""
+
+    core: int
+    method: str
+    uri: str
+    remote_addr: str
+    host: str
+    started_at: float | None
+    running_s: float | None
+    level: Level
+    # Every KEY=VALUE the stats server sent, secrets already redacted, in its order.
+    vars: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Core:
+    id: int
+    requests: int
+    in_request: bool
+    request: Request | None
+
+
+@dataclass(frozen=True, slots=True)
+class Worker:
+    id: int
+    pid: int
+    status: str  # open-ended: idle, busy, cheap, pause, sig<N>, ...
+    accepting: bool
+    requests: int
+    exceptions: int
+    harakiri_count: int
+    respawn_count: int
+    avg_rt_ms: float
+    rss: int
+    vsz: int
+    last_spawn: float
+    running_time_s: float
+    tx: int
+    cores: tuple[Core, ...] = ()
+
+    @property
+    def requests_in_flight(self) -> tuple[Request, ...]:
+        return tuple(c.request for c in self.cores if c.request is not None)
+
+    @property
+    def busy(self) -> bool:
+        return self.status == "busy" or any(c.in_request for c in self.cores)
+
+    @property
+    def level(self) -> Level:
+        """The worst level of the requests it is running."""
+        worst = 0
+        for r in self.requests_in_flight:
+            worst = max(worst, LEVELS.index(r.level))
+        return LEVELS[worst]
+
+
+@dataclass(frozen=True, slots=True)
+class Socket:
+    """A uWSGI listening socket; queue figures from the stats server or, for unix sockets
+    (where uWSGI always reports 0), from the kernel."""
+
+    name: str
+    proto: str
+    queue: int
+    max_queue: int
+    shared: bool = False
+    source: Literal["stats", "kernel"] = "stats"
+
+
+@dataclass(frozen=True, slots=True)
+class UwsgiInstance:
+    address: str
+    version: str
+    master_pid: int
+    listen_queue: int
+    listen_queue_max: int
+    sockets: tuple[Socket, ...]
+    workers: tuple[Worker, ...]
+    uid: int | None = None
+    gid: int | None = None
+    cwd: str = ""
+    signal_queue: int = 0
+    # Non-fatal oddities found while parsing (e.g. "3 bytes of invalid UTF-8 replaced").
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def busy_workers(self) -> int:
+        return sum(1 for w in self.workers if w.busy)
+
+
+@dataclass(frozen=True, slots=True)
+class NginxStatus:
+    url: str
+    active: int
+    accepts: int
+    handled: int
+    requests: int
+    reading: int
+    writing: int
+    waiting: int
+    sampled_at: float
+    # Requests per second since the previous sample of the same URL; None on the first.
+    requests_per_s: float | None = None
+
+    @property
+    def dropped(self) -> int:
+        """Connections accepted but not handled: nginx ran out of worker_connections."""
+        return self.accepts - self.handled
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """A listening socket as the kernel sees it (sock_diag): current accept queue and backlog."""
+
+    address: str
+    kind: Literal["tcp", "unix"]
+    owner: str  # "uwsgi", "nginx" or "" when no monitored process holds it
+    queue: int
+    backlog: int
+    inode: int = 0
+    pids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessFds:
+    pid: int
+    role: str  # uwsgi-master, uwsgi-worker, nginx-master, nginx-worker
+    open: int
+    limit: int  # soft "Max open files"; 0 when unknown
+    hard_limit: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SystemFds:
+    open: int
+    max: int
+    nr_open: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FdReport:
+    system: SystemFds | None
+    processes: tuple[ProcessFds, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class KernelCounters:
+    somaxconn: int | None
+    listen_overflows: int | None
+    listen_drops: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class HostSnapshot:
+    name: str
+    taken_at: float
+    reachable: bool
+    # Seconds since the last good sample when this one is older data carried forward; else None.
+    stale_s: float | None = None
+    errors: tuple[SourceError, ...] = ()
+    uwsgi: tuple[UwsgiInstance, ...] = ()
+    nginx: NginxStatus | None = None
+    listeners: tuple[Listener, ...] = ()
+    fds: FdReport = field(default_factory=lambda: FdReport(system=None))
+    kernel: KernelCounters = field(
+        default_factory=lambda: KernelCounters(somaxconn=None, listen_overflows=None,
+                                               listen_drops=None)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    taken_at: float
+    hosts: tuple[HostSnapshot, ...]

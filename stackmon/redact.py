@@ -1,0 +1,77 @@
+"""Redaction of secrets and neutralising of control characters, applied at the source.
+
+uWSGI's stats server hands out every header of every request in flight, Cookie and
+Authorization included. stackmon redacts them where the document is parsed, so that no later
+layer (TUI, JSON, agent, recordings, audit log) ever holds a secret it could leak. Redaction errs
+on the side of hiding: a false positive costs a little context, a false negative leaks a session.
+"""
+
+from __future__ import annotations
+
+import re
+
+REDACTED = "<redacted>"
+
+# Header / variable names whose whole value is a secret.
+_SECRET_KEYS = re.compile(
+    r"(COOKIE|AUTHORI[SZ]ATION|TOKEN|PASSW|SECRET|SESSION|API[_-]?KEY|CSRF|XSRF|CREDENTIAL|"
+    r"SIGNATURE|PRIVATE|_AUTH\b|^HTTP_AUTH)",
+    re.IGNORECASE,
+)
+
+# key=value pairs inside a URI, query string or referer; the key decides (see _secret_param).
+_PARAM = re.compile(r"(?P<key>[^=&;?#/\s]+)=(?P<val>[^&;#\s]*)")
+_SECRET_PARAM_WORDS = re.compile(
+    r"(?i)token|passw|secret|session|sessid|auth|api[_-]?key|apikey|csrf|xsrf|signature|"
+    r"credential|(?:^|[_-])(?:code|sid|key|sig|pw|pwd)$"
+)
+
+# Bearer-like values that give themselves away whatever header carries them.
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
+_BEARER = re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9._~+/=-]{8,}")
+# user:password@ in a URL
+_URL_USERINFO = re.compile(r"(?i)(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s:]+:[^/@\s]*@")
+
+# C0 and C1 controls, DEL: a stats document may carry raw terminal escapes in a URI.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def is_secret_key(key: str) -> bool:
+    return bool(_SECRET_KEYS.search(key))
+
+
+def redact_text(value: str) -> str:
+    """Redact secrets that may sit inside free text: query parameters, bearer values, JWTs."""
+    if not value:
+        return value
+    out = _PARAM.sub(_redact_param, value) if "=" in value else value
+    out = _JWT.sub(REDACTED, out)
+    out = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", out)
+    out = _URL_USERINFO.sub(lambda m: f"{m.group('scheme')}{REDACTED}@", out)
+    return out
+
+
+def _redact_param(m: re.Match[str]) -> str:
+    if m.group("val") and _SECRET_PARAM_WORDS.search(m.group("key")):
+        return f"{m.group('key')}={REDACTED}"
+    return m.group()
+
+
+def redact_var(key: str, value: str) -> str:
+    """The value of one request variable as it may be shown anywhere."""
+    if is_secret_key(key):
+        return REDACTED if value else value
+    return redact_text(value)
+
+
+def visible(text: str) -> str:
+    """Make control characters visible (``\\x1b`` -> ``\\x1b`` literally) so that a URI cannot
+    move the cursor, change colours or clear the screen of the terminal showing it."""
+    if not _CONTROL.search(text):
+        return text
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def clean(text: str) -> str:
+    """Redacted and visible: what a source stores for any text that came from outside."""
+    return visible(redact_text(text))
