@@ -1,0 +1,159 @@
+"""The `stackmon` command line (DESIGN.md's contract): parse, resolve targets, dispatch.
+
+Usage errors are one line on stderr and exit 2; nothing a user types or a server sends ends in a
+traceback. The TUI is imported only when it is opened, so `snapshot` and the agent run on hosts
+without a terminal and the core never imports Textual.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from stackmon.config import ConfigError, Targets, default_hosts_file, load_hosts_file
+from stackmon.config import targets_from_args as _from_args
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+class UsageError(Exception):
+    """Bad usage: printed as one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors as one line and never exits behind our back."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see stackmon {self.prog.split()[-1]} --help)"
+                         if " " in self.prog else f"{message} (see stackmon --help)")
+
+
+def _add_targets(p: argparse.ArgumentParser) -> None:
+    p.add_argument("hosts_file", nargs="?", metavar="HOSTS.toml",
+                   help="hosts file (default: $XDG_CONFIG_HOME/stackmon/hosts.toml)")
+    p.add_argument("--uwsgi", action="append", default=[], metavar="ADDR",
+                   help="uWSGI stats address: host:port, unix path, @abstract, http://host:port "
+                        "(repeatable)")
+    p.add_argument("--nginx", metavar="URL", help="nginx stub_status URL")
+    p.add_argument("--name", help="host name to show for --uwsgi/--nginx targets")
+    p.add_argument("--slow", metavar="D", help="requests running longer are slow (default 10s)")
+    p.add_argument("--critical", metavar="D",
+                   help="requests running longer are critical (default 60s)")
+    p.add_argument("--timeout", metavar="D", help="per-source timeout (default 2s)")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in ("slow", "critical", "timeout", "interval"):
+        value = getattr(args, key, None)
+        if value is not None:
+            out[key] = value
+    if getattr(args, "read_only", False):
+        out["read_only"] = True
+    return out
+
+
+def resolve_targets(args: argparse.Namespace) -> Targets:
+    """Hosts file or --uwsgi/--nginx, never both; the default hosts file when neither."""
+    overrides = _overrides(args)
+    if args.uwsgi or args.nginx:
+        if args.hosts_file:
+            raise ConfigError("give either a hosts file or --uwsgi/--nginx targets, not both")
+        return _from_args(args.uwsgi, args.nginx, overrides, args.name)
+    if args.hosts_file:
+        return load_hosts_file(Path(args.hosts_file).expanduser(), overrides)
+    default = default_hosts_file()
+    if not default.exists():
+        raise ConfigError(f"nothing to watch: give --uwsgi ADDR / --nginx URL or a hosts file "
+                          f"(the default {default} does not exist); try `stackmon demo`")
+    return load_hosts_file(default, overrides)
+
+
+def build_parser() -> tuple[_Parser, dict[str, _Parser]]:
+    main = _Parser(prog="stackmon", description="Watch and fix an nginx + uWSGI stack.")
+    _add_targets(main)
+    main.add_argument("--interval", metavar="D", help="poll interval (default 1s)")
+    main.add_argument("--read-only", action="store_true", help="disable every action")
+    subs: dict[str, _Parser] = {}
+
+    snap = _Parser(prog="stackmon snapshot", description="One poll of every host, printed.")
+    _add_targets(snap)
+    snap.add_argument("--json", action="store_true", help="print the snapshot JSON (schema 1)")
+    snap.add_argument("--rate-window", metavar="D", default="0.5s",
+                      help="sample nginx twice this far apart for req/s (default 0.5s; 0: off)")
+    subs["snapshot"] = snap
+
+    demo = _Parser(prog="stackmon demo", description="Start a live local stack and watch it.")
+    demo.add_argument("--no-ui", action="store_true",
+                      help="start the stack and traffic, print its targets, wait for Ctrl-C")
+    demo.add_argument("--workdir", metavar="DIR", help="where the stack keeps its files")
+    demo.add_argument("--interval", metavar="D", help="poll interval (default 1s)")
+    demo.add_argument("--slow", metavar="D", default="5s", help="slow threshold (default 5s)")
+    demo.add_argument("--critical", metavar="D", default="20s",
+                      help="critical threshold (default 20s)")
+    subs["demo"] = demo
+    return main, subs
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    main_parser, subs = build_parser()
+    try:
+        if argv and argv[0] in subs:
+            command, args = argv[0], subs[argv[0]].parse_args(argv[1:])
+        else:
+            command, args = "tui", main_parser.parse_args(argv)
+        return _dispatch(command, args)
+    except (UsageError, ConfigError) as exc:
+        print(f"stackmon: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(command: str, args: argparse.Namespace) -> int:
+    if command == "snapshot":
+        return _snapshot(args)
+    if command == "demo":
+        from stackmon.demo.run import run_demo
+
+        return run_demo(args)
+    targets = resolve_targets(args)
+    return _open_tui(targets)
+
+
+def _open_tui(targets: Targets) -> int:
+    try:
+        from tui.app import run_app
+    except ImportError as exc:  # the TUI is an installed part of stackmon; say what is missing
+        print(f"stackmon: the terminal UI cannot start ({exc})", file=sys.stderr)
+        return EXIT_USAGE
+    return run_app(targets)
+
+
+def _snapshot(args: argparse.Namespace) -> int:
+    from stackmon.collect import poll_once
+    from stackmon.config import parse_duration
+    from stackmon.render_text import render_snapshot
+    from stackmon.snapshot_json import snapshot_to_dict
+
+    targets = resolve_targets(args)
+    window = 0.0 if str(args.rate_window).strip() in ("0", "0s") else parse_duration(
+        args.rate_window, "--rate-window")
+    snap = asyncio.run(poll_once(targets, rate_window=window))
+    if args.json:
+        json.dump(snapshot_to_dict(snap), sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(render_snapshot(snap, targets.settings.thresholds))
+    sys.stdout.flush()
+    failed = any(h.errors or not h.reachable for h in snap.hosts)
+    return EXIT_UNREACHABLE if failed else EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,204 @@
+"""One poll of one host: every source fetched concurrently, then assembled into a HostSnapshot.
+
+A HostCollector keeps what a poll needs from the previous one (the last nginx sample for the
+request rate, the last good snapshot for staleness). Sources fail independently: nginx down and
+uWSGI fine gives a partial snapshot with the reason in `errors`; nothing at all gives an
+unreachable snapshot that still carries the last good data and its age.
+
+Kernel facts (queues from sock_diag, fds from /proc) are attributed to the monitored processes
+only: the uWSGI masters and workers named by their own stats, and the nginx whose listener serves
+the configured stub_status URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, replace
+from urllib.parse import urlsplit
+
+import httpx
+
+from stackmon.config import HostConfig, Settings, Targets
+from stackmon.model import (
+    FdReport,
+    HostSnapshot,
+    KernelCounters,
+    Listener,
+    NginxStatus,
+    Snapshot,
+    SourceError,
+    UwsgiInstance,
+)
+from stackmon.sources import kernel
+from stackmon.sources.nginx_status import fetch_stub_status
+from stackmon.sources.uwsgi_stats import fetch_stats, parse_stats
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFacts:
+    listeners: tuple[Listener, ...]
+    fds: FdReport
+    kernel: KernelCounters
+    errors: tuple[SourceError, ...]
+
+
+def _nginx_pids(url: str | None, raw: list[kernel.RawListener]) -> dict[int, str]:
+    """The nginx master and workers whose listener serves `url` ({} when not on this host)."""
+    if not url:
+        return {}
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    ports = {li.inode for li in raw if li.kind == "tcp" and li.address.rsplit(":", 1)[-1] ==
+             str(port)}
+    if not ports:
+        return {}
+    procs = kernel.processes_named("nginx")
+    by_pid = dict(procs)
+    owners: set[int] = set()
+    for pid, _ppid in procs:
+        if kernel.socket_inodes(pid) & ports:
+            owners.add(pid)
+    # Workers hold the listener too; their parent (also named nginx) is the master.
+    masters = {by_pid[pid] if by_pid[pid] in by_pid else pid for pid in owners}
+    roles = {m: "nginx-master" for m in masters}
+    for pid, ppid in procs:
+        if ppid in masters:
+            roles[pid] = "nginx-worker"
+    return roles
+
+
+def _uwsgi_roles(instances: list[UwsgiInstance]) -> dict[int, str]:
+    roles: dict[int, str] = {}
+    for inst in instances:
+        if inst.master_pid > 0:
+            roles[inst.master_pid] = "uwsgi-master"
+        for w in inst.workers:
+            if w.pid > 0:
+                roles.setdefault(w.pid, "uwsgi-worker")
+    return roles
+
+
+def gather_local_facts(instances: list[UwsgiInstance], nginx_url: str | None) -> LocalFacts:
+    """Queues, fds and kernel counters for the processes behind this host's targets."""
+    errors: list[SourceError] = []
+    raw = kernel.listening_sockets()
+    if isinstance(raw, SourceError):
+        errors.append(raw)
+        raw = []
+    roles = _uwsgi_roles(instances)
+    roles.update(_nginx_pids(nginx_url, raw))
+    fds, inode_pids = kernel.process_report(roles)
+    listeners = kernel.listeners_for(raw, inode_pids, roles)
+    return LocalFacts(listeners=listeners, fds=fds, kernel=kernel.kernel_counters(),
+                      errors=tuple(errors))
+
+
+def _same_address(socket_name: str, listener: Listener) -> bool:
+    if listener.kind == "unix":
+        return socket_name == listener.address
+    host, _, port = socket_name.rpartition(":")
+    lhost, _, lport = listener.address.rpartition(":")
+    if port != lport:
+        return False
+    return host in ("", "0.0.0.0", "*", lhost) or lhost in ("0.0.0.0", "[::]")
+
+
+def merge_kernel_queues(inst: UwsgiInstance, listeners: tuple[Listener, ...]) -> UwsgiInstance:
+    """Replace the stats' socket queues with the kernel's, which are exact and current.
+
+    uWSGI reports 0/0 for unix sockets and samples TCP once a second; the kernel knows both
+    the depth and the backlog the listen() call really got. listen_queue / listen_queue_max then
+    describe the fullest socket, the one that decides whether connections are refused.
+    """
+    if not listeners:
+        return inst
+    own = [li for li in listeners if inst.master_pid in li.pids or li.owner == "uwsgi"]
+    sockets = []
+    for s in inst.sockets:
+        match = next((li for li in own if _same_address(s.name, li)), None)
+        if match is not None:
+            s = replace(s, queue=match.queue, max_queue=match.backlog, source="kernel")
+        sockets.append(s)
+    if not sockets:
+        return inst
+    worst = max(sockets, key=lambda s: (s.queue / s.max_queue if s.max_queue else 0, s.queue))
+    return replace(inst, sockets=tuple(sockets), listen_queue=worst.queue,
+                   listen_queue_max=worst.max_queue)
+
+
+class HostCollector:
+    """Polls one local host; holds the previous samples that rates and staleness need."""
+
+    def __init__(self, host: HostConfig, settings: Settings) -> None:
+        self.host = host
+        self.settings = settings
+        self.previous_nginx: NginxStatus | None = None
+        self.last_good: HostSnapshot | None = None
+
+    async def sample_nginx(self, client: httpx.AsyncClient) -> NginxStatus | SourceError | None:
+        if not self.host.nginx:
+            return None
+        result = await fetch_stub_status(client, self.host.nginx, timeout=self.settings.timeout,
+                                         previous=self.previous_nginx)
+        if isinstance(result, NginxStatus):
+            self.previous_nginx = result
+        return result
+
+    async def _uwsgi(self, index: int) -> UwsgiInstance | SourceError:
+        addr = self.host.uwsgi[index]
+        raw = await fetch_stats(addr, timeout=self.settings.timeout)
+        if isinstance(raw, SourceError):
+            return raw
+        now = time.time()
+        # Parsing a 512-worker document takes milliseconds: keep it off the event loop.
+        return await asyncio.to_thread(parse_stats, raw, str(addr), now,
+                                       self.settings.thresholds)
+
+    async def poll(self, client: httpx.AsyncClient) -> HostSnapshot:
+        taken_at = time.time()
+        if self.host.agent:
+            return self._failed(taken_at, [SourceError(
+                f"agent {self.host.agent}", "polling through an agent is not available yet")])
+        results = await asyncio.gather(
+            *(self._uwsgi(i) for i in range(len(self.host.uwsgi))),
+            self.sample_nginx(client),
+        )
+        *uwsgi_results, nginx = results
+        errors: list[SourceError] = [r for r in uwsgi_results if isinstance(r, SourceError)]
+        instances = [r for r in uwsgi_results if isinstance(r, UwsgiInstance)]
+        if isinstance(nginx, SourceError):
+            errors.append(nginx)
+            nginx = None
+        if not instances and nginx is None and errors:
+            return self._failed(taken_at, errors)
+        facts = await asyncio.to_thread(gather_local_facts, instances, self.host.nginx)
+        errors.extend(facts.errors)
+        snap = HostSnapshot(
+            name=self.host.name, taken_at=taken_at, reachable=True, stale_s=None,
+            errors=tuple(errors),
+            uwsgi=tuple(merge_kernel_queues(i, facts.listeners) for i in instances),
+            nginx=nginx, listeners=facts.listeners, fds=facts.fds, kernel=facts.kernel,
+        )
+        self.last_good = snap
+        return snap
+
+    def _failed(self, taken_at: float, errors: list[SourceError]) -> HostSnapshot:
+        """Unreachable: the reason now, and the last good data with its age if there is any."""
+        if self.last_good is None:
+            return HostSnapshot(name=self.host.name, taken_at=taken_at, reachable=False,
+                                errors=tuple(errors))
+        return replace(self.last_good, taken_at=taken_at, reachable=False,
+                       stale_s=max(0.0, taken_at - self.last_good.taken_at),
+                       errors=tuple(errors))
+
+
+async def poll_once(targets: Targets, rate_window: float = 0.5) -> Snapshot:
+    """One poll of every host (for `stackmon snapshot`); nginx sampled twice for its rate."""
+    collectors = [HostCollector(h, targets.settings) for h in targets.hosts]
+    async with httpx.AsyncClient(trust_env=False) as client:
+        if rate_window > 0 and any(h.nginx for h in targets.hosts):
+            await asyncio.gather(*(c.sample_nginx(client) for c in collectors))
+            await asyncio.sleep(rate_window)
+        hosts = await asyncio.gather(*(c.poll(client) for c in collectors))
+    return Snapshot(taken_at=time.time(), hosts=tuple(hosts))

@@ -1,0 +1,243 @@
+"""Targets and settings: the hosts file (TOML) and the command line's --uwsgi/--nginx targets.
+
+A mistake in the hosts file is found before the first poll and reported as one line naming the
+file, the line and what was expected, because a monitor that starts with half its hosts silently
+missing is worse than one that refuses to start.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stackmon.addresses import AddressError, StatsAddress, parse_nginx_url, parse_stats_address
+from stackmon.model import Thresholds
+
+
+class ConfigError(ValueError):
+    """A hosts file or option stackmon cannot use; str() is the one line shown to the user."""
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: object, what: str = "duration") -> float:
+    """'10s', '1.5s', '500ms', '2m', or a bare number of seconds."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{what}: expected a duration such as 10s, got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        m = _DURATION.match(str(value))
+        if not m:
+            raise ConfigError(f"{what}: expected a duration such as 10s, 500ms or 2m, "
+                              f"got {value!r}")
+        seconds = float(m.group(1)) * _UNIT[m.group(2)]
+    if seconds <= 0:
+        raise ConfigError(f"{what}: must be greater than zero, got {value!r}")
+    return seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    interval: float = 1.0
+    slow: float = 10.0
+    critical: float = 60.0
+    timeout: float = 2.0
+    read_only: bool = False
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return Thresholds(slow=self.slow, critical=self.critical)
+
+
+@dataclass(frozen=True, slots=True)
+class HostConfig:
+    name: str
+    uwsgi: tuple[StatsAddress, ...] = ()
+    nginx: str | None = None
+    health: str | None = None
+    agent: str | None = None
+    token_file: Path | None = None
+    read_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Targets:
+    hosts: tuple[HostConfig, ...]
+    settings: Settings = field(default_factory=Settings)
+    source: str = "command line"
+
+
+def default_hosts_file() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "stackmon" / "hosts.toml"
+
+
+def _line_of(text: str, host_index: int | None, key: str | None) -> int:
+    """Best-effort line number of `key` (in the host_index-th [[host]] table, or [defaults])."""
+    lines = text.splitlines()
+    start, seen = 0, -1
+    header = re.compile(r"^\s*\[\[\s*host\s*\]\]" if host_index is not None
+                        else r"^\s*\[\s*defaults\s*\]")
+    for i, line in enumerate(lines):
+        if header.match(line):
+            seen += 1
+            if host_index is None or seen == host_index:
+                start = i
+                break
+    else:
+        return 1
+    if key is None:
+        return start + 1
+    keypat = re.compile(rf"^\s*{re.escape(key)}\s*=")
+    for j in range(start + 1, len(lines)):
+        if re.match(r"^\s*\[", lines[j]):
+            break
+        if keypat.match(lines[j]):
+            return j + 1
+    return start + 1
+
+
+_HOST_KEYS = {"name", "uwsgi", "nginx", "health", "agent", "token_file", "read_only"}
+_DEFAULT_KEYS = {"interval", "slow", "critical", "timeout", "read_only"}
+
+
+def parse_settings(raw: dict[str, Any], where: str = "defaults",
+                   base: Settings | None = None) -> Settings:
+    base = base or Settings()
+    unknown = set(raw) - _DEFAULT_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} "
+                          f"(known: {', '.join(sorted(_DEFAULT_KEYS))})")
+    s = Settings(
+        interval=parse_duration(raw.get("interval", base.interval), f"{where}: interval"),
+        slow=parse_duration(raw.get("slow", base.slow), f"{where}: slow"),
+        critical=parse_duration(raw.get("critical", base.critical), f"{where}: critical"),
+        timeout=parse_duration(raw.get("timeout", base.timeout), f"{where}: timeout"),
+        read_only=raw.get("read_only", base.read_only),
+    )
+    if not isinstance(s.read_only, bool):
+        raise ConfigError(f"{where}: read_only must be true or false")
+    if s.critical < s.slow:
+        raise ConfigError(f"{where}: critical ({s.critical:g}s) is shorter than slow "
+                          f"({s.slow:g}s)")
+    return s
+
+
+def _host(raw: Any, index: int, text: str, path: Path) -> HostConfig:
+    def fail(key: str | None, message: str) -> ConfigError:
+        return ConfigError(f"{path}:{_line_of(text, index, key)}: {message}")
+
+    if not isinstance(raw, dict):
+        raise fail(None, "each [[host]] must be a table")
+    unknown = set(raw) - _HOST_KEYS
+    if unknown:
+        key = sorted(unknown)[0]
+        raise fail(key, f"unknown key {key!r} in [[host]] (known: {', '.join(sorted(_HOST_KEYS))})")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise fail("name", "every [[host]] needs a name = \"...\"")
+    uw = raw.get("uwsgi", [])
+    if isinstance(uw, str):
+        uw = [uw]
+    if not isinstance(uw, list) or not all(isinstance(a, str) for a in uw):
+        raise fail("uwsgi", f"host {name!r}: uwsgi must be a list of addresses")
+    try:
+        addrs = tuple(parse_stats_address(a) for a in uw)
+    except AddressError as exc:
+        raise fail("uwsgi", f"host {name!r}: {exc}") from None
+    strings: dict[str, str | None] = {}
+    for key in ("nginx", "health", "agent", "token_file"):
+        value = raw.get(key)
+        if value is not None and not isinstance(value, str):
+            raise fail(key, f"host {name!r}: {key} must be a string")
+        strings[key] = value
+    nginx = strings["nginx"]
+    if nginx is not None:
+        try:
+            nginx = parse_nginx_url(nginx)
+        except AddressError as exc:
+            raise fail("nginx", f"host {name!r}: {exc}") from None
+    agent = strings["agent"]
+    if agent is not None and not agent.startswith(("http://", "https://")):
+        raise fail("agent", f"host {name!r}: agent must be a URL such as http://10.0.0.12:9300")
+    if agent is None and not addrs and nginx is None:
+        raise fail(None, f"host {name!r}: nothing to watch (give uwsgi, nginx or agent)")
+    read_only = raw.get("read_only", False)
+    if not isinstance(read_only, bool):
+        raise fail("read_only", f"host {name!r}: read_only must be true or false")
+    token = strings["token_file"]
+    return HostConfig(
+        name=name.strip(), uwsgi=addrs, nginx=nginx, health=strings["health"], agent=agent,
+        token_file=Path(token).expanduser() if token else None, read_only=read_only,
+    )
+
+
+def load_hosts_file(path: Path, overrides: dict[str, Any] | None = None) -> Targets:
+    """Read and check a hosts file; any problem raises ConfigError naming file and line."""
+    try:
+        raw_bytes = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such hosts file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        text = raw_bytes.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw_bytes[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not valid UTF-8") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        msg = str(exc)
+        m = re.search(r"\(at line (\d+), column (\d+)\)", msg)
+        if m:
+            msg = msg[: m.start()].strip()
+            raise ConfigError(f"{path}:{m.group(1)}: invalid TOML: {msg}") from None
+        raise ConfigError(f"{path}: invalid TOML: {msg}") from None
+    unknown = set(data) - {"defaults", "host"}
+    if unknown:
+        key = sorted(unknown)[0]
+        line = next((i + 1 for i, ln in enumerate(text.splitlines())
+                     if re.match(rf"^\s*\[?\[?\s*{re.escape(key)}\b", ln)), 1)
+        raise ConfigError(f"{path}:{line}: unknown section or key {key!r} "
+                          "(expected [defaults] and [[host]] tables)")
+    defaults = data.get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"{path}:{_line_of(text, None, None)}: [defaults] must be a table")
+    try:
+        settings = parse_settings(defaults)
+        if overrides:
+            settings = parse_settings(overrides, "command line", settings)
+    except ConfigError as exc:
+        key = next((k for k in _DEFAULT_KEYS if f": {k}" in str(exc)), None)
+        raise ConfigError(f"{path}:{_line_of(text, None, key)}: {exc}") from None
+    hosts_raw = data.get("host", [])
+    if not isinstance(hosts_raw, list) or not hosts_raw:
+        raise ConfigError(f"{path}: no [[host]] tables: nothing to watch")
+    hosts = tuple(_host(h, i, text, path) for i, h in enumerate(hosts_raw))
+    names = [h.name for h in hosts]
+    for i, n in enumerate(names):
+        if n in names[:i]:
+            raise ConfigError(f"{path}:{_line_of(text, i, 'name')}: host name {n!r} "
+                              "appears twice")
+    return Targets(hosts=hosts, settings=settings, source=str(path))
+
+
+def targets_from_args(uwsgi: list[str], nginx: str | None, overrides: dict[str, Any],
+                      name: str | None = None) -> Targets:
+    """The one host described by --uwsgi/--nginx on the command line."""
+    try:
+        addrs = tuple(parse_stats_address(a) for a in uwsgi)
+        url = parse_nginx_url(nginx) if nginx else None
+    except AddressError as exc:
+        raise ConfigError(str(exc)) from None
+    settings = parse_settings(overrides, "command line")
+    host = HostConfig(name=name or os.uname().nodename or "localhost", uwsgi=addrs, nginx=url)
+    return Targets(hosts=(host,), settings=settings)

@@ -1,0 +1,42 @@
+"""stub_status parsing: the exact format, dropped connections and the request rate."""
+
+from pathlib import Path
+
+from stackmon.model import NginxStatus, SourceError
+from stackmon.sources.nginx_status import parse_stub_status
+
+FIXTURE = Path(__file__).parent / "fixtures" / "nginx" / "stub_status.txt"
+
+
+def test_parses_recorded_page():
+    n = parse_stub_status(FIXTURE.read_text(), "http://x/s", 100.0)
+    assert isinstance(n, NginxStatus)
+    assert (n.active, n.accepts, n.handled, n.requests) == (291, 16630948, 16630948, 31070465)
+    assert (n.reading, n.writing, n.waiting) == (6, 179, 106)
+    assert n.dropped == 0
+    assert n.requests_per_s is None
+
+
+def test_dropped_and_rate_from_two_samples():
+    page = "Active connections: 3 \nserver accepts handled requests\n {a} {h} {r} \n" \
+           "Reading: 0 Writing: 1 Waiting: 2 \n"
+    first = parse_stub_status(page.format(a=100, h=100, r=1000), "u", 10.0)
+    second = parse_stub_status(page.format(a=130, h=120, r=1250), "u", 12.0, first)
+    assert isinstance(second, NginxStatus)
+    assert second.dropped == 10
+    assert second.requests_per_s == 125.0
+
+
+def test_counter_reset_gives_no_rate():
+    page = "Active connections: 1 \nserver accepts handled requests\n {r} {r} {r} \n" \
+           "Reading: 0 Writing: 1 Waiting: 0 \n"
+    first = parse_stub_status(page.format(r=500), "u", 1.0)
+    second = parse_stub_status(page.format(r=5), "u", 2.0, first)
+    assert isinstance(second, NginxStatus) and second.requests_per_s is None
+
+
+def test_not_a_stub_status_page():
+    for body in ("<html><body>502 Bad Gateway</body></html>", "", "Active connections: 3\n"):
+        err = parse_stub_status(body, "http://x/s", 1.0)
+        assert isinstance(err, SourceError)
+        assert "not a stub_status page" in err.message
