@@ -1,0 +1,304 @@
+"""Traffic for the demo stack: what makes `stackmon demo` look like a bad day in production.
+
+Three loops share one stop event:
+- steady traffic, a few requests per second (/, /fast, /healthz, some /slow, a rare /error);
+- a couple of stuck requests always in flight, with realistic URIs (/hang/report?id=42,
+  /hang/export.csv) and the headers that redaction must hide (Cookie, Authorization);
+- now and then a burst: every core gets a /slow?s=5, then more connections than there are
+  cores pile up behind them, so the listen queue fills for a few seconds (and overflows into
+  502s when the burst is bigger than the backlog).
+
+Everything is bounded (connections, concurrency, timeouts, loop waits) and stops promptly when
+the event is set. Only the loopback base_url given is ever contacted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import random
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import httpx
+
+# Deliberately fake secrets: the UI must show them as redacted.
+DEMO_HEADERS: dict[str, str] = {
+    "Cookie": "sessionid=demo-not-a-secret; theme=dark",
+    "Authorization": "Bearer demo-not-a-token",
+    "User-Agent": "stackmon-demo/1",
+}
+
+HANG_PATHS: tuple[str, ...] = (
+    "/hang/report?id=42",
+    "/hang/export.csv",
+    "/hang/api/v1/orders?page=7&sort=created",
+    "/hang/search?q=invoices+2024",
+)
+
+# (path, weight) for steady traffic; /slow durations are filled in per request.
+STEADY_MIX: tuple[tuple[str, int], ...] = (
+    ("/", 30),
+    ("/fast", 30),
+    ("/healthz", 10),
+    ("/slow", 15),
+    ("/static/missing.png", 3),
+    ("/error", 2),
+)
+
+
+@dataclass
+class TrafficStats:
+    """Live counters (read them from anywhere; only the traffic loop writes)."""
+
+    sent: int = 0
+    statuses: Counter[int] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    skipped: int = 0  # steady requests not sent because the concurrency bound was reached
+    hangs_started: int = 0
+    bursts: int = 0
+
+    def record(self, status: int | None = None, error: BaseException | None = None) -> None:
+        if status is not None:
+            self.statuses[status] += 1
+        if error is not None:
+            self.errors[type(error).__name__] += 1
+
+
+def check_loopback(base_url: str) -> str:
+    """The base URL without a trailing slash, if and only if it points at loopback."""
+    parts = urlsplit(base_url)
+    host = parts.hostname or ""
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"traffic base_url must be http(s): {base_url!r}")
+    loopback = host == "localhost"
+    with contextlib.suppress(ValueError):
+        loopback = loopback or ipaddress.ip_address(host).is_loopback
+    if not loopback:
+        raise ValueError(f"demo traffic only goes to loopback addresses, not {host!r}")
+    return base_url.rstrip("/")
+
+
+async def _sleep(stop_event: asyncio.Event, seconds: float) -> bool:
+    """Sleep, waking early on stop; True if we should stop."""
+    if seconds > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop_event.wait(), timeout=seconds)
+    return stop_event.is_set()
+
+
+async def _get(client: httpx.AsyncClient, url: str, stats: TrafficStats, *,
+               headers: dict[str, str] | None = None, timeout: float) -> None:
+    stats.sent += 1
+    try:
+        resp = await client.get(url, headers=headers, timeout=timeout)
+        stats.record(status=resp.status_code)
+    except httpx.HTTPError as exc:
+        stats.record(error=exc)
+
+
+async def _steady(client: httpx.AsyncClient, base: str, stop_event: asyncio.Event,
+                  stats: TrafficStats, rng: random.Random, rate: float, max_concurrency: int
+                  ) -> None:
+    paths, weights = zip(*STEADY_MIX, strict=True)
+    bound = asyncio.Semaphore(max_concurrency)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(path: str) -> None:
+        try:
+            await _get(client, base + path, stats, headers=DEMO_HEADERS, timeout=30.0)
+        finally:
+            bound.release()
+
+    try:
+        while not stop_event.is_set():
+            path = rng.choices(paths, weights)[0]
+            if path == "/slow":
+                path = f"/slow?s={rng.uniform(0.5, 3.0):.1f}"
+            if bound.locked():
+                stats.skipped += 1  # the stack is saturated: do not pile up more
+            else:
+                await bound.acquire()
+                task = asyncio.create_task(one(path))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if await _sleep(stop_event, rng.expovariate(rate)):
+                break
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _hang_slot(client: httpx.AsyncClient, base: str, stop_event: asyncio.Event,
+                     stats: TrafficStats, rng: random.Random, hang_seconds: tuple[float, float],
+                     hang_every: float) -> None:
+    """Keep one stuck request in flight. nginx gives up on it after uwsgi_read_timeout (504)
+    while the worker keeps sleeping, so the next one is only sent once the previous one has
+    ended on the server too: stuck cores stay at one per slot, never creeping up."""
+    loop = asyncio.get_running_loop()
+    while not stop_event.is_set():
+        seconds = rng.uniform(*hang_seconds)
+        started = loop.time()
+        stats.hangs_started += 1
+        headers = {**DEMO_HEADERS, "X-Hang-Seconds": f"{seconds:.0f}"}
+        request = asyncio.create_task(_get(client, base + rng.choice(HANG_PATHS), stats,
+                                           headers=headers, timeout=seconds + 15.0))
+        stop_wait = asyncio.create_task(stop_event.wait())
+        await asyncio.wait({request, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        stop_wait.cancel()
+        if stop_event.is_set():
+            request.cancel()
+            await asyncio.gather(request, return_exceptions=True)
+            return
+        server_done = started + seconds
+        if await _sleep(stop_event, server_done - loop.time() + rng.uniform(0, hang_every)):
+            return
+
+
+async def _burst(client: httpx.AsyncClient, base: str, stop_event: asyncio.Event,
+                 stats: TrafficStats, capacity: int, size: int, seconds: float) -> None:
+    """Every core gets a /slow?s=N, then `size - capacity` quick requests queue behind them."""
+    stats.bursts += 1
+    slow = [asyncio.create_task(_get(client, f"{base}/slow?s={seconds:g}", stats,
+                                     timeout=seconds + 60.0)) for _ in range(capacity)]
+    tasks = list(slow)
+    if not await _sleep(stop_event, 0.3):  # let the slow ones take the cores first
+        tasks += [asyncio.create_task(_get(client, f"{base}/fast?burst=1", stats,
+                                           timeout=seconds + 60.0))
+                  for _ in range(max(0, size - capacity))]
+    stop_wait = asyncio.create_task(stop_event.wait())
+    pending = set(tasks)
+    while pending and not stop_event.is_set():
+        _, pending = await asyncio.wait(pending | {stop_wait},
+                                        return_when=asyncio.FIRST_COMPLETED)
+        pending.discard(stop_wait)
+    stop_wait.cancel()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _bursts(client: httpx.AsyncClient, base: str, stop_event: asyncio.Event,
+                  stats: TrafficStats, rng: random.Random, burst_every: tuple[float, float],
+                  first_burst: float | None, capacity: int, size: int, seconds: float) -> None:
+    wait = first_burst if first_burst is not None else rng.uniform(*burst_every)
+    while not await _sleep(stop_event, wait):
+        await _burst(client, base, stop_event, stats, capacity, size, seconds)
+        wait = rng.uniform(*burst_every)
+
+
+async def run_traffic(
+    base_url: str,
+    *,
+    stop_event: asyncio.Event,
+    rate: float = 3.0,
+    hang_in_flight: int = 2,
+    hang_seconds: tuple[float, float] = (90.0, 240.0),
+    hang_every: float = 10.0,
+    burst_every: tuple[float, float] | None = (30.0, 60.0),
+    first_burst: float | None = 15.0,
+    capacity: int = 8,
+    listen: int = 100,
+    burst_size: int | None = None,
+    burst_seconds: float = 5.0,
+    max_concurrency: int = 16,
+    seed: int | None = None,
+    stats: TrafficStats | None = None,
+) -> TrafficStats:
+    """Generate demo traffic against `base_url` (loopback only) until `stop_event` is set.
+
+    rate: steady requests per second (Poisson). hang_in_flight: stuck requests kept in flight,
+    each lasting uniform(hang_seconds) on the server, then a pause of up to hang_every.
+    burst_every: (min, max) seconds between bursts, None for none; the first comes after
+    first_burst. capacity: the stack's workers x threads. A burst is capacity + listen + 4
+    connections unless burst_size says otherwise, so the backlog really fills (and a few
+    overflow: 502 from nginx over a unix socket). Returns the counters (also live in `stats`).
+    """
+    base = check_loopback(base_url)
+    stats = stats if stats is not None else TrafficStats()
+    rng = random.Random(seed)
+    size = burst_size if burst_size is not None else capacity + listen + 4
+    timeout = httpx.Timeout(30.0, connect=5.0)
+    # One client per kind of traffic: a burst must not eat the steady loop's connection pool.
+    # trust_env=False: no proxy from the environment may reroute loopback traffic.
+    clients = [
+        httpx.AsyncClient(timeout=timeout, trust_env=False,
+                          limits=httpx.Limits(max_connections=max_concurrency)),
+        httpx.AsyncClient(timeout=timeout, trust_env=False,
+                          limits=httpx.Limits(max_connections=max(1, hang_in_flight))),
+        httpx.AsyncClient(timeout=timeout, trust_env=False,
+                          limits=httpx.Limits(max_connections=max(1, size),
+                                              max_keepalive_connections=0)),
+    ]
+    steady_client, hang_client, burst_client = clients
+    tasks = [asyncio.create_task(_steady(steady_client, base, stop_event, stats, rng, rate,
+                                         max_concurrency))]
+    tasks += [asyncio.create_task(_hang_slot(hang_client, base, stop_event, stats, rng,
+                                             hang_seconds, hang_every))
+              for _ in range(hang_in_flight)]
+    if burst_every is not None:
+        tasks.append(asyncio.create_task(_bursts(burst_client, base, stop_event, stats, rng,
+                                                 burst_every, first_burst, capacity, size,
+                                                 burst_seconds)))
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for client in clients:
+            await client.aclose()
+    return stats
+
+
+class TrafficThread:
+    """run_traffic in its own thread and event loop, for callers without one (`demo --no-ui`,
+    sync tests). The TUI, which has a loop, can create a task from run_traffic directly."""
+
+    def __init__(self, base_url: str, **kwargs: object) -> None:
+        check_loopback(base_url)
+        self.base_url = base_url
+        self.kwargs = kwargs
+        self.stats = TrafficStats()
+        self.error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stackmon-traffic", daemon=True)
+
+    def start(self) -> TrafficThread:
+        self._thread.start()
+        self._ready.wait(timeout=5.0)
+        return self
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            self._ready.set()
+            await run_traffic(self.base_url, stop_event=self._stop, stats=self.stats,
+                              **self.kwargs)  # type: ignore[arg-type]
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # reported through .error, the thread just ends
+            self.error = exc
+        finally:
+            self._ready.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def __enter__(self) -> TrafficThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
