@@ -1,0 +1,137 @@
+"""History: the last minute of queue depth, busy workers and req/s as text sparklines.
+
+A number says where things are; the trend says whether the reload is draining or the queue is
+still filling. One widget renders the three series as block characters in a single Text (three
+`Sparkline` widgets plus labels would be seven widgets to lay out on every poll). Each series
+is scaled to its own maximum over the window, printed at the end of the line, so a flat line of
+"█" at max 1 is not mistaken for a full queue. Zero is a blank, any non-zero value at least "▁";
+an unknown req/s (first sample, nginx down) is "·".
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from math import ceil
+from typing import ClassVar
+
+from rich.text import Text
+from textual.widget import Widget
+
+from widgets._fmt import fmt_count, fmt_rate
+
+BLOCKS = " ▁▂▃▄▅▆▇█"
+UNKNOWN = "·"
+LABEL_WIDTH = 6
+DEFAULT_SAMPLES = 60
+
+
+def sparkline(values: Iterable[float | None], maximum: float) -> str:
+    """One character per value, scaled so that `maximum` is a full block."""
+    out = []
+    for v in values:
+        if v is None:
+            out.append(UNKNOWN)
+        elif v <= 0 or maximum <= 0:
+            out.append(BLOCKS[0])
+        else:
+            out.append(BLOCKS[max(1, min(8, ceil(v / maximum * 8)))])
+    return "".join(out)
+
+
+class History(Widget):
+    """Three lines: `queue`, `busy`, `req/s`, each a sparkline then the current value and the
+    window's maximum. Feed it with `push()` once per poll."""
+
+    COMPONENT_CLASSES: ClassVar[set[str]] = {
+        "history--label",
+        "history--spark",
+        "history--value",
+    }
+
+    DEFAULT_CSS = """
+    History {
+        height: 3;
+        width: 1fr;
+        & > .history--label { color: $text-muted; }
+        & > .history--spark { color: $text-accent; }
+        & > .history--value { text-style: bold; }
+    }
+    """
+
+    def __init__(
+        self,
+        max_samples: int = DEFAULT_SAMPLES,
+        *,
+        name: str | None = None,
+        id: str | None = None,
+        classes: str | None = None,
+    ) -> None:
+        """`max_samples`: how many polls to keep (60 at the default 1 s interval is a minute);
+        fewer are drawn when the widget is narrower."""
+        super().__init__(name=name, id=id, classes=classes)
+        self._queue: deque[int] = deque(maxlen=max_samples)
+        self._busy: deque[int] = deque(maxlen=max_samples)
+        self._rps: deque[float | None] = deque(maxlen=max_samples)
+
+    @property
+    def max_samples(self) -> int:
+        return self._queue.maxlen or 0
+
+    def push(self, queue: int, busy: int, rps: float | None) -> None:
+        """Append one poll's figures (the oldest sample falls off the window)."""
+        self._queue.append(queue)
+        self._busy.append(busy)
+        self._rps.append(rps)
+        self.refresh()
+
+    def set_series(
+        self, queue: Sequence[int], busy: Sequence[int], rps: Sequence[float | None]
+    ) -> None:
+        """Replace the three series (e.g. a history kept by the app for a host); only the last
+        `max_samples` of each are kept."""
+        for series, values in ((self._queue, queue), (self._busy, busy), (self._rps, rps)):
+            series.clear()
+            series.extend(values)  # type: ignore[arg-type]
+        self.refresh()
+
+    def clear(self) -> None:
+        self.set_series((), (), ())
+
+    def series(self) -> tuple[list[int], list[int], list[float | None]]:
+        """Copies of the three series, oldest first."""
+        return list(self._queue), list(self._busy), list(self._rps)
+
+    def render(self) -> Text:
+        style = self.get_component_rich_style
+        label_style = style("history--label", partial=True)
+        spark_style = style("history--spark", partial=True)
+        value_style = style("history--value", partial=True)
+        width = self.content_region.width
+        text = Text(no_wrap=True, end="")
+        rows: tuple[tuple[str, Sequence[float | None], Callable[[float | None], str]], ...] = (
+            ("queue", self._queue, _fmt_int),
+            ("busy", self._busy, _fmt_int),
+            ("req/s", self._rps, fmt_rate),
+        )
+        for i, (label, values, fmt) in enumerate(rows):
+            current = fmt(values[-1]) if values else "?"
+            # Room for the sparkline once the label and the figures are placed; the figures
+            # are sized for the whole history so the line does not jitter as values change.
+            known_all = [v for v in values if v is not None]
+            widest = len(f" {current:>6}  max {fmt(max(known_all)) if known_all else '?'}")
+            room = max(0, width - LABEL_WIDTH - 1 - widest)
+            window = list(values)[-room:] if room else []
+            known = [v for v in window if v is not None]
+            top = max(known, default=None)
+            if i:
+                text.append("\n")
+            text.append(f"{label:<{LABEL_WIDTH}} ", label_style)
+            text.append(sparkline(window, top or 0).rjust(room), spark_style)  # newest: right
+            text.append(f" {current:>6}", value_style)
+            text.append(f"  max {fmt(top) if top is not None else '?'}", label_style)
+        return text
+
+
+def _fmt_int(value: float | None) -> str:
+    return "?" if value is None else fmt_count(int(value))

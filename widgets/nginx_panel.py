@@ -1,0 +1,120 @@
+"""NginxPanel: nginx's stub_status counters in one line, and why they are missing when they are.
+
+`dropped` (accepts - handled) is the one number here that is an alarm by itself: nginx ran out
+of worker_connections. It is shown reversed in the error colour as soon as it is above zero.
+The error message comes from the source (it may quote a URL or a body) and is shown as plain
+text.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from rich.text import Text
+from textual.widget import Widget
+
+from stackmon.model import NginxStatus
+from widgets._fmt import fmt_count, fmt_rate, plain
+
+
+class NginxPanel(Widget):
+    """`nginx  active 291  reading 6  writing 179  waiting 106  dropped 0  req/s 45.2`.
+
+    `set_status(None)`: "nginx: not configured"; with `error`: an error line (below the last
+    figures when there are some). Repaints only when what it shows changed.
+    """
+
+    COMPONENT_CLASSES: ClassVar[set[str]] = {
+        "nginx-panel--title",
+        "nginx-panel--label",
+        "nginx-panel--dropped",
+        "nginx-panel--error",
+        "nginx-panel--muted",
+    }
+
+    DEFAULT_CSS = """
+    NginxPanel {
+        height: auto;
+        width: 1fr;
+        & > .nginx-panel--title { text-style: bold; }
+        & > .nginx-panel--label { color: $text-muted; }
+        & > .nginx-panel--dropped { color: $error; text-style: bold reverse; }
+        & > .nginx-panel--error { color: $text-error; }
+        & > .nginx-panel--muted { color: $text-muted; text-style: italic; }
+    }
+    """
+
+    def __init__(
+        self,
+        status: NginxStatus | None = None,
+        error: str | None = None,
+        *,
+        name: str | None = None,
+        id: str | None = None,
+        classes: str | None = None,
+    ) -> None:
+        super().__init__(name=name, id=id, classes=classes)
+        self._shown = self._figures(status, error)
+        self.set_class(bool(error), "-error")
+        self.set_class(status is not None and status.dropped > 0, "-dropped")
+
+    @staticmethod
+    def _figures(status: NginxStatus | None, error: str | None) -> tuple[object, ...]:
+        # Only what is displayed: a new sample with the same figures repaints nothing.
+        if status is None:
+            return (None, error)
+        return (
+            (status.active, status.reading, status.writing, status.waiting, status.dropped,
+             fmt_rate(status.requests_per_s)),
+            error,
+        )
+
+    def set_status(self, status: NginxStatus | None, error: str | None = None) -> None:
+        """The latest sample (None: nginx is not monitored on this host) and the source's
+        error message, if the last poll failed."""
+        shown = self._figures(status, error)
+        if shown == self._shown:
+            return
+        lines_before = self._line_count()
+        self._shown = shown
+        self.set_class(bool(error), "-error")
+        self.set_class(status is not None and status.dropped > 0, "-dropped")
+        self.refresh(layout=self._line_count() != lines_before)
+
+    def _line_count(self) -> int:
+        figures, error = self._shown
+        return 2 if figures is not None and error else 1
+
+    def render(self) -> Text:
+        figures, error = self._shown
+        style = self.get_component_rich_style
+        label = style("nginx-panel--label", partial=True)
+        text = Text(end="")
+        if figures is None:
+            text.append("nginx: ", style("nginx-panel--title", partial=True))
+            if error:
+                text.append(plain(error), style("nginx-panel--error", partial=True))
+            else:
+                text.append("not configured", style("nginx-panel--muted", partial=True))
+            return text
+        assert isinstance(figures, tuple)
+        active, reading, writing, waiting, dropped, rate = figures
+        text.append("nginx", style("nginx-panel--title", partial=True))
+        for name, value in (("active", active), ("reading", reading), ("writing", writing),
+                            ("waiting", waiting)):
+            text.append(f"  {name} ", label)
+            text.append(fmt_count(value))
+        text.append("  ")
+        if dropped > 0:
+            text.append(f" dropped {fmt_count(dropped)} ", style("nginx-panel--dropped",
+                                                                 partial=True))
+        else:
+            text.append("dropped ", label)
+            text.append(str(dropped))
+        text.append("  req/s ", label)
+        text.append(rate)
+        if error:
+            text.append("\n")
+            text.append("last poll failed: ", label)
+            text.append(plain(error), style("nginx-panel--error", partial=True))
+        return text

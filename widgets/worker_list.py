@@ -1,0 +1,608 @@
+"""WorkerList: every worker of one uWSGI instance, and what each one is running right now.
+
+Why a line-API widget: the question at 3 a.m. is "which worker is stuck on which request, and
+for how long", so each worker is a block (a header line, then one line per request in flight)
+and the whole instance (64 workers x 8 cores is 576 lines) must scroll like one list with one
+cursor. One `ScrollView` that renders only the visible lines, from Strips cached per worker,
+costs about what a DataTable costs; a container of 64 widgets re-laid out every second does not.
+
+How updates stay cheap: `set_workers()` is called once per poll with frozen `Worker` values. A
+worker's block is rebuilt only when its value changed or when the age of one of its requests
+crossed a whole second; its cached Strips are dropped and only its lines are refreshed. When
+nothing changed the call returns without touching the screen. The layout (which line belongs
+to which worker) is rebuilt only when the order, the filter or a block's height changed.
+
+Untrusted text (method, URI, remote address, status) is appended to `rich.text.Text` as plain
+strings with control characters made visible; nothing is ever parsed as markup.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from rich.cells import cell_len
+from rich.style import Style
+from rich.text import Text
+from textual import events
+from textual.binding import Binding, BindingType
+from textual.geometry import Region, Size
+from textual.message import Message
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+
+from stackmon.model import LEVELS, Level, Thresholds, Worker
+from stackmon.render_text import human_age, human_bytes
+from widgets._fmt import ellipsize, fmt_ms, plain
+
+SortKey = Literal["id", "age", "requests"]
+SORT_KEYS: tuple[SortKey, ...] = ("id", "age", "requests")
+
+NOT_CAPTURED = "(request details not captured)"
+LEVEL_LABELS: dict[Level, str] = {"ok": "    ", "slow": "SLOW", "critical": "CRIT"}
+CURSOR_MARK = "▶ "
+NO_MARK = "  "
+
+
+@dataclass(frozen=True, slots=True)
+class _RequestLine:
+    """One request line as displayed: the age is whole seconds, so that two polls within the
+    same second compare equal and nothing is redrawn."""
+
+    core: int  # -1: the worker is busy but reported no cores
+    method: str
+    uri: str
+    remote_addr: str
+    age: int | None
+    level: Level
+
+
+@dataclass(frozen=True, slots=True)
+class _Block:
+    """What one worker shows. Equal blocks render identical lines."""
+
+    worker: Worker
+    requests: tuple[_RequestLine, ...]
+    level: Level  # worst level of its requests
+    max_age: int  # longest running request in whole seconds, -1 when none
+    haystack: str  # lower-cased text the filter searches
+
+    @property
+    def height(self) -> int:
+        return 1 + len(self.requests)
+
+
+def _worst(a: Level, b: Level) -> Level:
+    return a if LEVELS.index(a) >= LEVELS.index(b) else b
+
+
+def _request_lines(
+    worker: Worker, now: float, thresholds: Thresholds | None
+) -> tuple[_RequestLine, ...]:
+    lines: list[_RequestLine] = []
+    for core in worker.cores:
+        r = core.request
+        if r is None:
+            if core.in_request:
+                # in_request with empty vars: the stats copy raced the request.
+                lines.append(_RequestLine(core.id, "", "", "", None, "ok"))
+            continue
+        if r.started_at is not None:
+            age_f: float | None = max(0.0, now - r.started_at)
+        else:
+            age_f = r.running_s
+        level = r.level
+        if thresholds is not None:
+            # Ages keep growing between polls; the level must follow them.
+            level = _worst(level, thresholds.level(age_f))
+        age = int(age_f) if age_f is not None else None
+        lines.append(_RequestLine(r.core, r.method, r.uri, r.remote_addr, age, level))
+    if not lines and worker.status == "busy" and worker.pid:
+        # Busy but no per-core detail (stats-no-cores, or a race): say so rather than nothing.
+        lines.append(_RequestLine(-1, "", "", "", None, "ok"))
+    return tuple(lines)
+
+
+def _make_block(worker: Worker, requests: tuple[_RequestLine, ...]) -> _Block:
+    level: Level = "ok"
+    max_age = -1
+    parts = [str(worker.id), str(worker.pid), worker.status]
+    for line in requests:
+        level = _worst(level, line.level)
+        if line.age is not None:
+            max_age = max(max_age, line.age)
+        parts += (line.method, line.uri, line.remote_addr)
+    return _Block(worker, requests, level, max_age, "\x00".join(parts).lower())
+
+
+class WorkerList(ScrollView, can_focus=True):
+    """All workers of one uWSGI instance as blocks of lines, with a cursor on a worker.
+
+    Feed it with `set_workers(workers, now)` on every poll; it redraws only what changed.
+    The cursor follows a worker id across updates, sorts and filters. Give it focus
+    (`worker_list.focus()`) for the keys to work: up/down/j/k, home/end, pageup/pagedown, and
+    enter (posts `Selected`).
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("up,k", "cursor_up", "Previous worker", show=False),
+        Binding("down,j", "cursor_down", "Next worker", show=False),
+        Binding("home", "cursor_first", "First worker", show=False),
+        Binding("end", "cursor_last", "Last worker", show=False),
+        Binding("pageup", "cursor_page_up", "Page up", show=False),
+        Binding("pagedown", "cursor_page_down", "Page down", show=False),
+        Binding("enter", "select_cursor", "Select worker", show=False),
+    ]
+
+    COMPONENT_CLASSES: ClassVar[set[str]] = {
+        "worker-list--cursor",
+        "worker-list--label",
+        "worker-list--id",
+        "worker-list--busy",
+        "worker-list--idle",
+        "worker-list--dead",
+        "worker-list--slow",
+        "worker-list--critical",
+        "worker-list--slow-label",
+        "worker-list--critical-label",
+        "worker-list--muted",
+        "worker-list--alert",
+    }
+    """
+    | Class | What |
+    | :- | :- |
+    | `worker-list--cursor` | the header line of the worker under the cursor |
+    | `worker-list--label` | field names (pid, req, ...) |
+    | `worker-list--id` | the worker id |
+    | `worker-list--busy` / `--idle` / `--dead` | the status of a worker (dead: pid 0) |
+    | `worker-list--slow` / `--critical` | a request line past the thresholds |
+    | `worker-list--slow-label` / `--critical-label` | the SLOW / CRIT label |
+    | `worker-list--muted` | "(request details not captured)", empty list message |
+    | `worker-list--alert` | non-zero exceptions / harakiri counts |
+    """
+
+    DEFAULT_CSS = """
+    WorkerList {
+        height: 1fr;
+        overflow-x: hidden;
+        overflow-y: auto;
+        scrollbar-size-vertical: 1;
+        background: $surface;
+        color: $foreground;
+
+        & > .worker-list--cursor {
+            background: $block-cursor-blurred-background;
+            color: $block-cursor-blurred-foreground;
+            text-style: $block-cursor-blurred-text-style;
+        }
+        &:focus {
+            background-tint: $foreground 5%;
+            & > .worker-list--cursor {
+                background: $block-cursor-background;
+                color: $block-cursor-foreground;
+                text-style: $block-cursor-text-style;
+            }
+        }
+        & > .worker-list--label { color: $text-muted; }
+        & > .worker-list--id { text-style: bold; }
+        & > .worker-list--busy { color: $text-primary; text-style: bold; }
+        & > .worker-list--idle { color: $text-muted; }
+        & > .worker-list--dead { color: $text-disabled; text-style: italic; }
+        & > .worker-list--slow { color: $text-warning; }
+        & > .worker-list--critical { color: $text-error; text-style: bold; }
+        & > .worker-list--slow-label { color: $warning; text-style: bold reverse; }
+        & > .worker-list--critical-label { color: $error; text-style: bold reverse; }
+        & > .worker-list--muted { color: $text-muted; text-style: italic; }
+        & > .worker-list--alert { color: $text-error; text-style: bold; }
+    }
+    """
+
+    class Highlighted(Message):
+        """The cursor moved to another worker (`worker_id` None: the list is empty).
+
+        Posted for key presses, clicks, and when an update, sort or filter moved the cursor
+        because its worker disappeared. A newer one replaces an older one still queued.
+        """
+
+        def __init__(self, worker_list: WorkerList, worker_id: int | None) -> None:
+            super().__init__()
+            self.worker_list = worker_list
+            self.worker_id = worker_id
+
+        @property
+        def control(self) -> WorkerList:
+            return self.worker_list
+
+        def can_replace(self, message: Message) -> bool:
+            return (
+                isinstance(message, WorkerList.Highlighted)
+                and message.worker_list is self.worker_list
+            )
+
+    class Selected(Message):
+        """Enter (or a double click) on a worker: the app opens its detail / actions."""
+
+        def __init__(self, worker_list: WorkerList, worker_id: int) -> None:
+            super().__init__()
+            self.worker_list = worker_list
+            self.worker_id = worker_id
+
+        @property
+        def control(self) -> WorkerList:
+            return self.worker_list
+
+    def __init__(
+        self,
+        *,
+        thresholds: Thresholds | None = None,
+        name: str | None = None,
+        id: str | None = None,
+        classes: str | None = None,
+        disabled: bool = False,
+    ) -> None:
+        """`thresholds`: when given, a request's level is re-derived from its live age (the
+        age keeps growing between polls); otherwise the level computed by the source is used.
+        """
+        super().__init__(name=name, id=id, classes=classes, disabled=disabled)
+        self._thresholds = thresholds
+        self._blocks: dict[int, _Block] = {}
+        self._sort: SortKey = "id"
+        self._filter = ""
+        # Layout: visible workers in display order, where each block starts, y -> (id, sub).
+        self._order: list[int] = []
+        self._heights: list[int] = []
+        self._starts: list[int] = []
+        self._first_line: dict[int, int] = {}
+        self._lines: list[tuple[int, int]] = []
+        self._cursor: int | None = None
+        # Rendered lines: worker id -> (sub line, is cursor) -> Strip, all of one width.
+        self._strips: dict[int, dict[tuple[int, bool], Strip]] = {}
+        self._strip_width = -1
+        self._styles: dict[str, Style] = {}
+
+    # ----------------------------------------------------------------------------- public API
+
+    @property
+    def cursor_worker_id(self) -> int | None:
+        """The id of the worker under the cursor, None when no worker is shown."""
+        return self._cursor
+
+    @cursor_worker_id.setter
+    def cursor_worker_id(self, worker_id: int | None) -> None:
+        """Move the cursor to a worker (ignored when that worker is not shown)."""
+        if worker_id in self._first_line:
+            self._move_cursor(worker_id)
+
+    @property
+    def sort_key(self) -> SortKey:
+        return self._sort
+
+    @property
+    def filter_text(self) -> str:
+        return self._filter
+
+    @property
+    def line_count(self) -> int:
+        """Lines of content (worker headers + request lines; 1 for the "no workers" line)."""
+        return max(1, len(self._lines))
+
+    def set_workers(self, workers: Sequence[Worker], now: float) -> None:
+        """Show these workers; `now` (epoch seconds) is what request ages are measured from.
+
+        Cheap when little changed: only workers whose data or age-second changed are redrawn,
+        and nothing at all happens when nothing changed.
+        """
+        old = self._blocks
+        new: dict[int, _Block] = {}
+        changed: list[int] = []
+        for worker in workers:
+            requests = _request_lines(worker, now, self._thresholds)
+            block = old.get(worker.id)
+            if block is None or block.requests != requests or block.worker != worker:
+                block = _make_block(worker, requests)
+                changed.append(worker.id)
+            new[worker.id] = block
+        removed = [wid for wid in old if wid not in new]
+        if not changed and not removed:
+            return
+        self._blocks = new
+        for wid in (*changed, *removed):
+            self._strips.pop(wid, None)
+        self._relayout(changed)
+
+    def sort_by(self, key: SortKey) -> None:
+        """Order workers by id, by their longest running request ("age", longest first), or by
+        requests served ("requests", most first). The cursor stays on its worker."""
+        if key not in SORT_KEYS:
+            raise ValueError(f"sort key must be one of {SORT_KEYS}, not {key!r}")
+        if key != self._sort:
+            self._sort = key
+            self._relayout(None, follow_cursor=True)
+
+    def set_filter(self, text: str) -> None:
+        """Show only workers where `text` (case-insensitive) occurs in a URI, method, client
+        address, status, pid or worker id. Empty text shows all workers."""
+        text = text.strip().lower()
+        if text != self._filter:
+            self._filter = text
+            self._relayout(None, follow_cursor=True)
+
+    # ------------------------------------------------------------------------------- layout
+
+    def _visible_order(self) -> list[int]:
+        blocks = self._blocks
+        ids = list(blocks)
+        if self._filter:
+            needle = self._filter
+            ids = [wid for wid in ids if needle in blocks[wid].haystack]
+        if self._sort == "age":
+            ids.sort(key=lambda wid: (-blocks[wid].max_age, wid))
+        elif self._sort == "requests":
+            ids.sort(key=lambda wid: (-blocks[wid].worker.requests, wid))
+        else:
+            ids.sort()
+        return ids
+
+    def _relayout(self, changed: list[int] | None, follow_cursor: bool = False) -> None:
+        """Recompute which worker sits on which line; refresh as little as possible.
+
+        `changed`: workers whose content changed (None: only order/filter changed).
+        `follow_cursor`: scroll so that the cursor stays in view (sort, filter).
+        """
+        cursor_was_visible = self._cursor_visible()
+        old_index = self._order.index(self._cursor) if self._cursor in self._first_line else 0
+        order = self._visible_order()
+        blocks = self._blocks
+        heights = [blocks[wid].height for wid in order]
+        if order == self._order and heights == self._heights:
+            # Same layout: redraw only the lines of the workers that changed.
+            for wid in changed or ():
+                start = self._first_line.get(wid)
+                if start is not None:
+                    self.refresh_lines(start, blocks[wid].height)
+            return
+        self._order = order
+        self._heights = heights
+        starts: list[int] = []
+        lines: list[tuple[int, int]] = []
+        for wid, height in zip(order, heights, strict=True):
+            starts.append(len(lines))
+            lines.extend((wid, sub) for sub in range(height))
+        self._starts = starts
+        self._lines = lines
+        self._first_line = dict(zip(order, starts, strict=True))
+        self.virtual_size = Size(0, self.line_count)
+        if self._cursor not in self._first_line:
+            target = order[min(old_index, len(order) - 1)] if order else None
+            self._move_cursor(target, scroll=False)
+        if (follow_cursor or cursor_was_visible) and self.is_mounted:
+            self.call_after_refresh(self._scroll_to_cursor)
+        self.refresh()
+
+    def _cursor_visible(self) -> bool:
+        start = self._first_line.get(self._cursor) if self._cursor is not None else None
+        if start is None or not self.is_mounted:
+            return False
+        top = round(self.scroll_y)
+        return top <= start < top + self.scrollable_content_region.height
+
+    # ------------------------------------------------------------------------------- cursor
+
+    def _move_cursor(self, worker_id: int | None, scroll: bool = True) -> None:
+        old = self._cursor
+        if worker_id == old:
+            if scroll:
+                self._scroll_to_cursor()
+            return
+        self._cursor = worker_id
+        for wid in (old, worker_id):
+            start = self._first_line.get(wid) if wid is not None else None
+            if start is not None:
+                self.refresh_lines(start)
+        if scroll:
+            self._scroll_to_cursor()
+        self.post_message(self.Highlighted(self, worker_id))
+
+    def _scroll_to_cursor(self) -> None:
+        if self._cursor is None or self._cursor not in self._first_line:
+            return
+        start = self._first_line[self._cursor]
+        height = self._blocks[self._cursor].height
+        view = max(1, self.scrollable_content_region.height)
+        # The whole block when it fits, else at least its header.
+        region = Region(0, start, 1, max(1, min(height, view)))
+        self.scroll_to_region(region, animate=False, force=True, x_axis=False, immediate=True)
+
+    def _cursor_index(self) -> int:
+        return self._order.index(self._cursor) if self._cursor in self._first_line else -1
+
+    def _move_index(self, index: int) -> None:
+        if self._order:
+            self._move_cursor(self._order[max(0, min(index, len(self._order) - 1))])
+
+    def _worker_at_line(self, y: int) -> int | None:
+        if not self._starts or y < 0 or y >= len(self._lines):
+            return None
+        return self._order[bisect_right(self._starts, y) - 1]
+
+    def action_cursor_up(self) -> None:
+        self._move_index(max(0, self._cursor_index() - 1))
+
+    def action_cursor_down(self) -> None:
+        self._move_index(self._cursor_index() + 1)
+
+    def action_cursor_first(self) -> None:
+        self._move_index(0)
+
+    def action_cursor_last(self) -> None:
+        self._move_index(len(self._order) - 1)
+
+    def _page(self, direction: int) -> None:
+        if not self._order:
+            return
+        if self._cursor not in self._first_line:
+            self._move_index(0)
+            return
+        view = max(1, self.scrollable_content_region.height)
+        target = self._first_line[self._cursor] + direction * view
+        target = max(0, min(target, len(self._lines) - 1))
+        worker_id = self._worker_at_line(target)
+        if worker_id == self._cursor:  # one block taller than the page: go to the neighbour
+            self._move_index(self._cursor_index() + direction)
+        else:
+            self._move_cursor(worker_id)
+
+    def action_cursor_page_up(self) -> None:
+        self._page(-1)
+
+    def action_cursor_page_down(self) -> None:
+        self._page(+1)
+
+    def action_select_cursor(self) -> None:
+        if self._cursor is not None:
+            self.post_message(self.Selected(self, self._cursor))
+
+    def on_click(self, event: events.Click) -> None:
+        offset = event.get_content_offset(self)
+        if offset is None:
+            return
+        worker_id = self._worker_at_line(offset.y + round(self.scroll_y))
+        if worker_id is None:
+            return
+        self._move_cursor(worker_id, scroll=False)
+        if event.chain >= 2:
+            self.post_message(self.Selected(self, worker_id))
+
+    # ---------------------------------------------------------------------------- rendering
+
+    def notify_style_update(self) -> None:
+        """Styles changed (theme, focus): every cached Strip carries old colours."""
+        super().notify_style_update()
+        self._styles.clear()
+        self._strips.clear()
+
+    def _style(self, name: str) -> Style:
+        style = self._styles.get(name)
+        if style is None:
+            style = self.get_component_rich_style(f"worker-list--{name}", partial=True)
+            self._styles[name] = style
+        return style
+
+    def render_line(self, y: int) -> Strip:
+        width = self.scrollable_content_region.width
+        if width != self._strip_width:
+            self._strips.clear()
+            self._strip_width = width
+        line_no = round(self.scroll_y) + y
+        if line_no >= len(self._lines):
+            if line_no == 0:
+                return self._to_strip(self._empty_text(), width, False)
+            return Strip.blank(width, self.rich_style)
+        wid, sub = self._lines[line_no]
+        is_cursor = sub == 0 and wid == self._cursor
+        cache = self._strips.setdefault(wid, {})
+        strip = cache.get((sub, is_cursor))
+        if strip is None:
+            block = self._blocks[wid]
+            if sub == 0:
+                text = self._header_text(block.worker, block.level, is_cursor)
+            else:
+                text = self._request_text(block.requests[sub - 1], width)
+            strip = cache[(sub, is_cursor)] = self._to_strip(text, width, is_cursor)
+        return strip
+
+    def _to_strip(self, text: Text, width: int, is_cursor: bool) -> Strip:
+        pad = self.rich_style
+        if is_cursor:
+            # Like DataTable's row cursor: one bar over the whole line, on top of field colours.
+            cursor = self.get_component_rich_style("worker-list--cursor")
+            text.stylize(cursor)
+            pad = pad + cursor
+        text.truncate(width, overflow="ellipsis")
+        segments = list(text.render(self.app.console, end=""))
+        return Strip(segments).extend_cell_length(width, pad).crop(0, width)
+
+    def _empty_text(self) -> Text:
+        text = Text(no_wrap=True, end="", style=self.rich_style)
+        if self._blocks and self._filter:
+            text.append("  no worker matches ", self._style("muted"))
+            text.append(plain(self._filter), self._style("muted"))
+        else:
+            text.append("  no workers", self._style("muted"))
+        return text
+
+    def _header_text(self, w: Worker, level: Level, is_cursor: bool) -> Text:
+        label = self._style("label")
+        alert = self._style("alert")
+        text = Text(no_wrap=True, end="", style=self.rich_style)
+        text.append(CURSOR_MARK if is_cursor else NO_MARK)
+        text.append(f"#{w.id:<3} ", self._style("id"))
+        status = plain(w.status)
+        if w.pid == 0:
+            state = "dead"
+            # uWSGI shows a dead worker waiting for respawn as "idle" with pid 0.
+            status = "dead" if status == "idle" else status
+        elif w.busy:
+            state = "busy"
+        else:
+            state = "idle"
+        status_style = self._style(state)
+        if state == "busy" and level != "ok":
+            status_style = status_style + self._style(level)
+        text.append(f"{status[:6]:<6} ", status_style)
+        text.append("pid ", label)
+        text.append(f"{w.pid:<7} " if w.pid else "-       ", status_style if not w.pid else "")
+        text.append("req ", label)
+        text.append(f"{w.requests:<6} ")
+        text.append("exc ", label)
+        text.append(f"{w.exceptions:<3} ", alert if w.exceptions else "")
+        text.append("hk ", label)
+        text.append(f"{w.harakiri_count:<2} ", alert if w.harakiri_count else "")
+        text.append("resp ", label)
+        text.append(f"{w.respawn_count:<2} ")
+        text.append("avg ", label)
+        text.append(f"{fmt_ms(w.avg_rt_ms):>5} ")
+        text.append("rss ", label)
+        text.append(human_bytes(w.rss) if w.rss else "-")
+        if w.pid == 0:
+            text.stylize(self._style("dead"))
+        return text
+
+    def _request_text(self, r: _RequestLine, width: int) -> Text:
+        line_style = self._style(r.level) if r.level != "ok" else Style()
+        text = Text(no_wrap=True, end="", style=self.rich_style)
+        text.append("  ")
+        if r.level == "ok":
+            text.append(LEVEL_LABELS["ok"])
+        else:
+            text.append(LEVEL_LABELS[r.level], self._style(f"{r.level}-label"))
+        text.append(f" {human_age(r.age):>6} ", line_style + Style(bold=True))
+        core = f"c{r.core}" if r.core >= 0 else "c?"
+        text.append(f"{core:<3} ", self._style("label"))
+        remote = plain(r.remote_addr)
+        tail_width = 0
+        if remote:
+            remote = ellipsize(remote, 24)
+            tail_width = len("  from ") + len(remote)
+        room = width - text.cell_len
+        if room - tail_width < 16:  # keep the URI readable; the client address gives way
+            tail_width = 0
+            remote = ""
+        what_width = room - tail_width
+        if not r.method and not r.uri:
+            what = ellipsize(NOT_CAPTURED, what_width)
+            text.append(what, self._style("muted"))
+        else:
+            method = plain(r.method)[:7]
+            text.append(f"{method:<7} ", line_style)
+            what = ellipsize(plain(r.uri), what_width - 8)
+            text.append(what, line_style)
+            what_width -= 8
+        if remote:
+            # Client addresses line up at the right edge, where the eye finds them.
+            text.append(" " * max(0, what_width - cell_len(what)))
+            text.append("  from ", self._style("label"))
+            text.append(remote, line_style)
+        return text
