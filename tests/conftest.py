@@ -33,7 +33,7 @@ from typing import Any, NoReturn, TypeVar
 
 import pytest
 
-from stackmon.demo.launcher import Stack, StackError, find_nginx, find_uwsgi
+from stackmon.demo.launcher import Stack, StackError, find_nginx, find_uwsgi, server_name
 from stackmon.demo.traffic import DEMO_HEADERS
 
 T = TypeVar("T")
@@ -275,7 +275,7 @@ class Hang:
 
 def _request_bytes(stack: Stack, via: str, path: str, headers: Mapping[str, str]) -> bytes:
     if via in ("nginx", "http"):
-        lines = [f"GET {path} HTTP/1.1", f"Host: {stack.config.name}"]
+        lines = [f"GET {path} HTTP/1.1", f"Host: {server_name(stack.config.name)}"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         lines += ["Connection: close", "", ""]
         return "\r\n".join(lines).encode()
@@ -286,10 +286,10 @@ def _request_bytes(stack: Stack, via: str, path: str, headers: Mapping[str, str]
         "PATH_INFO": path_info,
         "QUERY_STRING": query,
         "SERVER_PROTOCOL": "HTTP/1.1",
-        "SERVER_NAME": stack.config.name,
+        "SERVER_NAME": server_name(stack.config.name),
         "SERVER_PORT": "80",
         "REMOTE_ADDR": "127.0.0.1",
-        "HTTP_HOST": stack.config.name,
+        "HTTP_HOST": server_name(stack.config.name),
     }
     for key, value in headers.items():
         variables["HTTP_" + key.upper().replace("-", "_")] = value

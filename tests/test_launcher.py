@@ -361,3 +361,64 @@ def test_app_hang_returns_when_released(tmp_path: Path, monkeypatch) -> None:
     assert _call("/hang/x", "s=30")[0] == "200 OK"
     assert time.monotonic() - t0 < 3
     timer.join()
+
+
+# ------------------------------------------------------------------ robustness
+
+
+def test_lost_port_race_is_retried(fresh_stack, monkeypatch) -> None:
+    """Another process can take a port between free_port() and uWSGI's bind: the launcher
+    picks new ports and tries again instead of failing the test run."""
+    from stackmon.demo import launcher
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    real = launcher.free_port
+    handed = []
+
+    def racy() -> int:
+        port = busy.getsockname()[1] if not handed else real()
+        handed.append(port)
+        return port
+
+    monkeypatch.setattr(launcher, "free_port", racy)
+    try:
+        s = fresh_stack(workers=1, threads=1, nginx=False)
+    finally:
+        busy.close()
+    assert s.stats_address != f"127.0.0.1:{handed[0]}"
+    assert len(s.stats()["workers"]) == 1
+
+
+def test_workdir_left_by_a_killed_stack_can_be_reused(fresh_stack) -> None:
+    first = fresh_stack(workers=1, threads=1)
+    workdir = first.workdir
+    for pid in first.pids():  # no vacuum: socket, fifo, pidfiles stay behind
+        os.kill(pid, signal.SIGKILL)
+    first.stop()
+    assert first.uwsgi_socket_path.exists()
+    second = fresh_stack(workers=1, threads=1, workdir=workdir)
+    assert http_get(second.nginx_base_url + "/fast") == (200, b"fast\n")
+    second.send_fifo(b"\n")  # the FIFO is the new master's
+
+
+def test_bad_explicit_binary_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(StackError, match="not an executable"):
+        Stack.start(tmp_path, uwsgi_bin="/nonexistent/uwsgi")
+
+
+def test_without_nginx_binary_uwsgi_runs_alone(uwsgi_bin: str, monkeypatch) -> None:
+    monkeypatch.setenv("STACKMON_NGINX", "/nonexistent/nginx")
+    workdir = new_workdir()
+    with Stack.start(workdir, workers=1, threads=1, uwsgi_bin=uwsgi_bin) as s:
+        assert not s.has_nginx and s.nginx_skipped_reason
+        assert s.base_url == f"http://{s.uwsgi_http_address}"
+        assert http_get(s.base_url + "/healthz") == (200, b"ok\n")
+
+
+def test_session_stack_is_idle_and_unchanged_between_tests(stack: Stack) -> None:
+    """Runs after the hang tests in file order: their stuck requests were released."""
+    doc = stack.stats()
+    assert in_flight(doc) == []
+    assert {w["respawn_count"] for w in doc["workers"]} == {1}

@@ -22,6 +22,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -259,6 +260,11 @@ def _check_line(text: str, what: str) -> str:
     if "\n" in text or "\r" in text:
         raise StackError(f"{what} must be a single line: {text!r}")
     return text
+
+
+def server_name(name: str) -> str:
+    """The stack name as an nginx server_name / Host value (test names carry brackets)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", name) or "_"
 
 
 def _nginx_quote(text: str) -> str:
@@ -512,6 +518,10 @@ class Stack:
 
     def _validate(self) -> None:
         cfg = self.config
+        for given, what in ((cfg.uwsgi_bin, "uWSGI"), (cfg.nginx_bin if cfg.nginx else None,
+                                                       "nginx")):
+            if given and not _is_executable(given):
+                raise StackError(f"{what} binary {given!r} is not an executable file")
         if self._uwsgi_bin is None:
             raise StackError("uWSGI binary not found: pip install uwsgi (or set STACKMON_UWSGI)")
         if cfg.workers < 1 or cfg.threads < 1:
@@ -694,7 +704,7 @@ http {{
 
     server {{
         listen 127.0.0.1:{ports.nginx};
-        server_name {cfg.name};
+        server_name {server_name(cfg.name)};
 {extra}
         location = /nginx_status {{
             stub_status;
