@@ -1,0 +1,705 @@
+"""The uWSGI stats server: fetch one document, turn it into an immutable `UwsgiInstance`.
+
+Two halves, kept apart so each can be tested and timed alone:
+
+- `fetch_stats` speaks the stats protocol. Plain mode is "connect, send nothing, read to EOF"
+  (sending bytes first makes uWSGI reset the connection); `stats-http` mode is one HTTP/1.0
+  request answered without Content-Length. Every network failure comes back as a `SourceError`
+  with a sentence a user can act on, never as an exception, because one dead host must not take
+  the poller down. One deadline covers connect and read, and a size cap stops a peer that never
+  stops talking.
+- `parse_stats` is where untrusted text enters stackmon. The stats server copies every request
+  variable verbatim (Cookie and Authorization included, raw control bytes and invalid UTF-8
+  too), and some versions emit unescaped quotes. So the parser decodes leniently, repairs what it
+  knows how to repair, redacts secrets and neutralises control characters *here*, tolerates any
+  field being missing or of the wrong type (a warning, never an exception) and reports a document
+  it cannot read as a `SourceError` with the position and the reason.
+
+Speed matters because a big instance (512 workers x 8 cores) is parsed every second in the same
+process as the UI: the hot loops avoid per-item helper calls for well-formed fields, and the
+redaction of request variables is memoised (the same stuck request shows up poll after poll, and
+most headers repeat across requests). The memo is keyed by the hash of the raw text, never by the
+text itself, so it holds no secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import math
+import re
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+from stackmon import redact
+from stackmon.addresses import StatsAddress
+from stackmon.model import Core, Request, Socket, SourceError, Thresholds, UwsgiInstance, Worker
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_TIMEOUT",
+    "clear_caches",
+    "fetch_stats",
+    "parse_stats",
+    "poll_stats",
+]
+
+DEFAULT_TIMEOUT = 2.0
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+
+# Documents at least this big are parsed in a worker thread by poll_stats, so that a 20 ms parse
+# of a huge instance does not freeze the event loop (and the UI) in one piece.
+_THREAD_PARSE_BYTES = 256 * 1024
+
+# request_start values below this (2001-09-09) cannot be epoch seconds of a live request: the
+# instance runs with `clock = monotonic`, and an "age" computed from it would be nonsense.
+_EPOCH_MIN = 1_000_000_000
+
+
+def _secs(value: float) -> str:
+    """A timeout as users wrote it: 2 -> "2.0", 0.25 -> "0.25"."""
+    return f"{value:.1f}" if round(value, 1) == value else f"{value:g}"
+
+
+# --------------------------------------------------------------------------------------------
+# Fetch
+# --------------------------------------------------------------------------------------------
+
+
+class _TooBig(Exception):
+    """The peer sent more than max_bytes: stop reading instead of filling memory."""
+
+
+class _Reply(asyncio.Protocol):
+    """Collects one whole reply until EOF.
+
+    A bare Protocol rather than a StreamReader: no per-chunk buffering copies, and a reset or an
+    oversize reply is recorded as the outcome instead of surfacing as a stray exception.
+    """
+
+    def __init__(self, request: bytes, max_bytes: int, done: asyncio.Future[BaseException | None]):
+        self.request = request
+        self.max_bytes = max_bytes
+        self.done = done
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        if self.request:
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        if self.done.done():
+            return
+        self.size += len(data)
+        if self.size > self.max_bytes:
+            self._finish(_TooBig())
+            assert self.transport is not None
+            self.transport.abort()
+            return
+        self.chunks.append(data)
+
+    def eof_received(self) -> bool:
+        self._finish(None)
+        return False  # let the transport close itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._finish(exc)
+
+    def _finish(self, outcome: BaseException | None) -> None:
+        if not self.done.done():
+            self.done.set_result(outcome)
+
+
+class _Exchange:
+    """What happened so far, so that a timeout can say where it stopped."""
+
+    def __init__(self) -> None:
+        self.reply: _Reply | None = None
+
+    def timeout_message(self, timeout: float) -> str:
+        if self.reply is None:
+            return f"could not connect within {_secs(timeout)} s"
+        if self.reply.size == 0:
+            return f"no answer within {_secs(timeout)} s"
+        return (f"reply not finished within {_secs(timeout)} s ({self.reply.size} bytes received;"
+                f" a busy master answers late)")
+
+
+def _describe_os_error(exc: OSError, addr: StatsAddress, received: int) -> str:
+    """An OSError as a sentence about the stats server rather than about a syscall."""
+    after = f" after {received} bytes" if received else ""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, ConnectionResetError):
+        return f"connection reset by peer{after}"
+    if isinstance(exc, (BrokenPipeError, ConnectionAbortedError)):
+        return f"connection closed by peer{after}"
+    if isinstance(exc, FileNotFoundError):
+        return f"no such socket file {addr.path!r}"
+    if isinstance(exc, PermissionError):
+        return "permission denied (the socket's owner or mode does not let this user connect)"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve host {addr.host!r} ({exc.strerror or exc})"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {exc.reason or exc}"
+    if exc.errno == errno.ENOTSOCK:
+        return f"{addr.path!r} is not a socket"
+    if exc.errno == errno.ECONNREFUSED:
+        return "connection refused"
+    text = exc.strerror or str(exc) or type(exc).__name__
+    return f"{text[:1].lower()}{text[1:]}{after}"
+
+
+def _http_request(addr: StatsAddress) -> bytes:
+    """The smallest request stats-http answers: any path works, HTTP/1.0 so nobody chunks."""
+    host = addr.host if ":" not in addr.host else f"[{addr.host}]"
+    return f"GET / HTTP/1.0\r\nHost: {host}:{addr.port}\r\n\r\n".encode("ascii", "replace")
+
+
+async def _exchange(addr: StatsAddress, max_bytes: int, state: _Exchange) -> BaseException | None:
+    """Connect, (send the HTTP request when stats-http), read to EOF; returns how it ended."""
+    loop = asyncio.get_running_loop()
+    request = _http_request(addr) if addr.kind == "http" else b""
+
+    def factory() -> _Reply:
+        state.reply = _Reply(request, max_bytes, loop.create_future())
+        return state.reply
+
+    transport: asyncio.BaseTransport
+    if addr.kind == "tcp":
+        transport, _ = await loop.create_connection(factory, addr.host, addr.port)
+    elif addr.kind == "http":
+        tls = ssl.create_default_context() if addr.path.startswith("https://") else None
+        transport, _ = await loop.create_connection(
+            factory, addr.host, addr.port, ssl=tls, server_hostname=addr.host if tls else None
+        )
+    elif addr.kind == "unix":
+        transport, _ = await loop.create_unix_connection(factory, addr.path)
+    else:
+        # uWSGI binds `@name` with the terminating NUL inside the address ("\0name\0"; `ss`
+        # shows it as @name@), so that is what must be dialled. Other servers use "\0name".
+        try:
+            transport, _ = await loop.create_unix_connection(factory, f"\0{addr.path}\0")
+        except ConnectionRefusedError:
+            transport, _ = await loop.create_unix_connection(factory, f"\0{addr.path}")
+    try:
+        assert state.reply is not None
+        return await state.reply.done
+    finally:
+        transport.abort()
+
+
+async def fetch_stats(
+    addr: StatsAddress, timeout: float = DEFAULT_TIMEOUT, max_bytes: int = DEFAULT_MAX_BYTES
+) -> bytes | SourceError:
+    """Read one stats document from `addr`: the raw bytes, or a SourceError saying why not.
+
+    `timeout` bounds connect and read together (a stalled master must not hold a poll longer
+    than that); `max_bytes` bounds the reply. For stats-http the HTTP head is checked and
+    stripped, so the bytes returned are always the document itself.
+    """
+    source = f"uwsgi {addr}"
+    label = f"uwsgi stats {addr}"
+    state = _Exchange()
+    try:
+        async with asyncio.timeout(timeout):
+            outcome = await _exchange(addr, max_bytes, state)
+    except TimeoutError:
+        return SourceError(source, f"{label}: {state.timeout_message(timeout)}")
+    except OSError as exc:
+        return SourceError(source, f"{label}: {_describe_os_error(exc, addr, 0)}")
+    except ValueError as exc:  # e.g. a unix path too long for sun_path
+        return SourceError(source, f"{label}: cannot connect ({exc})")
+    reply = state.reply
+    assert reply is not None
+    if isinstance(outcome, _TooBig):
+        return SourceError(source, f"{label}: reply exceeded {max_bytes} bytes; gave up reading")
+    if isinstance(outcome, OSError):
+        message = _describe_os_error(outcome, addr, reply.size)
+        if addr.kind == "http" and reply.chunks and reply.chunks[0].lstrip()[:1] == b"{":
+            # A plain stats server answers our HTTP request with the bare document, then
+            # resets because the request was never read.
+            message += ("; it answered without HTTP headers: it is a plain stats server, give"
+                        " its address without http://")
+        return SourceError(source, f"{label}: {message}")
+    if outcome is not None:
+        return SourceError(source, f"{label}: connection failed ({outcome!r})")
+    data = b"".join(reply.chunks)
+    if addr.kind == "http":
+        return _strip_http(data, source, label)
+    if not data:
+        return SourceError(source, f"{label}: empty reply (connected, but the server closed the"
+                                   f" connection without sending anything)")
+    return data
+
+
+def _strip_http(data: bytes, source: str, label: str) -> bytes | SourceError:
+    """The body of a stats-http reply, or why it is not one."""
+    if not data:
+        return SourceError(source, f"{label}: empty reply (no HTTP status line)")
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        head, sep, body = data.partition(b"\n\n")
+    status_line = head.split(b"\n", 1)[0].strip()
+    if not status_line.startswith(b"HTTP/"):
+        if data.lstrip()[:1] == b"{":
+            return SourceError(source, f"{label}: the server answered without HTTP headers: it is"
+                                       f" a plain stats server, give its address without http://")
+        preview = redact.visible(data[:40].decode("utf-8", "replace"))
+        return SourceError(source, f"{label}: not an HTTP reply (starts with {preview!r})")
+    parts = status_line.split(None, 2)
+    code = parts[1].decode("ascii", "replace") if len(parts) > 1 else "?"
+    if code != "200":
+        reason = parts[2].decode("utf-8", "replace") if len(parts) > 2 else ""
+        return SourceError(source, f"{label}: HTTP {code} {redact.visible(reason)}".rstrip())
+    if not sep:
+        return SourceError(source, f"{label}: reply truncated inside the HTTP headers")
+    length = re.search(rb"(?im)^content-length:\s*(\d+)\s*$", head)
+    if length and len(body) < int(length.group(1)):
+        return SourceError(source, f"{label}: reply truncated ({len(body)} of"
+                                   f" {int(length.group(1))} body bytes)")
+    if not body.strip():
+        return SourceError(source, f"{label}: empty reply (HTTP 200 without a body)")
+    return body
+
+
+async def poll_stats(
+    addr: StatsAddress,
+    thresholds: Thresholds,
+    timeout: float = DEFAULT_TIMEOUT,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    clock: Callable[[], float] = time.time,
+) -> UwsgiInstance | SourceError:
+    """Fetch and parse in one call; request ages are measured at the moment the reply ended.
+
+    Big documents are parsed in a thread so the event loop keeps serving the UI meanwhile.
+    """
+    raw = await fetch_stats(addr, timeout, max_bytes)
+    if isinstance(raw, SourceError):
+        return raw
+    now = clock()
+    if len(raw) >= _THREAD_PARSE_BYTES:
+        return await asyncio.to_thread(parse_stats, raw, str(addr), now, thresholds)
+    return parse_stats(raw, str(addr), now, thresholds)
+
+
+# --------------------------------------------------------------------------------------------
+# Parse
+# --------------------------------------------------------------------------------------------
+
+
+class _Issues:
+    """Non-fatal oddities, counted by kind: a document with 4096 bad cores gives one warning
+    ("... (4096 times)"), not 4096."""
+
+    __slots__ = ("counts",)
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def add(self, text: str) -> None:
+        self.counts[text] = self.counts.get(text, 0) + 1
+
+    def lines(self) -> tuple[str, ...]:
+        return tuple(t if n == 1 else f"{t} ({n} times)" for t, n in self.counts.items())
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    return {str: "text", list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def _num(value: object, where: str, issues: _Issues) -> int:
+    """Slow path of every integer field: anything that is not a plain JSON integer."""
+    if type(value) is bool:
+        return int(value)
+    if type(value) is float and math.isfinite(value):
+        return int(value)
+    issues.add(f"{where}: expected a number, got {_type_name(value)}; used 0")
+    return 0
+
+
+def _text(value: object, where: str, issues: _Issues) -> str:
+    """A text field from the document, control characters made visible."""
+    if type(value) is str:
+        return redact.visible(value)
+    if value is None:
+        return ""
+    issues.add(f"{where}: expected text, got {_type_name(value)}")
+    return redact.visible(str(value)) if isinstance(value, (int, float)) else ""
+
+
+def _optional_int(doc: dict[str, Any], key: str, issues: _Issues) -> int | None:
+    value = doc.get(key)
+    if value is None or type(value) is int:
+        return value
+    return _num(value, key, issues)
+
+
+def _list(value: object, where: str, issues: _Issues) -> list[Any]:
+    if type(value) is list:
+        return value
+    if value is not None:
+        issues.add(f"{where}: expected a list, got {_type_name(value)}; ignored")
+    return []
+
+
+# Memo of request variables, keyed by hash() of the raw text (never the text: it may hold a
+# cookie). _VAR_MEMO: "KEY=VALUE" -> (raw key, shown key, shown value); _REQ_MEMO: the whole vars
+# list -> (method, uri, remote_addr, host, pairs). Cleared wholesale when they grow past the cap,
+# which a poll of even the biggest instance stays far below.
+_Details = tuple[str, str, str, str, tuple[tuple[str, str], ...]]
+_MEMO_CAP = 32768
+_VAR_MEMO: dict[int, tuple[str, str, str]] = {}
+# The value also carries the warnings the list produced, replayed on every hit so that a
+# memoised request warns exactly like a fresh one.
+_REQ_MEMO: dict[int, tuple[_Details, tuple[str, ...]]] = {}
+_MALFORMED = ("", "", "")
+_NO_DETAILS: _Details = ("", "", "", "", ())
+
+
+def clear_caches() -> None:
+    """Forget memoised variables (benchmarks measuring a cold parse; tests)."""
+    _VAR_MEMO.clear()
+    _REQ_MEMO.clear()
+
+
+def _request_details(raw_vars: list[Any], issues: _Issues) -> _Details:
+    """method, uri, remote_addr, host and the shown (redacted, visible) KEY=VALUE pairs."""
+    try:
+        memo_key = hash(tuple(raw_vars))
+    except TypeError:  # a list or object inside vars: not memoisable, still parseable
+        memo_key = None
+    else:
+        hit = _REQ_MEMO.get(memo_key)
+        if hit is not None:
+            for text in hit[1]:
+                issues.add(text)
+            return hit[0]
+    var_memo = _VAR_MEMO
+    found: list[str] = []
+    pairs: list[tuple[str, str]] = []
+    method = uri = path_info = query = remote = http_host = server_name = None
+    raw_path = raw_query = ""
+    for item in raw_vars:
+        if type(item) is not str:
+            found.append(f"vars: expected \"KEY=VALUE\" text, got {_type_name(item)}; skipped")
+            continue
+        if not item:
+            continue  # the list ends with ""
+        h = hash(item)
+        entry = var_memo.get(h)
+        if entry is None:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                entry = _MALFORMED
+            else:
+                entry = (key, redact.visible(key), redact.visible(redact.redact_var(key, value)))
+            var_memo[h] = entry
+        raw_key, shown_key, shown = entry
+        if not raw_key:
+            found.append("vars: entry without KEY= skipped")
+            continue
+        pairs.append((shown_key, shown))
+        # The few fields the UI shows are the same redacted+visible values; for these keys
+        # (never secret keys) that equals redact.clean() of the raw value.
+        if raw_key == "REQUEST_METHOD":
+            method = method if method is not None else shown
+        elif raw_key == "REQUEST_URI":
+            uri = uri if uri is not None else shown
+        elif raw_key == "PATH_INFO":
+            if path_info is None:
+                path_info, raw_path = shown, item[10:]
+        elif raw_key == "QUERY_STRING":
+            if query is None:
+                query, raw_query = shown, item[13:]
+        elif raw_key == "REMOTE_ADDR":
+            remote = remote if remote is not None else shown
+        elif raw_key == "HTTP_HOST":
+            http_host = http_host if http_host is not None else shown
+        elif raw_key == "SERVER_NAME":
+            server_name = server_name if server_name is not None else shown
+    if uri is None:
+        if path_info is None and query is None:
+            uri = ""
+        else:
+            uri = redact.clean(f"{raw_path}?{raw_query}" if raw_query else raw_path)
+    details = (method or "", uri, remote or "", http_host or server_name or "", tuple(pairs))
+    for text in found:
+        issues.add(text)
+    if memo_key is not None:
+        _REQ_MEMO[memo_key] = (details, tuple(found))
+    return details
+
+
+def _request(
+    core_id: int, core: dict[str, Any], now: float, thresholds: Thresholds, issues: _Issues
+) -> Request:
+    """The request in flight on a busy core. A busy core always yields one, even when uWSGI
+    copied no vars (the copy raced the request): that the core is stuck is the critical fact."""
+    raw_vars = core.get("vars")
+    if type(raw_vars) is not list:
+        if raw_vars is not None:
+            issues.add(f"cores[].vars: expected a list, got {_type_name(raw_vars)}; ignored")
+        raw_vars = None
+    method, uri, remote, host, pairs = (
+        _request_details(raw_vars, issues) if raw_vars else _NO_DETAILS
+    )
+    started: float | None = None
+    info = core.get("req_info")
+    if type(info) is dict:
+        start = info.get("request_start")
+        if start is not None:
+            if type(start) is not int:
+                start = _num(start, "cores[].req_info.request_start", issues) or None
+            if start is not None:
+                if start >= _EPOCH_MIN:
+                    started = float(start)
+                else:
+                    issues.add("request_start is not an epoch time (clock = monotonic?);"
+                               " request ages unknown")
+    elif info is not None:
+        issues.add(f"cores[].req_info: expected an object, got {_type_name(info)}; ignored")
+    running = None if started is None else max(0.0, now - started)
+    return Request(core_id, method, uri, remote, host, started, running,
+                   thresholds.level(running), pairs)
+
+
+def _cores(
+    raw_cores: list[Any], now: float, thresholds: Thresholds, issues: _Issues
+) -> tuple[Core, ...]:
+    out: list[Core] = []
+    append = out.append
+    for core in raw_cores:
+        if type(core) is not dict:
+            issues.add(f"cores[]: expected an object, got {_type_name(core)}; skipped")
+            continue
+        get = core.get
+        cid = get("id", 0)
+        if type(cid) is not int:
+            cid = _num(cid, "cores[].id", issues)
+        requests = get("requests", 0)
+        if type(requests) is not int:
+            requests = _num(requests, "cores[].requests", issues)
+        busy = get("in_request", 0)
+        if type(busy) is not int:
+            busy = _num(busy, "cores[].in_request", issues)
+        if busy:
+            append(Core(cid, requests, True, _request(cid, core, now, thresholds, issues)))
+        else:
+            append(Core(cid, requests, False, None))
+    return tuple(out)
+
+
+# Integer fields of a worker, in the order Worker takes them after id, pid, status, accepting.
+_WORKER_INTS = ("requests", "exceptions", "harakiri_count", "respawn_count", "avg_rt", "rss",
+                "vsz", "last_spawn", "running_time", "tx")
+
+
+def _worker(doc: dict[str, Any], now: float, thresholds: Thresholds, issues: _Issues) -> Worker:
+    get = doc.get
+    n: list[int] = []
+    for key in ("id", "pid", "accepting", *_WORKER_INTS):
+        value = get(key, 0)
+        n.append(value if type(value) is int else _num(value, f"workers[].{key}", issues))
+    status = get("status", "")
+    status = (status if type(status) is str and status.isprintable()
+              else _text(status, "workers[].status", issues))
+    raw_cores = get("cores")
+    if type(raw_cores) is not list:
+        raw_cores = _list(raw_cores, "workers[].cores", issues)
+    cores = _cores(raw_cores, now, thresholds, issues) if raw_cores else ()
+    (wid, pid, accepting, requests, exceptions, harakiri, respawns, avg_rt, rss, vsz,
+     last_spawn, running_time, tx) = n
+    return Worker(
+        id=wid, pid=pid, status=status, accepting=bool(accepting), requests=requests,
+        exceptions=exceptions, harakiri_count=harakiri, respawn_count=respawns,
+        avg_rt_ms=avg_rt / 1000.0, rss=rss, vsz=vsz, last_spawn=float(last_spawn),
+        running_time_s=running_time / 1_000_000.0, tx=tx, cores=cores,
+    )
+
+
+def _socket(doc: dict[str, Any], issues: _Issues) -> Socket:
+    get = doc.get
+    queue = get("queue", 0)
+    max_queue = get("max_queue", 0)
+    shared = get("shared", 0)
+    return Socket(
+        name=_text(get("name", ""), "sockets[].name", issues),
+        proto=_text(get("proto", ""), "sockets[].proto", issues),
+        queue=queue if type(queue) is int else _num(queue, "sockets[].queue", issues),
+        max_queue=(max_queue if type(max_queue) is int
+                   else _num(max_queue, "sockets[].max_queue", issues)),
+        shared=bool(shared if type(shared) is int else _num(shared, "sockets[].shared", issues)),
+    )
+
+
+# --- decoding and lenient JSON ---------------------------------------------------------------
+
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+
+
+def _decode(raw: bytes) -> tuple[str, int]:
+    """The text, and how many bytes were not UTF-8 (each became U+FFFD).
+
+    surrogateescape maps each bad byte to one lone surrogate, so they can be counted exactly and
+    then replaced; a clean document pays only for the strict decode.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text, bad = _ESCAPED_BYTE.subn("\ufffd", raw.decode("utf-8", "surrogateescape"))
+    else:
+        bad = 0
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    return text, bad
+
+
+# A pretty-printed `"key":"value"` line (how uWSGI prints every text field but vars).
+_STRING_LINE = re.compile(r'^([ \t]*"[^"\n]*":[ \t]*)"(.*)"(,?)[ \t]*$', re.MULTILINE)
+_JSON_STRING_TOKEN = re.compile(r'\\.|"')
+
+
+def _repair_quotes(text: str) -> tuple[str, int]:
+    """Escape unescaped quotes inside `"key":"value"` lines (seen in socket names and cwd).
+
+    Only works on pretty-printed output, where each value sits on its own line: enough for the
+    broken documents uWSGI really produces; a minified one is reported instead of guessed at.
+    """
+    fixed = 0
+
+    def fix(m: re.Match[str]) -> str:
+        nonlocal fixed
+        inner = m.group(2)
+        if '"' not in inner:
+            return m.group()
+        repaired = _JSON_STRING_TOKEN.sub(lambda t: '\\"' if t.group() == '"' else t.group(),
+                                          inner)
+        if repaired == inner:
+            return m.group()
+        fixed += 1
+        return f'{m.group(1)}"{repaired}"{m.group(3)}'
+
+    return _STRING_LINE.sub(fix, text), fixed
+
+
+def _load(text: str, nbytes: int, issues: _Issues) -> Any | str:
+    """The decoded JSON value, or (as a str) why the document cannot be read."""
+    try:
+        return json.loads(text, strict=False)
+    except json.JSONDecodeError as exc:
+        first = exc
+    except RecursionError:
+        return "document nested too deeply to be a stats document"
+    if first.msg == "Extra data":
+        try:
+            value, end = json.JSONDecoder(strict=False).raw_decode(text)
+        except (json.JSONDecodeError, RecursionError):
+            pass
+        else:
+            issues.add(f"ignored {len(text) - end} characters after the end of the document")
+            return value
+    repaired, fixed = _repair_quotes(text)
+    if fixed:
+        try:
+            value = json.loads(repaired, strict=False)
+        except (json.JSONDecodeError, RecursionError):
+            pass
+        else:
+            issues.add(f"repaired unescaped quotes on {fixed} line(s)")
+            return value
+    if first.pos >= len(text.rstrip()) or first.msg.startswith("Unterminated string"):
+        return (f"reply truncated: the JSON stops at line {first.lineno} col {first.colno}"
+                f" before the document is complete ({nbytes} bytes received)")
+    if first.pos == 0 or not text.lstrip().startswith(("{", "[")):
+        head = text.lstrip()
+        if head.startswith("HTTP/"):
+            return ("the reply is HTTP, not a plain stats document: give the address as"
+                    " http://host:port (stats-http)")
+        preview = redact.visible(head[:40])
+        return f"reply is not JSON (starts with {preview!r})"
+    return f"invalid JSON at line {first.lineno} col {first.colno}: {first.msg}"
+
+
+def parse_stats(
+    raw: bytes, address: str, now: float, thresholds: Thresholds
+) -> UwsgiInstance | SourceError:
+    """One stats document as a `UwsgiInstance`, or a SourceError when it cannot be read.
+
+    `now` is the epoch time the document was received: request ages are `now - request_start`.
+    Never raises: every field is optional and a wrong type becomes a default plus a warning in
+    `UwsgiInstance.warnings`, because a partially odd document still tells which worker is stuck.
+    """
+    source = f"uwsgi {address}"
+    label = f"uwsgi stats {address}"
+    try:
+        return _parse(raw, address, now, thresholds, source, label)
+    except Exception as exc:  # a bug here must cost one sample, not the poller
+        return SourceError(source, f"{label}: could not read the document"
+                                   f" ({type(exc).__name__}: {redact.clean(str(exc))[:200]})")
+
+
+def _parse(
+    raw: bytes, address: str, now: float, thresholds: Thresholds, source: str, label: str
+) -> UwsgiInstance | SourceError:
+    if len(_VAR_MEMO) > _MEMO_CAP or len(_REQ_MEMO) > _MEMO_CAP:
+        clear_caches()
+    issues = _Issues()
+    text, bad = _decode(raw)
+    if bad:
+        issues.add(f"{bad} byte(s) of invalid UTF-8 replaced")
+    if not text.strip():
+        return SourceError(source, f"{label}: empty reply")
+    doc = _load(text, len(raw), issues)
+    if isinstance(doc, str):
+        return SourceError(source, f"{label}: {doc}")
+    if type(doc) is not dict:
+        return SourceError(source, f"{label}: not a stats document (the JSON is"
+                                   f" {_type_name(doc)}, not an object)")
+    if "workers" not in doc and "version" not in doc and "pid" not in doc:
+        return SourceError(source, f"{label}: JSON, but not a uWSGI stats document"
+                                   f" (no workers, version or pid)")
+    get = doc.get
+    if "workers" not in doc:
+        issues.add("no workers in the document")
+    sockets: list[Socket] = []
+    for item in _list(get("sockets"), "sockets", issues):
+        if type(item) is dict:
+            sockets.append(_socket(item, issues))
+        else:
+            issues.add(f"sockets[]: expected an object, got {_type_name(item)}; skipped")
+    workers: list[Worker] = []
+    for item in _list(get("workers"), "workers", issues):
+        if type(item) is dict:
+            workers.append(_worker(item, now, thresholds, issues))
+        else:
+            issues.add(f"workers[]: expected an object, got {_type_name(item)}; skipped")
+    master_pid = get("pid", 0)
+    listen_queue = get("listen_queue", 0)
+    signal_queue = get("signal_queue", 0)
+    return UwsgiInstance(
+        address=address,
+        version=_text(get("version", ""), "version", issues),
+        master_pid=master_pid if type(master_pid) is int else _num(master_pid, "pid", issues),
+        listen_queue=(listen_queue if type(listen_queue) is int
+                      else _num(listen_queue, "listen_queue", issues)),
+        listen_queue_max=max((s.max_queue for s in sockets), default=0),
+        sockets=tuple(sockets),
+        workers=tuple(workers),
+        uid=_optional_int(doc, "uid", issues),
+        gid=_optional_int(doc, "gid", issues),
+        cwd=_text(get("cwd", ""), "cwd", issues),
+        signal_queue=(signal_queue if type(signal_queue) is int
+                      else _num(signal_queue, "signal_queue", issues)),
+        warnings=issues.lines(),
+    )
