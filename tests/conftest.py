@@ -42,9 +42,11 @@ IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 KEEP_WORKDIRS = bool(os.environ.get("STACKMON_KEEP_WORKDIR"))
 
 requires_root = pytest.mark.skipif(
-    os.geteuid() != 0, reason="needs root (network namespaces, other users' processes)")
+    os.geteuid() != 0, reason="needs root (network namespaces, other users' processes)"
+)
 requires_netns = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("ip") is None, reason="needs root and the `ip` command")
+    os.geteuid() != 0 or shutil.which("ip") is None, reason="needs root and the `ip` command"
+)
 
 _STACK_FIXTURES = {"stack", "fresh_stack", "uwsgi_bin", "nginx_bin"}
 
@@ -65,8 +67,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
-                              ) -> Iterator[None]:
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     """Remember each phase's report on the item, so fixtures know whether the test failed."""
     report = yield
     setattr(item, f"rep_{report.when}", report)
@@ -74,8 +75,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
 
 
 def _test_failed(request: pytest.FixtureRequest) -> bool:
-    return any(getattr(getattr(request.node, f"rep_{when}", None), "failed", False)
-               for when in ("setup", "call"))
+    return any(
+        getattr(getattr(request.node, f"rep_{when}", None), "failed", False)
+        for when in ("setup", "call")
+    )
 
 
 # ------------------------------------------------------------------ binaries
@@ -129,8 +132,15 @@ def _remove(workdir: Path) -> None:
 def stack(uwsgi_bin: str, nginx_bin: str) -> Iterator[Stack]:
     workdir = new_workdir()
     try:
-        started = Stack.start(workdir, workers=4, threads=2, mercy=3, name="session",
-                              uwsgi_bin=uwsgi_bin, nginx_bin=nginx_bin)
+        started = Stack.start(
+            workdir,
+            workers=4,
+            threads=2,
+            mercy=3,
+            name="session",
+            uwsgi_bin=uwsgi_bin,
+            nginx_bin=nginx_bin,
+        )
     except StackError as exc:
         pytest.fail(f"the session stack did not start:\n{exc}", pytrace=False)
     try:
@@ -171,8 +181,12 @@ def fresh_stack(request: pytest.FixtureRequest, uwsgi_bin: str) -> Iterator[Call
 # ------------------------------------------------------------------ polling
 
 
-def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05,
-               message: str | Callable[[], str] = "condition") -> T:
+def wait_until(
+    predicate: Callable[[], T],
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    message: str | Callable[[], str] = "condition",
+) -> T:
     """Poll `predicate` until it returns something truthy (returned); fail after `timeout`.
 
     Exceptions from the predicate count as "not yet" (a stats server mid-restart), and the last
@@ -269,8 +283,12 @@ class Hang:
             self.stack.release_hangs()
             return not in_flight(self.stack.stats())
 
-        wait_until(idle, timeout, interval=0.25,
-                   message=lambda: f"stack {self.stack.config.name} to go idle after hangs")
+        wait_until(
+            idle,
+            timeout,
+            interval=0.25,
+            message=lambda: f"stack {self.stack.config.name} to go idle after hangs",
+        )
 
 
 def _request_bytes(stack: Stack, via: str, path: str, headers: Mapping[str, str]) -> bytes:
@@ -321,9 +339,16 @@ def hang_fixture() -> Iterator[Callable[..., Hang]]:
     """
     hangs: list[Hang] = []
 
-    def start(stack: Stack, path: str = "/hang/x", n: int = 1,
-              headers: Mapping[str, str] | None = None, *, via: str = "auto",
-              wait: bool = True, timeout: float = 10.0) -> Hang:
+    def start(
+        stack: Stack,
+        path: str = "/hang/x",
+        n: int = 1,
+        headers: Mapping[str, str] | None = None,
+        *,
+        via: str = "auto",
+        wait: bool = True,
+        timeout: float = 10.0,
+    ) -> Hang:
         if not (path == "/hang" or path.startswith(("/hang/", "/hang?"))):
             raise ValueError(f"not a hanging route: {path}")
         kind, _, address = _target(stack, via).partition(" ")
@@ -336,8 +361,11 @@ def hang_fixture() -> Iterator[Callable[..., Hang]]:
             held.sockets.append(sock)
         if wait:
             want = min(n, stack.capacity)
-            wait_until(lambda: len(held.matching()) >= want, timeout,
-                       message=lambda: f"{want} x {path} in flight on {stack.config.name}")
+            wait_until(
+                lambda: len(held.matching()) >= want,
+                timeout,
+                message=lambda: f"{want} x {path} in flight on {stack.config.name}",
+            )
         return held
 
     try:

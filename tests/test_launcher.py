@@ -80,8 +80,10 @@ def test_error_route_counts_an_exception(stack: Stack) -> None:
     # uWSGI closes the connection without a response when the app raises before
     # start_response, so nginx answers 502 (not 500): what users see for app crashes.
     assert http_get(stack.nginx_base_url + "/error")[0] == 502
-    wait_until(lambda: sum(w["exceptions"] for w in stack.stats()["workers"]) == before + 1,
-               message="the exception to be counted")
+    wait_until(
+        lambda: sum(w["exceptions"] for w in stack.stats()["workers"]) == before + 1,
+        message="the exception to be counted",
+    )
 
 
 def test_nginx_status_answers(stack: Stack) -> None:
@@ -105,8 +107,12 @@ def test_hanging_requests_make_workers_busy(stack: Stack, hang) -> None:
     assert all(v["HTTP_AUTHORIZATION"] == "Bearer demo-not-a-token" for v in stuck)
     assert all(v["PATH_INFO"] == "/hang/report" and v["QUERY_STRING"] == "id=42" for v in stuck)
     assert 2 <= len(busy_workers(doc)) <= 3  # 3 cores on 2 or 3 of the 4 workers
-    starts = [c["req_info"]["request_start"] for w in doc["workers"] for c in w["cores"]
-              if c["in_request"]]
+    starts = [
+        c["req_info"]["request_start"]
+        for w in doc["workers"]
+        for c in w["cores"]
+        if c["in_request"]
+    ]
     assert all(abs(s - time.time()) < 30 for s in starts)
     held.close()
     assert busy_workers(stack.stats()) == []
@@ -173,13 +179,20 @@ def test_stats_http_and_no_nginx(fresh_stack) -> None:
 
 
 def test_listen_harakiri_and_extra_options_reach_uwsgi(fresh_stack) -> None:
-    s = fresh_stack(workers=1, threads=1, listen=16, harakiri=30, nginx=False,
-                    extra_uwsgi={"max-requests": 1000, "env": ["A=1", "B=2"]})
+    s = fresh_stack(
+        workers=1,
+        threads=1,
+        listen=16,
+        harakiri=30,
+        nginx=False,
+        extra_uwsgi={"max-requests": 1000, "env": ["A=1", "B=2"]},
+    )
     ini = s.ini_path.read_text()
     assert "listen = 16" in ini and "harakiri = 30" in ini and "max-requests = 1000" in ini
     assert "env = A=1\nenv = B=2" in ini
-    assert next(x for x in s.stats()["sockets"] if x["name"] == s.uwsgi_tcp_address)[
-        "max_queue"] == 16
+    assert (
+        next(x for x in s.stats()["sockets"] if x["name"] == s.uwsgi_tcp_address)["max_queue"] == 16
+    )
     cmdline = psutil.Process(s.master_pid).cmdline()
     assert str(s.ini_path) in cmdline  # config discovery reads it from /proc/PID/cmdline
 
@@ -267,18 +280,34 @@ def test_too_deep_workdir_is_refused(uwsgi_bin: str, tmp_path: Path) -> None:
 
 def test_traffic_reaches_the_stack_and_stops_promptly(fresh_stack) -> None:
     s = fresh_stack(workers=2, threads=2, listen=16, mercy=1)
-    traffic = TrafficThread(s.base_url, rate=20.0, hang_in_flight=1, hang_seconds=(30, 30),
-                            burst_every=(60.0, 60.0), first_burst=0.5, capacity=s.capacity,
-                            listen=16, burst_seconds=1.0, seed=7)
+    traffic = TrafficThread(
+        s.base_url,
+        rate=20.0,
+        hang_in_flight=1,
+        hang_seconds=(30, 30),
+        burst_every=(60.0, 60.0),
+        first_burst=0.5,
+        capacity=s.capacity,
+        listen=16,
+        burst_seconds=1.0,
+        seed=7,
+    )
     with traffic:
         # The stuck request shows up with its realistic URI and secret headers.
-        stuck = wait_until(lambda: [v for v in in_flight(s.stats())
-                                    if v.get("PATH_INFO", "").startswith("/hang/")],
-                           timeout=10, message="a stuck demo request")
+        stuck = wait_until(
+            lambda: [
+                v for v in in_flight(s.stats()) if v.get("PATH_INFO", "").startswith("/hang/")
+            ],
+            timeout=10,
+            message="a stuck demo request",
+        )
         assert stuck[0]["HTTP_COOKIE"].startswith("sessionid=demo-not-a-secret")
         assert stuck[0]["HTTP_X_HANG_SECONDS"] == "30"
-        wait_until(lambda: traffic.stats.bursts == 1 and traffic.stats.statuses[200] > 20,
-                   timeout=10, message=lambda: f"burst and steady traffic ({traffic.stats})")
+        wait_until(
+            lambda: traffic.stats.bursts == 1 and traffic.stats.statuses[200] > 20,
+            timeout=10,
+            message=lambda: f"burst and steady traffic ({traffic.stats})",
+        )
         t0 = time.monotonic()
     assert time.monotonic() - t0 < 3
     assert traffic.error is None
@@ -293,9 +322,20 @@ def test_burst_fills_the_listen_queue(fresh_stack) -> None:
 
     async def go():
         stop = asyncio.Event()
-        task = asyncio.create_task(run_traffic(
-            s.base_url, stop_event=stop, rate=1.0, hang_in_flight=0, burst_every=(60, 60),
-            first_burst=0.0, capacity=s.capacity, listen=8, burst_seconds=1.5, seed=1))
+        task = asyncio.create_task(
+            run_traffic(
+                s.base_url,
+                stop_event=stop,
+                rate=1.0,
+                hang_in_flight=0,
+                burst_every=(60, 60),
+                first_burst=0.0,
+                capacity=s.capacity,
+                listen=8,
+                burst_seconds=1.5,
+                seed=1,
+            )
+        )
         await asyncio.sleep(4.0)
         stop.set()
         return await task
@@ -324,8 +364,14 @@ def _call(path: str, query: str = "", **extra: str) -> tuple[str, bytes]:
     def start_response(status: str, headers: list, exc_info=None) -> None:
         seen["status"] = status
 
-    environ = {"PATH_INFO": path, "QUERY_STRING": query, "REQUEST_METHOD": "GET",
-               "wsgi.input": io.BytesIO(), "wsgi.errors": sys.stderr, **extra}
+    environ = {
+        "PATH_INFO": path,
+        "QUERY_STRING": query,
+        "REQUEST_METHOD": "GET",
+        "wsgi.input": io.BytesIO(),
+        "wsgi.errors": sys.stderr,
+        **extra,
+    }
     body = b"".join(demo_app.application(environ, start_response))
     return seen["status"], body
 

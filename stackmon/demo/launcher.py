@@ -193,8 +193,9 @@ def read_stats(address: str, *, http: bool = False, timeout: float = 2.0) -> dic
     return json.loads(data.decode("utf-8", errors="replace"), strict=False)
 
 
-def http_get(url: str, *, timeout: float = 2.0, headers: Mapping[str, str] | None = None
-             ) -> tuple[int, bytes]:
+def http_get(
+    url: str, *, timeout: float = 2.0, headers: Mapping[str, str] | None = None
+) -> tuple[int, bytes]:
     """A plain HTTP GET with no proxy or environment influence (http.client, not httpx: an
     HTTP_PROXY in the environment must never reroute a loopback probe)."""
     rest = url.removeprefix("http://")
@@ -268,7 +269,7 @@ def server_name(name: str) -> str:
 
 
 def _nginx_quote(text: str) -> str:
-    if any(c in text for c in "\"\\\n\r;"):
+    if any(c in text for c in '"\\\n\r;'):
         raise StackError(f"path not usable in nginx.conf: {text!r}")
     return f'"{text}"'
 
@@ -443,8 +444,7 @@ class Stack:
 
     @property
     def running(self) -> bool:
-        return (not self._stopped and self._uwsgi is not None
-                and self._uwsgi.poll() is None)
+        return not self._stopped and self._uwsgi is not None and self._uwsgi.poll() is None
 
     # ---------------------------------------------------------------- inspection and control
 
@@ -480,8 +480,9 @@ class Stack:
         """The uWSGI log tail and, with nginx, its error log tail, labelled."""
         parts = [f"--- {self.uwsgi_log_path} ---\n{tail(self.uwsgi_log_path, lines)}"]
         if self.config.nginx and self._nginx_bin:
-            parts.append(f"--- {self.nginx_error_log_path} ---\n"
-                         f"{tail(self.nginx_error_log_path, lines)}")
+            parts.append(
+                f"--- {self.nginx_error_log_path} ---\n{tail(self.nginx_error_log_path, lines)}"
+            )
         return "\n".join(parts)
 
     # ---------------------------------------------------------------- start
@@ -494,8 +495,9 @@ class Stack:
         if use_nginx:
             self._prepare_for_nobody()
         self.release_file.write_text("0\n")
-        fixed = any(p is not None for p in (cfg.stats_port, cfg.tcp_port, cfg.http_port,
-                                             cfg.nginx_port))
+        fixed = any(
+            p is not None for p in (cfg.stats_port, cfg.tcp_port, cfg.http_port, cfg.nginx_port)
+        )
         attempts = 1 if fixed else _PORT_RETRIES
         deadline = time.monotonic() + cfg.startup_timeout
         for attempt in range(1, attempts + 1):
@@ -518,26 +520,30 @@ class Stack:
 
     def _validate(self) -> None:
         cfg = self.config
-        for given, what in ((cfg.uwsgi_bin, "uWSGI"), (cfg.nginx_bin if cfg.nginx else None,
-                                                       "nginx")):
+        for given, what in (
+            (cfg.uwsgi_bin, "uWSGI"),
+            (cfg.nginx_bin if cfg.nginx else None, "nginx"),
+        ):
             if given and not _is_executable(given):
                 raise StackError(f"{what} binary {given!r} is not an executable file")
         if self._uwsgi_bin is None:
             raise StackError("uWSGI binary not found: pip install uwsgi (or set STACKMON_UWSGI)")
         if cfg.workers < 1 or cfg.threads < 1:
-            raise StackError(f"workers and threads must be >= 1 (got {cfg.workers}, "
-                             f"{cfg.threads})")
+            raise StackError(f"workers and threads must be >= 1 (got {cfg.workers}, {cfg.threads})")
         if cfg.listen < 1:
             raise StackError(f"listen must be >= 1 (got {cfg.listen})")
         limit = somaxconn()
         if limit is not None and cfg.listen > limit:
             raise StackError(
                 f"listen = {cfg.listen} is above net.core.somaxconn = {limit}; uWSGI refuses to "
-                "start with that (raise the sysctl or lower listen)")
+                "start with that (raise the sysctl or lower listen)"
+            )
         sock = str(self.workdir / "uwsgi.sock")
         if len(sock.encode()) > _UNIX_PATH_MAX:
-            raise StackError(f"work directory too deep for a unix socket path "
-                             f"({len(sock.encode())} > {_UNIX_PATH_MAX} bytes): {sock}")
+            raise StackError(
+                f"work directory too deep for a unix socket path "
+                f"({len(sock.encode())} > {_UNIX_PATH_MAX} bytes): {sock}"
+            )
         _check_line(str(self.workdir), "work directory")
         _check_line(cfg.name, "name")
 
@@ -558,7 +564,8 @@ class Stack:
                 raise StackError(
                     f"{parent} is not traversable by others (mode {stat.filemode(mode)}); "
                     f"nginx workers run as nobody and could not reach {self.uwsgi_socket_path}. "
-                    "Use a work directory under /tmp (tempfile.mkdtemp()).")
+                    "Use a work directory under /tmp (tempfile.mkdtemp())."
+                )
 
     def _pick_ports(self, use_nginx: bool) -> _Ports:
         cfg = self.config
@@ -630,8 +637,9 @@ class Stack:
             "[uwsgi]",
         ]
         for key, value in self.uwsgi_options():
-            lines.append(f"{_check_line(key, 'uWSGI option')} = "
-                         f"{_check_line(value, 'uWSGI value')}")
+            lines.append(
+                f"{_check_line(key, 'uWSGI option')} = {_check_line(value, 'uWSGI value')}"
+            )
         self.ini_path.write_text("\n".join(lines) + "\n")
 
     def _start_uwsgi(self, deadline: float) -> None:
@@ -663,16 +671,23 @@ class Stack:
                 ready = [w for w in workers if w.get("pid") and w.get("accepting")]
                 sampled = not self.config.wait_for_queue_sample or any(
                     s.get("name") == self.uwsgi_tcp_address and s.get("max_queue")
-                    for s in doc.get("sockets") or [])
+                    for s in doc.get("sockets") or []
+                )
                 if len(workers) == want and len(ready) == want and sampled:
                     return
-                last_problem = (f"{len(ready)}/{want} workers accepting" if sampled
-                                else "listen queues not sampled yet")
+                last_problem = (
+                    f"{len(ready)}/{want} workers accepting"
+                    if sampled
+                    else "listen queues not sampled yet"
+                )
             except (OSError, ValueError) as exc:
                 last_problem = f"stats server: {exc}"
             if time.monotonic() > deadline:
-                raise StackError(self._failure(
-                    f"uWSGI not ready within {self.config.startup_timeout}s ({last_problem})"))
+                raise StackError(
+                    self._failure(
+                        f"uWSGI not ready within {self.config.startup_timeout}s ({last_problem})"
+                    )
+                )
             time.sleep(0.05)
 
     def nginx_conf(self) -> str:
@@ -726,8 +741,17 @@ http {{
         stderr_path = self.nginx_prefix / "logs" / "stderr.log"
         with stderr_path.open("wb") as err:
             self._nginx = subprocess.Popen(
-                [self._nginx_bin, "-p", f"{self.nginx_prefix}/", "-c", str(self.nginx_conf_path),
-                 "-e", str(self.nginx_error_log_path), "-g", "daemon off;"],
+                [
+                    self._nginx_bin,
+                    "-p",
+                    f"{self.nginx_prefix}/",
+                    "-c",
+                    str(self.nginx_conf_path),
+                    "-e",
+                    str(self.nginx_error_log_path),
+                    "-g",
+                    "daemon off;",
+                ],
                 cwd=self.nginx_prefix,
                 stdin=subprocess.DEVNULL,
                 stdout=err,
@@ -740,8 +764,11 @@ http {{
         while True:
             code = self._nginx.poll()
             if code is not None:
-                raise StackError(self._failure(f"nginx exited with code {code} during startup",
-                                               extra=[stderr_path]))
+                raise StackError(
+                    self._failure(
+                        f"nginx exited with code {code} during startup", extra=[stderr_path]
+                    )
+                )
             try:
                 status, _ = http_get(status_url, timeout=1.0)
                 if status == 200:
@@ -756,14 +783,19 @@ http {{
             except (OSError, http.client.HTTPException) as exc:
                 last_problem = f"GET /nginx_status: {exc}"
             if time.monotonic() > deadline:
-                raise StackError(self._failure(
-                    f"nginx not ready within {self.config.startup_timeout}s ({last_problem})",
-                    extra=[stderr_path]))
+                raise StackError(
+                    self._failure(
+                        f"nginx not ready within {self.config.startup_timeout}s ({last_problem})",
+                        extra=[stderr_path],
+                    )
+                )
             time.sleep(0.05)
 
     def _failure(self, headline: str, extra: Iterable[Path] = ()) -> str:
-        parts = [f"stack {self.config.name!r} in {self.workdir} failed to start: {headline}",
-                 self.log_tail(30)]
+        parts = [
+            f"stack {self.config.name!r} in {self.workdir} failed to start: {headline}",
+            self.log_tail(30),
+        ]
         for path in extra:
             parts.append(f"--- {path} ---\n{tail(path, 20)}")
         return "\n".join(parts)

@@ -21,6 +21,7 @@ import random
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -90,8 +91,14 @@ async def _sleep(stop_event: asyncio.Event, seconds: float) -> bool:
     return stop_event.is_set()
 
 
-async def _get(client: httpx.AsyncClient, url: str, stats: TrafficStats, *,
-               headers: dict[str, str] | None = None, timeout: float) -> None:
+async def _get(
+    client: httpx.AsyncClient,
+    url: str,
+    stats: TrafficStats,
+    *,
+    headers: dict[str, str] | None = None,
+    timeout: float,
+) -> None:
     stats.sent += 1
     try:
         resp = await client.get(url, headers=headers, timeout=timeout)
@@ -100,9 +107,15 @@ async def _get(client: httpx.AsyncClient, url: str, stats: TrafficStats, *,
         stats.record(error=exc)
 
 
-async def _steady(client: httpx.AsyncClient, base: str, stop_event: asyncio.Event,
-                  stats: TrafficStats, rng: random.Random, rate: float, max_concurrency: int
-                  ) -> None:
+async def _steady(
+    client: httpx.AsyncClient,
+    base: str,
+    stop_event: asyncio.Event,
+    stats: TrafficStats,
+    rng: random.Random,
+    rate: float,
+    max_concurrency: int,
+) -> None:
     paths, weights = zip(*STEADY_MIX, strict=True)
     bound = asyncio.Semaphore(max_concurrency)
     tasks: set[asyncio.Task[None]] = set()
@@ -133,9 +146,15 @@ async def _steady(client: httpx.AsyncClient, base: str, stop_event: asyncio.Even
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _hang_slot(client: httpx.AsyncClient, base: str, stop_event: asyncio.Event,
-                     stats: TrafficStats, rng: random.Random, hang_seconds: tuple[float, float],
-                     hang_every: float) -> None:
+async def _hang_slot(
+    client: httpx.AsyncClient,
+    base: str,
+    stop_event: asyncio.Event,
+    stats: TrafficStats,
+    rng: random.Random,
+    hang_seconds: tuple[float, float],
+    hang_every: float,
+) -> None:
     """Keep one stuck request in flight. nginx gives up on it after uwsgi_read_timeout (504)
     while the worker keeps sleeping, so the next one is only sent once the previous one has
     ended on the server too: stuck cores stay at one per slot, never creeping up."""
@@ -145,8 +164,15 @@ async def _hang_slot(client: httpx.AsyncClient, base: str, stop_event: asyncio.E
         started = loop.time()
         stats.hangs_started += 1
         headers = {**DEMO_HEADERS, "X-Hang-Seconds": f"{seconds:.0f}"}
-        request = asyncio.create_task(_get(client, base + rng.choice(HANG_PATHS), stats,
-                                           headers=headers, timeout=seconds + 15.0))
+        request = asyncio.create_task(
+            _get(
+                client,
+                base + rng.choice(HANG_PATHS),
+                stats,
+                headers=headers,
+                timeout=seconds + 15.0,
+            )
+        )
         stop_wait = asyncio.create_task(stop_event.wait())
         await asyncio.wait({request, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
         stop_wait.cancel()
@@ -159,22 +185,33 @@ async def _hang_slot(client: httpx.AsyncClient, base: str, stop_event: asyncio.E
             return
 
 
-async def _burst(client: httpx.AsyncClient, base: str, stop_event: asyncio.Event,
-                 stats: TrafficStats, capacity: int, size: int, seconds: float) -> None:
+async def _burst(
+    client: httpx.AsyncClient,
+    base: str,
+    stop_event: asyncio.Event,
+    stats: TrafficStats,
+    capacity: int,
+    size: int,
+    seconds: float,
+) -> None:
     """Every core gets a /slow?s=N, then `size - capacity` quick requests queue behind them."""
     stats.bursts += 1
-    slow = [asyncio.create_task(_get(client, f"{base}/slow?s={seconds:g}", stats,
-                                     timeout=seconds + 60.0)) for _ in range(capacity)]
+    slow = [
+        asyncio.create_task(
+            _get(client, f"{base}/slow?s={seconds:g}", stats, timeout=seconds + 60.0)
+        )
+        for _ in range(capacity)
+    ]
     tasks = list(slow)
     if not await _sleep(stop_event, 0.3):  # let the slow ones take the cores first
-        tasks += [asyncio.create_task(_get(client, f"{base}/fast?burst=1", stats,
-                                           timeout=seconds + 60.0))
-                  for _ in range(max(0, size - capacity))]
+        tasks += [
+            asyncio.create_task(_get(client, f"{base}/fast?burst=1", stats, timeout=seconds + 60.0))
+            for _ in range(max(0, size - capacity))
+        ]
     stop_wait = asyncio.create_task(stop_event.wait())
     pending = set(tasks)
     while pending and not stop_event.is_set():
-        _, pending = await asyncio.wait(pending | {stop_wait},
-                                        return_when=asyncio.FIRST_COMPLETED)
+        _, pending = await asyncio.wait(pending | {stop_wait}, return_when=asyncio.FIRST_COMPLETED)
         pending.discard(stop_wait)
     stop_wait.cancel()
     for task in tasks:
@@ -182,9 +219,18 @@ async def _burst(client: httpx.AsyncClient, base: str, stop_event: asyncio.Event
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _bursts(client: httpx.AsyncClient, base: str, stop_event: asyncio.Event,
-                  stats: TrafficStats, rng: random.Random, burst_every: tuple[float, float],
-                  first_burst: float | None, capacity: int, size: int, seconds: float) -> None:
+async def _bursts(
+    client: httpx.AsyncClient,
+    base: str,
+    stop_event: asyncio.Event,
+    stats: TrafficStats,
+    rng: random.Random,
+    burst_every: tuple[float, float],
+    first_burst: float | None,
+    capacity: int,
+    size: int,
+    seconds: float,
+) -> None:
     wait = first_burst if first_burst is not None else rng.uniform(*burst_every)
     while not await _sleep(stop_event, wait):
         await _burst(client, base, stop_event, stats, capacity, size, seconds)
@@ -226,24 +272,49 @@ async def run_traffic(
     # One client per kind of traffic: a burst must not eat the steady loop's connection pool.
     # trust_env=False: no proxy from the environment may reroute loopback traffic.
     clients = [
-        httpx.AsyncClient(timeout=timeout, trust_env=False,
-                          limits=httpx.Limits(max_connections=max_concurrency)),
-        httpx.AsyncClient(timeout=timeout, trust_env=False,
-                          limits=httpx.Limits(max_connections=max(1, hang_in_flight))),
-        httpx.AsyncClient(timeout=timeout, trust_env=False,
-                          limits=httpx.Limits(max_connections=max(1, size),
-                                              max_keepalive_connections=0)),
+        httpx.AsyncClient(
+            timeout=timeout, trust_env=False, limits=httpx.Limits(max_connections=max_concurrency)
+        ),
+        httpx.AsyncClient(
+            timeout=timeout,
+            trust_env=False,
+            limits=httpx.Limits(max_connections=max(1, hang_in_flight)),
+        ),
+        httpx.AsyncClient(
+            timeout=timeout,
+            trust_env=False,
+            limits=httpx.Limits(max_connections=max(1, size), max_keepalive_connections=0),
+        ),
     ]
     steady_client, hang_client, burst_client = clients
-    tasks = [asyncio.create_task(_steady(steady_client, base, stop_event, stats, rng, rate,
-                                         max_concurrency))]
-    tasks += [asyncio.create_task(_hang_slot(hang_client, base, stop_event, stats, rng,
-                                             hang_seconds, hang_every))
-              for _ in range(hang_in_flight)]
+    tasks = [
+        asyncio.create_task(
+            _steady(steady_client, base, stop_event, stats, rng, rate, max_concurrency)
+        )
+    ]
+    tasks += [
+        asyncio.create_task(
+            _hang_slot(hang_client, base, stop_event, stats, rng, hang_seconds, hang_every)
+        )
+        for _ in range(hang_in_flight)
+    ]
     if burst_every is not None:
-        tasks.append(asyncio.create_task(_bursts(burst_client, base, stop_event, stats, rng,
-                                                 burst_every, first_burst, capacity, size,
-                                                 burst_seconds)))
+        tasks.append(
+            asyncio.create_task(
+                _bursts(
+                    burst_client,
+                    base,
+                    stop_event,
+                    stats,
+                    rng,
+                    burst_every,
+                    first_burst,
+                    capacity,
+                    size,
+                    burst_seconds,
+                )
+            )
+        )
     try:
         await asyncio.gather(*tasks)
     finally:
@@ -259,7 +330,7 @@ class TrafficThread:
     """run_traffic in its own thread and event loop, for callers without one (`demo --no-ui`,
     sync tests). The TUI, which has a loop, can create a task from run_traffic directly."""
 
-    def __init__(self, base_url: str, **kwargs: object) -> None:
+    def __init__(self, base_url: str, **kwargs: Any) -> None:
         check_loopback(base_url)
         self.base_url = base_url
         self.kwargs = kwargs
@@ -280,8 +351,7 @@ class TrafficThread:
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
             self._ready.set()
-            await run_traffic(self.base_url, stop_event=self._stop, stats=self.stats,
-                              **self.kwargs)  # type: ignore[arg-type]
+            await run_traffic(self.base_url, stop_event=self._stop, stats=self.stats, **self.kwargs)
 
         try:
             asyncio.run(main())
