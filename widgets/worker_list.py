@@ -109,6 +109,8 @@ def _make_block(worker: Worker, requests: tuple[_RequestLine, ...]) -> _Block:
     level: Level = "ok"
     max_age = -1
     parts = [str(worker.id), str(worker.pid), worker.status]
+    if worker.pid == 0:
+        parts.append("dead")  # what the list shows for it
     for line in requests:
         level = _worst(level, line.level)
         if line.age is not None:
