@@ -21,7 +21,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, NamedTuple
 
 from rich.cells import cell_len
 from rich.style import Style
@@ -33,7 +33,7 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from stackmon.model import LEVELS, Level, Thresholds, Worker
+from stackmon.model import LEVELS, Level, Request, Thresholds, Worker
 from stackmon.render_text import human_age, human_bytes
 from widgets._fmt import ellipsize, fmt_ms, plain
 
@@ -46,10 +46,10 @@ CURSOR_MARK = "▶ "
 NO_MARK = "  "
 
 
-@dataclass(frozen=True, slots=True)
-class _RequestLine:
+class _RequestLine(NamedTuple):
     """One request line as displayed: the age is whole seconds, so that two polls within the
-    same second compare equal and nothing is redrawn."""
+    same second compare equal and nothing is redrawn. (A NamedTuple: 512 of them are built
+    per poll when every core is busy.)"""
 
     core: int  # -1: the worker is busy but reported no cores
     method: str
@@ -64,6 +64,7 @@ class _Block:
     """What one worker shows. Equal blocks render identical lines."""
 
     worker: Worker
+    ages: tuple[int | None, ...]  # whole-second ages: with `worker`, all the block depends on
     requests: tuple[_RequestLine, ...]
     level: Level  # worst level of its requests
     max_age: int  # longest running request in whole seconds, -1 when none
@@ -78,6 +79,24 @@ def _worst(a: Level, b: Level) -> Level:
     return a if LEVELS.index(a) >= LEVELS.index(b) else b
 
 
+def _age(r: Request, now: float) -> float | None:
+    if r.started_at is not None:
+        return max(0.0, now - r.started_at)
+    return r.running_s
+
+
+def _ages(worker: Worker, now: float) -> tuple[int | None, ...]:
+    """The whole-second age of each request of the worker: the only thing that changes from
+    one poll to the next when the worker itself did not."""
+    out: list[int | None] = []
+    for core in worker.cores:
+        r = core.request
+        if r is not None:
+            age = _age(r, now)
+            out.append(None if age is None else int(age))
+    return tuple(out)
+
+
 def _request_lines(
     worker: Worker, now: float, thresholds: Thresholds | None
 ) -> tuple[_RequestLine, ...]:
@@ -89,10 +108,7 @@ def _request_lines(
                 # in_request with empty vars: the stats copy raced the request.
                 lines.append(_RequestLine(core.id, "", "", "", None, "ok"))
             continue
-        if r.started_at is not None:
-            age_f: float | None = max(0.0, now - r.started_at)
-        else:
-            age_f = r.running_s
+        age_f = _age(r, now)
         level = r.level
         if thresholds is not None:
             # Ages keep growing between polls; the level must follow them.
@@ -105,7 +121,10 @@ def _request_lines(
     return tuple(lines)
 
 
-def _make_block(worker: Worker, requests: tuple[_RequestLine, ...]) -> _Block:
+def _make_block(
+    worker: Worker, ages: tuple[int | None, ...], now: float, thresholds: Thresholds | None
+) -> _Block:
+    requests = _request_lines(worker, now, thresholds)
     level: Level = "ok"
     max_age = -1
     parts = [str(worker.id), str(worker.pid), worker.status]
@@ -116,7 +135,7 @@ def _make_block(worker: Worker, requests: tuple[_RequestLine, ...]) -> _Block:
         if line.age is not None:
             max_age = max(max_age, line.age)
         parts += (line.method, line.uri, line.remote_addr)
-    return _Block(worker, requests, level, max_age, "\x00".join(parts).lower())
+    return _Block(worker, ages, requests, level, max_age, "\x00".join(parts).lower())
 
 
 class WorkerList(ScrollView, can_focus=True):
@@ -300,10 +319,10 @@ class WorkerList(ScrollView, can_focus=True):
         new: dict[int, _Block] = {}
         changed: list[int] = []
         for worker in workers:
-            requests = _request_lines(worker, now, self._thresholds)
+            ages = _ages(worker, now)
             block = old.get(worker.id)
-            if block is None or block.requests != requests or block.worker != worker:
-                block = _make_block(worker, requests)
+            if block is None or block.ages != ages or block.worker != worker:
+                block = _make_block(worker, ages, now, self._thresholds)
                 changed.append(worker.id)
             new[worker.id] = block
         removed = [wid for wid in old if wid not in new]
@@ -359,11 +378,18 @@ class WorkerList(ScrollView, can_focus=True):
         blocks = self._blocks
         heights = [blocks[wid].height for wid in order]
         if order == self._order and heights == self._heights:
-            # Same layout: redraw only the lines of the workers that changed.
+            # Same layout: redraw only the visible lines of the workers that changed, as one
+            # region (one refresh costs more than rendering a few cached lines again).
+            top = round(self.scroll_y)
+            bottom = top + self.scrollable_content_region.height
+            first, last = bottom, top
             for wid in changed or ():
                 start = self._first_line.get(wid)
-                if start is not None:
-                    self.refresh_lines(start, blocks[wid].height)
+                if start is not None and start < bottom and start + blocks[wid].height > top:
+                    first = min(first, start)
+                    last = max(last, start + blocks[wid].height)
+            if first < last:
+                self.refresh_lines(first, last - first)
             return
         self._order = order
         self._heights = heights
@@ -501,7 +527,7 @@ class WorkerList(ScrollView, can_focus=True):
         if line_no >= len(self._lines):
             if line_no == 0:
                 return self._to_strip(self._empty_text(), width, False)
-            return Strip.blank(width, self.rich_style)
+            return Strip.blank(width, self._line_style(False))
         wid, sub = self._lines[line_no]
         is_cursor = sub == 0 and wid == self._cursor
         cache = self._strips.setdefault(wid, {})
@@ -515,19 +541,28 @@ class WorkerList(ScrollView, can_focus=True):
             strip = cache[(sub, is_cursor)] = self._to_strip(text, width, is_cursor)
         return strip
 
+    def _line_style(self, is_cursor: bool) -> Style:
+        """The style under a whole line (background included). `rich_style` walks the DOM, so
+        it is looked up once per style change, not once per line."""
+        key = "__cursor__" if is_cursor else "__base__"
+        style = self._styles.get(key)
+        if style is None:
+            style = self.rich_style
+            if is_cursor:
+                style += self.get_component_rich_style("worker-list--cursor")
+            self._styles[key] = style
+        return style
+
     def _to_strip(self, text: Text, width: int, is_cursor: bool) -> Strip:
-        pad = self.rich_style
         if is_cursor:
             # Like DataTable's row cursor: one bar over the whole line, on top of field colours.
-            cursor = self.get_component_rich_style("worker-list--cursor")
-            text.stylize(cursor)
-            pad = pad + cursor
-        text.truncate(width, overflow="ellipsis")
-        segments = list(text.render(self.app.console, end=""))
-        return Strip(segments).extend_cell_length(width, pad).crop(0, width)
+            text.stylize(self._line_style(True))
+        text.style = self._line_style(is_cursor)
+        text.truncate(width, overflow="ellipsis", pad=True)
+        return Strip(text.render(self.app.console, end=""), width)
 
     def _empty_text(self) -> Text:
-        text = Text(no_wrap=True, end="", style=self.rich_style)
+        text = Text(no_wrap=True, end="")
         if self._blocks and self._filter:
             text.append("  no worker matches ", self._style("muted"))
             text.append(plain(self._filter), self._style("muted"))
@@ -538,7 +573,7 @@ class WorkerList(ScrollView, can_focus=True):
     def _header_text(self, w: Worker, level: Level, is_cursor: bool) -> Text:
         label = self._style("label")
         alert = self._style("alert")
-        text = Text(no_wrap=True, end="", style=self.rich_style)
+        text = Text(no_wrap=True, end="")
         text.append(CURSOR_MARK if is_cursor else NO_MARK)
         text.append(f"#{w.id:<3} ", self._style("id"))
         status = plain(w.status)
@@ -574,7 +609,7 @@ class WorkerList(ScrollView, can_focus=True):
 
     def _request_text(self, r: _RequestLine, width: int) -> Text:
         line_style = self._style(r.level) if r.level != "ok" else Style()
-        text = Text(no_wrap=True, end="", style=self.rich_style)
+        text = Text(no_wrap=True, end="")
         text.append("  ")
         if r.level == "ok":
             text.append(LEVEL_LABELS["ok"])
