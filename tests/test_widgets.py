@@ -630,9 +630,13 @@ async def test_gauge_list_reuses_gauges_by_key() -> None:
         await pilot.pause()
         assert [g.value for g in gl.query(Gauge)] == [80, 3, 2]
         assert gl.gauges["a"] is first["a"] and gl.gauges["b"] is first["b"]
-        gl.set_items([GaugeItem("c", "x", 3, 10), GaugeItem("d", "new first?", 7, 10)])
+        gl.set_items([GaugeItem("c", "x", 3, 10), GaugeItem("d", "new", 7, 10)])
         await pilot.pause()
         assert [g.value for g in gl.query(Gauge)] == [3, 7]
+        gl.set_items([GaugeItem("d", "new", 7, 10), GaugeItem("c", "x", 3, 10)])  # reordered
+        await pilot.pause()
+        assert [g.value for g in gl.query(Gauge)] == [7, 3]
+        assert list(gl.gauges) == ["d", "c"]
 
         gl.set_items([])
         await pilot.pause()
@@ -640,6 +644,15 @@ async def test_gauge_list_reuses_gauges_by_key() -> None:
         assert "no listeners" in screen_text(app)
         with pytest.raises(ValueError):
             gl.set_items([GaugeItem("a", "x", 1, 2), GaugeItem("a", "y", 1, 2)])
+
+
+async def test_gauge_list_items_set_before_mount() -> None:
+    gl = GaugeList()
+    gl.set_items([GaugeItem("a", "one", 1, 10), GaugeItem("b", "two", 2, 10)])
+    app = WidgetApp(gl)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert [g.value for g in gl.query(Gauge)] == [1, 2]
 
 
 async def test_gauge_list_aligns_bars() -> None:
@@ -773,6 +786,8 @@ def _slow_host(*levels: Level, **kwargs: object) -> HostSnapshot:
                                                    "connection refused"),)),
          "UNREACHABLE connection refused", "critical"),
         (host(reachable=False), "UNREACHABLE", "critical"),
+        (host(reachable=False, stale_s=130.0, errors=(SourceError("agent", "timeout"),)),
+         "UNREACHABLE timeout (data 2m10s old)", "critical"),
         (_slow_host("slow", "slow"), "SLOW 2", "warn"),
         (_slow_host("slow", "critical"), "CRIT 1", "critical"),
         (host(uwsgi=(instance(sockets=[Socket("s", "uwsgi", 92, 100)]),)), "QUEUE 92%",
