@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import pytest
+from rich.cells import cell_len
 from rich.segment import Segment
 from rich.style import Style
 from textual.app import App, ComposeResult
@@ -251,7 +252,7 @@ async def test_worker_list_shows_markup_and_control_characters_literally() -> No
         lines = visible_lines(wl)
         assert "/x/[b]y[/b]" in lines[1]
         assert "[i]1.2.3.4[/i]" in lines[1]
-        assert "[red]GE" in lines[1]  # methods are cut to 7 cells
+        assert "[red]G…" in lines[1]  # methods are cut to 7 cells
         assert not any(seg.style and seg.style.bold and seg.text == "y"
                        for seg in wl.render_line(1))
         assert "/a\\x1b[2J\\x0ab" in lines[2]
@@ -454,6 +455,19 @@ async def test_worker_list_truncates_long_uris_at_80_columns() -> None:
         assert "…" in line
         assert line.rstrip().endswith("from 203.0.113.77")
         assert wl.line_count == 2  # no wrapping
+
+
+async def test_worker_list_wide_characters_keep_lines_exact() -> None:
+    app, wl = await mounted_worker_list([worker(1, req(0, "/搜索" * 40, 3, method="ГЕТГЕТГЕТ",
+                                                    remote="例え.example"),
+                                                status="忙しい状態")])
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        for y in (0, 1):
+            strip = wl.render_line(y)
+            assert strip.cell_length == 80
+            assert cell_len(strip_text(strip)) == 80
+        assert "…" in strip_text(wl.render_line(1))
 
 
 async def test_worker_list_redraws_only_what_changed() -> None:

@@ -148,13 +148,15 @@ class WorkerList(ScrollView, can_focus=True):
     """
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("up,k", "cursor_up", "Previous worker", show=False),
-        Binding("down,j", "cursor_down", "Next worker", show=False),
-        Binding("home", "cursor_first", "First worker", show=False),
-        Binding("end", "cursor_last", "Last worker", show=False),
-        Binding("pageup", "cursor_page_up", "Page up", show=False),
-        Binding("pagedown", "cursor_page_down", "Page down", show=False),
-        Binding("enter", "select_cursor", "Select worker", show=False),
+        # ids let the app rebind them with App.set_keymap({"worker-list.select": "o"}).
+        Binding("up,k", "cursor_up", "Previous worker", show=False, id="worker-list.up"),
+        Binding("down,j", "cursor_down", "Next worker", show=False, id="worker-list.down"),
+        Binding("home", "cursor_first", "First worker", show=False, id="worker-list.first"),
+        Binding("end", "cursor_last", "Last worker", show=False, id="worker-list.last"),
+        Binding("pageup", "cursor_page_up", "Page up", show=False, id="worker-list.page-up"),
+        Binding("pagedown", "cursor_page_down", "Page down", show=False,
+                id="worker-list.page-down"),
+        Binding("enter", "select_cursor", "Worker actions", id="worker-list.select"),
     ]
 
     COMPONENT_CLASSES: ClassVar[set[str]] = {
@@ -588,7 +590,8 @@ class WorkerList(ScrollView, can_focus=True):
         status_style = self._style(state)
         if state == "busy" and level != "ok":
             status_style = status_style + self._style(level)
-        text.append(f"{status[:6]:<6} ", status_style)
+        status = ellipsize(status, 6)
+        text.append(status + " " * (7 - cell_len(status)), status_style)
         text.append("pid ", label)
         text.append(f"{w.pid:<7} " if w.pid else "-       ", status_style if not w.pid else "")
         text.append("req ", label)
@@ -622,7 +625,7 @@ class WorkerList(ScrollView, can_focus=True):
         tail_width = 0
         if remote:
             remote = ellipsize(remote, 24)
-            tail_width = len("  from ") + len(remote)
+            tail_width = len("  from ") + cell_len(remote)
         room = width - text.cell_len
         if room - tail_width < 16:  # keep the URI readable; the client address gives way
             tail_width = 0
@@ -632,8 +635,8 @@ class WorkerList(ScrollView, can_focus=True):
             what = ellipsize(NOT_CAPTURED, what_width)
             text.append(what, self._style("muted"))
         else:
-            method = plain(r.method)[:7]
-            text.append(f"{method:<7} ", line_style)
+            method = ellipsize(plain(r.method), 7)
+            text.append(method + " " * (8 - cell_len(method)), line_style)
             what = ellipsize(plain(r.uri), what_width - 8)
             text.append(what, line_style)
             what_width -= 8
