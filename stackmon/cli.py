@@ -123,10 +123,10 @@ def _dispatch(command: str, args: argparse.Namespace) -> int:
 
         return run_demo(args)
     targets = resolve_targets(args)
-    return _open_tui(targets)
+    return open_tui(targets)
 
 
-def _open_tui(targets: Targets) -> int:
+def open_tui(targets: Targets) -> int:
     try:
         from tui.app import run_app
     except ImportError as exc:  # the TUI is an installed part of stackmon; say what is missing

@@ -44,28 +44,27 @@ class LocalFacts:
 
 
 def _nginx_pids(url: str | None, raw: list[kernel.RawListener]) -> dict[int, str]:
-    """The nginx master and workers whose listener serves `url` ({} when not on this host)."""
+    """The nginx master and workers whose listener serves `url` ({} when not on this host).
+
+    Several nginx instances may run on one host (the system's and a private one): only the one
+    holding a listener on the URL's port is monitored.
+    """
     if not url:
         return {}
     parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    ports = {li.inode for li in raw if li.kind == "tcp" and li.address.rsplit(":", 1)[-1] ==
-             str(port)}
-    if not ports:
+    port = str(parts.port or (443 if parts.scheme == "https" else 80))
+    inodes = {li.inode for li in raw if li.kind == "tcp" and li.address.rsplit(":", 1)[-1] == port}
+    if not inodes:
         return {}
     procs = kernel.processes_named("nginx")
-    by_pid = dict(procs)
-    owners: set[int] = set()
+    roles = kernel.nginx_roles(procs)
+    parent = dict(procs)
+    masters = set()
     for pid, _ppid in procs:
-        if kernel.socket_inodes(pid) & ports:
-            owners.add(pid)
-    # Workers hold the listener too; their parent (also named nginx) is the master.
-    masters = {by_pid[pid] if by_pid[pid] in by_pid else pid for pid in owners}
-    roles = {m: "nginx-master" for m in masters}
-    for pid, ppid in procs:
-        if ppid in masters:
-            roles[pid] = "nginx-worker"
-    return roles
+        if kernel.socket_inodes(pid) & inodes:
+            masters.add(pid if roles.get(pid) == "nginx-master" else parent[pid])
+    return {pid: role for pid, role in roles.items()
+            if pid in masters or parent.get(pid) in masters}
 
 
 def _uwsgi_roles(instances: list[UwsgiInstance]) -> dict[int, str]:
@@ -88,10 +87,12 @@ def gather_local_facts(instances: list[UwsgiInstance], nginx_url: str | None) ->
         raw = []
     roles = _uwsgi_roles(instances)
     roles.update(_nginx_pids(nginx_url, raw))
-    fds, inode_pids = kernel.process_report(roles)
-    listeners = kernel.listeners_for(raw, inode_pids, roles)
-    return LocalFacts(listeners=listeners, fds=fds, kernel=kernel.kernel_counters(),
-                      errors=tuple(errors))
+    scan = kernel.scan_processes(roles)
+    errors.extend(scan.errors)
+    counters, counter_errors = kernel.read_kernel_counters()
+    errors.extend(counter_errors)
+    return LocalFacts(listeners=kernel.listeners_for(raw, scan.inode_pids, roles),
+                      fds=scan.report, kernel=counters, errors=tuple(errors))
 
 
 def _same_address(socket_name: str, listener: Listener) -> bool:
@@ -182,6 +183,11 @@ class HostCollector:
         )
         self.last_good = snap
         return snap
+
+    def timed_out(self, taken_at: float, limit: float) -> HostSnapshot:
+        """What a poll cut short by the caller's deadline yields."""
+        return self._failed(taken_at, [SourceError(self.host.name,
+                                                   f"poll gave no answer within {limit:g} s")])
 
     def _failed(self, taken_at: float, errors: list[SourceError]) -> HostSnapshot:
         """Unreachable: the reason now, and the last good data with its age if there is any."""

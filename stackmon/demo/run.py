@@ -1,0 +1,75 @@
+"""`stackmon demo`: a real uWSGI + nginx stack on loopback, misbehaving traffic, and the TUI.
+
+Everything it starts it stops on exit, by pid, whatever way the UI ends (q, Ctrl-C, a lost
+SSH session). The stack is small on purpose (listen 64, 4 workers x 2 threads) so that stuck
+requests and a filling queue show within seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from stackmon.addresses import parse_stats_address
+from stackmon.config import HostConfig, Targets, parse_settings
+from stackmon.demo.launcher import Stack, StackError
+from stackmon.demo.traffic import TrafficThread
+
+DEMO_LISTEN = 64
+DEMO_MERCY = 15
+
+
+def demo_targets(stack: Stack, args: argparse.Namespace) -> Targets:
+    overrides = {k: v for k in ("interval", "slow", "critical")
+                 if (v := getattr(args, k, None)) is not None}
+    host = HostConfig(
+        name="demo",
+        uwsgi=(parse_stats_address(stack.stats_address),),
+        nginx=stack.nginx_status_url,
+    )
+    return Targets(hosts=(host,), settings=parse_settings(overrides, "command line"),
+                   source="demo")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    workdir = Path(args.workdir) if args.workdir else Path(
+        tempfile.mkdtemp(prefix="stackmon-demo-"))
+    print(f"stackmon demo: starting uWSGI and nginx in {workdir} ...", file=sys.stderr)
+    try:
+        stack = Stack.start(workdir, workers=4, threads=2, listen=DEMO_LISTEN,
+                            mercy=DEMO_MERCY, name="demo")
+    except StackError as exc:
+        print(f"stackmon demo: the stack did not start: {exc}", file=sys.stderr)
+        return 1
+    traffic: TrafficThread | None = None
+    try:
+        if stack.nginx_skipped_reason:
+            print(f"stackmon demo: running without nginx ({stack.nginx_skipped_reason})",
+                  file=sys.stderr)
+        base = stack.base_url
+        if base:
+            traffic = TrafficThread(base, capacity=stack.capacity, listen=DEMO_LISTEN).start()
+        targets = demo_targets(stack, args)
+        if args.no_ui:
+            print(f"uwsgi stats: {stack.stats_address}")
+            print(f"nginx status: {stack.nginx_status_url}")
+            print(f"site: {base}")
+            print("Ctrl-C stops the stack.")
+            stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            with contextlib.suppress(KeyboardInterrupt):
+                stop.wait()
+            return 0
+        from stackmon.cli import open_tui
+
+        return open_tui(targets)
+    finally:
+        if traffic is not None:
+            traffic.stop()
+        stack.stop()
+        print("stackmon demo: stack stopped.", file=sys.stderr)

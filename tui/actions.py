@@ -1,0 +1,60 @@
+"""The one registry of user actions.
+
+Every action is declared here once, with its id, default key and description. The App's
+BINDINGS, the Footer, the help screen and the command palette are all generated from this list,
+so a key can never be documented in one place and bound differently in another. Actions that
+change a running system are marked `mutating` and disappear entirely in read-only mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.binding import Binding
+
+
+@dataclass(frozen=True, slots=True)
+class ActionSpec:
+    id: str  # the Textual action name: App.action_<id>
+    keys: str  # comma-separated Textual key names
+    description: str  # short, for the Footer
+    help: str  # one sentence, for the help screen and the palette
+    footer: bool = True
+    mutating: bool = False
+    key_display: str | None = None
+
+
+ACTIONS: tuple[ActionSpec, ...] = (
+    ActionSpec("help", "question_mark", "Help", "Show every key and what it does.",
+               key_display="?"),
+    ActionSpec("open_worker", "enter", "Detail", "Open the selected worker: every request "
+               "variable of its requests in flight (secrets redacted)."),
+    ActionSpec("cycle_sort", "s", "Sort", "Sort workers by id, by the age of their oldest "
+               "request, or by requests served."),
+    ActionSpec("filter", "slash", "Filter", "Show only workers whose status, pid, method, URI "
+               "or client matches a text.", key_display="/"),
+    ActionSpec("toggle_pause", "p", "Pause", "Freeze the screen (polling continues; the "
+               "latest data is shown on resume)."),
+    ActionSpec("next_host", "right_square_bracket", "Next host", "Switch to the next host "
+               "tab.", key_display="]"),
+    ActionSpec("prev_host", "left_square_bracket", "Prev host", "Switch to the previous host "
+               "tab.", footer=False, key_display="["),
+    ActionSpec("next_instance", "i", "Instance", "Show the next uWSGI instance of this host.",
+               footer=False),
+    ActionSpec("quit", "q", "Quit", "Leave stackmon (the monitored stack is not touched)."),
+)
+
+
+def bindings(read_only: bool = False) -> list[Binding]:
+    """Textual bindings for the registry (mutating actions left out when read-only)."""
+    out: list[Binding] = []
+    for spec in ACTIONS:
+        if read_only and spec.mutating:
+            continue
+        out.append(Binding(spec.keys, spec.id, spec.description, show=spec.footer,
+                           key_display=spec.key_display, id=spec.id))
+    return out
+
+
+def key_label(spec: ActionSpec) -> str:
+    return spec.key_display or spec.keys.split(",")[0]

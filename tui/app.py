@@ -1,0 +1,210 @@
+"""The stackmon Textual app: one tab per host, fed by one polling task per host.
+
+Data flows one way. Each host has an async worker that polls (stackmon.collect, off the UI
+where it costs CPU) and only posts HostPolled; the app routes the snapshot to that host's pane,
+which keeps it and re-renders only when it is the visible tab. Tab titles carry each host's
+worst state, so the sick host shows from any tab.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+
+import httpx
+from rich.text import Text
+from textual import events, on
+from textual.app import App, ComposeResult, SystemCommand
+from textual.screen import Screen
+from textual.widgets import Footer, TabbedContent
+
+from stackmon.collect import HostCollector
+from stackmon.config import Targets
+from stackmon.model import HostSnapshot
+from tui.actions import ACTIONS, bindings
+from tui.host_pane import HostPane
+from tui.messages import HostPolled
+from tui.screens.help import HelpScreen
+from tui.screens.worker_detail import WorkerDetailScreen
+from widgets.host_header import host_state
+from widgets.worker_list import WorkerList
+
+BADGE_STYLE = {"ok": "green", "warn": "bold yellow", "critical": "bold red",
+               "unknown": "dim"}
+BADGE_ICON = {"ok": "●", "warn": "▲", "critical": "✖", "unknown": "…"}
+
+
+def tab_label(name: str, state: tuple[str, str] | None) -> Text:
+    """A tab title: the host name and a badge of its worst state (a glyph and a word, so it
+    reads without colour)."""
+    if state is None:
+        return Text.assemble((f"{BADGE_ICON['unknown']} ", BADGE_STYLE["unknown"]), name,
+                             (" connecting", "dim"))
+    label, severity = state
+    text = Text.assemble((f"{BADGE_ICON[severity]} ", BADGE_STYLE[severity]), name)
+    if severity != "ok":
+        text.append(f" {label}", BADGE_STYLE[severity])
+    return text
+
+
+class StackmonApp(App[int]):
+    """stackmon's TUI. `clock` is injectable so snapshot tests can freeze ages."""
+
+    TITLE = "stackmon"
+    CSS_PATH = "app.tcss"
+    ENABLE_COMMAND_PALETTE = True
+
+    def __init__(self, targets: Targets, *, poll: bool = True,
+                 clock: Callable[[], float] = time.time) -> None:
+        super().__init__()
+        self.targets = targets
+        self.read_only = targets.settings.read_only
+        self.clock = clock
+        self._poll = poll
+        self._states: dict[int, tuple[str, str] | None] = {}
+        self.paused = False
+        for b in bindings(self.read_only):
+            self.bind(b.key, b.action, description=b.description, show=b.show,
+                      key_display=b.key_display)
+
+    # --- layout ---------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        with TabbedContent(id="hosts"):
+            for i, host in enumerate(self.targets.hosts):
+                yield HostPane(i, host, self.targets.settings, self.clock, id=f"host-{i}")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        tabs = self.query_one(TabbedContent)
+        for i, host in enumerate(self.targets.hosts):
+            tabs.get_tab(f"host-{i}").label = tab_label(host.name, None)
+        if self._poll:
+            self._client = httpx.AsyncClient(trust_env=False)
+            for i, host in enumerate(self.targets.hosts):
+                collector = HostCollector(host, self.targets.settings)
+                self.run_worker(self._poll_loop(i, collector), group="poll",
+                                name=f"poll {host.name}", exit_on_error=False)
+        self._focus_workers()
+
+    async def on_unmount(self) -> None:
+        client = getattr(self, "_client", None)
+        if client is not None:
+            await client.aclose()
+
+    # --- polling (workers only post messages) ---------------------------------------------
+
+    async def _poll_loop(self, index: int, collector: HostCollector) -> None:
+        interval = self.targets.settings.interval
+        # A poll that hangs past its own timeouts is cut here, so one host never stalls.
+        limit = self.targets.settings.timeout * 2 + 1
+        while True:
+            started = time.monotonic()
+            try:
+                snap = await asyncio.wait_for(collector.poll(self._client), limit)
+            except TimeoutError:
+                snap = collector.timed_out(time.time(), limit)
+            self.post_message(HostPolled(index, snap))
+            await asyncio.sleep(max(0.05, interval - (time.monotonic() - started)))
+
+    @on(HostPolled)
+    def _host_polled(self, message: HostPolled) -> None:
+        self.show_snapshot(message.index, message.snapshot)
+
+    def show_snapshot(self, index: int, snap: HostSnapshot) -> None:
+        """Route a snapshot to its pane and badge; public so tests can feed recorded data."""
+        pane = self.query_one(f"#host-{index}", HostPane)
+        pane.set_snapshot(snap, visible=not self.paused and self._active_index() == index)
+        state = host_state(snap)
+        if self._states.get(index) != state:
+            self._states[index] = state
+            self.query_one(TabbedContent).get_tab(f"host-{index}").label = tab_label(
+                self.targets.hosts[index].name, state)
+        screen = self.screen
+        if isinstance(screen, WorkerDetailScreen) and screen.host_index == index:
+            screen.set_worker(pane.find_worker(screen.worker_id), self.clock())
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _active_index(self) -> int:
+        active = self.query_one(TabbedContent).active
+        return int(active.split("-")[1]) if active else 0
+
+    def active_pane(self) -> HostPane:
+        return self.query_one(f"#host-{self._active_index()}", HostPane)
+
+    def _focus_workers(self) -> None:
+        self.active_pane().focus_workers()
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.set_class(event.size.width < 110, "-narrow")
+        self.set_class(event.size.width >= 180, "-wide")
+
+    @on(WorkerList.Selected)
+    def _worker_selected(self, event: WorkerList.Selected) -> None:
+        self.action_open_worker()
+
+    @on(TabbedContent.TabActivated)
+    def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        pane = self.active_pane()
+        if not self.paused:
+            pane.show_latest()
+        pane.focus_workers()
+
+    # --- actions (declared in tui.actions) --------------------------------------------------
+
+    def action_help(self) -> None:
+        s = self.targets.settings
+        self.push_screen(HelpScreen(self.read_only, (s.slow, s.critical)))
+
+    def action_open_worker(self) -> None:
+        pane = self.active_pane()
+        worker = pane.selected_worker()
+        if worker is None:
+            self.notify("No worker selected.", severity="warning")
+            return
+        self.push_screen(WorkerDetailScreen(pane.index, pane.host.name, worker))
+
+    def action_cycle_sort(self) -> None:
+        key = self.active_pane().cycle_sort()
+        self.notify(f"Workers sorted by {key}.", timeout=2)
+
+    def action_filter(self) -> None:
+        self.active_pane().open_filter()
+
+    def action_toggle_pause(self) -> None:
+        self.paused = not self.paused
+        self.sub_title = "PAUSED" if self.paused else ""
+        for pane in self.query(HostPane):
+            pane.set_paused(self.paused)
+        if not self.paused:
+            self.active_pane().show_latest()
+
+    def _switch(self, step: int) -> None:
+        n = len(self.targets.hosts)
+        self.query_one(TabbedContent).active = f"host-{(self._active_index() + step) % n}"
+
+    def action_next_host(self) -> None:
+        self._switch(1)
+
+    def action_prev_host(self) -> None:
+        self._switch(-1)
+
+    def action_next_instance(self) -> None:
+        self.active_pane().next_instance()
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        """The palette lists the same registry as the keys (plus Textual's own commands)."""
+        yield from super().get_system_commands(screen)
+        for spec in ACTIONS:
+            if (self.read_only and spec.mutating) or spec.id == "quit":
+                continue
+            yield SystemCommand(spec.description, spec.help,
+                                lambda a=spec.id: self.run_action(a))
+
+
+def run_app(targets: Targets) -> int:
+    app = StackmonApp(targets)
+    result = app.run()
+    return result if isinstance(result, int) else 0

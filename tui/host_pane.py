@@ -1,0 +1,227 @@
+"""One host's tab. It owns its subtree: the app hands it snapshots, nothing else reaches in.
+
+The pane keeps the latest snapshot and its own history on every poll (cheap), but re-renders
+its widgets only while it is the visible tab and the app is not paused: a hidden host costs
+nothing but the poll.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import Input, Static, TabPane
+
+from stackmon.config import HostConfig, Settings
+from stackmon.model import HostSnapshot, UwsgiInstance, Worker
+from widgets.gauge import GaugeList, fd_items, listen_queue_items
+from widgets.history import History
+from widgets.host_header import HostHeader
+from widgets.nginx_panel import NginxPanel
+from widgets.worker_list import WorkerList
+
+SORTS = ("id", "age", "requests")
+HISTORY = 60
+
+
+class FilterInput(Input):
+    """The worker filter; Escape clears and closes it."""
+
+    BINDINGS = [Binding("escape", "close", "Close filter", show=False)]
+
+    def action_close(self) -> None:
+        self.value = ""
+        self.display = False
+        self.app.set_focus(self.parent.query_one(WorkerList) if self.parent else None)
+
+
+def uwsgi_rate(prev: HostSnapshot | None, snap: HostSnapshot) -> float | None:
+    """Requests per second served by uWSGI between two snapshots (finished requests)."""
+    if prev is None or not prev.reachable or not snap.reachable or prev.stale_s is not None:
+        return None
+    dt = snap.taken_at - prev.taken_at
+    before = {u.address: sum(w.requests for w in u.workers) for u in prev.uwsgi}
+    done = 0
+    for u in snap.uwsgi:
+        if u.address not in before:
+            return None
+        delta = sum(w.requests for w in u.workers) - before[u.address]
+        if delta < 0:  # a full reload restarts the counters
+            return None
+        done += delta
+    return done / dt if dt > 0 else None
+
+
+class HostPane(TabPane):
+    DEFAULT_CSS = """
+    HostPane { padding: 0; }
+    """
+
+    def __init__(self, index: int, host: HostConfig, settings: Settings,
+                 clock: Callable[[], float], *, id: str) -> None:
+        super().__init__(host.name, id=id)
+        self.index = index
+        self.host = host
+        self.settings = settings
+        self.clock = clock
+        self.latest: HostSnapshot | None = None
+        self._shown: HostSnapshot | None = None
+        self._previous: HostSnapshot | None = None
+        self._rps: float | None = None
+        self._instance = 0
+        self._sort = 0
+        self._paused = False
+        self._queue_hist: deque[int] = deque(maxlen=HISTORY)
+        self._busy_hist: deque[int] = deque(maxlen=HISTORY)
+        self._rps_hist: deque[float | None] = deque(maxlen=HISTORY)
+
+    def compose(self) -> ComposeResult:
+        yield HostHeader(id="header")
+        with Horizontal(id="body"):
+            with Vertical(id="main"):
+                yield Static(Text("connecting…", style="dim"), id="instance-title",
+                             markup=False)
+                yield WorkerList(thresholds=self.settings.thresholds, id="workers")
+                yield FilterInput(placeholder="filter workers (Esc clears)", id="filter")
+            with VerticalScroll(id="side"):
+                yield Static("Listen queues", classes="section", id="queues-title")
+                yield GaugeList(id="queues", empty_text="no listener seen")
+                yield Static("File descriptors", classes="section")
+                yield GaugeList(id="fds", empty_text="no process seen")
+                yield Static("nginx", classes="section")
+                yield NginxPanel(id="nginx")
+                yield Static("History", classes="section")
+                yield History(HISTORY, id="history")
+
+    def on_mount(self) -> None:
+        self.query_one("#filter", FilterInput).display = False
+
+    # --- data in ----------------------------------------------------------------------------
+
+    def set_snapshot(self, snap: HostSnapshot, visible: bool) -> None:
+        """Keep the poll (and its history); draw it only when this tab is on screen."""
+        self._rps = uwsgi_rate(self.latest, snap) if snap.reachable else None
+        self._previous, self.latest = self.latest, snap
+        if snap.reachable and snap.stale_s is None:
+            queue = max((u.listen_queue for u in snap.uwsgi), default=0)
+            self._queue_hist.append(queue)
+            self._busy_hist.append(sum(u.busy_workers for u in snap.uwsgi))
+            rate = self._rps if self._rps is not None else (
+                snap.nginx.requests_per_s if snap.nginx else None)
+            self._rps_hist.append(rate)
+        if visible:
+            self.show_latest()
+
+    def set_paused(self, paused: bool) -> None:
+        self._paused = paused
+
+    def show_latest(self) -> None:
+        snap = self.latest
+        if snap is None or snap is self._shown or not self.is_mounted:
+            return
+        self._shown = snap
+        now = self.clock()
+        self.query_one(HostHeader).set_snapshot(snap, self._rps)
+        inst = self._current_instance(snap)
+        title = self.query_one("#instance-title", Static)
+        workers = self.query_one(WorkerList)
+        title.update(self._instance_title(snap, inst))
+        workers.set_workers(inst.workers if inst else (), now)
+        somax = snap.kernel.somaxconn
+        self.query_one("#queues-title", Static).update(
+            f"Listen queues  (somaxconn {somax})" if somax else "Listen queues")
+        self.query_one("#queues", GaugeList).set_items(listen_queue_items(snap))
+        self.query_one("#fds", GaugeList).set_items(fd_items(snap.fds))
+        nginx_error = next((e.message for e in snap.errors if e.source.startswith("nginx")),
+                           None)
+        if self.host.nginx or snap.nginx:
+            self.query_one(NginxPanel).set_status(snap.nginx, nginx_error)
+        else:
+            self.query_one(NginxPanel).set_status(None)
+        self.query_one(History).set_series(self._queue_hist, self._busy_hist, self._rps_hist)
+
+    def _current_instance(self, snap: HostSnapshot) -> UwsgiInstance | None:
+        if not snap.uwsgi:
+            return None
+        self._instance %= len(snap.uwsgi)
+        return snap.uwsgi[self._instance]
+
+    def _instance_title(self, snap: HostSnapshot, inst: UwsgiInstance | None) -> Text:
+        text = Text()
+        if inst is None:
+            if not snap.reachable:
+                reason = "; ".join(f"{e.source}: {e.message}" for e in snap.errors)
+                text.append("UNREACHABLE ", "bold white on red")
+                text.append(f" {reason}" if reason else "")
+            elif self.host.uwsgi:
+                text.append("uWSGI: no data ", "bold yellow")
+                text.append("; ".join(e.message for e in snap.errors
+                                      if e.source.startswith("uwsgi")))
+            else:
+                text.append("no uWSGI stats configured for this host", "dim")
+            return text
+        text.append("uWSGI ", "bold")
+        text.append(inst.address)
+        if len(snap.uwsgi) > 1:
+            text.append(f"  [{self._instance + 1}/{len(snap.uwsgi)}, i: next]", "dim")
+        text.append(f"  sort: {SORTS[self._sort]}", "dim")
+        workers = self.query_one(WorkerList)
+        if workers.filter_text:
+            text.append("  filter: ", "dim")
+            text.append(workers.filter_text, "bold")
+        if snap.stale_s is not None:
+            text.append(f"  data {snap.stale_s:.0f}s old", "bold yellow")
+        for warning in inst.warnings:
+            text.append(f"  ! {warning}", "yellow")
+        return text
+
+    # --- commands from the app ---------------------------------------------------------------
+
+    def find_worker(self, worker_id: int) -> Worker | None:
+        inst = self._current_instance(self.latest) if self.latest else None
+        if inst is None:
+            return None
+        return next((w for w in inst.workers if w.id == worker_id), None)
+
+    def selected_worker(self) -> Worker | None:
+        wid = self.query_one(WorkerList).cursor_worker_id
+        return None if wid is None else self.find_worker(wid)
+
+    def focus_workers(self) -> None:
+        self.query_one(WorkerList).focus()
+
+    def cycle_sort(self) -> str:
+        self._sort = (self._sort + 1) % len(SORTS)
+        self.query_one(WorkerList).sort_by(SORTS[self._sort])  # type: ignore[arg-type]
+        self._redraw_title()
+        return SORTS[self._sort]
+
+    def open_filter(self) -> None:
+        box = self.query_one("#filter", FilterInput)
+        box.display = True
+        box.focus()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.query_one(WorkerList).set_filter(event.value)
+        self._redraw_title()
+
+    @on(Input.Submitted, "#filter")
+    def _filter_submitted(self, event: Input.Submitted) -> None:
+        self.focus_workers()
+
+    def next_instance(self) -> None:
+        if self.latest and len(self.latest.uwsgi) > 1:
+            self._instance = (self._instance + 1) % len(self.latest.uwsgi)
+            self._shown = None
+            self.show_latest()
+
+    def _redraw_title(self) -> None:
+        if self.latest is not None:
+            self.query_one("#instance-title", Static).update(
+                self._instance_title(self.latest, self._current_instance(self.latest)))
