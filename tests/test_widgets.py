@@ -45,7 +45,7 @@ from widgets import (
     host_state,
     listen_queue_items,
 )
-from widgets.gauge import gauge_percent
+from widgets.gauge import gauge_layout, gauge_percent
 from widgets.history import sparkline
 from widgets.worker_list import NOT_CAPTURED
 
@@ -470,6 +470,25 @@ async def test_worker_list_wide_characters_keep_lines_exact() -> None:
         assert "…" in strip_text(wl.render_line(1))
 
 
+async def test_worker_list_narrow_pane_keeps_what_matters() -> None:
+    # At 80 columns the app's side panel leaves the list about 48 cells.
+    workers = [worker(1, req(0, "/report/export.csv?year=2024&format=long", 187, "critical",
+                             method="POST", remote="203.0.113.9"), harakiri=2),
+               worker(2, req(0, "/a", 3))]
+    app, wl = await mounted_worker_list(workers)
+    wl.styles.width = 48
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        head, crit, head2, ok = visible_lines(wl)[:4]
+        assert all(len(line) == 48 for line in (head, crit, head2, ok))
+        for part in ("#1", "busy", "pid 1001", "hk 2", "exc 0"):
+            assert part in head, part
+        assert "resp" not in head and "…" not in head  # fields dropped whole, not cut
+        assert crit.startswith(" CRIT  3m07s POST /report/export.csv?year=2024")
+        assert "from" not in crit  # the client address gives way to the URI
+        assert "3s GET /a " in ok and ok.endswith("  from 10.0.0.1")  # short URI: room for both
+
+
 async def test_worker_list_redraws_only_what_changed() -> None:
     workers = [worker(1, req(0, age=5)), worker(2), worker(3, req(0, age=2), req(1, age=3))]
     app, wl = await mounted_worker_list(workers)
@@ -678,6 +697,33 @@ async def test_gauge_list_aligns_bars() -> None:
         a, b = (rendered(g) for g in gl.query(Gauge))
         assert a.index("█") == b.index("█")
         assert a.index("%") == b.index("%")
+
+
+@pytest.mark.parametrize(
+    ("width", "expected"),
+    [
+        (80, (20, 26, 11, True)),  # label, bar, numbers, note
+        (60, (20, 6, 11, True)),
+        (52, (20, 14, 11, False)),  # no room for the note: a longer bar instead
+        (41, (19, 4, 11, False)),  # the label is cut before the bar goes
+        (29, (12, 0, 11, False)),  # then the bar goes; the numbers always stay
+        (200, (20, 40, 11, True)),
+    ],
+)
+def test_gauge_layout(width: int, expected: tuple[int, int, int, bool]) -> None:
+    assert gauge_layout(width, label_width=20, note_width=14, numbers_len=6) == expected
+
+
+async def test_gauge_in_a_narrow_panel() -> None:
+    gl = GaugeList([GaugeItem("a", "uwsgi /run/app.sock", 93, 100, "(kernel)"),
+                    GaugeItem("b", "nginx 0.0.0.0:80", 2, 511, "somaxconn 4096")])
+    gl.styles.width = 29
+    app = WidgetApp(gl)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        a, b = (rendered(g) for g in gl.query(Gauge))
+        assert a == "uwsgi /run/…      93/100  93%"
+        assert b == "nginx 0.0.0…       2/511   0%"
 
 
 def test_listen_queue_items() -> None:

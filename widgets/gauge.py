@@ -59,6 +59,8 @@ def gauge_percent(value: int, limit: int) -> int | None:
 
 _GaugeState = tuple[str, int, int, str, int | None, int | None]
 NUMBERS_WIDTH = 11  # "value/limit", right-aligned: 12345/65536
+PCT_WIDTH = 4  # " 93%"
+MIN_LABEL_WIDTH = 12
 
 
 class Gauge(Widget):
@@ -177,33 +179,60 @@ class Gauge(Widget):
 
         label = plain(label)
         note = plain(note)
-        lw = cell_len(label) if label_width is None else label_width
-        nw = cell_len(note) if note_width is None else note_width
         pct = gauge_percent(value, limit)
         numbers = f"{fmt_count(value)}/{fmt_count(limit) if limit > 0 else '?'}"
-        numbers = numbers.rjust(NUMBERS_WIDTH)
         pct_text = f"{pct:>3}%" if pct is not None else "   ?"
+        label_w, bar_w, numbers_w, show_note = gauge_layout(
+            width,
+            cell_len(label) if label_width is None else label_width,
+            cell_len(note) if note_width is None else note_width,
+            len(numbers),
+        )
 
         text = Text(no_wrap=True, end="")
-        text.append(ellipsize(label, lw).ljust(lw), get("gauge--label", partial=True))
+        text.append(ellipsize(label, label_w).ljust(label_w),
+                    get("gauge--label", partial=True))
         text.append(" ")
-        fixed = lw + 1 + len(numbers) + 1 + len(pct_text) + (2 + nw if nw else 0)
-        bar_width = min(MAX_BAR_WIDTH, width - fixed - 1)
-        if bar_width >= MIN_BAR_WIDTH:
+        if bar_w:
             filled = 0
             if pct is not None and value > 0:
-                filled = max(1, min(bar_width, round(bar_width * value / limit)))
+                filled = max(1, min(bar_w, round(bar_w * value / limit)))
             text.append(BAR_FULL * filled, Style(color=sev_style.color))
-            text.append(BAR_EMPTY * (bar_width - filled), get("gauge--empty", partial=True))
+            text.append(BAR_EMPTY * (bar_w - filled), get("gauge--empty", partial=True))
             text.append(" ")
-        text.append(numbers, sev_style if severity != "ok" else "")
+        text.append(numbers.rjust(numbers_w), sev_style if severity != "ok" else "")
         text.append(" ")
         text.append(pct_text, sev_style)
-        if note:
+        if note and show_note:
             text.append("  ")
             text.append(note, get("gauge--note", partial=True))
         text.truncate(width, overflow="ellipsis")
         return text
+
+
+def gauge_layout(
+    width: int, label_width: int, note_width: int, numbers_len: int
+) -> tuple[int, int, int, bool]:
+    """How a gauge line spends `width` cells: (label, bar, numbers, show the note?).
+
+    Gauges of one list get the same label/note widths, so this gives them the same bar and
+    their bars line up. When space is short, the note goes first, then the label is cut (not
+    below MIN_LABEL_WIDTH), then the bar; the numbers always stay.
+    """
+    numbers_w = max(NUMBERS_WIDTH, numbers_len)
+    right = 1 + numbers_w + 1 + PCT_WIDTH  # " value/limit pct%"
+    note_w = 2 + note_width if note_width else 0
+    bar = width - label_width - 1 - right - note_w
+    if bar >= MIN_BAR_WIDTH:
+        return label_width, min(bar, MAX_BAR_WIDTH), numbers_w, True
+    bar += note_w
+    if bar >= MIN_BAR_WIDTH:
+        return label_width, min(bar, MAX_BAR_WIDTH), numbers_w, False
+    label_w = max(min(label_width, MIN_LABEL_WIDTH), width - 1 - right - MIN_BAR_WIDTH)
+    bar = width - label_w - 1 - right
+    if bar >= MIN_BAR_WIDTH:
+        return label_w, bar, numbers_w, False
+    return max(0, min(label_width, width - right)), 0, numbers_w, False
 
 
 class GaugeItem(NamedTuple):

@@ -44,6 +44,9 @@ NOT_CAPTURED = "(request details not captured)"
 LEVEL_LABELS: dict[Level, str] = {"ok": "    ", "slow": "SLOW", "critical": "CRIT"}
 CURSOR_MARK = "▶ "
 NO_MARK = "  "
+FROM = "  from "
+NARROW_WIDTH = 64  # below this, request lines drop the core column and the indent
+MIN_URI_WIDTH = 20
 
 
 class _RequestLine(NamedTuple):
@@ -537,7 +540,7 @@ class WorkerList(ScrollView, can_focus=True):
         if strip is None:
             block = self._blocks[wid]
             if sub == 0:
-                text = self._header_text(block.worker, block.level, is_cursor)
+                text = self._header_text(block.worker, block.level, is_cursor, width)
             else:
                 text = self._request_text(block.requests[sub - 1], width)
             strip = cache[(sub, is_cursor)] = self._to_strip(text, width, is_cursor)
@@ -572,12 +575,9 @@ class WorkerList(ScrollView, can_focus=True):
             text.append("  no workers", self._style("muted"))
         return text
 
-    def _header_text(self, w: Worker, level: Level, is_cursor: bool) -> Text:
+    def _header_text(self, w: Worker, level: Level, is_cursor: bool, width: int) -> Text:
         label = self._style("label")
         alert = self._style("alert")
-        text = Text(no_wrap=True, end="")
-        text.append(CURSOR_MARK if is_cursor else NO_MARK)
-        text.append(f"#{w.id:<3} ", self._style("id"))
         status = plain(w.status)
         if w.pid == 0:
             state = "dead"
@@ -591,58 +591,73 @@ class WorkerList(ScrollView, can_focus=True):
         if state == "busy" and level != "ok":
             status_style = status_style + self._style(level)
         status = ellipsize(status, 6)
-        text.append(status + " " * (7 - cell_len(status)), status_style)
-        text.append("pid ", label)
-        text.append(f"{w.pid:<7} " if w.pid else "-       ", status_style if not w.pid else "")
-        text.append("req ", label)
-        text.append(f"{w.requests:<6} ")
-        text.append("exc ", label)
-        text.append(f"{w.exceptions:<3} ", alert if w.exceptions else "")
-        text.append("hk ", label)
-        text.append(f"{w.harakiri_count:<2} ", alert if w.harakiri_count else "")
-        text.append("resp ", label)
-        text.append(f"{w.respawn_count:<2} ")
-        text.append("avg ", label)
-        text.append(f"{fmt_ms(w.avg_rt_ms):>5} ")
-        text.append("rss ", label)
-        text.append(human_bytes(w.rss) if w.rss else "-")
+        no_style = Style()
+        # (drop rank, caption, value, value style): when the line is narrower than the fields,
+        # the highest ranks go first, so that a narrow pane still shows what matters.
+        fields: list[tuple[int, str, str, Style]] = [
+            (0, "", CURSOR_MARK if is_cursor else NO_MARK, no_style),
+            (0, "", f"#{w.id:<3} ", self._style("id")),
+            (0, "", status + " " * (7 - cell_len(status)), status_style),
+            (0, "pid ", f"{w.pid:<7} " if w.pid else "-       ",
+             no_style if w.pid else status_style),
+            (4, "req ", f"{w.requests:<6} ", no_style),
+            (2, "exc ", f"{w.exceptions:<3} ", alert if w.exceptions else no_style),
+            (1, "hk ", f"{w.harakiri_count:<2} ", alert if w.harakiri_count else no_style),
+            (6, "resp ", f"{w.respawn_count:<2} ", no_style),
+            (3, "avg ", f"{fmt_ms(w.avg_rt_ms):>5} ", no_style),
+            (5, "rss ", human_bytes(w.rss) if w.rss else "-", no_style),
+        ]
+        total = sum(len(caption) + cell_len(value) for _, caption, value, _ in fields)
+        while total > width and fields[-1][0] > 0:
+            drop = max(range(len(fields)), key=lambda i: fields[i][0])
+            _, caption, value, _ = fields.pop(drop)
+            total -= len(caption) + cell_len(value)
+        text = Text(no_wrap=True, end="")
+        for _, caption, value, style in fields:
+            if caption:
+                text.append(caption, label)
+            text.append(value, style)
+        text.rstrip()
         if w.pid == 0:
             text.stylize(self._style("dead"))
         return text
 
     def _request_text(self, r: _RequestLine, width: int) -> Text:
+        narrow = width < NARROW_WIDTH
         line_style = self._style(r.level) if r.level != "ok" else Style()
         text = Text(no_wrap=True, end="")
-        text.append("  ")
+        text.append(" " if narrow else "  ")
         if r.level == "ok":
             text.append(LEVEL_LABELS["ok"])
         else:
             text.append(LEVEL_LABELS[r.level], self._style(f"{r.level}-label"))
         text.append(f" {human_age(r.age):>6} ", line_style + Style(bold=True))
-        core = f"c{r.core}" if r.core >= 0 else "c?"
-        text.append(f"{core:<3} ", self._style("label"))
-        remote = plain(r.remote_addr)
-        tail_width = 0
-        if remote:
-            remote = ellipsize(remote, 24)
-            tail_width = len("  from ") + cell_len(remote)
+        if not narrow:  # the core matters less than the URI when space is short
+            core = f"c{r.core}" if r.core >= 0 else "c?"
+            text.append(f"{core:<3} ", self._style("label"))
+        captured = bool(r.method or r.uri)
+        method = ellipsize(plain(r.method), 7)
+        method_width = (cell_len(method) + 1 if narrow else 8) if captured else 0
+        remote = ellipsize(plain(r.remote_addr), 24)
+        tail_width = len(FROM) + cell_len(remote) if remote else 0
         room = width - text.cell_len
-        if room - tail_width < 16:  # keep the URI readable; the client address gives way
+        uri_room = room - tail_width - method_width
+        uri_len = cell_len(plain(r.uri)) if captured else len(NOT_CAPTURED)
+        if uri_room < min(uri_len, MIN_URI_WIDTH):
+            # The URI says what is stuck; the client address gives way first.
             tail_width = 0
             remote = ""
-        what_width = room - tail_width
-        if not r.method and not r.uri:
+        what_width = room - tail_width - method_width
+        if captured:
+            text.append(method + " " * (method_width - cell_len(method)), line_style)
+            what = ellipsize(plain(r.uri), what_width)
+            text.append(what, line_style)
+        else:
             what = ellipsize(NOT_CAPTURED, what_width)
             text.append(what, self._style("muted"))
-        else:
-            method = ellipsize(plain(r.method), 7)
-            text.append(method + " " * (8 - cell_len(method)), line_style)
-            what = ellipsize(plain(r.uri), what_width - 8)
-            text.append(what, line_style)
-            what_width -= 8
         if remote:
             # Client addresses line up at the right edge, where the eye finds them.
             text.append(" " * max(0, what_width - cell_len(what)))
-            text.append("  from ", self._style("label"))
+            text.append(FROM, self._style("label"))
             text.append(remote, line_style)
         return text
