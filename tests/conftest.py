@@ -11,6 +11,7 @@ by stackmon.demo.launcher in private directories on loopback.
 - `hang(stack, path, n=1, headers=...)`: n requests that stay in flight in the app, sent from
   raw sockets (nothing blocks the test); closed and released at the end of the test.
 - `wait_until(predicate, timeout)`: poll until truthy, fail with a message otherwise.
+- `stack_workdir`: a short /tmp directory for a Stack a test starts by hand (cleaned up).
 
 Missing binaries: with CI=true a missing uwsgi or nginx FAILS the tests that need them (a CI
 image that lost nginx must not turn the suite green by skipping); locally they are skipped.
@@ -126,6 +127,16 @@ def new_workdir() -> Path:
 def _remove(workdir: Path) -> None:
     if not KEEP_WORKDIRS:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def stack_workdir(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A fresh short directory in /tmp for a Stack a test starts itself; removed afterwards
+    unless the test failed (its logs are the evidence)."""
+    workdir = new_workdir()
+    yield workdir
+    if not _test_failed(request):
+        _remove(workdir)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,6 @@ import signal
 import socket
 import stat
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from stackmon.demo import app as demo_app
 from stackmon.demo.launcher import Stack, StackError, http_get, read_stats, somaxconn
 from stackmon.demo.traffic import TrafficThread, check_loopback, run_traffic
 
-from .conftest import busy_workers, in_flight, new_workdir, require_nginx, wait_until
+from .conftest import busy_workers, in_flight, require_nginx, wait_until
 
 
 def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
@@ -149,9 +148,8 @@ def test_stop_leaves_none_of_the_started_pids(fresh_stack, hang) -> None:
     assert stopped_in < 8
 
 
-def test_context_manager_stops(uwsgi_bin: str) -> None:
-    workdir = new_workdir()
-    with Stack.start(workdir, workers=1, threads=1, nginx=False, uwsgi_bin=uwsgi_bin) as s:
+def test_context_manager_stops(uwsgi_bin: str, stack_workdir: Path) -> None:
+    with Stack.start(stack_workdir, workers=1, threads=1, nginx=False, uwsgi_bin=uwsgi_bin) as s:
         procs = _stack_procs(s)
         assert len(procs) == 2
         assert s.base_url == f"http://{s.uwsgi_http_address}"  # http-socket without nginx
@@ -254,18 +252,21 @@ def test_taken_nginx_port_fails_with_the_nginx_log(fresh_stack) -> None:
     assert _alive(list(_our_children() - before)) == []
 
 
-def test_listen_above_somaxconn_is_refused_up_front(uwsgi_bin: str) -> None:
+def test_listen_above_somaxconn_is_refused_up_front(uwsgi_bin: str, stack_workdir: Path) -> None:
     limit = somaxconn()
     if limit is None:
         pytest.skip("no /proc/sys/net/core/somaxconn")
     with pytest.raises(StackError, match="somaxconn"):
-        Stack.start(new_workdir(), listen=limit + 1, nginx=False, uwsgi_bin=uwsgi_bin)
+        Stack.start(stack_workdir, listen=limit + 1, nginx=False, uwsgi_bin=uwsgi_bin)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root's nginx workers switch to nobody")
-def test_untraversable_workdir_is_refused_with_the_reason(uwsgi_bin: str) -> None:
+def test_untraversable_workdir_is_refused_with_the_reason(
+    uwsgi_bin: str, stack_workdir: Path
+) -> None:
     nginx_bin = require_nginx()
-    closed = Path(tempfile.mkdtemp(prefix="stackmon-c-"))  # mode 0700
+    closed = stack_workdir / "closed"
+    closed.mkdir(mode=0o700)
     with pytest.raises(StackError, match="not traversable by others"):
         Stack.start(closed / "w", uwsgi_bin=uwsgi_bin, nginx_bin=nginx_bin)
 
@@ -437,12 +438,31 @@ def test_lost_port_race_is_retried(fresh_stack, monkeypatch) -> None:
     assert len(s.stats()["workers"]) == 1
 
 
+def test_orphaned_nginx_worker_is_found_by_stop(fresh_stack) -> None:
+    """Kill an nginx worker, let the master respawn it, then SIGKILL the master: the new
+    worker is reparented to init and keeps serving. stop() must still find and end it."""
+    s = fresh_stack(workers=1, threads=1)
+    master = psutil.Process(s.nginx_master_pid)
+    first_workers = master.children()
+    first_workers[0].kill()
+    respawned = wait_until(
+        lambda: [p for p in master.children() if p not in first_workers], message="a respawn"
+    )
+    master.kill()
+    wait_until(lambda: respawned[0].ppid() != master.pid, message="the orphan to be reparented")
+    assert respawned[0].is_running()
+    s.stop()
+    assert _alive(respawned + first_workers) == []
+
+
 def test_workdir_left_by_a_killed_stack_can_be_reused(fresh_stack) -> None:
     first = fresh_stack(workers=1, threads=1)
     workdir = first.workdir
-    for pid in first.pids():  # no vacuum: socket, fifo, pidfiles stay behind
-        os.kill(pid, signal.SIGKILL)
+    procs = _stack_procs(first)
+    for proc in procs:  # no vacuum: socket, fifo, pidfiles stay behind
+        proc.kill()
     first.stop()
+    assert _alive(procs) == []
     assert first.uwsgi_socket_path.exists()
     second = fresh_stack(workers=1, threads=1, workdir=workdir)
     assert http_get(second.nginx_base_url + "/fast") == (200, b"fast\n")
@@ -454,10 +474,11 @@ def test_bad_explicit_binary_is_an_error(tmp_path: Path) -> None:
         Stack.start(tmp_path, uwsgi_bin="/nonexistent/uwsgi")
 
 
-def test_without_nginx_binary_uwsgi_runs_alone(uwsgi_bin: str, monkeypatch) -> None:
+def test_without_nginx_binary_uwsgi_runs_alone(
+    uwsgi_bin: str, stack_workdir: Path, monkeypatch
+) -> None:
     monkeypatch.setenv("STACKMON_NGINX", "/nonexistent/nginx")
-    workdir = new_workdir()
-    with Stack.start(workdir, workers=1, threads=1, uwsgi_bin=uwsgi_bin) as s:
+    with Stack.start(stack_workdir, workers=1, threads=1, uwsgi_bin=uwsgi_bin) as s:
         assert not s.has_nginx and s.nginx_skipped_reason
         assert s.base_url == f"http://{s.uwsgi_http_address}"
         assert http_get(s.base_url + "/healthz") == (200, b"ok\n")

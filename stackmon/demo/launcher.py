@@ -844,7 +844,7 @@ http {{
             if not ok:
                 self._signal(popen, signal.SIGKILL)
                 self._wait(popen, time.monotonic() + 5.0)
-        self._kill_leftovers(recorded)
+        self._kill_leftovers(recorded + self._strays())
 
     def _kill_everything(self) -> None:
         """Startup failed: no grace, just make sure nothing we started survives."""
@@ -852,7 +852,7 @@ http {{
         for popen in (self._uwsgi, self._nginx):
             self._signal(popen, signal.SIGKILL)
             self._wait(popen, time.monotonic() + 5.0)
-        self._kill_leftovers(recorded)
+        self._kill_leftovers(recorded + self._strays())
         self._uwsgi = self._nginx = None
 
     @staticmethod
@@ -870,6 +870,25 @@ http {{
             return True
         except subprocess.TimeoutExpired:
             return False
+
+    def _strays(self) -> list[psutil.Process]:
+        """Our processes that escaped the recorded tree: an nginx worker respawned by a master
+        that was then SIGKILLed is reparented to init and keeps serving (nginx workers do not
+        exit with their master). Identified strictly: the executable is one of the binaries we
+        ran AND the working directory is inside this stack's private work directory, where
+        only processes started for this stack ever run."""
+        exes = {os.path.realpath(b) for b in (self._uwsgi_bin, self._nginx_bin) if b}
+        found = []
+        for proc in psutil.process_iter(["exe", "cwd"]):
+            try:
+                exe, cwd = proc.info["exe"], proc.info["cwd"]
+                if not exe or not cwd or os.path.realpath(exe) not in exes:
+                    continue
+                if Path(cwd) == self.workdir or self.workdir in Path(cwd).parents:
+                    found.append(proc)
+            except (psutil.Error, OSError):
+                continue
+        return found
 
     @staticmethod
     def _kill_leftovers(recorded: list[psutil.Process]) -> None:
