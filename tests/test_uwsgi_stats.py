@@ -984,3 +984,125 @@ def test_secrets_never_reach_the_model() -> None:
     parsed = _parse(_doc(workers=[_worker(1, cores=[_core(0, vars_, int(NOW))])]))
     text = repr(parsed)
     assert "SECRET" not in text and "eyJ" not in text
+
+
+# --------------------------------------------------------------------------------------------
+# The speed-ups must not change a single result
+# --------------------------------------------------------------------------------------------
+
+ADVERSARIAL_VALUES = [
+    "", "GET", "/plain/path", "/p?token=abc&x=1", "a=b", "sid=1", "x_sid=2", "key=",
+    "Bearer abcdefgh12345", "BEARER abcdefgh12345", "basic\tQWxhZGRpbjpvcGVu", "token  12345678",
+    "bearer short", "Baſic abcdefghijkl", "tokenizer abcdefghijk", "eyJhbGciOi.eyJzdWIiOi.sig",
+    "eyj lower", "http://user:pw@host/x", "HTTPS://u:p@h", "ftp://h/x", "mailto:a@b",
+    "a\x1bb", "\x00", "caf\u00e9", "\u202etxet", "\u00a0nbsp", "\x9bcsi", "a\x7f",
+    "203.0.113.7, 10.0.0.2", "Mozilla/5.0 (X11; Linux x86_64)", "en-GB,en;q=0.9",
+    "https://shop.example/account?session=FAKE", "4b1f0c2e9d8a4f7e9c3b2a1d0e9f8a7b",
+]
+ADVERSARIAL_KEYS = ["REQUEST_URI", "HTTP_COOKIE", "HTTP_X_TOKEN", "HTTP_REFERER", "X\x1bKEY",
+                    "HTTP_X_AUTH", "HTTP_AUTHORIZATION", "QUERY_STRING", "HTTP_X_SESSION_ID",
+                    "HTTP_USER_AGENT", "PASSWORD", "SERVER_NAME"]
+
+
+def _corpus() -> Iterator[tuple[str, str]]:
+    for key in ADVERSARIAL_KEYS:
+        for value in ADVERSARIAL_VALUES:
+            yield key, value
+    for name in ("idle.json", "busy.json"):
+        doc = json.loads(recorded(name))
+        for w in doc["workers"]:
+            for c in w["cores"]:
+                for item in c["vars"]:
+                    key, sep, value = item.partition("=")
+                    if sep:
+                        yield key, value
+    sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+    from make_big_doc import make_big_doc
+
+    doc = json.loads(make_big_doc(workers=32))
+    for w in doc["workers"]:
+        for c in w["cores"]:
+            for item in c["vars"]:
+                key, sep, value = item.partition("=")
+                if sep:
+                    yield key, value
+
+
+def test_redaction_fast_path_matches_redact_py() -> None:
+    """The fast path is only on while redact.py is the code it was checked against. If this
+    fails, redact.py changed: re-check _shown_pair and _MAY_CHANGE against the new code, then
+    update _REDACT_VERIFIED (until then the parser uses the plain, slower calls: still safe)."""
+    from stackmon import redact
+
+    assert uwsgi_stats._redact_fingerprint()[:12] == uwsgi_stats._REDACT_VERIFIED
+    assert uwsgi_stats._fast_redact_enabled()
+    for key, value in _corpus():
+        expected = (redact.visible(key), redact.visible(redact.redact_var(key, value)))
+        assert uwsgi_stats._shown_pair(key, value) == expected, (key, value)
+
+
+def test_fast_redaction_switches_off_when_redact_py_changes(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(uwsgi_stats, "_fast_redact", None)
+    monkeypatch.setattr(uwsgi_stats, "_REDACT_VERIFIED", "000000000000")
+    assert not uwsgi_stats._fast_redact_enabled()
+    clear_caches()
+    req = _only_request(_parse(_doc(workers=[_worker(1, cores=[_core(0, HANG_VARS, 1)])])))
+    assert req.uri == "/api/x?id=5&api_key=<redacted>" and "SECRET" not in repr(req)
+    clear_caches()  # memos filled by the plain path must not outlive the patch
+
+
+def test_fast_constructors_build_ordinary_frozen_objects() -> None:
+    import dataclasses
+
+    from stackmon.model import Core, Request, Worker
+
+    req = uwsgi_stats._new_request(1, "GET", "/", "1.2.3.4", "h", 5.0, 1.0, "ok", (("A", "b"),))
+    assert req == Request(1, "GET", "/", "1.2.3.4", "h", 5.0, 1.0, "ok", (("A", "b"),))
+    core = uwsgi_stats._new_core(1, 2, True, req)
+    assert core == Core(1, 2, True, req) and hash(core) == hash(Core(1, 2, True, req))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        core.requests = 3  # type: ignore[misc]
+    args = (1, 2, "idle", True, 3, 4, 5, 6, 7.0, 8, 9, 10.0, 11.0, 12, (core,))
+    assert uwsgi_stats._new_worker(*args) == Worker(*args)
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Later:  # a model class that grew a defaulted field
+        a: int
+        b: str = "dflt"
+
+    assert uwsgi_stats._fast_constructor(Later)(1) == Later(1)
+
+    @dataclasses.dataclass(frozen=True)
+    class NoSlots:
+        a: int
+
+    assert uwsgi_stats._fast_constructor(NoSlots) is NoSlots
+
+
+def test_optional_orjson_and_stdlib_paths_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With orjson installed the clean documents take its path; results must be identical.
+    (Without orjson both runs use the stdlib and this only checks determinism.)"""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+    from make_big_doc import make_big_doc
+
+    docs = [recorded("idle.json"), recorded("busy.json"), make_big_doc(workers=16)]
+    fast = [parse_stats(d, "a:1", NOW, TH) for d in docs]
+    monkeypatch.setattr(uwsgi_stats, "_orjson", None)
+    clear_caches()
+    assert [parse_stats(d, "a:1", NOW, TH) for d in docs] == fast
+
+
+def test_parse_leaves_the_garbage_collector_as_it_found_it() -> None:
+    import gc
+
+    assert gc.isenabled()
+    parse_stats(recorded("busy.json"), "a:1", NOW, TH)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        parse_stats(b"garbage", "a:1", NOW, TH)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
