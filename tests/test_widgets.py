@@ -797,6 +797,24 @@ async def test_nginx_panel_states() -> None:
         assert panel.size.height == 1
 
 
+async def test_nginx_panel_flows_figures_in_a_narrow_panel() -> None:
+    panel = NginxPanel(nginx(dropped=12, rps=1234.0), "connect() to 127.0.0.1:80 failed: "
+                                                      "connection refused")
+    panel.styles.width = 29
+    app = WidgetApp(panel)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        text = rendered(panel)
+        figure_lines = text.split("\nlast poll failed")[0].splitlines()
+        assert all(len(line) <= 29 for line in figure_lines)
+        for part in ("active 291", "reading 6", "writing 179", "waiting 106", "dropped 12",
+                     "req/s 1234"):
+            assert any(part in line for line in figure_lines), part  # never split
+        # the error wraps, and the panel grows so that all of it is on screen
+        assert panel.size.height > len(figure_lines) + 1
+        assert "connection refused" in screen_text(app)
+
+
 # =============================================================================== History
 
 
@@ -827,6 +845,19 @@ async def test_history_push_and_window() -> None:
         h.clear()
         await pilot.pause()
         assert "?" in rendered(h).splitlines()[0]
+
+
+async def test_history_in_a_narrow_panel_keeps_the_trend() -> None:
+    h = History()
+    h.styles.width = 29
+    app = WidgetApp(h)
+    async with app.run_test(size=SIZE) as pilot:
+        for i in range(30):
+            h.push(queue=i, busy=1, rps=2.0)
+        await pilot.pause()
+        queue_line = rendered(h).splitlines()[0]
+        assert len(queue_line) == 29 and "max" not in queue_line
+        assert queue_line.endswith("█     29")
 
 
 # ========================================================================== HostHeader

@@ -23,6 +23,7 @@ from widgets._fmt import fmt_count, fmt_rate
 BLOCKS = " ▁▂▃▄▅▆▇█"
 UNKNOWN = "·"
 LABEL_WIDTH = 6
+MIN_SPARK_WIDTH = 12
 DEFAULT_SAMPLES = 60
 
 
@@ -120,6 +121,9 @@ class History(Widget):
             # are sized for the whole history so the line does not jitter as values change.
             known_all = [v for v in values if v is not None]
             widest = len(f" {current:>6}  max {fmt(max(known_all)) if known_all else '?'}")
+            show_max = width - LABEL_WIDTH - 1 - widest >= MIN_SPARK_WIDTH
+            if not show_max:  # a narrow panel: the trend matters more than its scale
+                widest = len(f" {current:>6}")
             room = max(0, width - LABEL_WIDTH - 1 - widest)
             window = list(values)[-room:] if room else []
             known = [v for v in window if v is not None]
@@ -129,7 +133,8 @@ class History(Widget):
             text.append(f"{label:<{LABEL_WIDTH}} ", label_style)
             text.append(sparkline(window, top or 0).rjust(room), spark_style)  # newest: right
             text.append(f" {current:>6}", value_style)
-            text.append(f"  max {fmt(top) if top is not None else '?'}", label_style)
+            if show_max:
+                text.append(f"  max {fmt(top) if top is not None else '?'}", label_style)
         return text
 
 

@@ -1,4 +1,4 @@
-"""NginxPanel: nginx's stub_status counters in one line, and why they are missing when they are.
+"""NginxPanel: nginx's stub_status counters, and why they are missing when they are.
 
 `dropped` (accepts - handled) is the one number here that is an alarm by itself: nginx ran out
 of worker_connections. It is shown reversed in the error colour as soon as it is above zero.
@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from rich.text import Text
+from textual.geometry import Size
 from textual.widget import Widget
 
 from stackmon.model import NginxStatus
@@ -18,7 +19,8 @@ from widgets._fmt import fmt_count, fmt_rate, plain
 
 
 class NginxPanel(Widget):
-    """`nginx  active 291  reading 6  writing 179  waiting 106  dropped 0  req/s 45.2`.
+    """`active 291  reading 6  writing 179  waiting 106  dropped 0  req/s 45.2`, flowed onto
+    more lines when the panel is narrow (the app titles the panel "nginx").
 
     `set_status(None)`: "nginx: not configured"; with `error`: an error line (below the last
     figures when there are some). Repaints only when what it shows changed.
@@ -75,46 +77,64 @@ class NginxPanel(Widget):
         shown = self._figures(status, error)
         if shown == self._shown:
             return
-        lines_before = self._line_count()
+        width = self.content_region.width
+        height_before = self._height(width)
         self._shown = shown
         self.set_class(bool(error), "-error")
         self.set_class(status is not None and status.dropped > 0, "-dropped")
-        self.refresh(layout=self._line_count() != lines_before)
+        self.refresh(layout=self._height(width) != height_before)
 
-    def _line_count(self) -> int:
-        figures, error = self._shown
-        return 2 if figures is not None and error else 1
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
+        return self._height(width)
+
+    def _height(self, width: int) -> int:
+        if width <= 0 or not self.is_attached:
+            return 1
+        return len(self._build(width).wrap(self.app.console, width))
 
     def render(self) -> Text:
+        return self._build(self.content_region.width)
+
+    def _build(self, width: int) -> Text:
+        """The figures flowed into lines of at most `width` cells (a figure is never split from
+        its name), then the error, which may wrap."""
         figures, error = self._shown
         style = self.get_component_rich_style
         label = style("nginx-panel--label", partial=True)
+        error_style = style("nginx-panel--error", partial=True)
         text = Text(end="")
         if figures is None:
             text.append("nginx: ", style("nginx-panel--title", partial=True))
             if error:
-                text.append(plain(error), style("nginx-panel--error", partial=True))
+                text.append(plain(error), error_style)
             else:
                 text.append("not configured", style("nginx-panel--muted", partial=True))
             return text
         assert isinstance(figures, tuple)
         active, reading, writing, waiting, dropped, rate = figures
-        text.append("nginx", style("nginx-panel--title", partial=True))
-        for name, value in (("active", active), ("reading", reading), ("writing", writing),
-                            ("waiting", waiting)):
-            text.append(f"  {name} ", label)
-            text.append(fmt_count(value))
-        text.append("  ")
+        chunks: list[Text] = [
+            Text.assemble((f"{name} ", label), fmt_count(value))
+            for name, value in (("active", active), ("reading", reading),
+                                ("writing", writing), ("waiting", waiting))
+        ]
         if dropped > 0:
-            text.append(f" dropped {fmt_count(dropped)} ", style("nginx-panel--dropped",
-                                                                 partial=True))
+            chunks.append(Text(f" dropped {fmt_count(dropped)} ",
+                               style("nginx-panel--dropped", partial=True)))
         else:
-            text.append("dropped ", label)
-            text.append(str(dropped))
-        text.append("  req/s ", label)
-        text.append(rate)
+            chunks.append(Text.assemble(("dropped ", label), str(dropped)))
+        chunks.append(Text.assemble(("req/s ", label), rate))
+        line_len = 0
+        for chunk in chunks:
+            if line_len and line_len + 2 + chunk.cell_len > width:
+                text.append("\n")
+                line_len = 0
+            elif line_len:
+                text.append("  ")
+                line_len += 2
+            text.append_text(chunk)
+            line_len += chunk.cell_len
         if error:
             text.append("\n")
             text.append("last poll failed: ", label)
-            text.append(plain(error), style("nginx-panel--error", partial=True))
+            text.append(plain(error), error_style)
         return text
