@@ -668,7 +668,10 @@ async def test_stats_http_ok_strips_the_head_and_sends_a_request() -> None:
 
     async with tcp_server(ok, http=True) as addr:
         assert await fetch_stats(addr) == body
+        behind_proxy = parse_stats_address(f"{addr}/uwsgi/stats?app=1")
+        assert await fetch_stats(behind_proxy) == body
     assert seen[0].startswith(b"GET / HTTP/1.0\r\n")
+    assert seen[1].startswith(b"GET /uwsgi/stats?app=1 HTTP/1.0\r\n")
 
 
 async def test_stats_http_empty_and_not_http() -> None:
@@ -1106,3 +1109,14 @@ def test_parse_leaves_the_garbage_collector_as_it_found_it() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_missing_uwsgi_fails_in_ci_and_skips_locally(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = sys.modules[__name__]
+    monkeypatch.setattr(module, "find_uwsgi", lambda: None)
+    monkeypatch.setattr(module, "IN_CI", True)
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        require_uwsgi()
+    monkeypatch.setattr(module, "IN_CI", False)
+    with pytest.raises(pytest.skip.Exception):
+        require_uwsgi()

@@ -3,8 +3,9 @@
 Two halves, kept apart so each can be tested and timed alone:
 
 - `fetch_stats` speaks the stats protocol. Plain mode is "connect, send nothing, read to EOF"
-  (sending bytes first makes uWSGI reset the connection); `stats-http` mode is one HTTP/1.0
-  request answered without Content-Length. Every network failure comes back as a `SourceError`
+  (uWSGI never reads: bytes sent first make it reset the connection once it has written, and
+  the reset can destroy the document in flight); `stats-http` mode is one HTTP/1.0 request
+  answered without Content-Length. Every network failure comes back as a `SourceError`
   with a sentence a user can act on, never as an exception, because one dead host must not take
   the poller down. One deadline covers connect and read, and a size cap stops a peer that never
   stops talking.
@@ -15,11 +16,13 @@ Two halves, kept apart so each can be tested and timed alone:
   field being missing or of the wrong type (a warning, never an exception) and reports a document
   it cannot read as a `SourceError` with the position and the reason.
 
-Speed matters because a big instance (512 workers x 8 cores) is parsed every second in the same
-process as the UI: the hot loops avoid per-item helper calls for well-formed fields, and the
-redaction of request variables is memoised (the same stuck request shows up poll after poll, and
-most headers repeat across requests). The memo is keyed by the hash of the raw text, never by the
-text itself, so it holds no secret.
+Speed matters because a big instance (512 workers x 8 cores, a 1.6 MB document) is parsed every
+second in the same process as the UI. The hot loops avoid per-item helper calls for well-formed
+fields, the frozen model objects are filled through their slots, garbage collection is paused
+during the parse, orjson is used when installed, and the redaction of request variables is
+memoised (the same stuck request shows up poll after poll, and most headers repeat across
+requests). The memo is keyed by the hash of the raw text, never by the text itself, so it holds
+no secret. bench/bench_uwsgi_parse.py measures all of it.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import ssl
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from stackmon import redact
 from stackmon.addresses import StatsAddress
@@ -164,9 +168,13 @@ def _describe_os_error(exc: OSError, addr: StatsAddress, received: int) -> str:
 
 
 def _http_request(addr: StatsAddress) -> bytes:
-    """The smallest request stats-http answers: any path works, HTTP/1.0 so nobody chunks."""
+    """The smallest request stats-http answers. uWSGI takes any path; the URL's own path is
+    kept for a stats server published behind a proxy. HTTP/1.0, so nobody chunks the reply."""
+    parts = urlsplit(addr.path)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     host = addr.host if ":" not in addr.host else f"[{addr.host}]"
-    return f"GET / HTTP/1.0\r\nHost: {host}:{addr.port}\r\n\r\n".encode("ascii", "replace")
+    return (f"GET {target} HTTP/1.0\r\nHost: {host}:{addr.port}\r\n\r\n"
+            .encode("ascii", "replace"))
 
 
 async def _exchange(addr: StatsAddress, max_bytes: int, state: _Exchange) -> BaseException | None:
@@ -305,9 +313,9 @@ def _fast_constructor(cls: type[T]) -> Callable[..., T]:
     """A positional constructor for a frozen, slotted dataclass that fills the slots directly.
 
     Why: a frozen dataclass's generated __init__ sets each field through object.__setattr__
-    (to get past its own frozen __setattr__), which costs about a third of the whole parse of a
-    512x8 instance (4096 Cores, 512 Workers). Writing through the slot descriptors gives the same
-    object (equal, hashable, still frozen for everyone else) several times faster. The function
+    (to get past its own frozen __setattr__), which makes building the 4096 Cores and 512
+    Workers of a 512x8 instance about twice as slow. Writing through the slot descriptors gives
+    the same object (equal, hashable, still frozen for everyone else). The function
     is generated from dataclasses.fields(), so fields added to the model later get their
     defaults; a class this cannot serve exactly (no slots, __post_init__, default factories)
     gets its real constructor back.
@@ -397,9 +405,10 @@ def _list(value: object, where: str, issues: _Issues) -> list[Any]:
 
 
 # Memo of request variables, keyed by hash() of the raw text (never the text: it may hold a
-# cookie). _VAR_MEMO: "KEY=VALUE" -> (raw key, shown key, shown value); _REQ_MEMO: the whole vars
-# list -> (method, uri, remote_addr, host, pairs). Cleared wholesale when they grow past the cap,
-# which a poll of even the biggest instance stays far below.
+# cookie; a 64-bit hash collision would show one variable in place of another, both redacted).
+# _VAR_MEMO: "KEY=VALUE" -> (raw key, (shown key, shown value)); _REQ_MEMO: the whole vars list
+# -> (method, uri, remote_addr, host, pairs). Cleared wholesale when one grows past the cap,
+# which one poll of even a 512x8 instance (~3,000 distinct variables) stays far below.
 _Details = tuple[str, str, str, str, tuple[tuple[str, str], ...]]
 _MEMO_CAP = 32768
 _VAR_MEMO: dict[int, tuple[str, tuple[str, str]]] = {}
@@ -407,7 +416,7 @@ _VAR_MEMO: dict[int, tuple[str, tuple[str, str]]] = {}
 # memoised request warns exactly like a fresh one.
 _REQ_MEMO: dict[int, tuple[_Details, tuple[str, ...]]] = {}
 _MALFORMED: tuple[str, tuple[str, str]] = ("", ("", ""))
-# The variables behind Request's own fields, by their index in _request_details's `found`.
+# The variables behind Request's own fields, by their index in _request_details's `fields`.
 _FIELD_KEYS = {"REQUEST_METHOD": 0, "REQUEST_URI": 1, "PATH_INFO": 2, "QUERY_STRING": 3,
                "REMOTE_ADDR": 4, "HTTP_HOST": 5, "SERVER_NAME": 6}
 _NO_DETAILS: _Details = ("", "", "", "", ())
@@ -431,7 +440,7 @@ def clear_caches() -> None:
 # it is enabled only while redact.py's functions and patterns hash to the value it was checked
 # against; any change there switches back to the plain calls (slower, never leakier) and makes
 # test_redaction_fast_path_matches_redact_py fail until someone re-checks this code.
-# (Better home: redact.py itself; see the module's report.)
+# (Its better home is redact.py itself, which would need no fingerprint.)
 
 _REDACT_VERIFIED = "1187889532fe"  # first 12 hex digits of _redact_fingerprint()
 _MAY_CHANGE = re.compile(r"=|://|eyJ|(?i:bearer|basic|token)")
