@@ -1,7 +1,7 @@
 """`stackmon demo`: a real uWSGI + nginx stack on loopback, misbehaving traffic, and the TUI.
 
 Everything it starts it stops on exit, by pid, whatever way the UI ends (q, Ctrl-C, a lost
-SSH session). The stack is small on purpose (listen 64, 4 workers x 2 threads) so that stuck
+SSH session). The stack is small on purpose (listen 32, 4 workers x 2 threads) so that stuck
 requests and a filling queue show within seconds.
 """
 
@@ -20,7 +20,7 @@ from stackmon.config import HostConfig, Targets, parse_settings
 from stackmon.demo.launcher import Stack, StackError
 from stackmon.demo.traffic import TrafficThread
 
-DEMO_LISTEN = 64
+DEMO_LISTEN = 32
 DEMO_MERCY = 15
 
 

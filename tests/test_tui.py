@@ -1,0 +1,216 @@
+"""Pilot tests: the keys a user presses and what the screen then shows."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from stackmon.addresses import parse_stats_address
+from stackmon.config import HostConfig, Settings, Targets
+from stackmon.model import Core, HostSnapshot, Request, UwsgiInstance, Worker
+from tests.tui_support import app_for, feed, recorded, screen_text, unreachable
+from tui.app import StackmonApp
+from tui.screens.help import HelpScreen
+from tui.screens.worker_detail import WorkerDetailScreen
+from widgets.worker_list import WorkerList
+
+
+def with_uri(host: HostSnapshot, uri: str) -> HostSnapshot:
+    """The recorded host with the first request in flight given another URI."""
+    inst = host.uwsgi[0]
+    workers = []
+    done = False
+    for w in inst.workers:
+        cores = []
+        for c in w.cores:
+            if c.request is not None and not done:
+                c = replace(c, request=replace(c.request, uri=uri))
+                done = True
+            cores.append(c)
+        workers.append(replace(w, cores=tuple(cores)))
+    return replace(host, uwsgi=(replace(inst, workers=tuple(workers)),))
+
+
+async def test_tabs_carry_each_hosts_worst_state():
+    good = recorded(host_name="web-1")
+    dead = unreachable("web-2", good.taken_at)
+    app = app_for(good, dead)
+    async with app.run_test(size=(120, 36)) as pilot:
+        feed(app, good, dead)
+        await pilot.pause()
+        text = screen_text(app)
+        assert "web-1 CRIT" in text  # the recorded hangs are past 20 s
+        assert "web-2 UNREACHABLE" in text
+        assert "/hang/report?id=42" in text
+        await pilot.press("right_square_bracket")
+        await pilot.pause()
+        text = screen_text(app)
+        assert "no answer within 2 s" in text  # the reason, on the unreachable tab
+
+
+async def test_connecting_before_the_first_poll():
+    good = recorded()
+    app = app_for(good)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        assert "connecting" in screen_text(app)
+
+
+async def test_move_between_workers_and_open_detail_with_redacted_vars():
+    host = recorded()
+    app = app_for(host)
+    async with app.run_test(size=(120, 36)) as pilot:
+        feed(app, host)
+        await pilot.pause()
+        workers = app.query_one(WorkerList)
+        assert workers.has_focus
+        assert workers.cursor_worker_id == 1
+        await pilot.press("j", "j", "j")
+        assert workers.cursor_worker_id == 4
+        await pilot.press("k")
+        assert workers.cursor_worker_id == 3
+        await pilot.press("down", "enter")
+        await pilot.pause()
+        assert isinstance(app.screen, WorkerDetailScreen)
+        text = screen_text(app)
+        assert "worker 4" in text
+        assert "HTTP_COOKIE" in text and "<redacted>" in text
+        assert "demo-not-a-secret" not in text
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not isinstance(app.screen, WorkerDetailScreen)
+
+
+async def test_detail_follows_a_respawn():
+    host = recorded()
+    app = app_for(host)
+    async with app.run_test(size=(120, 36)) as pilot:
+        feed(app, host)
+        await pilot.pause()
+        await pilot.press("end", "enter")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, WorkerDetailScreen)
+        inst = host.uwsgi[0]
+        last = inst.workers[-1]
+        respawned = replace(last, pid=last.pid + 1000, respawn_count=last.respawn_count + 1,
+                            cores=tuple(replace(c, request=None, in_request=False)
+                                        for c in last.cores))
+        new = replace(host, uwsgi=(replace(inst, workers=(*inst.workers[:-1], respawned)),))
+        app.show_snapshot(0, new)
+        await pilot.pause()
+        text = screen_text(app)
+        assert f"Respawned: pid {last.pid} -> {last.pid + 1000}" in text
+        assert "No request in flight" in text
+
+
+async def test_sort_filter_and_help():
+    host = recorded()
+    app = app_for(host)
+    async with app.run_test(size=(120, 36)) as pilot:
+        feed(app, host)
+        await pilot.pause()
+        workers = app.query_one(WorkerList)
+        await pilot.press("s")
+        assert workers.sort_key == "age"
+        assert "sort: age" in screen_text(app)
+        await pilot.press("s", "s")
+        assert workers.sort_key == "id"
+        await pilot.press("slash")
+        await pilot.press(*"search")
+        await pilot.pause()
+        assert workers.filter_text == "search"
+        text = screen_text(app)  # only worker 4 runs /hang/search; 1-3 run /slow
+        assert "/hang/search" in text and "/slow?s=5" not in text
+        await pilot.press("escape")
+        await pilot.pause()
+        assert workers.filter_text == "" and workers.has_focus
+        await pilot.press("question_mark")
+        await pilot.pause()
+        assert isinstance(app.screen, HelpScreen)
+        text = screen_text(app)
+        for words in ("Sort workers", "Freeze the screen", "Command palette", "critical >= 20s"):
+            assert words in text
+        await pilot.press("escape")
+
+
+async def test_pause_freezes_the_screen_until_resumed():
+    host = recorded()
+    app = app_for(host)
+    async with app.run_test(size=(120, 36)) as pilot:
+        feed(app, host)
+        await pilot.pause()
+        await pilot.press("p")
+        app.show_snapshot(0, with_uri(host, "/after/pause"))
+        await pilot.pause()
+        assert "/after/pause" not in screen_text(app)
+        await pilot.press("p")
+        await pilot.pause()
+        assert "/after/pause" in screen_text(app)
+
+
+async def test_request_text_is_shown_literally_never_as_markup():
+    host = with_uri(recorded(), "/x/[b]y[/b]/[red]z")
+    app = app_for(host)
+    async with app.run_test(size=(160, 48)) as pilot:
+        feed(app, host)
+        await pilot.pause()
+        assert "/x/[b]y[/b]/[red]z" in screen_text(app)
+        await pilot.press("enter")  # worker 1 holds the edited request
+        await pilot.pause()
+        assert isinstance(app.screen, WorkerDetailScreen)
+        assert "/x/[b]y[/b]/[red]z" in screen_text(app)
+
+
+async def test_many_workers_scroll_at_80x24():
+    base = recorded()
+    now = base.taken_at
+    workers = tuple(
+        Worker(id=i, pid=1000 + i, status="busy", accepting=True, requests=i, exceptions=0,
+               harakiri_count=0, respawn_count=1, avg_rt_ms=10, rss=0, vsz=0, last_spawn=now,
+               running_time_s=0, tx=0,
+               cores=tuple(Core(id=c, requests=0, in_request=True, request=Request(
+                   core=c, method="GET", uri=f"/w{i}/c{c}", remote_addr="127.0.0.1", host="h",
+                   started_at=now - c, running_s=float(c), level="ok")) for c in range(8)))
+        for i in range(1, 65))
+    inst = UwsgiInstance(address="127.0.0.1:9002", version="2.0.31", master_pid=999,
+                         listen_queue=0, listen_queue_max=100, sockets=(), workers=workers)
+    host = replace(base, uwsgi=(inst,))
+    app = app_for(host)
+    async with app.run_test(size=(80, 24)) as pilot:
+        feed(app, host)
+        await pilot.pause()
+        wl = app.query_one(WorkerList)
+        assert wl.virtual_size.height == 64 * 9
+        assert "/w64/" not in screen_text(app)
+        await pilot.press("end")
+        await pilot.pause()
+        assert wl.cursor_worker_id == 64
+        assert "/w64/c7" in screen_text(app)
+        assert wl.scroll_y > 0
+
+
+async def test_palette_offers_the_registry_actions():
+    host = recorded()
+    app = app_for(host)
+    async with app.run_test(size=(120, 36)) as pilot:
+        feed(app, host)
+        await pilot.pause()
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        for title in ("Help", "Sort", "Filter", "Pause", "Next host"):
+            assert title in titles
+
+
+async def test_live_app_on_the_real_stack_shows_a_hung_request(stack, hang):
+    hang(stack, "/hang/live-tui?id=5", n=1)
+    host = HostConfig(name="live", uwsgi=(parse_stats_address(stack.stats_address),),
+                      nginx=stack.nginx_status_url)
+    app = StackmonApp(Targets(hosts=(host,), settings=Settings(interval=0.3)))
+    async with app.run_test(size=(120, 36)) as pilot:
+        for _ in range(50):
+            await pilot.pause(0.1)
+            text = screen_text(app)
+            if "/hang/live-tui?id=5" in text and "active" in text:
+                break
+        assert "/hang/live-tui?id=5" in text
+        assert "connecting" not in text
+        assert "uwsgi workers" in text  # fd gauges from /proc
