@@ -48,5 +48,5 @@ def feed(app: StackmonApp, *hosts: HostSnapshot) -> None:
 
 def screen_text(app: App) -> str:
     """The current screen as plain text, one line per row."""
-    strips = app.screen._compositor.render_strips()  # noqa: SLF001 - test-only peek
+    strips = app.screen._compositor.render_strips()  # test-only peek at the compositor
     return "\n".join(strip.text for strip in strips)
