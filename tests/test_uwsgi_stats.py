@@ -912,11 +912,14 @@ def test_counted_warnings_do_not_flood() -> None:
     assert parsed.warnings == ("cores[].requests: expected a number, got text; used 0 (50 times)",)
 
 
-def test_invalid_utf8_and_control_bytes_inside_vars() -> None:
+async def test_invalid_utf8_and_control_bytes_inside_vars() -> None:
     raw = _doc(workers=[_worker(1, cores=[_core(0, ["REQUEST_URI=/xMARK", "HTTP_X=aNULb", ""],
                                                 int(NOW))])])
     raw = raw.replace(b"MARK", b"\x1b]0;pwned\x07\xff\xc3").replace(b"NUL", b"\x00\x9b")
-    parsed = _parse(raw)
+    async with tcp_server(serving(raw)) as addr:
+        fetched = await fetch_stats(addr)
+    assert fetched == raw
+    parsed = _parse(fetched)
     req = _only_request(parsed)
     assert req.uri == "/x\\x1b]0;pwned\\x07\ufffd\ufffd"
     assert dict(req.vars)["HTTP_X"] == "a\\x00\ufffdb"
