@@ -513,16 +513,50 @@ async def test_worker_list_redraws_only_what_changed() -> None:
         wl.set_workers([worker(1, req(0, age=5)), worker(2),
                         worker(3, req(0, age=2), req(1, age=3))], NOW + 0.5)
         assert calls == []
-        # A second later the busy workers' lines are redrawn (lines 0-1 and 3-5, as one region)
-        # and nothing is laid out again.
+        # A second later only the busy workers' lines are redrawn (lines 0-1 and 3-5), and
+        # nothing is laid out again.
+        headers_drawn: list[int] = []
+        real_header_text = wl._header_text
+
+        def header_text(w: Worker, *args: object) -> object:
+            headers_drawn.append(w.id)
+            return real_header_text(w, *args)  # type: ignore[arg-type]
+
+        wl._header_text = header_text  # type: ignore[method-assign,assignment]
         wl.set_workers(workers, NOW + 1)
-        assert calls == [("refresh_lines", (0, 6))]
+        assert calls == [("refresh_lines", (0, 2)), ("refresh_lines", (3, 3))]
         await pilot.pause()
         assert "6s" in visible_lines(wl)[1]
+        assert headers_drawn == []  # only the request lines were drawn again
         calls.clear()
         # An idle worker's counters change: only its line.
         wl.set_workers([workers[0], worker(2, served=21), workers[2]], NOW + 1)
         assert calls == [("refresh_lines", (2, 1))]
+
+
+@pytest.mark.parametrize(
+    ("cores", "expected"),
+    [
+        (8, [(0, 9), (9, 9), (18, 6)]),  # three blocks on screen: each its own region
+        (1, [(0, 24)]),  # twelve blocks on screen: one region for the viewport
+    ],
+)
+async def test_worker_list_refreshes_only_visible_lines(
+    cores: int, expected: list[tuple[int, int]]
+) -> None:
+    app, wl = await mounted_worker_list(many_workers(64, cores))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        calls: list[tuple[int, int]] = []
+        real_refresh_lines = wl.refresh_lines
+
+        def refresh_lines(y_start: int, line_count: int = 1) -> None:
+            calls.append((y_start, line_count))
+            real_refresh_lines(y_start, line_count)
+
+        wl.refresh_lines = refresh_lines  # type: ignore[method-assign]
+        wl.set_workers(many_workers(64, cores), NOW + 1)  # every age moved on
+        assert calls == expected  # nothing for the lines off screen
 
 
 async def test_worker_list_levels_follow_live_age_with_thresholds() -> None:

@@ -47,6 +47,7 @@ NO_MARK = "  "
 FROM = "  from "
 NARROW_WIDTH = 64  # below this, request lines drop the core column and the indent
 MIN_URI_WIDTH = 20
+MAX_REFRESH_REGIONS = 8
 
 
 class _RequestLine(NamedTuple):
@@ -149,6 +150,10 @@ class WorkerList(ScrollView, can_focus=True):
     (`worker_list.focus()`) for the keys to work: up/down/j/k, home/end, pageup/pagedown, and
     enter (posts `Selected`).
     """
+
+    # Textual's generic text selection would copy ScrollView's placeholder render, not these
+    # lines; the app's worker detail screen is where a URI is shown whole and copied.
+    ALLOW_SELECT = False
 
     BINDINGS: ClassVar[list[BindingType]] = [
         # ids let the app rebind them with App.set_keymap({"worker-list.select": "o"}).
@@ -323,19 +328,33 @@ class WorkerList(ScrollView, can_focus=True):
         old = self._blocks
         new: dict[int, _Block] = {}
         changed: list[int] = []
+        strips = self._strips
         for worker in workers:
             ages = _ages(worker, now)
             block = old.get(worker.id)
-            if block is None or block.ages != ages or block.worker != worker:
+            if block is None:
                 block = _make_block(worker, ages, now, self._thresholds)
                 changed.append(worker.id)
+            elif block.worker != worker:
+                block = _make_block(worker, ages, now, self._thresholds)
+                changed.append(worker.id)
+                strips.pop(worker.id, None)
+            elif block.ages != ages:
+                # Only time passed: the header line stays unless the worker's level changed.
+                previous, block = block, _make_block(worker, ages, now, self._thresholds)
+                changed.append(worker.id)
+                cached = strips.get(worker.id)
+                if cached is not None:
+                    keep_header = previous.level == block.level
+                    for key in [k for k in cached if k[0] > 0 or not keep_header]:
+                        del cached[key]
             new[worker.id] = block
         removed = [wid for wid in old if wid not in new]
         if not changed and not removed:
             return
         self._blocks = new
-        for wid in (*changed, *removed):
-            self._strips.pop(wid, None)
+        for wid in removed:
+            strips.pop(wid, None)
         self._relayout(changed)
 
     def sort_by(self, key: SortKey) -> None:
@@ -383,17 +402,18 @@ class WorkerList(ScrollView, can_focus=True):
         blocks = self._blocks
         heights = [blocks[wid].height for wid in order]
         if order == self._order and heights == self._heights:
-            # Same layout: redraw only the visible lines of the workers that changed, as one
-            # region (one refresh costs more than rendering a few cached lines again).
+            # Same layout: redraw only the visible lines of the workers that changed; when
+            # many changed, as one region (each refresh has a cost of its own).
             top = round(self.scroll_y)
             bottom = top + self.scrollable_content_region.height
-            first, last = bottom, top
+            ranges: list[tuple[int, int]] = []
             for wid in changed or ():
                 start = self._first_line.get(wid)
                 if start is not None and start < bottom and start + blocks[wid].height > top:
-                    first = min(first, start)
-                    last = max(last, start + blocks[wid].height)
-            if first < last:
+                    ranges.append((max(start, top), min(start + blocks[wid].height, bottom)))
+            if len(ranges) > MAX_REFRESH_REGIONS:
+                ranges = [(min(r[0] for r in ranges), max(r[1] for r in ranges))]
+            for first, last in ranges:
                 self.refresh_lines(first, last - first)
             return
         self._order = order
