@@ -209,7 +209,7 @@ async def test_live_app_on_the_real_stack_shows_a_hung_request(stack, hang):
         for _ in range(50):
             await pilot.pause(0.1)
             text = screen_text(app)
-            if "/hang/live-tui?id=5" in text and "active" in text:
+            if all(s in text for s in ("/hang/live-tui?id=5", "active", "uwsgi workers")):
                 break
         assert "/hang/live-tui?id=5" in text
         assert "connecting" not in text

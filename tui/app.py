@@ -44,8 +44,19 @@ def tab_label(name: str, state: tuple[str, str] | None) -> Text:
     label, severity = state
     text = Text.assemble((f"{BADGE_ICON[severity]} ", BADGE_STYLE[severity]), name)
     if severity != "ok":
-        text.append(f" {label}", BADGE_STYLE[severity])
+        text.append(f" {short_badge(label)}", BADGE_STYLE[severity])
     return text
+
+
+def short_badge(label: str) -> str:
+    """The state label cut to what fits a tab: "CRIT 2", "QUEUE 93%", "UNREACHABLE"; the
+    reason is on the tab's own page."""
+    words = label.split()
+    if not words:
+        return ""
+    if words[0] in ("UNREACHABLE", "PARTIAL:"):
+        return words[0].rstrip(":")
+    return " ".join(words[:2])
 
 
 class StackmonApp(App[int]):
@@ -71,13 +82,14 @@ class StackmonApp(App[int]):
     # --- layout ---------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
+        self.panes = [HostPane(i, host, self.targets.settings, self.clock, id=f"host-{i}")
+                      for i, host in enumerate(self.targets.hosts)]
         with TabbedContent(id="hosts"):
-            for i, host in enumerate(self.targets.hosts):
-                yield HostPane(i, host, self.targets.settings, self.clock, id=f"host-{i}")
+            yield from self.panes
         yield Footer()
 
     def on_mount(self) -> None:
-        tabs = self.query_one(TabbedContent)
+        tabs = self._tabs
         for i, host in enumerate(self.targets.hosts):
             tabs.get_tab(f"host-{i}").label = tab_label(host.name, None)
         if self._poll:
@@ -110,16 +122,17 @@ class StackmonApp(App[int]):
 
     @on(HostPolled)
     def _host_polled(self, message: HostPolled) -> None:
-        self.show_snapshot(message.index, message.snapshot)
+        if self.is_running and not self._exit:  # a poll may land while the app closes
+            self.show_snapshot(message.index, message.snapshot)
 
     def show_snapshot(self, index: int, snap: HostSnapshot) -> None:
         """Route a snapshot to its pane and badge; public so tests can feed recorded data."""
-        pane = self.query_one(f"#host-{index}", HostPane)
+        pane = self.panes[index]
         pane.set_snapshot(snap, visible=not self.paused and self._active_index() == index)
         state = host_state(snap)
         if self._states.get(index) != state:
             self._states[index] = state
-            self.query_one(TabbedContent).get_tab(f"host-{index}").label = tab_label(
+            self._tabs.get_tab(f"host-{index}").label = tab_label(
                 self.targets.hosts[index].name, state)
         screen = self.screen
         if isinstance(screen, WorkerDetailScreen) and screen.host_index == index:
@@ -127,12 +140,24 @@ class StackmonApp(App[int]):
 
     # --- helpers ----------------------------------------------------------------------------
 
+    _MAIN_ONLY = frozenset({"open_worker", "cycle_sort", "filter", "next_host", "prev_host",
+                            "next_instance"})
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Actions on the host view are hidden (and inert) while a detail or help screen is
+        on top, so the Footer only lists keys that do something there."""
+        return not (action in self._MAIN_ONLY and len(self.screen_stack) > 1)
+
+    @property
+    def _tabs(self) -> TabbedContent:
+        return self.screen_stack[0].query_one(TabbedContent)
+
     def _active_index(self) -> int:
-        active = self.query_one(TabbedContent).active
+        active = self._tabs.active
         return int(active.split("-")[1]) if active else 0
 
     def active_pane(self) -> HostPane:
-        return self.query_one(f"#host-{self._active_index()}", HostPane)
+        return self.panes[self._active_index()]
 
     def _focus_workers(self) -> None:
         self.active_pane().focus_workers()
@@ -164,7 +189,8 @@ class StackmonApp(App[int]):
         if worker is None:
             self.notify("No worker selected.", severity="warning")
             return
-        self.push_screen(WorkerDetailScreen(pane.index, pane.host.name, worker))
+        self.push_screen(WorkerDetailScreen(pane.index, pane.host.name, worker,
+                                            self.clock()))
 
     def action_cycle_sort(self) -> None:
         key = self.active_pane().cycle_sort()
@@ -176,14 +202,14 @@ class StackmonApp(App[int]):
     def action_toggle_pause(self) -> None:
         self.paused = not self.paused
         self.sub_title = "PAUSED" if self.paused else ""
-        for pane in self.query(HostPane):
+        for pane in self.panes:
             pane.set_paused(self.paused)
         if not self.paused:
             self.active_pane().show_latest()
 
     def _switch(self, step: int) -> None:
         n = len(self.targets.hosts)
-        self.query_one(TabbedContent).active = f"host-{(self._active_index() + step) % n}"
+        self._tabs.active = f"host-{(self._active_index() + step) % n}"
 
     def action_next_host(self) -> None:
         self._switch(1)

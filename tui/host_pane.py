@@ -86,6 +86,7 @@ class HostPane(TabPane):
             with Vertical(id="main"):
                 yield Static(Text("connecting…", style="dim"), id="instance-title",
                              markup=False)
+                yield Static(id="notice", markup=False)
                 yield WorkerList(thresholds=self.settings.thresholds, id="workers")
                 yield FilterInput(placeholder="filter workers (Esc clears)", id="filter")
             with VerticalScroll(id="side"):
@@ -131,6 +132,10 @@ class HostPane(TabPane):
         title = self.query_one("#instance-title", Static)
         workers = self.query_one(WorkerList)
         title.update(self._instance_title(snap, inst))
+        notice = self.query_one("#notice", Static)
+        notice_text = self._notice(snap)
+        notice.display = bool(notice_text.plain)
+        notice.update(notice_text)
         workers.set_workers(inst.workers if inst else (), now)
         somax = snap.kernel.somaxconn
         self.query_one("#queues-title", Static).update(
@@ -139,7 +144,9 @@ class HostPane(TabPane):
         self.query_one("#fds", GaugeList).set_items(fd_items(snap.fds))
         nginx_error = next((e.message for e in snap.errors if e.source.startswith("nginx")),
                            None)
-        if self.host.nginx or snap.nginx:
+        if not snap.reachable and self.host.nginx:
+            self.query_one(NginxPanel).set_status(snap.nginx, "no data: host unreachable")
+        elif self.host.nginx or snap.nginx:
             self.query_one(NginxPanel).set_status(snap.nginx, nginx_error)
         else:
             self.query_one(NginxPanel).set_status(None)
@@ -151,13 +158,32 @@ class HostPane(TabPane):
         self._instance %= len(snap.uwsgi)
         return snap.uwsgi[self._instance]
 
+    @staticmethod
+    def _notice(snap: HostSnapshot) -> Text:
+        """Every failed source in full, wrapped: the reason is what the user acts on."""
+        if not snap.errors:
+            return Text()
+        text = Text()
+        if not snap.reachable:
+            text.append(" UNREACHABLE ", "bold white on red")
+            if snap.stale_s is not None:
+                text.append(f"  showing the last good data, {snap.stale_s:.0f}s old", "bold")
+            else:
+                text.append("  no data received yet", "bold")
+        else:
+            text.append(" PARTIAL ", "bold black on yellow")
+            text.append("  some sources failed; the rest is current", "bold")
+        for e in snap.errors:
+            text.append("\n • ")
+            text.append(e.source, "bold")
+            text.append(f": {e.message}")
+        return text
+
     def _instance_title(self, snap: HostSnapshot, inst: UwsgiInstance | None) -> Text:
         text = Text()
         if inst is None:
             if not snap.reachable:
-                reason = "; ".join(f"{e.source}: {e.message}" for e in snap.errors)
-                text.append("UNREACHABLE ", "bold white on red")
-                text.append(f" {reason}" if reason else "")
+                text.append("no worker data", "dim")
             elif self.host.uwsgi:
                 text.append("uWSGI: no data ", "bold yellow")
                 text.append("; ".join(e.message for e in snap.errors

@@ -8,7 +8,6 @@ changes (respawned) or the worker disappears.
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 
 from rich.console import Group
@@ -81,14 +80,14 @@ class WorkerDetailScreen(Screen[None]):
     """
     BINDINGS = [Binding("escape,q", "close", "Back")]
 
-    def __init__(self, host_index: int, host_name: str, worker: Worker) -> None:
+    def __init__(self, host_index: int, host_name: str, worker: Worker, now: float) -> None:
         super().__init__()
         self.host_index = host_index
         self.host_name = host_name
         self.worker_id = worker.id
         self.first_pid = worker.pid
         self.worker: Worker | None = worker
-        self._now = time.time()
+        self._now = now
 
     def compose(self) -> ComposeResult:
         with VerticalScroll():
