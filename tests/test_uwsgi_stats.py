@@ -22,14 +22,14 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from stackmon.addresses import parse_stats_address
+from stackmon.addresses import StatsAddress, parse_stats_address
 from stackmon.model import SourceError, Thresholds, UwsgiInstance
 from stackmon.redact import REDACTED
 from stackmon.sources import uwsgi_stats
@@ -483,7 +483,7 @@ Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
 
 
 @contextlib.asynccontextmanager
-async def tcp_server(handler: Handler, http: bool = False):  # type: ignore[no-untyped-def]
+async def tcp_server(handler: Handler, http: bool = False) -> AsyncIterator[StatsAddress]:
     server = await asyncio.start_server(handler, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
@@ -709,12 +709,23 @@ async def test_unix_path_server(tmp_path: Path) -> None:
     assert isinstance(parsed, UwsgiInstance) and parsed.address == str(path)
 
 
-async def test_poll_parses_big_documents_off_the_loop() -> None:
-    doc = _doc(workers=[_worker(i, cores=[_core(0)]) for i in range(1, 2000)])
-    assert len(doc) > uwsgi_stats._THREAD_PARSE_BYTES
-    async with tcp_server(serving(doc)) as addr:
-        parsed = await poll_stats(addr, TH)
-    assert isinstance(parsed, UwsgiInstance) and len(parsed.workers) == 1999
+async def test_poll_parses_big_documents_off_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    threaded: list[Callable[..., Any]] = []
+    real_to_thread = asyncio.to_thread
+
+    async def spy(fn: Callable[..., Any], /, *args: Any) -> Any:
+        threaded.append(fn)
+        return await real_to_thread(fn, *args)
+
+    monkeypatch.setattr(uwsgi_stats.asyncio, "to_thread", spy)
+    small = recorded("idle.json")
+    big = _doc(workers=[_worker(i, cores=[_core(0)]) for i in range(1, 2000)])
+    assert len(small) < uwsgi_stats._THREAD_PARSE_BYTES < len(big)
+    for doc, workers in ((small, 2), (big, 1999)):
+        async with tcp_server(serving(doc)) as addr:
+            parsed = await poll_stats(addr, TH, clock=lambda: NOW)
+        assert isinstance(parsed, UwsgiInstance) and len(parsed.workers) == workers
+    assert threaded == [parse_stats]  # only the big one
 
 
 # --------------------------------------------------------------------------------------------
