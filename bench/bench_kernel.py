@@ -101,9 +101,9 @@ def main() -> int:
                lambda: kernel.scan_processes(roles, sockets=kernel.masters(roles)), 100)
         timeit("for comparison: bare listdir+readlink, full paths",
                lambda: readlink_full_paths(pids), 100)
-        timeit("listeners_for(raw, inode_pids, roles)",
-               lambda: kernel.listeners_for(raw, kernel.scan_processes(roles).inode_pids,
-                                            roles), 50)
+        inode_pids = kernel.scan_processes(roles).inode_pids
+        timeit("listeners_for(raw, inode_pids, roles) alone",
+               lambda: kernel.listeners_for(raw, inode_pids, roles), 500)
         timeit(f"kernel_facts({args.procs} pids): everything for one poll",
                lambda: kernel.kernel_facts(roles), 50)
         timeit("kernel_counters()", kernel.kernel_counters, 500)
