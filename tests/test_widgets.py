@@ -876,6 +876,13 @@ async def test_history_push_and_window() -> None:
         assert lines[1].rstrip().endswith("max 2")
         assert "·" in lines[2] and lines[2].rstrip().endswith("7.5  max 7.5")
         assert all(len(line) <= 80 for line in lines)
+        calls: list[object] = []
+        real_refresh = h.refresh
+        h.refresh = lambda *a, **k: calls.append(a) or real_refresh(*a, **k)  # type: ignore
+        h.set_series(queue, busy, rps)  # the same history again: nothing to draw
+        assert calls == []
+        h.set_series(list(range(100)), [1] * 100, [2.0] * 100)
+        assert calls and h.series()[0] == list(range(90, 100))
         h.clear()
         await pilot.pause()
         assert "?" in rendered(h).splitlines()[0]

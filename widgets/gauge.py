@@ -29,6 +29,9 @@ from widgets._fmt import Severity, ellipsize, fmt_count, plain
 WARN_PCT = 70.0
 CRITICAL_PCT = 90.0
 MAX_LABEL_WIDTH = 28
+MIN_LABEL_WIDTH = 12
+NUMBERS_WIDTH = 11  # "value/limit", right-aligned: 12345/65536
+PCT_WIDTH = 4  # " 93%"
 MAX_NOTE_WIDTH = 16
 MAX_BAR_WIDTH = 40
 MIN_BAR_WIDTH = 4
@@ -57,10 +60,8 @@ def gauge_percent(value: int, limit: int) -> int | None:
     return value * 100 // limit
 
 
+# label, value, limit, note, label width, note width
 _GaugeState = tuple[str, int, int, str, int | None, int | None]
-NUMBERS_WIDTH = 11  # "value/limit", right-aligned: 12345/65536
-PCT_WIDTH = 4  # " 93%"
-MIN_LABEL_WIDTH = 12
 
 
 class Gauge(Widget):

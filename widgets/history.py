@@ -90,8 +90,12 @@ class History(Widget):
         self, queue: Sequence[int], busy: Sequence[int], rps: Sequence[float | None]
     ) -> None:
         """Replace the three series (e.g. a history kept by the app for a host); only the last
-        `max_samples` of each are kept."""
-        for series, values in ((self._queue, queue), (self._busy, busy), (self._rps, rps)):
+        `max_samples` of each are kept. Repaints only when something changed."""
+        pairs = ((self._queue, queue), (self._busy, busy), (self._rps, rps))
+        n = self.max_samples
+        if all(list(series) == list(values)[-n:] for series, values in pairs):
+            return
+        for series, values in pairs:
             series.clear()
             series.extend(values)  # type: ignore[arg-type]
         self.refresh()
