@@ -12,6 +12,9 @@ Rows (milliseconds, wall clock, median / p95 / min over the iterations):
 - 512x8 over a unix socket: the same bytes served by a local unix-socket server: fetch alone,
   and poll_stats (which parses a document this big in a worker thread).
 
+The parser uses orjson when it is importable (not a dependency); the header says which. To see
+both: run once as is, once with orjson on PYTHONPATH.
+
 The machine is shared and noisy: read the median, and the min as the undisturbed cost.
 """
 
@@ -197,8 +200,13 @@ def main() -> int:
     parser.add_argument("--no-real", action="store_true", help="skip the real uWSGI rows")
     args = parser.parse_args()
     load = os.getloadavg()
+    from stackmon.sources import uwsgi_stats
+
+    loader = (f"orjson {uwsgi_stats._orjson.__version__}" if uwsgi_stats._orjson
+              else "stdlib json (orjson not installed)")
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average"
-          f" {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, {args.iterations} iterations")
+          f" {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, {args.iterations} iterations,"
+          f" parser: {loader}")
     rows = ([] if args.no_real else bench_real(args.iterations)) + bench_big(args.iterations)
     width = max(len(r[0]) for r in rows)
     print(f"{'':{width}}  {'n':>4}  {'median':>8}  {'p95':>8}  {'min':>8}   (ms)")
