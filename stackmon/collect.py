@@ -87,7 +87,7 @@ def gather_local_facts(instances: list[UwsgiInstance], nginx_url: str | None) ->
         raw = []
     roles = _uwsgi_roles(instances)
     roles.update(_nginx_pids(nginx_url, raw))
-    scan = kernel.scan_processes(roles)
+    scan = kernel.scan_processes(roles, sockets=kernel.masters(roles))
     errors.extend(scan.errors)
     counters, counter_errors = kernel.read_kernel_counters()
     errors.extend(counter_errors)

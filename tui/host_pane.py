@@ -40,6 +40,20 @@ class FilterInput(Input):
         self.app.set_focus(self.parent.query_one(WorkerList) if self.parent else None)
 
 
+class Line(Static):
+    """A Static that ignores updates with the content it already shows: Static.update()
+    always asks for a new layout of the whole screen, the most expensive thing a poll can do."""
+
+    def __init__(self, content: Text | str = "", **kwargs: object) -> None:
+        super().__init__(content, markup=False, **kwargs)  # type: ignore[arg-type]
+        self._shown: Text | str = content
+
+    def show(self, content: Text | str) -> None:
+        if content != self._shown:
+            self._shown = content
+            self.update(content)
+
+
 def uwsgi_rate(prev: HostSnapshot | None, snap: HostSnapshot) -> float | None:
     """Requests per second served by uWSGI between two snapshots (finished requests)."""
     if prev is None or not prev.reachable or not snap.reachable or prev.stale_s is not None:
@@ -84,13 +98,12 @@ class HostPane(TabPane):
         yield HostHeader(id="header")
         with Horizontal(id="body"):
             with Vertical(id="main"):
-                yield Static(Text("connecting…", style="dim"), id="instance-title",
-                             markup=False)
-                yield Static(id="notice", markup=False)
+                yield Line(Text("connecting…", style="dim"), id="instance-title")
+                yield Line(id="notice")
                 yield WorkerList(thresholds=self.settings.thresholds, id="workers")
                 yield FilterInput(placeholder="filter workers (Esc clears)", id="filter")
             with VerticalScroll(id="side"):
-                yield Static("Listen queues", classes="section", id="queues-title")
+                yield Line("Listen queues", classes="section", id="queues-title")
                 yield GaugeList(id="queues", empty_text="no listener seen")
                 yield Static("File descriptors", classes="section")
                 yield GaugeList(id="fds", empty_text="no process seen")
@@ -129,16 +142,16 @@ class HostPane(TabPane):
         now = self.clock()
         self.query_one(HostHeader).set_snapshot(snap, self._rps)
         inst = self._current_instance(snap)
-        title = self.query_one("#instance-title", Static)
         workers = self.query_one(WorkerList)
-        title.update(self._instance_title(snap, inst))
-        notice = self.query_one("#notice", Static)
+        self.query_one("#instance-title", Line).show(self._instance_title(snap, inst))
+        notice = self.query_one("#notice", Line)
         notice_text = self._notice(snap)
-        notice.display = bool(notice_text.plain)
-        notice.update(notice_text)
+        if notice.display != bool(notice_text.plain):
+            notice.display = bool(notice_text.plain)
+        notice.show(notice_text)
         workers.set_workers(inst.workers if inst else (), now)
         somax = snap.kernel.somaxconn
-        self.query_one("#queues-title", Static).update(
+        self.query_one("#queues-title", Line).show(
             f"Listen queues  (somaxconn {somax})" if somax else "Listen queues")
         self.query_one("#queues", GaugeList).set_items(listen_queue_items(snap))
         self.query_one("#fds", GaugeList).set_items(fd_items(snap.fds))
@@ -249,5 +262,5 @@ class HostPane(TabPane):
 
     def _redraw_title(self) -> None:
         if self.latest is not None:
-            self.query_one("#instance-title", Static).update(
+            self.query_one("#instance-title", Line).show(
                 self._instance_title(self.latest, self._current_instance(self.latest)))
