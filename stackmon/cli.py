@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -18,6 +19,10 @@ from stackmon.config import ConfigError, Targets, default_hosts_file, load_hosts
 from stackmon.config import targets_from_args as _from_args
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+# Subcommands that live in their own module: `configure(name, parser)` adds the arguments,
+# `run(name, args) -> int` does the work (importing anything heavy only then).
+PLUGGED: dict[str, str] = {}
 
 
 class UsageError(Exception):
@@ -32,7 +37,7 @@ class _Parser(argparse.ArgumentParser):
                          if " " in self.prog else f"{message} (see stackmon --help)")
 
 
-def _add_targets(p: argparse.ArgumentParser) -> None:
+def add_targets(p: argparse.ArgumentParser) -> None:
     p.add_argument("hosts_file", nargs="?", metavar="HOSTS.toml",
                    help="hosts file (default: $XDG_CONFIG_HOME/stackmon/hosts.toml)")
     p.add_argument("--uwsgi", action="append", default=[], metavar="ADDR",
@@ -75,13 +80,13 @@ def resolve_targets(args: argparse.Namespace) -> Targets:
 
 def build_parser() -> tuple[_Parser, dict[str, _Parser]]:
     main = _Parser(prog="stackmon", description="Watch and fix an nginx + uWSGI stack.")
-    _add_targets(main)
+    add_targets(main)
     main.add_argument("--interval", metavar="D", help="poll interval (default 1s)")
     main.add_argument("--read-only", action="store_true", help="disable every action")
     subs: dict[str, _Parser] = {}
 
     snap = _Parser(prog="stackmon snapshot", description="One poll of every host, printed.")
-    _add_targets(snap)
+    add_targets(snap)
     snap.add_argument("--json", action="store_true", help="print the snapshot JSON (schema 1)")
     snap.add_argument("--rate-window", metavar="D", default="0.5s",
                       help="sample nginx twice this far apart for req/s (default 0.5s; 0: off)")
@@ -96,6 +101,10 @@ def build_parser() -> tuple[_Parser, dict[str, _Parser]]:
     demo.add_argument("--critical", metavar="D", default="20s",
                       help="critical threshold (default 20s)")
     subs["demo"] = demo
+    for name, module in PLUGGED.items():
+        sub = _Parser(prog=f"stackmon {name}")
+        importlib.import_module(module).configure(name, sub)
+        subs[name] = sub
     return main, subs
 
 
@@ -122,6 +131,8 @@ def _dispatch(command: str, args: argparse.Namespace) -> int:
         from stackmon.demo.run import run_demo
 
         return run_demo(args)
+    if command in PLUGGED:
+        return int(importlib.import_module(PLUGGED[command]).run(command, args))
     targets = resolve_targets(args)
     return open_tui(targets)
 
