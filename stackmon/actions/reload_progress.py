@@ -1,0 +1,162 @@
+"""Following a reload worker by worker, from successive stats samples.
+
+uWSGI has no "reloading" flag in its stats (REFERENCE.md section 2): what a reload looks like
+from outside is workers changing pid. Graceful (`r`): idle workers exit at once (pid 0), busy
+ones keep their pid and request until they finish or worker-reload-mercy runs out ("NO MERCY"
+SIGKILL), then all come back with new pids; the master re-execs, so the stats server may vanish
+for a moment. Chain (`c`): one worker at a time, in id order, each replaced before the next.
+
+ReloadTracker turns that into per-worker states with a countdown against the mercy, so the
+screen can say which request the reload is waiting for and when it will be killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from stackmon.actions.audit import AuditLog, current_actor
+from stackmon.actions.base import ActionResult, ActionTarget
+from stackmon.model import Request, SourceError, Thresholds, UwsgiInstance
+from stackmon.sources.uwsgi_stats import poll_stats
+
+WorkerState = Literal["replaced", "draining", "killing", "exited", "waiting", "gone"]
+KILL_SOON = 3.0  # seconds before mercy runs out when a draining worker counts as "killing"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerReload:
+    id: int
+    old_pid: int
+    pid: int
+    state: WorkerState
+    request: Request | None = None  # what a draining worker is finishing
+    countdown: float | None = None  # seconds until mercy runs out (draining/killing)
+    replaced_after: float | None = None  # seconds from the reload's start
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadProgress:
+    mode: str
+    mercy: float
+    elapsed: float
+    workers: tuple[WorkerReload, ...]
+    stats_available: bool
+    done: bool
+    message: str
+
+    @property
+    def replaced(self) -> int:
+        return sum(1 for w in self.workers if w.state == "replaced")
+
+
+class ReloadTracker:
+    """Feed it each new sample with `update(instance_or_None, now)`; it keeps the timeline."""
+
+    def __init__(self, workers_before: Mapping[int, int], mode: str, mercy: float,
+                 started_at: float) -> None:
+        """workers_before: worker id -> pid just before the reload was sent."""
+        self.mode = mode
+        self.mercy = mercy
+        self.started_at = started_at
+        self.old = dict(workers_before)
+        self.old_pids = set(self.old.values()) - {0}
+        self.replaced_at: dict[int, float] = {}
+        self._turn_started = started_at  # chain: when the current worker's turn began
+        self.finished_at: float | None = None
+
+    def _countdown(self, wid: int, now: float) -> float:
+        start = self.started_at if self.mode != "chain" else self._turn_started
+        return self.mercy - (now - start)
+
+    def update(self, inst: UwsgiInstance | None, now: float) -> ReloadProgress:
+        elapsed = now - self.started_at
+        if inst is None:
+            return ReloadProgress(
+                self.mode, self.mercy, elapsed,
+                tuple(WorkerReload(wid, pid, 0, "replaced" if wid in self.replaced_at else "gone",
+                                   replaced_after=self.replaced_at.get(wid))
+                      for wid, pid in self.old.items()),
+                stats_available=False, done=False,
+                message="the master is re-executing: stats unavailable for a moment")
+        live = {w.id: w for w in inst.workers}
+        for wid, w in live.items():
+            if wid in self.old and wid not in self.replaced_at and w.pid not in (0, *self.old_pids):
+                self.replaced_at[wid] = elapsed
+                self._turn_started = now
+        states: list[WorkerReload] = []
+        for wid, old_pid in self.old.items():
+            w = live.get(wid)
+            if wid in self.replaced_at:
+                states.append(WorkerReload(wid, old_pid, w.pid if w else 0, "replaced",
+                                           replaced_after=self.replaced_at[wid]))
+            elif w is None:
+                states.append(WorkerReload(wid, old_pid, 0, "gone"))
+            elif w.pid == 0:
+                states.append(WorkerReload(wid, old_pid, 0, "exited"))
+            elif w.busy:
+                left = self._countdown(wid, now)
+                request = max(w.requests_in_flight, key=lambda r: r.running_s or 0, default=None)
+                waiting_turn = self.mode == "chain" and not self._is_current(wid)
+                state: WorkerState = "waiting" if waiting_turn else (
+                    "killing" if left <= KILL_SOON else "draining")
+                states.append(WorkerReload(wid, old_pid, w.pid, state, request=request,
+                                           countdown=None if waiting_turn else left))
+            else:
+                states.append(WorkerReload(wid, old_pid, w.pid, "waiting"))
+        done = bool(states) and all(s.state == "replaced" for s in states)
+        if done and self.finished_at is None:
+            self.finished_at = now
+        return ReloadProgress(self.mode, self.mercy, elapsed, tuple(states), True, done,
+                              self._message(states, done, now))
+
+    def _is_current(self, wid: int) -> bool:
+        pending = sorted(w for w in self.old if w not in self.replaced_at)
+        return bool(pending) and pending[0] == wid
+
+    def _message(self, states: list[WorkerReload], done: bool, now: float) -> str:
+        total = len(states)
+        n = sum(1 for s in states if s.state == "replaced")
+        if done:
+            took = (self.finished_at or now) - self.started_at
+            return f"{self.mode} reload done: {total} workers replaced in {took:.1f} s"
+        draining = [s for s in states if s.state in ("draining", "killing")]
+        text = f"{self.mode} reload: {n}/{total} workers replaced"
+        if draining:
+            worst = min(s.countdown or 0 for s in draining)
+            text += (f"; {len(draining)} finishing a request, mercy runs out in "
+                     f"{max(0.0, worst):.0f} s")
+        return text
+
+
+async def follow_reload(target: ActionTarget, result: ActionResult,
+                        on_progress: Callable[[ReloadProgress], None] | None = None, *,
+                        audit: AuditLog | None = None, actor: str = "",
+                        interval: float = 0.5, margin: float = 30.0) -> ReloadProgress:
+    """Sample the instance until every worker is replaced (or mercy + margin has passed),
+    reporting each step; the outcome and its duration go to the audit log."""
+    data = result.data
+    tracker = ReloadTracker({int(w["id"]): int(w["pid"]) for w in data["workers"]},
+                            data["mode"], float(data["mercy"]), float(data["started_at"]))
+    deadline = tracker.started_at + tracker.mercy + margin
+    progress = tracker.update(None, time.time())
+    while True:
+        sample = await poll_stats(target.address, Thresholds(), timeout=target.timeout)
+        now = time.time()
+        progress = tracker.update(None if isinstance(sample, SourceError) else sample, now)
+        if on_progress is not None:
+            on_progress(progress)
+        if progress.done or now > deadline:
+            break
+        await asyncio.sleep(interval)
+    log = audit if audit is not None else AuditLog.default()
+    outcome = "ok" if progress.done else "timed out"
+    message = progress.message if progress.done else (
+        f"{progress.message} after {progress.elapsed:.0f} s (gave up waiting)")
+    log.record(host=target.host, action=f"reload {tracker.mode}", actor=actor or current_actor(),
+               outcome=outcome, message=message, seconds=round(progress.elapsed, 1),
+               instance=str(target.address))
+    return progress
