@@ -22,7 +22,10 @@ EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 # Subcommands that live in their own module: `configure(name, parser)` adds the arguments,
 # `run(name, args) -> int` does the work (importing anything heavy only then).
-PLUGGED: dict[str, str] = {}
+PLUGGED: dict[str, str] = {
+    "kill": "stackmon.actions.command",
+    "reload": "stackmon.actions.command",
+}
 
 
 class UsageError(Exception):

@@ -1,0 +1,188 @@
+"""`stackmon kill` and `stackmon reload`: the same actions as the TUI, for scripts and runbooks.
+
+Without --yes they show what they are about to do (pid, requests in flight and their ages) and
+ask on the terminal; with no terminal to ask on, they refuse rather than guess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from stackmon.actions.audit import AuditLog
+from stackmon.actions.base import ActionError, ActionResult, ActionTarget
+from stackmon.actions.kill import fetch_instance, kill_worker
+from stackmon.actions.reload import reload_uwsgi
+from stackmon.actions.reload_progress import ReloadProgress, follow_reload
+from stackmon.config import (
+    ConfigError,
+    HostConfig,
+    Targets,
+    default_hosts_file,
+    load_hosts_file,
+    targets_from_args,
+)
+from stackmon.render_text import human_age
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+def configure(name: str, p: argparse.ArgumentParser) -> None:
+    p.add_argument("host", metavar="HOST", help="host name from the hosts file")
+    if name == "kill":
+        p.description = "Kill one uWSGI worker (it is respawned by its master)."
+        p.add_argument("worker_id", metavar="WORKER_ID", type=int, help="worker id (1, 2, ...)")
+        p.add_argument("--signal", choices=["TERM", "KILL"], default="TERM",
+                       help="TERM aborts the request (KILL after 3 s if needed); KILL at once")
+        p.add_argument("--usr2", action="store_true",
+                       help="send SIGUSR2 first: the worker logs its request and backtrace")
+    else:
+        p.description = "Reload a uWSGI instance gracefully (or chain) and follow it."
+        p.add_argument("--chain", action="store_true",
+                       help="chain reload: one worker at a time")
+        p.add_argument("--no-follow", action="store_true",
+                       help="return once the reload is sent")
+    p.add_argument("--instance", type=int, default=0, metavar="N",
+                   help="index in the host's uwsgi list (default 0)")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--hosts", metavar="HOSTS.toml", help="hosts file (default: "
+                   "$XDG_CONFIG_HOME/stackmon/hosts.toml)")
+    p.add_argument("--uwsgi", metavar="ADDR", help="act on this stats address instead of a "
+                   "hosts-file entry (HOST is then just a label)")
+    p.add_argument("--read-only", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--audit-log", metavar="FILE", help=argparse.SUPPRESS)
+
+
+def _resolve(args: argparse.Namespace) -> tuple[Targets, HostConfig]:
+    if args.uwsgi:
+        targets = targets_from_args([args.uwsgi], None, {}, args.host)
+    else:
+        path = Path(args.hosts).expanduser() if args.hosts else default_hosts_file()
+        targets = load_hosts_file(path)
+    host = next((h for h in targets.hosts if h.name == args.host), None)
+    if host is None:
+        names = ", ".join(h.name for h in targets.hosts)
+        raise ConfigError(f"no host {args.host!r} in {targets.source} (hosts: {names})")
+    if not host.agent and not 0 <= args.instance < len(host.uwsgi):
+        raise ConfigError(f"host {host.name!r} has {len(host.uwsgi)} uwsgi instance(s); "
+                          f"--instance {args.instance} is out of range")
+    return targets, host
+
+
+def _confirm(question: str) -> bool:
+    if not sys.stdin.isatty():
+        raise ActionError("bad_request", "no terminal to confirm on: pass --yes to act "
+                                         "without asking")
+    answer = input(f"{question} [y/N] ").strip().lower()
+    return answer in ("y", "yes")
+
+
+def run(name: str, args: argparse.Namespace) -> int:
+    try:
+        targets, host = _resolve(args)
+    except ConfigError as exc:
+        print(f"stackmon {name}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    read_only = targets.settings.read_only or host.read_only or args.read_only
+    audit = AuditLog(Path(args.audit_log)) if args.audit_log else AuditLog.default()
+    try:
+        if host.agent:
+            return _remote(name, args, host, read_only)
+        target = ActionTarget(host=host.name, address=host.uwsgi[args.instance],
+                              index=args.instance, read_only=read_only,
+                              timeout=targets.settings.timeout)
+        if name == "kill":
+            return asyncio.run(_kill(args, target, audit))
+        return asyncio.run(_reload(args, target, audit))
+    except ActionError as exc:
+        print(f"stackmon {name}: {exc.message}", file=sys.stderr)
+        return EXIT_UNREACHABLE if exc.kind == "gone" and "cannot read" in exc.message \
+            else EXIT_FAILED
+    except OSError as exc:  # the audit log could not be written: nothing was done
+        print(f"stackmon {name}: cannot write the audit log: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except (KeyboardInterrupt, EOFError):
+        print(f"\nstackmon {name}: interrupted", file=sys.stderr)
+        return EXIT_FAILED
+
+
+async def _kill(args: argparse.Namespace, target: ActionTarget, audit: AuditLog) -> int:
+    if target.read_only:
+        raise ActionError("read_only", "read-only mode: actions are disabled")
+    inst = await fetch_instance(target)
+    worker = next((w for w in inst.workers if w.id == args.worker_id), None)
+    if worker is None:
+        raise ActionError("not_found", f"{target.address} has no worker {args.worker_id}")
+    if not args.yes:
+        print(f"{target.host}  uWSGI {target.address}  worker {worker.id}  pid {worker.pid}  "
+              f"{worker.status}")
+        for r in worker.requests_in_flight:
+            print(f"  core {r.core}: {r.method} {r.uri}  from {r.remote_addr}  running "
+                  f"{human_age(r.running_s)}")
+        if not worker.requests_in_flight:
+            print("  no request in flight")
+        how = f"SIG{args.signal}" + (" (after SIGUSR2)" if args.usr2 else "")
+        if not _confirm(f"Kill worker {worker.id} (pid {worker.pid}) with {how}?"):
+            print("nothing done")
+            return EXIT_FAILED
+    result = await kill_worker(target, worker.id, worker.pid, args.signal,
+                               expect_spawn=worker.last_spawn, usr2_first=args.usr2, audit=audit)
+    print(result.message)
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _print_progress(p: ReloadProgress, last: list[str]) -> None:
+    lines = [p.message]
+    for w in p.workers:
+        line = f"  worker {w.id}: {w.state}"
+        if w.state == "replaced":
+            line += f" (pid {w.old_pid} -> {w.pid})"
+        elif w.request is not None:
+            line += (f" pid {w.pid} finishing {w.request.method} {w.request.uri} "
+                     f"({human_age(w.request.running_s)})")
+        if w.countdown is not None and w.state in ("draining", "killing"):
+            line += f", killed in {max(0.0, w.countdown):.0f} s"
+        lines.append(line)
+    text = "\n".join(lines)
+    if not last or text != last[0]:
+        print(text, flush=True)
+        last[:] = [text]
+
+
+async def _reload(args: argparse.Namespace, target: ActionTarget, audit: AuditLog) -> int:
+    mode = "chain" if args.chain else "graceful"
+    if target.read_only:
+        raise ActionError("read_only", "read-only mode: actions are disabled")
+    if not args.yes:
+        inst = await fetch_instance(target)
+        busy = [(w, r) for w in inst.workers for r in w.requests_in_flight]
+        print(f"{target.host}  uWSGI {target.address}  master {inst.master_pid}  "
+              f"{len(inst.workers)} workers, {len(busy)} requests in flight")
+        for w, r in busy:
+            print(f"  worker {w.id} pid {w.pid}: {r.method} {r.uri}  running "
+                  f"{human_age(r.running_s)}")
+        if not _confirm(f"Start a {mode} reload of {target.address}?"):
+            print("nothing done")
+            return EXIT_FAILED
+    result: ActionResult = await reload_uwsgi(target, mode, audit=audit)
+    print(result.message, flush=True)
+    if args.no_follow:
+        return EXIT_OK
+    last: list[str] = []
+    progress = await follow_reload(target, result, lambda p: _print_progress(p, last),
+                                   audit=audit)
+    return EXIT_OK if progress.done else EXIT_FAILED
+
+
+def _remote(name: str, args: argparse.Namespace, host: HostConfig, read_only: bool) -> int:
+    """Hosts behind an agent: the agent checks and acts (stackmon.agent.client)."""
+    if read_only:
+        raise ActionError("read_only", "read-only mode: actions are disabled")
+    try:
+        from stackmon.agent import client  # type: ignore[attr-defined]
+    except ImportError:
+        raise ActionError("not_local", f"host {host.name!r} is behind an agent, and this "
+                                       "stackmon has no agent client") from None
+    return int(client.run_action_command(name, args, host))
