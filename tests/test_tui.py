@@ -214,3 +214,57 @@ async def test_live_app_on_the_real_stack_shows_a_hung_request(stack, hang):
         assert "/hang/live-tui?id=5" in text
         assert "connecting" not in text
         assert "uwsgi workers" in text  # fd gauges from /proc
+
+
+async def test_kill_flow_from_key_to_confirmation_to_respawned_worker(fresh_stack, hang,
+                                                                      tmp_path):
+    from stackmon.actions.audit import AuditLog
+    from tui.screens.confirm import KillConfirm
+
+    st = fresh_stack(workers=2, threads=1, nginx=False)
+    hang(st, "/hang/pilot-kill", n=1, via="unix")
+    host = HostConfig(name="k", uwsgi=(parse_stats_address(st.stats_address),))
+    audit = AuditLog(tmp_path / "audit.log")
+    app = StackmonApp(Targets(hosts=(host,), settings=Settings(interval=0.3)), audit=audit)
+    async with app.run_test(size=(120, 36)) as pilot:
+        for _ in range(50):
+            await pilot.pause(0.1)
+            if "/hang/pilot-kill" in screen_text(app):
+                break
+        await pilot.press("slash", *"pilot-kill", "enter")
+        await pilot.pause(0.2)
+        victim = app.active_pane().selected_worker()
+        assert victim is not None and victim.requests_in_flight
+        await pilot.press("K")
+        await pilot.pause()
+        assert isinstance(app.screen, KillConfirm)
+        text = screen_text(app)
+        assert f"Kill worker {victim.id} (pid {victim.pid}) of k?" in text
+        assert "/hang/pilot-kill" in text and "SIGKILL now" in text
+        await pilot.press("t")
+        for _ in range(80):
+            await pilot.pause(0.1)
+            now = app.active_pane().find_worker(victim.id)
+            if now is not None and now.pid not in (0, victim.pid):
+                break
+        assert now is not None and now.pid not in (0, victim.pid)
+        assert now.respawn_count == victim.respawn_count + 1
+        await pilot.press("escape")  # clear the filter: the respawned worker is idle
+        await pilot.pause(0.5)
+        text = screen_text(app)
+        assert f"pid {now.pid}" in text and "/hang/pilot-kill" not in text
+        assert [e["outcome"] for e in audit.entries()] == ["started", "ok"]
+
+
+async def test_read_only_removes_every_action():
+    host = recorded()
+    app = app_for(host, read_only=True)
+    async with app.run_test(size=(120, 36)) as pilot:
+        feed(app, host)
+        await pilot.pause()
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert "Kill" not in titles and "Reload" not in titles
+        assert "Kill" not in screen_text(app)  # not in the Footer either
+        await pilot.press("K", "R", "C")
+        await pilot.pause()
+        assert len(app.screen_stack) == 1  # no confirmation opened

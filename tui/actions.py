@@ -15,13 +15,18 @@ from textual.binding import Binding
 
 @dataclass(frozen=True, slots=True)
 class ActionSpec:
-    id: str  # the Textual action name: App.action_<id>
+    id: str  # the Textual action string: App.action_<name>, optionally with arguments
     keys: str  # comma-separated Textual key names
     description: str  # short, for the Footer
     help: str  # one sentence, for the help screen and the palette
     footer: bool = True
     mutating: bool = False
     key_display: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The action's name without arguments (for check_action and keymaps)."""
+        return self.id.split("(", 1)[0]
 
 
 ACTIONS: tuple[ActionSpec, ...] = (
@@ -41,6 +46,14 @@ ACTIONS: tuple[ActionSpec, ...] = (
                "tab.", footer=False, key_display="["),
     ActionSpec("next_instance", "i", "Instance", "Show the next uWSGI instance of this host.",
                footer=False),
+    ActionSpec("kill_worker", "K", "Kill", "Kill the selected worker (asks first: SIGTERM, "
+               "SIGKILL, or SIGUSR2 then SIGTERM); its master respawns it.", mutating=True,
+               key_display="K"),
+    ActionSpec("reload('graceful')", "R", "Reload", "Graceful reload of this uWSGI instance, "
+               "then watch it drain worker by worker against its mercy.", mutating=True,
+               key_display="R"),
+    ActionSpec("reload('chain')", "C", "Chain reload", "Chain reload: one worker at a time.",
+               mutating=True, footer=False, key_display="C"),
     ActionSpec("quit", "q", "Quit", "Leave stackmon (the monitored stack is not touched)."),
 )
 
@@ -52,7 +65,7 @@ def bindings(read_only: bool = False) -> list[Binding]:
         if read_only and spec.mutating:
             continue
         out.append(Binding(spec.keys, spec.id, spec.description, show=spec.footer,
-                           key_display=spec.key_display, id=spec.id))
+                           key_display=spec.key_display, id=spec.name))
     return out
 
 

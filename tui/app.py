@@ -19,13 +19,20 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.screen import Screen
 from textual.widgets import Footer, TabbedContent
 
+from stackmon.actions.audit import AuditLog
+from stackmon.actions.base import ActionError, ActionTarget
+from stackmon.actions.kill import kill_worker
+from stackmon.actions.reload import reload_uwsgi
+from stackmon.actions.reload_progress import ReloadProgress, follow_reload
 from stackmon.collect import HostCollector
 from stackmon.config import Targets
-from stackmon.model import HostSnapshot
+from stackmon.model import HostSnapshot, Worker
 from tui.actions import ACTIONS, bindings
 from tui.host_pane import HostPane
-from tui.messages import HostPolled
+from tui.messages import ActionFinished, HostPolled, ReloadProgressed
+from tui.screens.confirm import KillChoice, KillConfirm, ReloadChoice, ReloadConfirm
 from tui.screens.help import HelpScreen
+from tui.screens.reload_view import ReloadScreen
 from tui.screens.worker_detail import WorkerDetailScreen
 from widgets.host_header import host_state
 from widgets.worker_list import WorkerList
@@ -67,13 +74,15 @@ class StackmonApp(App[int]):
     ENABLE_COMMAND_PALETTE = True
 
     def __init__(self, targets: Targets, *, poll: bool = True,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, audit: AuditLog | None = None) -> None:
         super().__init__()
+        self.audit = audit if audit is not None else AuditLog.default()
         self.targets = targets
         self.read_only = targets.settings.read_only
         self.clock = clock
         self._poll = poll
         self._states: dict[int, tuple[str, str] | None] = {}
+        self._reload_views: set[str] = set()
         self.paused = False
         for b in bindings(self.read_only):
             self.bind(b.key, b.action, description=b.description, show=b.show,
@@ -141,11 +150,15 @@ class StackmonApp(App[int]):
     # --- helpers ----------------------------------------------------------------------------
 
     _MAIN_ONLY = frozenset({"open_worker", "cycle_sort", "filter", "next_host", "prev_host",
-                            "next_instance"})
+                            "next_instance", "kill_worker", "reload"})
+    _MUTATING = frozenset(spec.name for spec in ACTIONS if spec.mutating)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Actions on the host view are hidden (and inert) while a detail or help screen is
-        on top, so the Footer only lists keys that do something there."""
+        on top, so the Footer only lists keys that do something there; read-only removes the
+        mutating ones everywhere."""
+        if action in self._MUTATING and self.read_only:
+            return False
         return not (action in self._MAIN_ONLY and len(self.screen_stack) > 1)
 
     @property
@@ -219,6 +232,110 @@ class StackmonApp(App[int]):
 
     def action_next_instance(self) -> None:
         self.active_pane().next_instance()
+
+    # --- actions that change the stack (confirm -> worker -> message) ------------------------
+
+    def _target(self, pane: HostPane) -> ActionTarget | None:
+        host = pane.host
+        read_only = self.read_only or host.read_only
+        if host.agent:
+            self.notify("Actions on agent hosts are not available in the TUI yet; use "
+                        "`stackmon kill/reload` on that host.", severity="warning")
+            return None
+        if read_only:
+            self.notify("Read-only: actions are disabled.", severity="warning")
+            return None
+        if not host.uwsgi:
+            self.notify("This host has no uWSGI instance configured.", severity="warning")
+            return None
+        index = pane.instance_index
+        return ActionTarget(host=host.name, address=host.uwsgi[index], index=index,
+                            read_only=read_only, timeout=self.targets.settings.timeout)
+
+    def action_kill_worker(self) -> None:
+        pane = self.active_pane()
+        worker = pane.selected_worker()
+        if worker is None:
+            self.notify("No worker selected.", severity="warning")
+            return
+        target = self._target(pane)
+        if target is None:
+            return
+
+        def chosen(choice: KillChoice | None) -> None:
+            if choice is not None:
+                self.run_worker(self._kill(target, worker, choice), group="actions",
+                                exit_on_error=False)
+
+        self.push_screen(KillConfirm(target.host, str(target.address), worker, self.clock()),
+                         chosen)
+
+    async def _kill(self, target: ActionTarget, worker: Worker, choice: KillChoice) -> None:
+        try:
+            result = await kill_worker(target, worker.id, worker.pid, choice.signal,  # type: ignore[arg-type]
+                                       expect_spawn=worker.last_spawn,
+                                       usr2_first=choice.usr2_first, audit=self.audit)
+        except ActionError as exc:
+            self.post_message(ActionFinished("Kill refused", exc.message, ok=False))
+        except OSError as exc:
+            self.post_message(ActionFinished("Kill not done", f"audit log: {exc}", ok=False))
+        else:
+            self.post_message(ActionFinished("Worker killed", result.message, ok=result.ok))
+
+    def action_reload(self, mode: str = "graceful") -> None:
+        pane = self.active_pane()
+        inst = pane.current_instance()
+        if inst is None:
+            self.notify("No uWSGI data for this host yet.", severity="warning")
+            return
+        target = self._target(pane)
+        if target is None:
+            return
+
+        def chosen(choice: ReloadChoice | None) -> None:
+            if choice is not None:
+                self.run_worker(self._reload(pane.index, target, choice.mode), group="actions",
+                                exit_on_error=False)
+
+        self.push_screen(ReloadConfirm(target.host, inst, self.clock(), mode), chosen)
+
+    async def _reload(self, index: int, target: ActionTarget, mode: str) -> None:
+        try:
+            result = await reload_uwsgi(target, mode, audit=self.audit)  # type: ignore[arg-type]
+        except ActionError as exc:
+            self.post_message(ActionFinished("Reload refused", exc.message, ok=False))
+            return
+        except OSError as exc:
+            self.post_message(ActionFinished("Reload not done", f"audit log: {exc}", ok=False))
+            return
+        instance = str(target.address)
+        progress = await follow_reload(
+            target, result,
+            lambda p: self.post_message(ReloadProgressed(index, instance, p)),
+            audit=self.audit)
+        self.post_message(ReloadProgressed(index, instance, progress, final=True))
+        self.post_message(ActionFinished("Reload finished" if progress.done else "Reload slow",
+                                         progress.message, ok=progress.done))
+
+    @on(ReloadProgressed)
+    def _reload_progressed(self, message: ReloadProgressed) -> None:
+        progress = message.progress
+        assert isinstance(progress, ReloadProgress)
+        screen = self.screen
+        if isinstance(screen, ReloadScreen) and screen.instance == message.instance:
+            screen.set_progress(progress)
+        elif message.instance not in self._reload_views:
+            # The first sample opens the view; closing it leaves the reload running.
+            self._reload_views.add(message.instance)
+            host = self.targets.hosts[message.host_index].name
+            self.push_screen(ReloadScreen(host, message.instance, progress))
+        if message.final:
+            self._reload_views.discard(message.instance)
+
+    @on(ActionFinished)
+    def _action_finished(self, message: ActionFinished) -> None:
+        self.notify(message.text, title=message.title,
+                    severity="information" if message.ok else "error", timeout=8)
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         """The palette lists the same registry as the keys (plus Textual's own commands)."""

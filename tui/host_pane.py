@@ -75,6 +75,7 @@ class HostPane(TabPane):
     DEFAULT_CSS = """
     HostPane { padding: 0; }
     """
+    BINDINGS = [Binding("escape", "clear_filter", "Clear filter", show=False)]
 
     def __init__(self, index: int, host: HostConfig, settings: Settings,
                  clock: Callable[[], float], *, id: str) -> None:
@@ -221,6 +222,13 @@ class HostPane(TabPane):
 
     # --- commands from the app ---------------------------------------------------------------
 
+    @property
+    def instance_index(self) -> int:
+        return self._instance
+
+    def current_instance(self) -> UwsgiInstance | None:
+        return self._current_instance(self.latest) if self.latest else None
+
     def find_worker(self, worker_id: int) -> Worker | None:
         inst = self._current_instance(self.latest) if self.latest else None
         if inst is None:
@@ -239,6 +247,11 @@ class HostPane(TabPane):
         self.query_one(WorkerList).sort_by(SORTS[self._sort])  # type: ignore[arg-type]
         self._redraw_title()
         return SORTS[self._sort]
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#filter", FilterInput)
+        if box.value or self.query_one(WorkerList).filter_text:
+            box.action_close()
 
     def open_filter(self) -> None:
         box = self.query_one("#filter", FilterInput)

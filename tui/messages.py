@@ -18,3 +18,29 @@ class HostPolled(Message):
 
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, HostPolled) and message.index == self.index
+
+
+class ActionFinished(Message):
+    """An action's outcome, for a notification (the next poll shows its effect)."""
+
+    def __init__(self, title: str, text: str, ok: bool) -> None:
+        super().__init__()
+        self.title = title
+        self.text = text
+        self.ok = ok
+
+
+class ReloadProgressed(Message):
+    """A new view of a running reload (coalesced: only the newest matters)."""
+
+    def __init__(self, host_index: int, instance: str, progress: object,
+                 final: bool = False) -> None:
+        super().__init__()
+        self.host_index = host_index
+        self.instance = instance
+        self.progress = progress
+        self.final = final
+
+    def can_replace(self, message: Message) -> bool:
+        return (isinstance(message, ReloadProgressed) and message.instance == self.instance
+                and not message.final)
