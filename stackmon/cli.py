@@ -25,6 +25,7 @@ EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 PLUGGED: dict[str, str] = {
     "kill": "stackmon.actions.command",
     "reload": "stackmon.actions.command",
+    "agent": "stackmon.agent.command",
 }
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import httpx
@@ -33,6 +34,9 @@ from stackmon.model import (
 from stackmon.sources import kernel
 from stackmon.sources.nginx_status import fetch_stub_status
 from stackmon.sources.uwsgi_stats import fetch_stats, parse_stats
+
+if TYPE_CHECKING:
+    from stackmon.agent.client import AgentSource
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,13 +133,29 @@ def merge_kernel_queues(inst: UwsgiInstance, listeners: tuple[Listener, ...]) ->
 
 
 class HostCollector:
-    """Polls one local host; holds the previous samples that rates and staleness need."""
+    """Polls one host; holds the previous samples that rates and staleness need.
+
+    A local host is read from its sources here; a host with `agent = URL` is read through
+    that agent (stackmon.agent.client.AgentSource: its own connection pool, the token from
+    token_file, the agent's host object under the local name). Both fail the same way: an
+    unreachable snapshot carrying the last good data and its age.
+    """
 
     def __init__(self, host: HostConfig, settings: Settings) -> None:
         self.host = host
         self.settings = settings
         self.previous_nginx: NginxStatus | None = None
         self.last_good: HostSnapshot | None = None
+        self.agent: AgentSource | None = None
+        if host.agent:
+            from stackmon.agent.client import AgentSource
+
+            self.agent = AgentSource(host, settings)
+
+    async def aclose(self) -> None:
+        """Release the agent connection pool (local hosts hold nothing of their own)."""
+        if self.agent is not None:
+            await self.agent.aclose()
 
     async def sample_nginx(self, client: httpx.AsyncClient) -> NginxStatus | SourceError | None:
         if not self.host.nginx:
@@ -158,9 +178,8 @@ class HostCollector:
 
     async def poll(self, client: httpx.AsyncClient) -> HostSnapshot:
         taken_at = time.time()
-        if self.host.agent:
-            return self._failed(taken_at, [SourceError(
-                f"agent {self.host.agent}", "polling through an agent is not available yet")])
+        if self.agent is not None:
+            return await self._poll_agent(self.agent, taken_at)
         results = await asyncio.gather(
             *(self._uwsgi(i) for i in range(len(self.host.uwsgi))),
             self.sample_nginx(client),
@@ -184,6 +203,22 @@ class HostCollector:
         self.last_good = snap
         return snap
 
+    async def _poll_agent(self, agent: AgentSource, taken_at: float) -> HostSnapshot:
+        doc = await agent.fetch()
+        if isinstance(doc, SourceError):
+            return self._failed(taken_at, [doc])
+        snap = agent.to_snapshot(doc, time.time())
+        if isinstance(snap, SourceError):
+            return self._failed(taken_at, [snap])
+        if snap.reachable and snap.stale_s is None:
+            self.last_good = snap
+        return snap
+
+    def unreachable(self, taken_at: float, errors: list[SourceError]) -> HostSnapshot:
+        """The failed snapshot for `errors` at `taken_at` (public for the poller, which
+        repeats a host's failure with a growing age while it backs off)."""
+        return self._failed(taken_at, errors)
+
     def timed_out(self, taken_at: float, limit: float) -> HostSnapshot:
         """What a poll cut short by the caller's deadline yields."""
         return self._failed(taken_at, [SourceError(self.host.name,
@@ -206,5 +241,8 @@ async def poll_once(targets: Targets, rate_window: float = 0.5) -> Snapshot:
         if rate_window > 0 and any(h.nginx for h in targets.hosts):
             await asyncio.gather(*(c.sample_nginx(client) for c in collectors))
             await asyncio.sleep(rate_window)
-        hosts = await asyncio.gather(*(c.poll(client) for c in collectors))
+        try:
+            hosts = await asyncio.gather(*(c.poll(client) for c in collectors))
+        finally:
+            await asyncio.gather(*(c.aclose() for c in collectors))
     return Snapshot(taken_at=time.time(), hosts=tuple(hosts))

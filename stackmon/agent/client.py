@@ -1,0 +1,359 @@
+"""The remote side of the agent API: polling a host through its agent, and acting through it.
+
+- `AgentSource`: what HostCollector uses for a host with `agent = URL`: GET /v1/snapshot with
+  the token from the host's `token_file`, read once and checked like the agent checks its own
+  (owner-only). Every failure is a SourceError with a reason a user can act on (refused token,
+  connection refused, no answer within the timeout), never an exception.
+- `remote_kill()` / `remote_reload()`: the actions, with the agent's refusals mapped back to
+  ActionError kinds (stale pid 409 -> "stale", not a worker 403 -> "not_worker", ...), so the
+  CLI and the TUI treat a remote refusal exactly like a local one.
+- `run_action_command()`: `stackmon kill/reload HOST` for a host behind an agent (called by
+  stackmon.actions.command).
+
+Each AgentSource owns its own HTTP connection pool (keep-alive to its one agent): a
+black-holed host then holds only its own connections, never a slot another host needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import time
+from typing import Any, get_args
+
+import httpx
+
+from stackmon import __version__
+from stackmon.actions.base import ActionError, ActionResult, RefusalKind
+from stackmon.agent.security import client_ssl_context, read_token_file
+from stackmon.config import ConfigError, HostConfig, Settings
+from stackmon.model import HostSnapshot, SourceError
+from stackmon.snapshot_json import host_from_dict
+
+ACTOR_HEADER = "X-Stackmon-Actor"
+SNAPSHOT_PATH = "/v1/snapshot"
+# A kill waits for TERM (3 s), maybe KILL (2 s) and the respawn (up to 6 s) on the agent.
+ACTION_TIMEOUT = 30.0
+# Clocks further apart than this make request ages shown here wrong: said in the errors.
+SKEW_WARNING_S = 5.0
+_KINDS = frozenset(get_args(RefusalKind))
+
+
+def _reason(exc: BaseException) -> str:
+    """The most specific human reason in an httpx/OS exception chain."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror
+        seen = seen.__cause__ or seen.__context__
+    text = str(exc).strip()
+    return text or type(exc).__name__
+
+
+def new_http_client(url: str, timeout: float, *, pool: int = 2) -> httpx.AsyncClient:
+    """An HTTP client for one agent: no proxy from the environment (a monitor must reach the
+    host it names), TLS verified against the system CAs plus $STACKMON_AGENT_CA."""
+    verify: Any = client_ssl_context() if url.startswith("https://") else True
+    return httpx.AsyncClient(
+        trust_env=False, verify=verify, timeout=httpx.Timeout(timeout),
+        limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
+        headers={"User-Agent": f"stackmon/{__version__}"},
+    )
+
+
+class AgentSource:
+    """Polls one agent's GET /v1/snapshot (one per HostCollector of an agent host)."""
+
+    def __init__(self, host: HostConfig, settings: Settings) -> None:
+        if not host.agent:
+            raise ValueError(f"host {host.name!r} has no agent URL")
+        self.host = host
+        self.settings = settings
+        self.url = host.agent.rstrip("/")
+        self.source = f"agent {self.url}"
+        self._token: str | None = None
+        self._client: httpx.AsyncClient | None = None
+
+    def token(self) -> str | None:
+        """The token, read from token_file on first use (and again after a failure, so a
+        fixed file is picked up without a restart). None when the host names no file."""
+        if self._token is None and self.host.token_file is not None:
+            self._token = read_token_file(self.host.token_file,
+                                          f"token file of host {self.host.name!r}")
+        return self._token
+
+    def headers(self) -> dict[str, str]:
+        token = self.token()
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = new_http_client(self.url, self.settings.timeout)
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    async def fetch(self) -> dict[str, Any] | SourceError:
+        """The agent's host object, or a SourceError saying why not."""
+        try:
+            headers = self.headers()
+        except ConfigError as exc:
+            return SourceError(self.source, str(exc))
+        # httpx's timeout is per phase (connect, each read); the whole exchange gets twice
+        # that, enough for an agent whose own source just waited out its timeout.
+        limit = self.settings.timeout * 2
+        try:
+            async with asyncio.timeout(limit):
+                resp = await self.http.get(self.url + SNAPSHOT_PATH, headers=headers)
+        except (TimeoutError, httpx.TimeoutException):
+            return SourceError(self.source, f"no answer within {limit:g} s")
+        except httpx.HTTPError as exc:
+            return SourceError(self.source, f"cannot connect: {_reason(exc)}")
+        if resp.status_code != 200:
+            return SourceError(self.source, _http_problem(resp, self.host))
+        try:
+            doc = json.loads(resp.content)
+        except ValueError:
+            return SourceError(self.source, "the agent's answer is not valid JSON")
+        if not isinstance(doc, dict) or "name" not in doc:
+            return SourceError(self.source, "the agent's answer is not a snapshot host object")
+        return doc
+
+    def to_snapshot(self, doc: dict[str, Any], received_at: float) -> HostSnapshot | SourceError:
+        """The host object as a HostSnapshot under the local name from the hosts file."""
+        doc["name"] = self.host.name
+        try:
+            snap = host_from_dict(doc)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            return SourceError(self.source, f"the agent's snapshot cannot be read ({exc!r})")
+        skew = received_at - snap.taken_at
+        if abs(skew) > SKEW_WARNING_S + self.settings.timeout * 2:
+            snap = _with_error(snap, SourceError(
+                "clock", f"this host's clock and the agent's differ by about {skew:+.0f} s: "
+                         "request ages and staleness are off by as much"))
+        return snap
+
+
+def _with_error(snap: HostSnapshot, err: SourceError) -> HostSnapshot:
+    from dataclasses import replace
+
+    return replace(snap, errors=(*snap.errors, err))
+
+
+def _error_body(resp: httpx.Response) -> tuple[str, str]:
+    """(kind, message) from an agent's JSON error, or from the status line."""
+    try:
+        body = json.loads(resp.content)
+        if isinstance(body, dict) and isinstance(body.get("message"), str):
+            return str(body.get("error", "")), body["message"]
+    except ValueError:
+        pass
+    return "", f"HTTP {resp.status_code} {resp.reason_phrase}".strip()
+
+
+def _http_problem(resp: httpx.Response, host: HostConfig) -> str:
+    if resp.status_code == 401:
+        where = f"in {host.token_file}" if host.token_file else "(no token_file configured)"
+        return f"the agent refused the token {where} (401)"
+    _kind, message = _error_body(resp)
+    return f"the agent answered {resp.status_code}: {message}"
+
+
+# --- actions through an agent -----------------------------------------------------------------
+
+
+def _actor() -> str:
+    from stackmon.actions.audit import current_actor
+
+    return f"{current_actor()}@{os.uname().nodename}"
+
+
+async def _post(host: HostConfig, path: str, body: dict[str, Any], *, timeout: float,
+                action_timeout: float, actor: str,
+                client: httpx.AsyncClient | None) -> ActionResult:
+    if not host.agent:
+        raise ActionError("not_local", f"host {host.name!r} has no agent")
+    url = host.agent.rstrip("/")
+    try:
+        token = read_token_file(host.token_file, f"token file of host {host.name!r}") \
+            if host.token_file else None
+    except ConfigError as exc:
+        raise ActionError("permission", f"{exc}; nothing was done") from None
+    headers = {ACTOR_HEADER: actor or _actor()}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    own = client is None
+    http = client or new_http_client(url, timeout, pool=1)
+    try:
+        resp = await http.post(url + path, json=body, headers=headers,
+                               timeout=httpx.Timeout(action_timeout, connect=timeout))
+    except httpx.ConnectTimeout:
+        raise ActionError("gone", f"cannot reach the agent at {url}: no answer within "
+                                  f"{timeout:g} s; nothing was done") from None
+    except httpx.ConnectError as exc:
+        raise ActionError("gone", f"cannot reach the agent at {url}: {_reason(exc)}; "
+                                  "nothing was done") from None
+    except httpx.HTTPError as exc:
+        raise ActionError("failed", f"the agent at {url} did not answer ({_reason(exc)}): the "
+                                    "action may or may not have been carried out; check the "
+                                    "next snapshot") from None
+    finally:
+        if own:
+            await http.aclose()
+    if resp.status_code == 401:
+        raise ActionError("permission", f"the agent at {url} refused the token "
+                                        f"({host.token_file or 'no token_file'}); nothing was "
+                                        "done")
+    if resp.status_code != 200:
+        kind, message = _error_body(resp)
+        if kind not in _KINDS:
+            kind = "failed" if resp.status_code >= 500 else "bad_request"
+        raise ActionError(kind, message)  # type: ignore[arg-type]
+    try:
+        doc = json.loads(resp.content)
+        return ActionResult(ok=bool(doc["ok"]), message=str(doc.get("message", "")),
+                            data=dict(doc.get("data") or {}))
+    except (ValueError, KeyError, TypeError):
+        raise ActionError("failed", f"the agent at {url} sent an unreadable answer; check the "
+                                    "next snapshot") from None
+
+
+async def remote_kill(host: HostConfig, uwsgi_index: int, worker_id: int, expect_pid: int,
+                      signal: str = "TERM", *, expect_spawn: float | None = None,
+                      usr2_first: bool = False, timeout: float = 2.0,
+                      action_timeout: float = ACTION_TIMEOUT, actor: str = "",
+                      client: httpx.AsyncClient | None = None) -> ActionResult:
+    """Kill worker `worker_id` of instance `uwsgi_index` on `host` through its agent.
+
+    Refusals raise ActionError with the agent's kind (stale, not_worker, gone, read_only, ...);
+    an unreachable agent raises kind "gone" (nothing was done), a lost answer kind "failed".
+    """
+    body: dict[str, Any] = {"signal": signal, "expect_pid": expect_pid}
+    if expect_spawn is not None:
+        body["expect_spawn"] = expect_spawn
+    if usr2_first:
+        body["usr2"] = True
+    return await _post(host, f"/v1/workers/{uwsgi_index}/{worker_id}/kill", body,
+                       timeout=timeout, action_timeout=action_timeout, actor=actor,
+                       client=client)
+
+
+async def remote_reload(host: HostConfig, uwsgi_index: int, mode: str = "graceful", *,
+                        timeout: float = 2.0, action_timeout: float = ACTION_TIMEOUT,
+                        actor: str = "", client: httpx.AsyncClient | None = None,
+                        ) -> ActionResult:
+    """Start a graceful or chain reload of instance `uwsgi_index` on `host` via its agent."""
+    return await _post(host, f"/v1/uwsgi/{uwsgi_index}/reload", {"mode": mode},
+                       timeout=timeout, action_timeout=action_timeout, actor=actor,
+                       client=client)
+
+
+async def fetch_remote_snapshot(host: HostConfig, settings: Settings | None = None,
+                                ) -> HostSnapshot:
+    """One snapshot of an agent host (for the CLI's confirmation and reload progress)."""
+    source = AgentSource(host, settings or Settings())
+    try:
+        doc = await source.fetch()
+        if isinstance(doc, SourceError):
+            raise ActionError("gone", f"cannot read the host through its agent: {doc.message}")
+        snap = source.to_snapshot(doc, time.time())
+        if isinstance(snap, SourceError):
+            raise ActionError("gone", f"cannot read the host through its agent: {snap.message}")
+        return snap
+    finally:
+        await source.aclose()
+
+
+def run_action_command(name: str, args: argparse.Namespace, host: HostConfig) -> int:
+    """`stackmon kill|reload HOST` for a host behind an agent (see stackmon.actions.command).
+
+    Same flow as the local commands: show what is about to be hit, confirm unless --yes, act,
+    print the outcome (and follow a reload until it is done). ActionError propagates to the
+    caller, which prints it and picks the exit code.
+    """
+    return asyncio.run(_run_action(name, args, host))
+
+
+async def _run_action(name: str, args: argparse.Namespace, host: HostConfig) -> int:
+    from stackmon.actions.command import EXIT_FAILED, EXIT_OK, _confirm, _print_progress
+    from stackmon.render_text import human_age
+
+    snap = await fetch_remote_snapshot(host)
+    if not 0 <= args.instance < len(snap.uwsgi):
+        raise ActionError("not_found", f"host {host.name!r} has {len(snap.uwsgi)} uWSGI "
+                                       f"instance(s) behind its agent; there is no instance "
+                                       f"{args.instance}")
+    inst = snap.uwsgi[args.instance]
+    if name == "kill":
+        worker = next((w for w in inst.workers if w.id == args.worker_id), None)
+        if worker is None:
+            raise ActionError("not_found", f"{inst.address} on {host.name} has no worker "
+                                           f"{args.worker_id}")
+        if not args.yes:
+            print(f"{host.name} (agent)  uWSGI {inst.address}  worker {worker.id}  pid "
+                  f"{worker.pid}  {worker.status}")
+            for r in worker.requests_in_flight:
+                print(f"  core {r.core}: {r.method} {r.uri}  from {r.remote_addr}  running "
+                      f"{human_age(r.running_s)}")
+            if not worker.requests_in_flight:
+                print("  no request in flight")
+            if not _confirm(f"Kill worker {worker.id} (pid {worker.pid}) with "
+                            f"SIG{args.signal}?"):
+                print("nothing done")
+                return EXIT_FAILED
+        result = await remote_kill(host, args.instance, worker.id, worker.pid, args.signal,
+                                   expect_spawn=worker.last_spawn,
+                                   usr2_first=getattr(args, "usr2", False))
+        print(result.message)
+        return EXIT_OK if result.ok else EXIT_FAILED
+    mode = "chain" if args.chain else "graceful"
+    if not args.yes:
+        busy = [(w, r) for w in inst.workers for r in w.requests_in_flight]
+        print(f"{host.name} (agent)  uWSGI {inst.address}  master {inst.master_pid}  "
+              f"{len(inst.workers)} workers, {len(busy)} requests in flight")
+        for w, r in busy:
+            print(f"  worker {w.id} pid {w.pid}: {r.method} {r.uri}  running "
+                  f"{human_age(r.running_s)}")
+        if not _confirm(f"Start a {mode} reload of {inst.address} on {host.name}?"):
+            print("nothing done")
+            return EXIT_FAILED
+    result = await remote_reload(host, args.instance, mode)
+    print(result.message, flush=True)
+    if args.no_follow:
+        return EXIT_OK
+    return EXIT_OK if await _follow_remote(host, args.instance, result, _print_progress) \
+        else EXIT_FAILED
+
+
+async def _follow_remote(host: HostConfig, index: int, result: ActionResult,
+                         show: Any, interval: float = 0.5, margin: float = 30.0) -> bool:
+    """Reload progress from the agent's snapshots (the same tracker as a local reload)."""
+    from stackmon.actions.reload_progress import ReloadTracker
+
+    data = result.data
+    tracker = ReloadTracker({int(w["id"]): int(w["pid"]) for w in data["workers"]},
+                            data["mode"], float(data["mercy"]), float(data["started_at"]))
+    deadline = tracker.started_at + tracker.mercy + margin
+    last: list[str] = []
+    source = AgentSource(host, Settings())
+    try:
+        while True:
+            doc = await source.fetch()
+            snap = None if isinstance(doc, SourceError) else source.to_snapshot(doc, time.time())
+            inst = None
+            if isinstance(snap, HostSnapshot) and snap.reachable and index < len(snap.uwsgi):
+                inst = snap.uwsgi[index]
+            now = time.time()
+            progress = tracker.update(inst, now)
+            show(progress, last)
+            if progress.done or now > deadline:
+                return progress.done
+            await asyncio.sleep(interval)
+    finally:
+        await source.aclose()
