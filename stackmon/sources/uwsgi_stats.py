@@ -426,68 +426,10 @@ def clear_caches() -> None:
     """Forget memoised variables (benchmarks measuring a cold parse; tests)."""
     _VAR_MEMO.clear()
     _REQ_MEMO.clear()
-    _KEY_MEMO.clear()
-
-
-# --- redaction fast path ----------------------------------------------------------------------
-#
-# On a cold parse (new requests) redaction dominates: redact.redact_var() re-runs the secret-key
-# regex for every variable and redact_text() runs four substitutions on every value, about 5-10
-# us per variable here, for ~10,000 variables. The fast path computes exactly the same result:
-# the key test is memoised per header name, redact_text() is skipped for values that contain
-# none of the markers its patterns need ('=', '://', 'eyJ', bearer/basic/token), and visible()
-# for values without non-printable characters. Being exact depends on what redact.py does, so
-# it is enabled only while redact.py's functions and patterns hash to the value it was checked
-# against; any change there switches back to the plain calls (slower, never leakier) and makes
-# test_redaction_fast_path_matches_redact_py fail until someone re-checks this code.
-# (Its better home is redact.py itself, which would need no fingerprint.)
-
-_REDACT_VERIFIED = "1187889532fe"  # first 12 hex digits of _redact_fingerprint()
-_MAY_CHANGE = re.compile(r"=|://|eyJ|(?i:bearer|basic|token)")
-_KEY_MEMO: dict[str, tuple[bool, str]] = {}
-_fast_redact: bool | None = None  # decided on first use
-
-
-def _redact_fingerprint() -> str:
-    """Hash of the redact.py code the fast path mirrors: its functions' source and every
-    compiled pattern in the module (a new pattern is new behaviour)."""
-    import hashlib
-    import inspect
-
-    parts = [inspect.getsource(f) for f in (redact.is_secret_key, redact.redact_text,
-                                            redact._redact_param, redact.redact_var,
-                                            redact.visible)]
-    parts += sorted(f"{name}={v.pattern!r}/{v.flags}" for name, v in vars(redact).items()
-                    if isinstance(v, re.Pattern))
-    parts.append(redact.REDACTED)
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
-
-
-def _fast_redact_enabled() -> bool:
-    global _fast_redact
-    if _fast_redact is None:
-        try:
-            _fast_redact = _redact_fingerprint()[:12] == _REDACT_VERIFIED
-        except (OSError, TypeError, AttributeError):  # no source, or redact.py reorganised
-            _fast_redact = False
-    return _fast_redact
 
 
 def _shown_pair(key: str, value: str) -> tuple[str, str]:
-    """(shown key, shown value) == (visible(key), visible(redact_var(key, value)))."""
-    if not _fast_redact_enabled():
-        return redact.visible(key), redact.visible(redact.redact_var(key, value))
-    known = _KEY_MEMO.get(key)
-    if known is None:
-        known = _KEY_MEMO[key] = (redact.is_secret_key(key), redact.visible(key))
-    secret, shown_key = known
-    if secret:
-        shown = redact.REDACTED if value else value
-    elif _MAY_CHANGE.search(value):
-        shown = redact.redact_text(value)
-    else:
-        shown = value
-    return shown_key, shown if shown.isprintable() else redact.visible(shown)
+    return redact.redact_pair(key, value)
 
 
 def _request_details(raw_vars: list[Any], issues: _Issues) -> _Details:
@@ -797,7 +739,7 @@ def parse_stats(
 def _parse(
     raw: bytes, address: str, now: float, thresholds: Thresholds, source: str, label: str
 ) -> UwsgiInstance | SourceError:
-    if max(len(_VAR_MEMO), len(_REQ_MEMO), len(_KEY_MEMO)) > _MEMO_CAP:
+    if max(len(_VAR_MEMO), len(_REQ_MEMO)) > _MEMO_CAP:
         clear_caches()
     issues = _Issues()
     doc = _fast_load(raw)
