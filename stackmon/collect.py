@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -33,7 +33,11 @@ from stackmon.model import (
 )
 from stackmon.sources import kernel
 from stackmon.sources.nginx_status import fetch_stub_status
-from stackmon.sources.uwsgi_stats import fetch_stats, parse_stats
+from stackmon.sources.uwsgi_stats import poll_stats
+
+# How long the nginx processes found behind the status URL are trusted before /proc is scanned
+# again (sooner when one of them exits).
+NGINX_RESCAN = 30.0
 
 if TYPE_CHECKING:
     from stackmon.agent.client import AgentSource
@@ -45,6 +49,7 @@ class LocalFacts:
     fds: FdReport
     kernel: KernelCounters
     errors: tuple[SourceError, ...]
+    nginx_roles: dict[int, str] = field(default_factory=dict)
 
 
 def _nginx_pids(url: str | None, raw: list[kernel.RawListener]) -> dict[int, str]:
@@ -82,21 +87,31 @@ def _uwsgi_roles(instances: list[UwsgiInstance]) -> dict[int, str]:
     return roles
 
 
-def gather_local_facts(instances: list[UwsgiInstance], nginx_url: str | None) -> LocalFacts:
-    """Queues, fds and kernel counters for the processes behind this host's targets."""
+def gather_local_facts(instances: list[UwsgiInstance], nginx_url: str | None,
+                       nginx_roles: dict[int, str] | None = None) -> LocalFacts:
+    """Queues, fds and kernel counters for the processes behind this host's targets.
+
+    nginx_roles: the nginx processes found by an earlier poll; looked up again (a scan of
+    /proc) only when not given. LocalFacts.nginx_roles says what was used, and is empty when
+    one of them has gone (nginx restarted or reloaded: look again next time).
+    """
     errors: list[SourceError] = []
     raw = kernel.listening_sockets()
     if isinstance(raw, SourceError):
         errors.append(raw)
         raw = []
     roles = _uwsgi_roles(instances)
-    roles.update(_nginx_pids(nginx_url, raw))
+    found = nginx_roles if nginx_roles is not None else _nginx_pids(nginx_url, raw)
+    roles.update(found)
     scan = kernel.scan_processes(roles, sockets=kernel.masters(roles))
     errors.extend(scan.errors)
     counters, counter_errors = kernel.read_kernel_counters()
     errors.extend(counter_errors)
+    if set(scan.vanished) & set(found):
+        found = {}
     return LocalFacts(listeners=kernel.listeners_for(raw, scan.inode_pids, roles),
-                      fds=scan.report, kernel=counters, errors=tuple(errors))
+                      fds=scan.report, kernel=counters, errors=tuple(errors),
+                      nginx_roles=found)
 
 
 def _same_address(socket_name: str, listener: Listener) -> bool:
@@ -146,6 +161,8 @@ class HostCollector:
         self.settings = settings
         self.previous_nginx: NginxStatus | None = None
         self.last_good: HostSnapshot | None = None
+        self._nginx_roles: dict[int, str] | None = None
+        self._nginx_roles_at = 0.0
         self.agent: AgentSource | None = None
         if host.agent:
             from stackmon.agent.client import AgentSource
@@ -167,14 +184,10 @@ class HostCollector:
         return result
 
     async def _uwsgi(self, index: int) -> UwsgiInstance | SourceError:
-        addr = self.host.uwsgi[index]
-        raw = await fetch_stats(addr, timeout=self.settings.timeout)
-        if isinstance(raw, SourceError):
-            return raw
-        now = time.time()
-        # Parsing a 512-worker document takes milliseconds: keep it off the event loop.
-        return await asyncio.to_thread(parse_stats, raw, str(addr), now,
-                                       self.settings.thresholds)
+        # poll_stats parses big documents in a thread and small ones inline (a thread hop
+        # costs more than parsing a few workers).
+        return await poll_stats(self.host.uwsgi[index], self.settings.thresholds,
+                                timeout=self.settings.timeout)
 
     async def poll(self, client: httpx.AsyncClient) -> HostSnapshot:
         taken_at = time.time()
@@ -192,7 +205,12 @@ class HostCollector:
             nginx = None
         if not instances and nginx is None and errors:
             return self._failed(taken_at, errors)
-        facts = await asyncio.to_thread(gather_local_facts, instances, self.host.nginx)
+        stale_roles = time.monotonic() - self._nginx_roles_at > NGINX_RESCAN
+        facts = await asyncio.to_thread(gather_local_facts, instances, self.host.nginx,
+                                        None if stale_roles else self._nginx_roles)
+        if facts.nginx_roles is not self._nginx_roles:
+            self._nginx_roles = facts.nginx_roles or None
+            self._nginx_roles_at = time.monotonic() if facts.nginx_roles else 0.0
         errors.extend(facts.errors)
         snap = HostSnapshot(
             name=self.host.name, taken_at=taken_at, reachable=True, stale_s=None,
