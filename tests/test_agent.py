@@ -445,14 +445,12 @@ def test_remote_action_errors_map_back_to_kinds(stack, start_agent, tmp_path):
     assert err.value.kind == "gone" and "nothing was done" in err.value.message
 
 
-def test_reload_through_the_agent(fresh_stack, start_agent):
+def test_reload_through_the_agent(fresh_stack, start_agent, wait_until):
     stack = fresh_stack(nginx=False, workers=2, threads=1, mercy=2)
     agent = start_agent(stack)
     before = set(stack.worker_pids())
     result = asyncio.run(remote_reload(agent.host(), 0, "graceful"))
     assert result.ok and result.data["mode"] == "graceful", result.message
-    from conftest import wait_until
-
     wait_until(lambda: set(stack.worker_pids()) and not set(stack.worker_pids()) & before,
                20, message="workers replaced after the graceful reload")
 

@@ -36,8 +36,8 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--read-only", action="store_true", help="serve data, refuse every action")
     p.add_argument("--audit-log", metavar="F",
                    help="audit log of actions (default $XDG_STATE_HOME/stackmon/audit.log)")
-    p.add_argument("--cache", default="0.5s", metavar="D",
-                   help="reuse a poll for this long across clients (default 0.5s)")
+    p.add_argument("--cache", default="0.25s", metavar="D",
+                   help="reuse a poll for this long across clients (default 0.25s)")
     p.add_argument("--access-log", action="store_true", help="log every request to stderr")
 
 

@@ -15,9 +15,10 @@ Design decisions:
   stackmon.actions.ActionError with their HTTP status), and nothing a client sends can produce
   a traceback in a response: unexpected exceptions are logged here and answered with a fixed
   500 message.
-- One poll serves many clients: snapshots are cached for `cache_s` (0.5 s) and concurrent
-  requests share the poll in progress, so ten dashboards cost the uWSGI masters what one does.
-  The serialised JSON is cached with it. An action drops the cache, so the caller's next poll
+- One poll serves many clients: snapshots are cached for `cache_s` (0.25 s: shorter than any
+  sensible client interval, long enough to merge a burst) and concurrent requests share the
+  poll in progress, so ten dashboards cost the uWSGI masters about what one does. The
+  serialised JSON is cached with it. An action drops the cache, so the caller's next poll
   shows its effect.
 - An agent without a token (possible on loopback only) serves data but refuses actions: a
   loopback port is reachable by every local user, and killing workers must need a secret.
@@ -65,7 +66,7 @@ class AgentOptions:
     settings: Settings
     token: str | None
     read_only: bool = False
-    cache_s: float = 0.5
+    cache_s: float = 0.25
     audit_path: str | None = None  # None: the default audit log of the agent's user
 
 
