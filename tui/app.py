@@ -8,11 +8,9 @@ worst state, so the sick host shows from any tab.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Iterable
 
-import httpx
 from rich.text import Text
 from textual import events, on
 from textual.app import App, ComposeResult, SystemCommand
@@ -24,9 +22,9 @@ from stackmon.actions.base import ActionError, ActionTarget
 from stackmon.actions.kill import kill_worker
 from stackmon.actions.reload import reload_uwsgi
 from stackmon.actions.reload_progress import ReloadProgress, follow_reload
-from stackmon.collect import HostCollector
 from stackmon.config import Targets
 from stackmon.model import HostSnapshot, Worker
+from stackmon.poller import Fleet
 from tui.actions import ACTIONS, bindings
 from tui.host_pane import HostPane
 from tui.messages import ActionFinished, HostPolled, ReloadProgressed
@@ -102,32 +100,15 @@ class StackmonApp(App[int]):
         for i, host in enumerate(self.targets.hosts):
             tabs.get_tab(f"host-{i}").label = tab_label(host.name, None)
         if self._poll:
-            self._client = httpx.AsyncClient(trust_env=False)
-            for i, host in enumerate(self.targets.hosts):
-                collector = HostCollector(host, self.targets.settings)
-                self.run_worker(self._poll_loop(i, collector), group="poll",
-                                name=f"poll {host.name}", exit_on_error=False)
+            # One task per host (stackmon.poller): deadlines and backoff keep a dead host from
+            # delaying the others; each snapshot arrives here as a message.
+            self.fleet = Fleet(self.targets,
+                               lambda i, snap: self.post_message(HostPolled(i, snap)))
+            self.run_worker(self.fleet.run(), group="poll", name="pollers",
+                            exit_on_error=False)
         self._focus_workers()
 
-    async def on_unmount(self) -> None:
-        client = getattr(self, "_client", None)
-        if client is not None:
-            await client.aclose()
-
-    # --- polling (workers only post messages) ---------------------------------------------
-
-    async def _poll_loop(self, index: int, collector: HostCollector) -> None:
-        interval = self.targets.settings.interval
-        # A poll that hangs past its own timeouts is cut here, so one host never stalls.
-        limit = self.targets.settings.timeout * 2 + 1
-        while True:
-            started = time.monotonic()
-            try:
-                snap = await asyncio.wait_for(collector.poll(self._client), limit)
-            except TimeoutError:
-                snap = collector.timed_out(time.time(), limit)
-            self.post_message(HostPolled(index, snap))
-            await asyncio.sleep(max(0.05, interval - (time.monotonic() - started)))
+    # --- polling (stackmon.poller; pollers only post messages) -----------------------------
 
     @on(HostPolled)
     def _host_polled(self, message: HostPolled) -> None:
@@ -281,6 +262,7 @@ class StackmonApp(App[int]):
             self.post_message(ActionFinished("Kill not done", f"audit log: {exc}", ok=False))
         else:
             self.post_message(ActionFinished("Worker killed", result.message, ok=result.ok))
+        self._poll_now(target)
 
     def action_reload(self, mode: str = "graceful") -> None:
         pane = self.active_pane()
@@ -316,6 +298,13 @@ class StackmonApp(App[int]):
         self.post_message(ReloadProgressed(index, instance, progress, final=True))
         self.post_message(ActionFinished("Reload finished" if progress.done else "Reload slow",
                                          progress.message, ok=progress.done))
+
+    def _poll_now(self, target: ActionTarget) -> None:
+        """After an action the next poll should show its effect, not wait an interval."""
+        fleet = getattr(self, "fleet", None)
+        index = next((i for i, h in enumerate(self.targets.hosts) if h.name == target.host), None)
+        if fleet is not None and index is not None:
+            fleet.poll_now(index)
 
     @on(ReloadProgressed)
     def _reload_progressed(self, message: ReloadProgressed) -> None:
