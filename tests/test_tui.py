@@ -268,3 +268,36 @@ async def test_read_only_removes_every_action():
         await pilot.press("K", "R", "C")
         await pilot.pause()
         assert len(app.screen_stack) == 1  # no confirmation opened
+
+
+async def test_reload_flow_shows_the_drain_then_the_outcome(fresh_stack, hang, tmp_path):
+    from stackmon.actions.audit import AuditLog
+    from tui.screens.confirm import ReloadConfirm
+    from tui.screens.reload_view import ReloadScreen
+
+    st = fresh_stack(workers=2, threads=1, mercy=4, nginx=False)
+    hang(st, "/hang/pilot-reload", n=1, via="unix")
+    host = HostConfig(name="r", uwsgi=(parse_stats_address(st.stats_address),))
+    app = StackmonApp(Targets(hosts=(host,), settings=Settings(interval=0.5)),
+                      audit=AuditLog(tmp_path / "audit.log"))
+    async with app.run_test(size=(140, 36)) as pilot:
+        for _ in range(50):
+            await pilot.pause(0.1)
+            if "/hang/pilot-reload" in screen_text(app):
+                break
+        await pilot.press("R")
+        await pilot.pause()
+        assert isinstance(app.screen, ReloadConfirm)
+        assert "/hang/pilot-reload" in screen_text(app)
+        await pilot.press("g")
+        saw_draining = False
+        for _ in range(150):
+            await pilot.pause(0.1)
+            text = screen_text(app)
+            if isinstance(app.screen, ReloadScreen) and "draining" in text \
+                    and "/hang/pilot-reload" in text:
+                saw_draining = True
+            if "graceful reload done" in text:
+                break
+        assert saw_draining
+        assert "graceful reload done: 2 workers replaced" in text

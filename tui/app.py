@@ -17,11 +17,10 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.screen import Screen
 from textual.widgets import Footer, TabbedContent
 
+from stackmon.actions import dispatch
 from stackmon.actions.audit import AuditLog
-from stackmon.actions.base import ActionError, ActionTarget
-from stackmon.actions.kill import kill_worker
-from stackmon.actions.reload import reload_uwsgi
-from stackmon.actions.reload_progress import ReloadProgress, follow_reload
+from stackmon.actions.base import ActionError
+from stackmon.actions.reload_progress import ReloadProgress
 from stackmon.config import Targets
 from stackmon.model import HostSnapshot, Worker
 from stackmon.poller import Fleet
@@ -216,22 +215,14 @@ class StackmonApp(App[int]):
 
     # --- actions that change the stack (confirm -> worker -> message) ------------------------
 
-    def _target(self, pane: HostPane) -> ActionTarget | None:
-        host = pane.host
-        read_only = self.read_only or host.read_only
-        if host.agent:
-            self.notify("Actions on agent hosts are not available in the TUI yet; use "
-                        "`stackmon kill/reload` on that host.", severity="warning")
-            return None
-        if read_only:
+    def _actionable(self, pane: HostPane) -> bool:
+        if self.read_only or pane.host.read_only:
             self.notify("Read-only: actions are disabled.", severity="warning")
-            return None
-        if not host.uwsgi:
+            return False
+        if not pane.host.uwsgi and not pane.host.agent:
             self.notify("This host has no uWSGI instance configured.", severity="warning")
-            return None
-        index = pane.instance_index
-        return ActionTarget(host=host.name, address=host.uwsgi[index], index=index,
-                            read_only=read_only, timeout=self.targets.settings.timeout)
+            return False
+        return True
 
     def action_kill_worker(self) -> None:
         pane = self.active_pane()
@@ -239,30 +230,32 @@ class StackmonApp(App[int]):
         if worker is None:
             self.notify("No worker selected.", severity="warning")
             return
-        target = self._target(pane)
-        if target is None:
+        if not self._actionable(pane):
             return
+        index, instance = pane.index, pane.instance_index
+        address = pane.current_instance().address if pane.current_instance() else "?"
 
         def chosen(choice: KillChoice | None) -> None:
             if choice is not None:
-                self.run_worker(self._kill(target, worker, choice), group="actions",
+                self.run_worker(self._kill(index, instance, worker, choice), group="actions",
                                 exit_on_error=False)
 
-        self.push_screen(KillConfirm(target.host, str(target.address), worker, self.clock()),
-                         chosen)
+        self.push_screen(KillConfirm(pane.host.name, address, worker, self.clock()), chosen)
 
-    async def _kill(self, target: ActionTarget, worker: Worker, choice: KillChoice) -> None:
+    async def _kill(self, index: int, instance: int, worker: Worker,
+                    choice: KillChoice) -> None:
         try:
-            result = await kill_worker(target, worker.id, worker.pid, choice.signal,  # type: ignore[arg-type]
-                                       expect_spawn=worker.last_spawn,
-                                       usr2_first=choice.usr2_first, audit=self.audit)
+            result = await dispatch.kill(self.targets.hosts[index], self.targets.settings,
+                                         instance, worker.id, worker.pid, choice.signal,
+                                         expect_spawn=worker.last_spawn,
+                                         usr2_first=choice.usr2_first, audit=self.audit)
         except ActionError as exc:
             self.post_message(ActionFinished("Kill refused", exc.message, ok=False))
         except OSError as exc:
             self.post_message(ActionFinished("Kill not done", f"audit log: {exc}", ok=False))
         else:
             self.post_message(ActionFinished("Worker killed", result.message, ok=result.ok))
-        self._poll_now(target)
+        self._poll_now(index)
 
     def action_reload(self, mode: str = "graceful") -> None:
         pane = self.active_pane()
@@ -270,40 +263,41 @@ class StackmonApp(App[int]):
         if inst is None:
             self.notify("No uWSGI data for this host yet.", severity="warning")
             return
-        target = self._target(pane)
-        if target is None:
+        if not self._actionable(pane):
             return
+        index, instance = pane.index, pane.instance_index
 
         def chosen(choice: ReloadChoice | None) -> None:
             if choice is not None:
-                self.run_worker(self._reload(pane.index, target, choice.mode), group="actions",
-                                exit_on_error=False)
+                self.run_worker(self._reload(index, instance, inst.address, choice.mode),
+                                group="actions", exit_on_error=False)
 
-        self.push_screen(ReloadConfirm(target.host, inst, self.clock(), mode), chosen)
+        self.push_screen(ReloadConfirm(pane.host.name, inst, self.clock(), mode), chosen)
 
-    async def _reload(self, index: int, target: ActionTarget, mode: str) -> None:
+    async def _reload(self, index: int, instance_index: int, address: str, mode: str) -> None:
+        host, settings = self.targets.hosts[index], self.targets.settings
         try:
-            result = await reload_uwsgi(target, mode, audit=self.audit)  # type: ignore[arg-type]
+            result = await dispatch.reload(host, settings, instance_index, mode,
+                                           audit=self.audit)
         except ActionError as exc:
             self.post_message(ActionFinished("Reload refused", exc.message, ok=False))
             return
         except OSError as exc:
             self.post_message(ActionFinished("Reload not done", f"audit log: {exc}", ok=False))
             return
-        instance = str(target.address)
-        progress = await follow_reload(
-            target, result,
+        instance = f"{host.name}/{address}"
+        progress = await dispatch.follow(
+            host, settings, instance_index, result,
             lambda p: self.post_message(ReloadProgressed(index, instance, p)),
             audit=self.audit)
         self.post_message(ReloadProgressed(index, instance, progress, final=True))
         self.post_message(ActionFinished("Reload finished" if progress.done else "Reload slow",
                                          progress.message, ok=progress.done))
 
-    def _poll_now(self, target: ActionTarget) -> None:
+    def _poll_now(self, index: int) -> None:
         """After an action the next poll should show its effect, not wait an interval."""
         fleet = getattr(self, "fleet", None)
-        index = next((i for i, h in enumerate(self.targets.hosts) if h.name == target.host), None)
-        if fleet is not None and index is not None:
+        if fleet is not None:
             fleet.poll_now(index)
 
     @on(ReloadProgressed)

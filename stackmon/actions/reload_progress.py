@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -135,18 +135,29 @@ class ReloadTracker:
 async def follow_reload(target: ActionTarget, result: ActionResult,
                         on_progress: Callable[[ReloadProgress], None] | None = None, *,
                         audit: AuditLog | None = None, actor: str = "",
-                        interval: float = 0.5, margin: float = 30.0) -> ReloadProgress:
+                        interval: float = 0.5, margin: float = 30.0,
+                        sample: Callable[[], Awaitable[UwsgiInstance | None]] | None = None,
+                        ) -> ReloadProgress:
     """Sample the instance until every worker is replaced (or mercy + margin has passed),
-    reporting each step; the outcome and its duration go to the audit log."""
+    reporting each step; the outcome and its duration go to the audit log.
+
+    sample: how to get the instance now (None while it cannot be read); by default its stats
+    server at target.address (an agent host passes a sampler of the agent's snapshots)."""
+
+    async def from_stats() -> UwsgiInstance | None:
+        got = await poll_stats(target.address, Thresholds(), timeout=target.timeout)
+        return None if isinstance(got, SourceError) else got
+
+    sample = sample or from_stats
     data = result.data
     tracker = ReloadTracker({int(w["id"]): int(w["pid"]) for w in data["workers"]},
                             data["mode"], float(data["mercy"]), float(data["started_at"]))
     deadline = tracker.started_at + tracker.mercy + margin
     progress = tracker.update(None, time.time())
     while True:
-        sample = await poll_stats(target.address, Thresholds(), timeout=target.timeout)
+        inst = await sample()
         now = time.time()
-        progress = tracker.update(None if isinstance(sample, SourceError) else sample, now)
+        progress = tracker.update(inst, now)
         if on_progress is not None:
             on_progress(progress)
         if progress.done or now > deadline:
@@ -158,5 +169,5 @@ async def follow_reload(target: ActionTarget, result: ActionResult,
         f"{progress.message} after {progress.elapsed:.0f} s (gave up waiting)")
     log.record(host=target.host, action=f"reload {tracker.mode}", actor=actor or current_actor(),
                outcome=outcome, message=message, seconds=round(progress.elapsed, 1),
-               instance=str(target.address))
+               instance=str(target.address) if target.address else None)
     return progress
