@@ -1,0 +1,199 @@
+"""Benchmark: one stackmon polling a fleet of agents (default 100 hosts at 1 s).
+
+    .venv/bin/python bench/bench_fleet.py [--hosts 100] [--seconds 30] [--interval 1]
+                                          [--doc FILE] [--servers 2]
+
+The hosts are agent stand-ins on loopback: child processes (not measured) serve a recorded
+host object (tests/fixtures/snapshots/demo-hangs.json: 8 workers, requests in flight, nginx,
+listeners, fds; ~25 KB of JSON) on one port per host, behind the same bearer-token check as the
+agent, with a fresh taken_at on every answer. The measured process is what a user runs: the
+poller Fleet (one HostPoller per host, each with its own keep-alive pool, the real
+AgentSource -> host_from_dict path), exactly what the TUI's pollers do minus rendering.
+
+Reported: the CPU the polling process uses (% of one core: process time / wall time over the
+measured window, after a warm-up), and the age of the oldest host's data (now - taken_at of
+each host's latest snapshot, sampled every 100 ms; max and p99 over the window).
+Targets: < 30 % of one core, every host < 1.5 s old. Exit status 1 when a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+if TYPE_CHECKING:
+    from stackmon.config import Targets
+    from stackmon.model import HostSnapshot
+
+DEFAULT_DOC = ROOT / "tests" / "fixtures" / "snapshots" / "demo-hangs.json"
+
+
+def _serve(ports: list[int], token: str, doc_path: str, ready: mp.Event, stop: mp.Event) -> None:
+    """A child process: one aiohttp site per port, all serving the recorded host object."""
+    from aiohttp import web
+
+    doc = json.loads(Path(doc_path).read_text())
+    host = doc["hosts"][0] if "hosts" in doc else doc
+    host = dict(host, taken_at="@@TAKEN@@", schema=1)
+    head, _, tail = json.dumps(host).encode().partition(b'"@@TAKEN@@"')
+    expected = f"Bearer {token}"
+
+    async def snapshot(request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != expected:
+            return web.json_response({"error": "unauthorized", "message": "token"}, status=401)
+        body = head + repr(time.time()).encode() + tail
+        return web.Response(body=body, content_type="application/json")
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/v1/snapshot", snapshot)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        for port in ports:
+            await web.TCPSite(runner, "127.0.0.1", port, backlog=256).start()
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.2)
+        await runner.cleanup()
+
+    asyncio.run(main())
+
+
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+async def _measure(targets: Targets, seconds: float, warmup: float) -> dict[str, Any]:
+    from stackmon.poller import Fleet
+
+    reasons: Counter[str] = Counter()
+
+    def note(_index: int, snap: HostSnapshot) -> None:
+        if not snap.reachable:
+            reasons.update(e.message for e in snap.errors[:1])
+
+    fleet = Fleet(targets, note)
+    task = asyncio.create_task(fleet.run())
+    await asyncio.sleep(warmup)
+    ages: list[float] = []
+    unreachable = 0
+    polls0 = sum(p.polls for p in fleet.pollers)
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    end = wall0 + seconds
+    while time.monotonic() < end:
+        await asyncio.sleep(0.1)
+        now = time.time()
+        latest = fleet.latest
+        if any(s is None for s in latest):
+            ages.append(float("inf"))
+            continue
+        ages.append(max(now - s.taken_at for s in latest if s is not None))
+        unreachable = max(unreachable, sum(1 for s in latest if s and not s.reachable))
+    cpu1, wall1 = time.process_time(), time.monotonic()
+    polls = sum(p.polls for p in fleet.pollers) - polls0
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    ages.sort()
+    return {
+        "cpu_pct": 100.0 * (cpu1 - cpu0) / (wall1 - wall0),
+        "age_max": ages[-1],
+        "age_p99": ages[int(len(ages) * 0.99) - 1],
+        "age_median": statistics.median(ages),
+        "polls_per_s": polls / (wall1 - wall0),
+        "unreachable_max": unreachable,
+        "reasons": reasons.most_common(3),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--hosts", type=int, default=100)
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--warmup", type=float, default=5.0)
+    ap.add_argument("--interval", type=float, default=1.0)
+    ap.add_argument("--timeout", type=float, default=2.0)
+    ap.add_argument("--servers", type=int, default=2, help="serving processes")
+    ap.add_argument("--doc", default=str(DEFAULT_DOC), help="recorded snapshot JSON")
+    args = ap.parse_args()
+
+    from stackmon.config import HostConfig, Settings, Targets
+
+    token = secrets.token_hex(24)
+    tmp = Path(tempfile.mkdtemp(prefix="stackmon-bench-"))
+    token_file = tmp / "token"
+    token_file.write_text(token)
+    token_file.chmod(0o600)
+    ports = _free_ports(args.hosts)
+    ctx = mp.get_context("spawn")
+    stop = ctx.Event()
+    procs = []
+    for k in range(args.servers):
+        ready = ctx.Event()
+        p = ctx.Process(target=_serve, args=(ports[k::args.servers], token, args.doc, ready,
+                                             stop), daemon=True)
+        p.start()
+        procs.append((p, ready))
+    try:
+        for _p, ready in procs:
+            if not ready.wait(30):
+                print("bench: a serving process did not start", file=sys.stderr)
+                return 2
+        targets = Targets(
+            hosts=tuple(HostConfig(name=f"web-{i:03d}", agent=f"http://127.0.0.1:{port}",
+                                   token_file=token_file) for i, port in enumerate(ports)),
+            settings=Settings(interval=args.interval, timeout=args.timeout))
+        size = len(Path(args.doc).read_bytes())
+        print(f"bench_fleet: {args.hosts} agent hosts at {args.interval:g} s, recorded document "
+              f"{Path(args.doc).name} (~{size // 1024} KB), {args.seconds:g} s measured after "
+              f"{args.warmup:g} s warm-up; Python {sys.version.split()[0]}, "
+              f"{os.cpu_count()} CPUs")
+        r = asyncio.run(_measure(targets, args.seconds, args.warmup))
+    finally:
+        stop.set()
+        for p, _ in procs:
+            p.join(5)
+            if p.is_alive():
+                p.terminate()
+        token_file.unlink(missing_ok=True)
+        tmp.rmdir()
+    ok_cpu = r["cpu_pct"] < 30.0
+    ok_age = r["age_max"] < 1.5
+    print(f"  CPU of the polling process: {r['cpu_pct']:.1f} % of one core "
+          f"(target < 30 %: {'ok' if ok_cpu else 'MISSED'})")
+    print(f"  oldest host's data: max {r['age_max']:.2f} s, p99 {r['age_p99']:.2f} s, median "
+          f"{r['age_median']:.2f} s (target < 1.5 s: {'ok' if ok_age else 'MISSED'})")
+    print(f"  polls: {r['polls_per_s']:.1f}/s; hosts unreachable at any sample: "
+          f"{r['unreachable_max']}")
+    for reason, n in r["reasons"]:
+        print(f"  unreachable x{n}: {reason}")
+    return 0 if ok_cpu and ok_age else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
