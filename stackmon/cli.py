@@ -26,6 +26,7 @@ PLUGGED: dict[str, str] = {
     "kill": "stackmon.actions.command",
     "reload": "stackmon.actions.command",
     "agent": "stackmon.agent.command",
+    "doctor": "stackmon.doctor.command",
 }
 
 

@@ -57,6 +57,7 @@ __all__ = [
     "options_from_argv",
     "parse_int",
     "read_ini",
+    "split_section",
 ]
 
 CMDLINE = "<cmdline>"

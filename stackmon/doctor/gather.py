@@ -1,0 +1,292 @@
+"""Gathering the doctor's Facts: config files, /proc, running instances and a live poll.
+
+Kept apart from the rules so the rules stay pure. Two kinds of input fail differently:
+- files the user named (--uwsgi-ini, --nginx-conf) raise ConfigFileError / NginxConfError, which
+  the command turns into exit 2 with the file and line;
+- what is discovered (a running instance's command line and ini, the running nginx's config, a
+  host's live state) never raises: a failure becomes an Input with an error, shown in the
+  report, and the rules simply have less to go on.
+
+Two samples ~1 s apart are taken of each live host (and of the kernel counters), because a
+cumulative counter (ListenOverflows, accepts - handled) only says something is happening now
+when it moves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+
+import httpx
+
+from stackmon.collect import HostCollector
+from stackmon.config import HostConfig, Settings
+from stackmon.doctor.facts import (
+    HostFacts,
+    Input,
+    LiveFacts,
+    NginxFacts,
+    SystemFacts,
+    UwsgiFacts,
+)
+from stackmon.doctor.nginx_conf import NginxConfError
+from stackmon.doctor.nginx_conf import load as load_nginx
+from stackmon.model import HostSnapshot, KernelCounters, SourceError, UwsgiInstance
+from stackmon.sources.procfs import read_kernel_counters, system_fds
+from stackmon.uwsgi_ini import ConfigFileError, instance_options, read_ini, split_section
+
+# ------------------------------------------------------------------ the kernel
+
+
+def system_facts(first: KernelCounters | None = None, second: KernelCounters | None = None,
+                 interval: float = 0.0) -> SystemFacts:
+    """somaxconn, fd figures and ListenOverflows of this host. `first`/`second` are counters
+    sampled `interval` apart (e.g. from two polls); without them one reading is taken now."""
+    errors: list[str] = []
+    if first is None:
+        first, errs = read_kernel_counters()
+        errors.extend(e.message for e in errs)
+    fds = system_fds()
+    file_nr = file_max = nr_open = None
+    if isinstance(fds, SourceError):
+        errors.append(fds.message)
+    else:
+        file_nr, file_max, nr_open = fds.open, fds.max, fds.nr_open or None
+    latest = second or first
+    return SystemFacts(
+        somaxconn=latest.somaxconn, file_nr=file_nr, file_max=file_max, nr_open=nr_open,
+        listen_overflows=(first.listen_overflows,
+                          second.listen_overflows if second is not None else None),
+        overflow_interval=interval, errors=tuple(errors))
+
+
+def sampled_system_facts(sample: float) -> SystemFacts:
+    """Kernel counters read twice, `sample` seconds apart (once when sample <= 0)."""
+    first, _ = read_kernel_counters()
+    if sample <= 0:
+        return system_facts(first)
+    start = time.monotonic()
+    time.sleep(sample)
+    second, _ = read_kernel_counters()
+    return system_facts(first, second, time.monotonic() - start)
+
+
+# ------------------------------------------------------------------ files
+
+
+def uwsgi_file_facts(path: str) -> UwsgiFacts:
+    """An ini file the user named; raises ConfigFileError."""
+    name, section = split_section(path)
+    name = os.path.abspath(name)
+    options = read_ini(name, section or "uwsgi", cwd=os.path.dirname(name))
+    return UwsgiFacts(name=name, options=tuple(options))
+
+
+def nginx_file_facts(path: str) -> NginxFacts:
+    """An nginx config the user named; raises NginxConfError."""
+    return NginxFacts(conf=load_nginx(path))
+
+
+# ------------------------------------------------------------------ running processes
+
+
+def instance_facts(inst: UwsgiInstance) -> UwsgiFacts | SourceError:
+    """A running uWSGI's own configuration, found from its master's command line."""
+    if inst.master_pid <= 0:
+        return SourceError("uwsgi config", f"{inst.address}: the stats name no master pid")
+    options = instance_options(inst.master_pid)
+    if isinstance(options, SourceError):
+        return options
+    return UwsgiFacts(name=f"uWSGI {inst.address} (master {inst.master_pid})",
+                      options=tuple(options), master_pid=inst.master_pid,
+                      stats_address=inst.address, live=inst)
+
+
+def _compiled_paths(exe: str) -> dict[str, str]:
+    """--prefix and --conf-path compiled into an nginx binary (`nginx -V`)."""
+    try:
+        out = subprocess.run([exe, "-V"], capture_output=True, timeout=3, check=False,
+                             stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    found = {}
+    for word in (out.stderr + out.stdout).decode("utf-8", "replace").split():
+        for key in ("--prefix=", "--conf-path="):
+            if word.startswith(key):
+                found[key.strip("-=")] = word[len(key):]
+    return found
+
+
+def nginx_conf_path(master_pid: int) -> str | SourceError:
+    """The config file a running nginx master loaded, from its command line.
+
+    nginx overwrites its argv with the title "nginx: master process <original argv joined by
+    spaces>", so the words after -c and -p are read back from that; a path with a space in it
+    cannot be told apart and is refused (the caller says to pass --nginx-conf). Without -c the
+    binary's compiled --conf-path applies (`nginx -V`); a relative -c is relative to the
+    prefix (-p, else the compiled --prefix), and a relative -p to the master's cwd.
+    """
+    proc = f"/proc/{master_pid}"
+    try:
+        with open(f"{proc}/cmdline", "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        return SourceError("nginx config", f"cannot read {proc}/cmdline: "
+                                           f"{exc.strerror or exc}")
+    title = raw.replace(b"\0", b" ").decode("utf-8", "replace").strip()
+    marker = "master process "
+    if marker not in title:
+        return SourceError("nginx config", f"process {master_pid} is not an nginx master "
+                                           f"({title[:40]!r})")
+    words = title.split(marker, 1)[1].split()
+    conf = prefix = None
+    i = 1
+    while i < len(words):
+        word = words[i]
+        for flag in ("-c", "-p"):
+            if word == flag and i + 1 < len(words):
+                value: str | None = words[i + 1]
+                i += 1
+            elif word.startswith(flag) and len(word) > 2:
+                value = word[2:]
+            else:
+                continue
+            if flag == "-c":
+                conf = value
+            else:
+                prefix = value
+            break
+        i += 1
+    try:
+        cwd = os.readlink(f"{proc}/cwd")
+    except OSError:
+        cwd = "/"
+    compiled: dict[str, str] = {}
+    if conf is None or prefix is None:
+        try:
+            exe = os.readlink(f"{proc}/exe").removesuffix(" (deleted)")
+        except OSError:
+            exe = words[0] if words else "nginx"
+        compiled = _compiled_paths(exe)
+    if prefix is None:
+        prefix = compiled.get("prefix", "/")
+    prefix = os.path.join(cwd, prefix)
+    if conf is None:
+        conf = compiled.get("conf-path")
+        if conf is None:
+            return SourceError("nginx config", f"nginx master {master_pid} was started without "
+                                               "-c and `nginx -V` names no --conf-path; give "
+                                               "--nginx-conf")
+    path = os.path.normpath(os.path.join(prefix, conf))
+    if not os.path.isfile(path):
+        return SourceError("nginx config", f"nginx master {master_pid}: its config {path} is "
+                                           "not a readable file here (a path with spaces, or "
+                                           "another mount namespace?); give --nginx-conf")
+    return path
+
+
+def nginx_master_pid(snap: HostSnapshot) -> int | None:
+    masters = sorted(p.pid for p in snap.fds.processes if p.role == "nginx-master")
+    return masters[0] if masters else None
+
+
+# ------------------------------------------------------------------ live hosts
+
+
+async def _poll_twice(collector: HostCollector, client: httpx.AsyncClient, sample: float,
+                      first: HostSnapshot | None) -> LiveFacts:
+    if first is None:
+        first = await collector.poll(client)
+    if sample <= 0:
+        return LiveFacts(first=first)
+    wait = sample - (time.time() - first.taken_at)
+    if wait > 0:
+        await asyncio.sleep(wait)
+    second = await collector.poll(client)
+    return LiveFacts(first=first, second=second,
+                     interval=max(0.0, second.taken_at - first.taken_at))
+
+
+async def poll_hosts(hosts: Sequence[HostConfig], settings: Settings, sample: float,
+                     firsts: Sequence[HostSnapshot | None] | None = None) -> list[LiveFacts]:
+    """Two polls of each host, `sample` seconds apart, all hosts at once (a first snapshot
+    already taken, e.g. by the TUI, is reused)."""
+    collectors = [HostCollector(h, settings) for h in hosts]
+    starts = list(firsts) if firsts is not None else [None] * len(hosts)
+    async with httpx.AsyncClient(trust_env=False) as client:
+        return list(await asyncio.gather(*(
+            _poll_twice(c, client, sample, s) for c, s in zip(collectors, starts, strict=True))))
+
+
+def live_host_facts(host: HostConfig, live: LiveFacts, *,
+                    discover_nginx: bool) -> tuple[HostFacts, list[Input]]:
+    """A polled host's facts: its uWSGI instances' own configs (from their command lines) and,
+    with discover_nginx, the running nginx's config (when the host has an nginx target whose
+    master the poll identified). Never raises: what cannot be read becomes an Input error."""
+    problems = [e.message if e.source in e.message else f"{e.source}: {e.message}"
+                for e in live.latest.errors]
+    if not live.latest.reachable and not problems:
+        problems = ["unreachable"]
+    inputs = [Input("live", f"{host.name} (two polls {live.interval:.1f} s apart)"
+                    if live.second is not None else host.name,
+                    host=host.name, error="; ".join(problems) or None)]
+    uwsgi: list[UwsgiFacts] = []
+    snap = live.latest if live.latest.reachable else live.first
+    for inst in snap.uwsgi:
+        got = instance_facts(inst)
+        if isinstance(got, SourceError):
+            inputs.append(Input("uwsgi-instance", inst.address, host=host.name,
+                                error=got.message))
+            continue
+        inputs.append(Input("uwsgi-instance", got.name, host=host.name))
+        uwsgi.append(got)
+    nginx: list[NginxFacts] = []
+    pid = nginx_master_pid(snap)
+    if discover_nginx and pid is not None:
+        path = nginx_conf_path(pid)
+        if isinstance(path, SourceError):
+            inputs.append(Input("nginx-conf", f"nginx master {pid}", host=host.name,
+                                error=path.message))
+        else:
+            try:
+                nginx.append(NginxFacts(conf=load_nginx(path), master_pid=pid,
+                                        discovered=True))
+                inputs.append(Input("nginx-conf", path, host=host.name))
+            except NginxConfError as exc:
+                inputs.append(Input("nginx-conf", path, host=host.name, error=str(exc)))
+    return HostFacts(name=host.name, uwsgi=tuple(uwsgi), nginx=tuple(nginx), live=live), inputs
+
+
+def ini_files_of(u: UwsgiFacts) -> set[str]:
+    """Real paths of every file an instance's options came from (to drop duplicates)."""
+    return {os.path.realpath(o.file) for o in u.options if o.file.startswith("/")}
+
+
+def merge_files(host: HostFacts, files_uwsgi: Sequence[UwsgiFacts],
+                files_nginx: Sequence[NginxFacts]) -> HostFacts:
+    """Add the user's files to a live host, dropping those its running processes already
+    cover (the same ini, the same nginx.conf): one finding per problem, not two."""
+    covered = set().union(*(ini_files_of(u) for u in host.uwsgi)) if host.uwsgi else set()
+    extra_u = [u for u in files_uwsgi if os.path.realpath(u.name) not in covered]
+    known = {os.path.realpath(n.conf.path) for n in host.nginx}
+    extra_n = [n for n in files_nginx if os.path.realpath(n.conf.path) not in known]
+    return replace(host, uwsgi=host.uwsgi + tuple(extra_u), nginx=host.nginx + tuple(extra_n))
+
+
+__all__ = [
+    "ConfigFileError",
+    "NginxConfError",
+    "instance_facts",
+    "live_host_facts",
+    "merge_files",
+    "nginx_conf_path",
+    "nginx_file_facts",
+    "poll_hosts",
+    "sampled_system_facts",
+    "system_facts",
+    "uwsgi_file_facts",
+]

@@ -1,0 +1,879 @@
+"""The doctor's rules: small pure functions from Facts to Findings.
+
+Each rule is registered with its id and yields zero or more findings; none does I/O, so a test
+builds a Facts (real files parsed, or objects by hand) and calls one rule. The facts behind each
+rule, and the wording of its "why", come from REFERENCE.md §2-5: the kernel caps every backlog
+at somaxconn; uWSGI refuses to start above it; the LB's idle timeout must be shorter than
+nginx's keep-alive and longer than uwsgi_read_timeout, which must be longer than harakiri;
+a graceful reload holds the listen queue for worker-reload-mercy; and so on.
+
+Where a directive is unset, its documented default is used and the evidence says so ("not set:
+nginx default"), because the default is what the running server does.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from stackmon.doctor.facts import (
+    SEVERITIES,
+    Evidence,
+    Facts,
+    Finding,
+    HostFacts,
+    NginxFacts,
+    Severity,
+    UwsgiFacts,
+)
+from stackmon.doctor.nginx_conf import (
+    DEFAULT_BACKLOG,
+    DEFAULTS,
+    Block,
+    Directive,
+    Listen,
+    NginxConf,
+    effective,
+    parse_listen,
+    parse_number,
+    parse_time,
+)
+from stackmon.model import Listener
+from stackmon.uwsgi_ini import CMDLINE, ENVIRON, Option, all_values, last, parse_int
+
+RuleFn = Callable[[Facts], Iterable[Finding]]
+
+UWSGI_DEFAULT_LISTEN = 100
+UWSGI_DEFAULT_MERCY = 60
+SOMAXCONN = "/proc/sys/net/core/somaxconn"
+NETSTAT = "/proc/net/netstat"
+FILE_NR = "/proc/sys/fs/file-nr"
+NR_OPEN = "/proc/sys/fs/nr_open"
+QUEUE_WARN = 0.8
+FDS_WARN, FDS_CRITICAL = 0.8, 0.95
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    fn: RuleFn
+    summary: str
+
+
+RULES: list[Rule] = []
+
+
+def rule(rule_id: str, summary: str) -> Callable[[RuleFn], RuleFn]:
+    """Register a rule; the id is stable (scripts filter on it), the summary is for --help
+    style listings."""
+
+    def register(fn: RuleFn) -> RuleFn:
+        RULES.append(Rule(rule_id, fn, summary))
+        return fn
+
+    return register
+
+
+def run_rules(facts: Facts, rules: Sequence[Rule] | None = None) -> list[Finding]:
+    """Every finding of every rule, most severe first, then by rule order."""
+    out: list[Finding] = []
+    for r in rules if rules is not None else RULES:
+        out.extend(r.fn(facts))
+    rank = {s: i for i, s in enumerate(SEVERITIES)}
+    order = {r.id: i for i, r in enumerate(RULES)}
+    return sorted(out, key=lambda f: (rank[f.severity], order.get(f.id, 99)))
+
+
+# ------------------------------------------------------------------ evidence helpers
+
+
+def _dedupe(evidence: Iterable[Evidence]) -> tuple[Evidence, ...]:
+    seen: set[tuple[str, int, str]] = set()
+    out = []
+    for e in evidence:
+        key = (e.file, e.line, repr(sorted(e.values.items())))
+        if key not in seen:
+            seen.add(key)
+            out.append(e)
+    return tuple(out)
+
+
+def _finding(rule_id: str, severity: Severity, title: str, evidence: Iterable[Evidence],
+             why: str, fix: str, host: HostFacts | None = None) -> Finding:
+    return Finding(rule_id, severity, title, _dedupe(evidence), why, fix,
+                   host.name if host is not None else None)
+
+
+def config_file(u: UwsgiFacts) -> str:
+    """Where an unset uWSGI option would go: the instance's first ini file, else its name."""
+    for opt in u.options:
+        if opt.file not in (CMDLINE, ENVIRON, "<default>"):
+            return opt.file
+    return u.name
+
+
+def ev_option(opt: Option, **more: Any) -> Evidence:
+    return Evidence(opt.file, opt.line, {opt.key: opt.value, **more})
+
+
+def uwsgi_int(u: UwsgiFacts, key: str, default: int | None) -> tuple[int | None, Evidence]:
+    """A uWSGI integer option as uWSGI reads it (atoi), with its evidence; unset -> default."""
+    opt = last(u.options, key)
+    if opt is None:
+        shown: Any = default if default is not None else "unset"
+        note = "not set: uWSGI default" if default is not None else "not set"
+        return default, Evidence(config_file(u), 0, {key: shown, "note": note})
+    return parse_int(opt.value)[0], ev_option(opt)
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "?"
+    return f"{value:g}s"
+
+
+def nginx_time(path: Sequence[Block], name: str,
+               conf: NginxConf) -> tuple[float | None, Evidence]:
+    """The effective nginx time directive in the innermost block of `path`, with evidence; the
+    default (and where it applies) when no enclosing block sets it."""
+    d = effective(path, name)
+    if d is None:
+        default = DEFAULTS[name]
+        where = next((b for b in path if b.kind == "http"), path[-1])
+        file = where.file if where.line else conf.path
+        return parse_time(default), Evidence(file, where.line,
+                                             {name: default, "note": "not set: nginx default"})
+    return parse_time(d.args[0] if d.args else ""), Evidence(d.file, d.line, {name: d.value})
+
+
+def _scopes(conf: NginxConf, name: str) -> list[Sequence[Block]]:
+    """Where an http-level directive decides behaviour: every server, plus every deeper block
+    that sets it explicitly."""
+    paths: list[Sequence[Block]] = list(conf.servers())
+    for d, path in conf.directives(name):
+        if path[-1].kind not in ("http", "server", "main") and any(b.kind == "http" for b in path):
+            paths.append(path)
+        del d
+    return paths
+
+
+def uwsgi_pass_locations(conf: NginxConf) -> list[tuple[Directive, Sequence[Block]]]:
+    return [(d, p) for d, p in conf.directives("uwsgi_pass") if d.args]
+
+
+def _pass_targets(conf: NginxConf, d: Directive) -> list[str]:
+    """The addresses a uwsgi_pass sends to: itself, or its upstream block's servers."""
+    target = d.args[0]
+    if target.startswith("uwsgi://"):
+        target = target[8:]
+    ups = conf.upstreams().get(target)
+    if ups is not None:
+        return [s.args[0] for s in ups.all("server") if s.args]
+    return [target]
+
+
+def _norm_host(host: str) -> str:
+    host = host.strip("[]")
+    return "127.0.0.1" if host in ("localhost", "::1") else host
+
+
+def address_matches(nginx_target: str, uwsgi_socket: str) -> bool:
+    """Does nginx's `uwsgi_pass` target reach this uWSGI socket option value?"""
+    if nginx_target.startswith("unix:"):
+        path = nginx_target[5:]
+        return (not uwsgi_socket.startswith("@") and ":" not in uwsgi_socket
+                and os.path.normpath(path) == os.path.normpath(uwsgi_socket))
+    if ":" not in uwsgi_socket or uwsgi_socket.startswith("/"):
+        return False
+    nhost, _, nport = nginx_target.rpartition(":")
+    uhost, _, uport = uwsgi_socket.rpartition(":")
+    if nport != uport:
+        return False
+    uhost = _norm_host(uhost)
+    return uhost in ("", "0.0.0.0", "*", "::") or uhost == _norm_host(nhost)
+
+
+UWSGI_SOCKET_KEYS = ("socket", "uwsgi-socket", "suwsgi-socket", "shared-socket")
+
+
+def uwsgi_sockets(u: UwsgiFacts) -> list[str]:
+    names = [o.value for k in UWSGI_SOCKET_KEYS for o in all_values(u.options, k)]
+    if u.live is not None:
+        names += [s.name for s in u.live.sockets]
+    return names
+
+
+def locations_for(host: HostFacts, u: UwsgiFacts) -> list[tuple[NginxFacts, Directive,
+                                                                 Sequence[Block]]]:
+    """The nginx locations that pass to this uWSGI. When no location of the host can be tied to
+    any of its uWSGI configs (files given without matching addresses), all of them: the doctor
+    then assumes the one nginx serves the one uWSGI, and says so in the evidence."""
+    all_locs = [(n, d, p) for n in host.nginx for d, p in uwsgi_pass_locations(n.conf)]
+    socks = uwsgi_sockets(u)
+
+    def reaches(n: NginxFacts, d: Directive, sockets: list[str]) -> bool:
+        return any(address_matches(t, s) for t in _pass_targets(n.conf, d) for s in sockets)
+
+    mine = [(n, d, p) for n, d, p in all_locs if reaches(n, d, socks)]
+    if mine:
+        return mine
+    anyone = any(reaches(n, d, uwsgi_sockets(other)) for other in host.uwsgi
+                 for n, d, p in all_locs)
+    return [] if anyone else all_locs
+
+
+def _nginx_proxies(conf: NginxConf) -> bool:
+    return any(True for name in ("uwsgi_pass", "proxy_pass", "fastcgi_pass", "grpc_pass")
+               for _ in conf.directives(name))
+
+
+def _listens(conf: NginxConf) -> list[Listen]:
+    out = []
+    for d, path in conf.directives("listen"):
+        if path[-1].kind == "server":
+            parsed = parse_listen(d)
+            if parsed is not None:
+                out.append(parsed)
+    return out
+
+
+def _worker_count(host: HostFacts, worker_processes: str) -> int:
+    """worker_processes as a number: "auto" is the live worker count when polled, else the
+    CPU count (what nginx would start here)."""
+    if worker_processes != "auto":
+        return parse_number(worker_processes) or 1
+    if host.live is not None:
+        n = sum(1 for p in host.live.latest.fds.processes if p.role == "nginx-worker")
+        if n:
+            return n
+    return os.cpu_count() or 1
+
+
+def _worker_fd_limit(host: HostFacts) -> tuple[int | None, Evidence | None]:
+    """The soft fd limit of the monitored nginx's workers, from the live poll."""
+    if host.live is None:
+        return None, None
+    procs = [p for p in host.live.latest.fds.processes if p.role == "nginx-worker" and p.limit]
+    if not procs:
+        return None, None
+    worst = min(procs, key=lambda p: p.limit)
+    return worst.limit, Evidence(f"/proc/{worst.pid}/limits", 0,
+                                 {"max_open_files": worst.limit, "role": "nginx-worker",
+                                  "host": host.name})
+
+
+# ------------------------------------------------------------------ uWSGI vs the kernel
+
+
+@rule("uwsgi.listen-vs-somaxconn", "uWSGI listen larger than net.core.somaxconn")
+def listen_vs_somaxconn(facts: Facts) -> Iterator[Finding]:
+    smax = facts.system.somaxconn
+    if smax is None:
+        return
+    for host in facts.hosts:
+        for u in host.uwsgi:
+            listen, ev = uwsgi_int(u, "listen", UWSGI_DEFAULT_LISTEN)
+            if listen is None or listen <= smax:
+                continue
+            yield _finding(
+                "uwsgi.listen-vs-somaxconn", "critical",
+                f"uWSGI listen {listen} is above net.core.somaxconn {smax}",
+                [ev, Evidence(SOMAXCONN, 0, {"somaxconn": smax})],
+                "The kernel caps every listen() backlog at net.core.somaxconn, and uWSGI "
+                "refuses to start when `listen` is larger (\"Listen queue size is greater "
+                "than the system max net.core.somaxconn\"): the next restart fails.",
+                f"sysctl -w net.core.somaxconn={listen} (persist it in /etc/sysctl.d/), or "
+                f"set listen = {smax} or less in {os.path.basename(config_file(u))}.",
+                host)
+
+
+@rule("nginx.backlog-vs-somaxconn", "nginx listen backlog larger than net.core.somaxconn")
+def backlog_vs_somaxconn(facts: Facts) -> Iterator[Finding]:
+    smax = facts.system.somaxconn
+    if smax is None:
+        return
+    for host in facts.hosts:
+        for n in host.nginx:
+            over = []
+            for li in _listens(n.conf):
+                backlog = li.backlog if li.backlog is not None else DEFAULT_BACKLOG
+                if backlog > smax:
+                    values: dict[str, Any] = {"listen": li.directive.value}
+                    if li.backlog is None:
+                        values["backlog"] = DEFAULT_BACKLOG
+                        values["note"] = "backlog not set: nginx default"
+                    over.append((backlog, Evidence(li.directive.file, li.directive.line,
+                                                   values)))
+            if not over:
+                continue
+            want = max(b for b, _ in over)
+            yield _finding(
+                "nginx.backlog-vs-somaxconn", "warn",
+                f"nginx listen backlog {want} is above net.core.somaxconn {smax}",
+                [*(e for _, e in over), Evidence(SOMAXCONN, 0, {"somaxconn": smax})],
+                "The kernel silently caps a listen() backlog at net.core.somaxconn, so "
+                "nginx's accept queue is shorter than configured; a raised somaxconn only "
+                "applies when nginx calls listen() again (restart).",
+                f"sysctl -w net.core.somaxconn={want} (persist it in /etc/sysctl.d/), then "
+                "restart nginx; or lower backlog= to the somaxconn value.",
+                host)
+
+
+def _configured_backlog(n: NginxFacts, listener: Listener) -> tuple[int, Evidence] | None:
+    lhost, _, lport = listener.address.rpartition(":")
+    for li in _listens(n.conf):
+        if li.host.startswith("unix:"):
+            if listener.kind == "unix" and li.host[5:] == listener.address:
+                break
+            continue
+        if listener.kind != "tcp" or str(li.port) != lport:
+            continue
+        if li.host and _norm_host(li.host) != _norm_host(lhost.strip("[]")):
+            continue
+        break
+    else:
+        return None
+    backlog = li.backlog if li.backlog is not None else DEFAULT_BACKLOG
+    values: dict[str, Any] = {"listen": li.directive.value}
+    if li.backlog is None:
+        values["backlog"] = DEFAULT_BACKLOG
+        values["note"] = "backlog not set: nginx default"
+    return backlog, Evidence(li.directive.file, li.directive.line, values)
+
+
+@rule("live.backlog-capped", "a live listener got a smaller backlog than configured")
+def backlog_capped(facts: Facts) -> Iterator[Finding]:
+    for host in facts.hosts:
+        if host.live is None:
+            continue
+        snap = host.live.latest
+        for u in host.uwsgi:
+            if u.live is None:
+                continue
+            listen, ev = uwsgi_int(u, "listen", UWSGI_DEFAULT_LISTEN)
+            if listen is None:
+                continue
+            short = [s for s in u.live.sockets if 0 < s.max_queue < listen]
+            if not short:
+                continue
+            got = min(s.max_queue for s in short)
+            yield _finding(
+                "live.backlog-capped", "warn",
+                f"uWSGI sockets run with backlog {got}, configured listen {listen}",
+                [ev, *(Evidence(f"live {u.stats_address or u.name}", 0,
+                                {"socket": s.name, "backlog": s.max_queue, "source": s.source})
+                       for s in short),
+                 Evidence(SOMAXCONN, 0, {"somaxconn": facts.system.somaxconn})],
+                "A backlog is fixed when the socket calls listen(): the kernel capped it at "
+                "the net.core.somaxconn of that moment, so the queue in front of the workers "
+                "is shorter than configured.",
+                f"sysctl -w net.core.somaxconn={listen}, then restart uWSGI (stop and start: "
+                "a reload keeps the old listening sockets).",
+                host)
+        for n in host.nginx:
+            rows = []
+            for li in snap.listeners:
+                if li.owner != "nginx":
+                    continue
+                conf = _configured_backlog(n, li)
+                if conf is not None and 0 < li.backlog < conf[0]:
+                    rows.append((conf, li))
+            if not rows:
+                continue
+            want = max(c[0] for c, _ in rows)
+            evidence = []
+            for (_, cev), li in rows:
+                evidence += [cev, Evidence(f"live {host.name}", 0,
+                                           {"listener": li.address, "backlog": li.backlog})]
+            yield _finding(
+                "live.backlog-capped", "warn",
+                f"nginx listeners run with a smaller backlog than configured ({want})",
+                evidence,
+                "A backlog is fixed when the socket calls listen(): the kernel capped it at "
+                "the net.core.somaxconn of that moment, so nginx's accept queue is shorter "
+                "than configured.",
+                f"sysctl -w net.core.somaxconn={want}, then restart nginx.",
+                host)
+
+
+@rule("live.listen-queue-full", "a listen queue is full (or nearly) right now")
+def listen_queue_full(facts: Facts) -> Iterator[Finding]:
+    for host in facts.hosts:
+        if host.live is None:
+            continue
+        snaps = [s for s in (host.live.first, host.live.second) if s is not None]
+        worst: dict[str, tuple[int, int, str, str]] = {}
+        for snap in snaps:
+            for li in snap.listeners:
+                key = f"{li.kind}:{li.address}"
+                if li.backlog > 0 and (key not in worst or li.queue > worst[key][0]):
+                    worst[key] = (li.queue, li.backlog, li.owner or "?", "kernel")
+            for inst in snap.uwsgi:
+                for s in inst.sockets:
+                    key = f"{'unix' if s.name.startswith('/') else 'tcp'}:{s.name}"
+                    if s.max_queue > 0 and key not in worst:
+                        worst[key] = (s.queue, s.max_queue, "uwsgi", s.source)
+        for key, (queue, backlog, owner, source) in worst.items():
+            ratio = queue / backlog
+            if ratio < QUEUE_WARN:
+                continue
+            address = key.split(":", 1)[1]
+            full = queue >= backlog
+            unix = key.startswith("unix:")
+            if owner == "nginx":
+                why = ("nginx is not accepting as fast as clients connect (workers out of "
+                       "connections or fds, or blocked): the kernel drops new connections "
+                       "once the queue is full.")
+                fix = ("Check nginx's worker_connections and fd limits (findings above), and "
+                       "the accepts/handled counters.")
+            else:
+                why = ("Every uWSGI worker is busy and requests wait in the socket's backlog; "
+                       "once it is full, new connections fail: over a unix socket nginx's "
+                       "connect() gets EAGAIN and answers 502 at once, over TCP it waits "
+                       "until uwsgi_connect_timeout (504).")
+                fix = ("Find what holds the workers (stuck requests and their ages: "
+                       "`stackmon`), bound them with harakiri, add workers or threads; raise "
+                       "listen only together with net.core.somaxconn.")
+            yield _finding(
+                "live.listen-queue-full", "critical" if full else "warn",
+                f"{owner} listen queue {'full' if full else 'nearly full'}: "
+                f"{queue}/{backlog} on {address}",
+                [Evidence(f"live {host.name}", 0,
+                          {"address": address, "queue": queue, "backlog": backlog,
+                           "kind": "unix" if unix else "tcp", "source": source})],
+                why, fix, host)
+
+
+@rule("kernel.listen-overflows", "TcpExt ListenOverflows rising between two samples")
+def listen_overflows(facts: Facts) -> Iterator[Finding]:
+    first, second = facts.system.listen_overflows
+    if first is None or second is None or second <= first:
+        return
+    delta = second - first
+    yield _finding(
+        "kernel.listen-overflows", "critical",
+        f"ListenOverflows rose by {delta} in {facts.system.overflow_interval:.1f} s",
+        [Evidence(NETSTAT, 0, {"ListenOverflows_before": first, "ListenOverflows_after": second,
+                               "interval_s": round(facts.system.overflow_interval, 2)})],
+        "TcpExt ListenOverflows counts TCP connections dropped because an accept queue was "
+        "full (all listeners in this network namespace); it rose during the check, so "
+        "clients are being refused now.",
+        "Find the full queue (live.listen-queue-full above, or `ss -ltn`: Recv-Q vs Send-Q) "
+        "and free its workers; raise its backlog together with net.core.somaxconn.")
+
+
+# ------------------------------------------------------------------ fds
+
+
+@rule("nginx.worker-connections-vs-fd-limit", "worker_connections above the workers' fd limit")
+def worker_connections_vs_fds(facts: Facts) -> Iterator[Finding]:
+    for host in facts.hosts:
+        for n in host.nginx:
+            conf = n.conf
+            events = conf.block("events")
+            wc_dir = events.get("worker_connections") if events else None
+            wc = parse_number(wc_dir.args[0]) if wc_dir and wc_dir.args else 512
+            if wc is None:
+                continue
+            wc_ev = (Evidence(wc_dir.file, wc_dir.line, {"worker_connections": wc})
+                     if wc_dir else Evidence(conf.path, events.line if events else 0,
+                                             {"worker_connections": 512,
+                                              "note": "not set: nginx default"}))
+            limit, limit_ev = _worker_fd_limit(host)
+            rl = conf.main("worker_rlimit_nofile")
+            if limit is None and rl is not None and rl.args:
+                limit = parse_number(rl.args[0])
+                limit_ev = Evidence(rl.file, rl.line, {"worker_rlimit_nofile": rl.value})
+            if limit is None or limit_ev is None:
+                continue
+            wp = conf.main("worker_processes")
+            procs = wp.args[0] if wp and wp.args else "1"
+            nproc = _worker_count(host, procs)
+            capacity = nproc * wc // 2
+            if limit < wc:
+                yield _finding(
+                    "nginx.worker-connections-vs-fd-limit", "warn",
+                    f"nginx workers may open {limit} fds but allow {wc} connections",
+                    [wc_ev, limit_ev],
+                    "Every connection is a file descriptor: when fds run out first, accept() "
+                    "fails, nginx's accepts stop growing and its own listen queue fills, "
+                    "instead of the clear \"worker_connections are not enough\".",
+                    f"worker_rlimit_nofile {2 * wc}; in the main context of nginx.conf (and "
+                    "keep it within fs.nr_open).",
+                    host)
+            elif limit < 2 * wc and _nginx_proxies(conf):
+                yield _finding(
+                    "nginx.fd-limit-vs-proxying", "info",
+                    f"nginx fd limit {limit} is under 2 x worker_connections ({2 * wc})",
+                    [wc_ev, limit_ev, Evidence(conf.path, wp.line if wp else 0,
+                                               {"worker_processes": procs,
+                                                "proxied_clients_capacity": capacity})],
+                    "A proxied request holds two connections (client and upstream; "
+                    "uwsgi_pass has no upstream keep-alive), and buffered bodies open temp "
+                    f"files too: about {capacity} concurrent clients fit, and fds can run out "
+                    "before connections do.",
+                    f"worker_rlimit_nofile {2 * wc}; (main context).",
+                    host)
+
+
+@rule("nginx.rlimit-vs-nr-open", "worker_rlimit_nofile above fs.nr_open")
+def rlimit_vs_nr_open(facts: Facts) -> Iterator[Finding]:
+    nr_open = facts.system.nr_open
+    if not nr_open:
+        return
+    for host in facts.hosts:
+        for n in host.nginx:
+            rl = n.conf.main("worker_rlimit_nofile")
+            value = parse_number(rl.args[0]) if rl and rl.args else None
+            if rl is None or value is None or value <= nr_open:
+                continue
+            yield _finding(
+                "nginx.rlimit-vs-nr-open", "warn",
+                f"worker_rlimit_nofile {value} is above fs.nr_open {nr_open}",
+                [Evidence(rl.file, rl.line, {"worker_rlimit_nofile": value}),
+                 Evidence(NR_OPEN, 0, {"nr_open": nr_open})],
+                "No process may raise its fd limit above fs.nr_open: nginx's setrlimit() "
+                "fails (\"Operation not permitted\" in the error log) and the workers keep "
+                "the limit they inherited.",
+                f"sysctl -w fs.nr_open={value} (persist it), or worker_rlimit_nofile "
+                f"{nr_open};",
+                host)
+
+
+@rule("kernel.file-nr-near-max", "system-wide open files near fs.file-max")
+def file_nr_near_max(facts: Facts) -> Iterator[Finding]:
+    used, maximum = facts.system.file_nr, facts.system.file_max
+    if not used or not maximum:
+        return
+    ratio = used / maximum
+    if ratio < FDS_WARN:
+        return
+    yield _finding(
+        "kernel.file-nr-near-max", "critical" if ratio >= FDS_CRITICAL else "warn",
+        f"{used} of {maximum} system file handles in use ({ratio:.0%})",
+        [Evidence(FILE_NR, 0, {"allocated": used, "file_max": maximum})],
+        "When fs.file-max is reached every process's open() and accept() fail with ENFILE, "
+        "whatever its own limit.",
+        f"sysctl -w fs.file-max={maximum * 2} (persist it), and find the process holding "
+        "the fds (stackmon's fd gauges).")
+
+
+@rule("live.fds-near-limit", "a monitored process is close to its fd limit")
+def fds_near_limit(facts: Facts) -> Iterator[Finding]:
+    for host in facts.hosts:
+        if host.live is None:
+            continue
+        for p in host.live.latest.fds.processes:
+            if not p.limit or p.open / p.limit < FDS_WARN:
+                continue
+            ratio = p.open / p.limit
+            yield _finding(
+                "live.fds-near-limit", "critical" if ratio >= FDS_CRITICAL else "warn",
+                f"{p.role} {p.pid} has {p.open} of {p.limit} fds open ({ratio:.0%})",
+                [Evidence(f"/proc/{p.pid}/limits", 0,
+                          {"open": p.open, "max_open_files": p.limit, "role": p.role})],
+                "At the limit accept() fails with EMFILE: nginx stops accepting (its queue "
+                "fills), a uWSGI worker cannot open files or sockets.",
+                "Raise the limit (worker_rlimit_nofile for nginx; LimitNOFILE= in the "
+                "systemd unit or max-fd for uWSGI) and look for leaked connections.",
+                host)
+
+
+@rule("nginx.accepts-not-handled", "nginx accepted connections it could not handle")
+def accepts_not_handled(facts: Facts) -> Iterator[Finding]:
+    for host in facts.hosts:
+        if host.live is None:
+            continue
+        first = host.live.first.nginx
+        second = host.live.second.nginx if host.live.second is not None else None
+        latest = second or first
+        if latest is None or latest.dropped <= 0:
+            continue
+        rising = first is not None and second is not None and second.dropped > first.dropped
+        values: dict[str, Any] = {"accepts": latest.accepts, "handled": latest.handled,
+                                  "dropped": latest.dropped}
+        if rising and first is not None:
+            values["dropped_before"] = first.dropped
+            values["interval_s"] = round(host.live.interval, 2)
+        yield _finding(
+            "nginx.accepts-not-handled", "critical" if rising else "warn",
+            f"nginx dropped {latest.dropped} accepted connections"
+            + (" (rising now)" if rising else " (since start)"),
+            [Evidence(latest.url, 0, values)],
+            "accepts - handled grows only when a worker has no free worker_connections: "
+            "those clients were accepted and closed at once.",
+            "Raise worker_connections (and worker_rlimit_nofile to 2x it), or add "
+            "worker_processes.",
+            host)
+
+
+# ------------------------------------------------------------------ the LB's timeouts
+
+
+def _lb_time_rule(facts: Facts, rule_id: str, names: Sequence[str], title: str, why: str,
+                  fix: str, compare: Callable[[float, float], bool],
+                  scopes: Callable[[NginxConf, str], list[Sequence[Block]]]
+                  ) -> Iterator[Finding]:
+    idle = facts.lb.idle_timeout
+    for host in facts.hosts:
+        for n in host.nginx:
+            evidence: list[Evidence] = []
+            for name in names:
+                for path in scopes(n.conf, name):
+                    value, ev = nginx_time(path, name, n.conf)
+                    if value is None or value == 0 or not compare(value, idle):
+                        continue
+                    evidence.append(ev)
+            if evidence:
+                evidence.append(Evidence("load balancer", 0, {"idle_timeout": _seconds(idle)}))
+                yield _finding(rule_id, "warn", title.format(idle=_seconds(idle)), evidence,
+                               why, fix.format(idle=idle, longer=int(idle) + 15,
+                                               shorter=max(1, int(idle) - 5)), host)
+
+
+def _location_scopes(conf: NginxConf, name: str) -> list[Sequence[Block]]:
+    del name
+    return [p for _, p in uwsgi_pass_locations(conf)]
+
+
+@rule("nginx.keepalive-vs-lb-idle", "keepalive_timeout not longer than the LB idle timeout")
+def keepalive_vs_idle(facts: Facts) -> Iterator[Finding]:
+    yield from _lb_time_rule(
+        facts, "nginx.keepalive-vs-lb-idle", ["keepalive_timeout"],
+        "nginx keepalive_timeout is not longer than the LB idle timeout {idle}",
+        "The backend's keep-alive must outlast the LB's idle timeout: otherwise nginx closes "
+        "an idle connection the LB still thinks is open, the LB sends the next request on it "
+        "and answers 502.",
+        "keepalive_timeout {longer}s; (in http {{}}: longer than the LB idle timeout).",
+        lambda v, idle: v <= idle, _scopes)
+
+
+@rule("nginx.client-timeouts-vs-lb-idle",
+      "client_header_timeout / client_body_timeout not longer than the LB idle timeout")
+def client_timeouts_vs_idle(facts: Facts) -> Iterator[Finding]:
+    yield from _lb_time_rule(
+        facts, "nginx.client-timeouts-vs-lb-idle",
+        ["client_header_timeout", "client_body_timeout"],
+        "nginx client timeouts are not longer than the LB idle timeout {idle}",
+        "A connection the LB opened but has not used yet (or a body it is still relaying) is "
+        "closed by nginx after these timeouts; when they are not longer than the LB's idle "
+        "timeout the LB can send on a connection nginx is closing: 502. The defaults (60 s) "
+        "equal the LB's 60 s.",
+        "client_header_timeout {longer}s; client_body_timeout {longer}s; (in http {{}}).",
+        lambda v, idle: v <= idle, _scopes)
+
+
+@rule("nginx.read-timeout-vs-lb-idle", "uwsgi_read_timeout at or past the LB idle timeout")
+def read_timeout_vs_idle(facts: Facts) -> Iterator[Finding]:
+    yield from _lb_time_rule(
+        facts, "nginx.read-timeout-vs-lb-idle", ["uwsgi_read_timeout"],
+        "uwsgi_read_timeout is at or past the LB idle timeout {idle}",
+        "The LB answers 504 when no response comes within its idle timeout. With "
+        "uwsgi_read_timeout at or above it the LB gives up first: the client gets the LB's "
+        "504 while nginx and the worker keep going, and nothing in nginx's log says why.",
+        "uwsgi_read_timeout {shorter}s; (below the LB idle timeout, above harakiri), or "
+        "raise the LB idle timeout.",
+        lambda v, idle: v >= idle, _location_scopes)
+
+
+@rule("nginx.connect-timeout-over-75s", "uwsgi_connect_timeout over 75 s")
+def connect_timeout_over_75(facts: Facts) -> Iterator[Finding]:
+    for host in facts.hosts:
+        for n in host.nginx:
+            evidence = []
+            for d, _path in n.conf.directives("uwsgi_connect_timeout"):
+                value = parse_time(d.args[0]) if d.args else None
+                if value is not None and value > 75:
+                    evidence.append(Evidence(d.file, d.line, {"uwsgi_connect_timeout": d.value}))
+            if evidence:
+                yield _finding(
+                    "nginx.connect-timeout-over-75s", "warn",
+                    "uwsgi_connect_timeout is over 75 s",
+                    evidence,
+                    "nginx documents that a connect timeout usually cannot exceed 75 s (the "
+                    "kernel gives up on the SYN first); with a full TCP queue nginx waits that "
+                    "long before its 504, long after the LB gave up.",
+                    "uwsgi_connect_timeout 10s; (a local uWSGI accepts in milliseconds when it "
+                    "can).",
+                    host)
+
+
+# ------------------------------------------------------------------ uWSGI workers and reloads
+
+
+def _read_timeouts(host: HostFacts, u: UwsgiFacts) -> list[tuple[float, Evidence]]:
+    out = []
+    for n, _d, path in locations_for(host, u):
+        value, ev = nginx_time(path, "uwsgi_read_timeout", n.conf)
+        if value is not None:
+            out.append((value, ev))
+    return out
+
+
+@rule("uwsgi.harakiri-unset", "no harakiri: a stuck request holds its worker forever")
+def harakiri_unset(facts: Facts) -> Iterator[Finding]:
+    for host in facts.hosts:
+        for u in host.uwsgi:
+            harakiri, ev = uwsgi_int(u, "harakiri", None)
+            if harakiri:
+                continue
+            timeouts = _read_timeouts(host, u)
+            ceiling = min([t for t, _ in timeouts] + [facts.lb.idle_timeout])
+            suggest = max(1, int(ceiling) - 10)
+            if harakiri == 0 and ev.line:
+                ev = Evidence(ev.file, ev.line, {**ev.values, "note": "0 disables harakiri"})
+            else:
+                ev = Evidence(ev.file, ev.line, {"harakiri": "unset",
+                                                 "note": "not set: off by default"})
+            yield _finding(
+                "uwsgi.harakiri-unset", "warn",
+                f"harakiri is off in {u.name}",
+                [ev, *(e for _, e in timeouts)],
+                "Without harakiri nothing bounds a request: a stuck one holds its worker "
+                "until someone kills it, and enough of them fill the listen queue. "
+                "nginx's timeout only drops the client side.",
+                f"harakiri = {suggest} (shorter than uwsgi_read_timeout, which is shorter "
+                "than the LB idle timeout).",
+                host)
+
+
+@rule("uwsgi.harakiri-vs-read-timeout", "harakiri not shorter than uwsgi_read_timeout")
+def harakiri_vs_read_timeout(facts: Facts) -> Iterator[Finding]:
+    for host in facts.hosts:
+        for u in host.uwsgi:
+            harakiri, ev = uwsgi_int(u, "harakiri", None)
+            if not harakiri:
+                continue
+            longer = [(t, e) for t, e in _read_timeouts(host, u) if harakiri >= t]
+            if not longer:
+                continue
+            shortest = min(t for t, _ in longer)
+            yield _finding(
+                "uwsgi.harakiri-vs-read-timeout", "warn",
+                f"harakiri {harakiri}s is not shorter than uwsgi_read_timeout "
+                f"{_seconds(shortest)}",
+                [ev, *(e for _, e in longer)],
+                "nginx gives up first (504) while the worker keeps running the request until "
+                "harakiri: the client has its error, the worker stays busy for nothing. "
+                "The order to keep: harakiri < uwsgi_read_timeout < LB idle timeout.",
+                f"harakiri = {max(1, int(shortest) - 5)} in "
+                f"{os.path.basename(config_file(u))}, or raise uwsgi_read_timeout (while "
+                "keeping it below the LB idle timeout).",
+                host)
+
+
+@rule("uwsgi.reload-mercy-vs-health-check",
+      "a graceful reload can outlast the LB health check's window")
+def mercy_vs_health(facts: Facts) -> Iterator[Finding]:
+    lb = facts.lb
+    window = lb.health_window
+    for host in facts.hosts:
+        for u in host.uwsgi:
+            mercy, ev = uwsgi_int(u, "worker-reload-mercy", UWSGI_DEFAULT_MERCY)
+            if mercy is None or mercy < window:
+                continue
+            yield _finding(
+                "uwsgi.reload-mercy-vs-health-check", "warn",
+                f"a reload may hold requests {mercy}s + app start-up; the LB allows "
+                f"{_seconds(window)}",
+                [ev, Evidence("load balancer", 0,
+                              {"health_timeout": _seconds(lb.health_timeout),
+                               "health_interval": _seconds(lb.health_interval),
+                               "unhealthy_threshold": lb.unhealthy_threshold,
+                               "window": _seconds(window)})],
+                "During a graceful reload busy workers get worker-reload-mercy to finish while "
+                "new requests (health checks too) wait in the listen queue; the LB marks the "
+                f"host out after {lb.unhealthy_threshold} failed checks "
+                f"{_seconds(lb.health_interval)} apart, so a reload with a stuck request takes "
+                "the host out of service.",
+                f"worker-reload-mercy = {max(5, int(window / 2))} with harakiri bounding "
+                "requests, or reload with a chain reload (master FIFO `c`), which keeps other "
+                "workers accepting.",
+                host)
+
+
+@rule("uwsgi.max-requests-without-delta", "max-requests without max-requests-delta")
+def max_requests_without_delta(facts: Facts) -> Iterator[Finding]:
+    for host in facts.hosts:
+        for u in host.uwsgi:
+            mr, ev = uwsgi_int(u, "max-requests", None)
+            if not mr or last(u.options, "max-requests-delta") is not None:
+                continue
+            yield _finding(
+                "uwsgi.max-requests-without-delta", "warn",
+                f"max-requests {mr} without max-requests-delta",
+                [ev],
+                "Workers started together reach max-requests together and recycle at the "
+                "same moment, each reloading the app: capacity drops to zero for the start-up "
+                "time and the listen queue fills.",
+                f"max-requests-delta = {max(1, mr // 20)} (worker N recycles after "
+                "max-requests + N x delta).",
+                host)
+
+
+_INT_OPTIONS = ("listen", "harakiri", "worker-reload-mercy", "reload-mercy", "max-requests",
+                "max-requests-delta", "processes", "workers", "threads", "socket-timeout",
+                "max-fd", "reload-on-rss", "evil-reload-on-rss")
+
+
+@rule("uwsgi.number-with-text", "an integer option with text uWSGI ignores")
+def number_with_text(facts: Facts) -> Iterator[Finding]:
+    for host in facts.hosts:
+        for u in host.uwsgi:
+            for key in _INT_OPTIONS:
+                for opt in all_values(u.options, key):
+                    number, clean = parse_int(opt.value)
+                    if clean:
+                        continue
+                    yield _finding(
+                        "uwsgi.number-with-text", "warn",
+                        f"uWSGI reads {key} = {opt.value!r} as {number}",
+                        [ev_option(opt, read_as=number)],
+                        "uWSGI reads integer options with atoi(): it stops at the first "
+                        "non-digit, so units and trailing comments are silently dropped "
+                        "(\"2m\" is 2 seconds) and there are no inline comments in ini files.",
+                        f"{key} = <plain number> (seconds for timeouts), with any comment on "
+                        "its own line.",
+                        host)
+
+
+@rule("uwsgi.no-stats", "no stats server")
+def no_stats(facts: Facts) -> Iterator[Finding]:
+    for host in facts.hosts:
+        for u in host.uwsgi:
+            if last(u.options, "stats") is not None or u.stats_address:
+                continue
+            yield _finding(
+                "uwsgi.no-stats", "warn",
+                f"no stats server in {u.name}",
+                [Evidence(config_file(u), 0, {"stats": "unset"})],
+                "Without `stats` nothing (stackmon, uwsgitop, exporters) can see the workers, "
+                "the requests in flight or their ages, which is what an outage needs first.",
+                "stats = 127.0.0.1:9002 (loopback; add stats-http = true to serve it as HTTP).",
+                host)
+
+
+@rule("nginx.unix-upstream", "uwsgi_pass over a unix socket: only the kernel sees its queue")
+def unix_upstream(facts: Facts) -> Iterator[Finding]:
+    for host in facts.hosts:
+        for n in host.nginx:
+            evidence = []
+            for d, _path in uwsgi_pass_locations(n.conf):
+                for target in _pass_targets(n.conf, d):
+                    if target.startswith("unix:"):
+                        evidence.append(Evidence(d.file, d.line, {"uwsgi_pass": d.value,
+                                                                  "socket": target[5:]}))
+            if evidence:
+                yield _finding(
+                    "nginx.unix-upstream", "info",
+                    "nginx reaches uWSGI over a unix socket",
+                    evidence,
+                    "uWSGI's stats report queue 0/0 for unix sockets, so the backlog in front "
+                    "of the workers is visible only to the kernel (stackmon reads it through "
+                    "sock_diag); when it is full nginx's connect() fails at once: 502, not a "
+                    "wait.",
+                    "Nothing to change: watch the socket's queue in stackmon (source: kernel) "
+                    "or with `ss -lx`.",
+                    host)
