@@ -5,6 +5,7 @@ that untrusted text stays text."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 import pytest
 from rich.cells import cell_len
@@ -765,16 +766,19 @@ def test_listen_queue_items() -> None:
         uwsgi=(instance(sockets=[Socket("/run/app.sock", "uwsgi", 97, 100, source="kernel"),
                                  Socket("127.0.0.1:3031", "uwsgi", 3, 4096)]),),
         listeners=(Listener("0.0.0.0:80", "tcp", "nginx", 2, 511),
-                   Listener("/run/app.sock", "unix", "uwsgi", 97, 100)),
+                   Listener("/run/app.sock", "unix", "uwsgi", 97, 100),
+                   Listener("10.1.2.3:9002", "tcp", "uwsgi", 0, 100)),
         kernel=KernelCounters(somaxconn=4096, listen_overflows=0, listen_drops=0),
     )
+    h = replace(h, uwsgi=(replace(h.uwsgi[0], address="10.1.2.3:9002"),))
     items = listen_queue_items(h)
     assert [(i.label, i.value, i.limit, i.note) for i in items] == [
-        ("uwsgi /run/app.sock", 97, 100, "(kernel)"),
-        ("uwsgi 127.0.0.1:3031", 3, 4096, "somaxconn 4096"),
-        ("nginx 0.0.0.0:80", 2, 511, ""),
+        ("uwsgi app.sock", 97, 100, "(kernel)"),
+        ("uwsgi :3031", 3, 4096, "somaxconn 4096"),
+        ("nginx :80", 2, 511, ""),
+        ("stats 10.1.2.3:9002", 0, 100, ""),  # the stats server's own listener, named so
     ]
-    assert len({i.key for i in items}) == 3
+    assert len({i.key for i in items}) == 4
 
 
 def test_fd_items() -> None:

@@ -153,7 +153,7 @@ class HostPane(TabPane):
         workers.set_workers(inst.workers if inst else (), now)
         somax = snap.kernel.somaxconn
         self.query_one("#queues-title", Line).show(
-            f"Listen queues  (somaxconn {somax})" if somax else "Listen queues")
+            f"Listen queues · somaxconn {somax}" if somax else "Listen queues")
         self.query_one("#queues", GaugeList).set_items(listen_queue_items(snap))
         self.query_one("#fds", GaugeList).set_items(fd_items(snap.fds))
         nginx_error = next((e.message for e in snap.errors if e.source.startswith("nginx")),

@@ -389,6 +389,17 @@ _ROLE_LABELS = {
 }
 
 
+def short_address(address: str) -> str:
+    """What fits a gauge label: a unix socket's file name, a loopback or wildcard TCP
+    listener's port (`:8080`); other addresses whole."""
+    if address.startswith(("/", ".")) or "/" in address:
+        return address.rstrip("/").rsplit("/", 1)[-1] or address
+    host, sep, port = address.rpartition(":")
+    if sep and host in ("127.0.0.1", "0.0.0.0", "[::]", "[::1]", "*", ""):
+        return f":{port}"
+    return address
+
+
 def listen_queue_items(host: HostSnapshot) -> list[GaugeItem]:
     """Accept queues against their backlog: every uWSGI socket (the kernel's figures for unix
     sockets, noted "(kernel)"), then the kernel's listeners not already shown (nginx's own).
@@ -404,16 +415,20 @@ def listen_queue_items(host: HostSnapshot) -> list[GaugeItem]:
                 notes.append("(kernel)")
             if somaxconn and sock.max_queue == somaxconn:
                 notes.append(f"somaxconn {somaxconn}")
-            items.append(GaugeItem(f"uwsgi:{index}:{sock.name}", f"{prefix} {sock.name}",
+            items.append(GaugeItem(f"uwsgi:{index}:{sock.name}",
+                                   f"{prefix} {short_address(sock.name)}",
                                    sock.queue, sock.max_queue, " ".join(notes)))
             shown.add(sock.name)
+    stats = {u.address for u in host.uwsgi}
     for listener in host.listeners:
         if listener.owner == "uwsgi" and listener.address in shown:
             continue
         owner = listener.owner or "other"
+        if listener.owner == "uwsgi" and listener.address in stats:
+            owner = "stats"  # the stats server's own socket
         note = f"somaxconn {somaxconn}" if somaxconn and listener.backlog == somaxconn else ""
         items.append(GaugeItem(f"listen:{listener.kind}:{listener.address}",
-                               f"{owner} {listener.address}", listener.queue,
+                               f"{owner} {short_address(listener.address)}", listener.queue,
                                listener.backlog, note))
     return items
 
