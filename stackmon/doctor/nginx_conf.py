@@ -94,7 +94,7 @@ class Block:
         return f"{text} ({os.path.basename(self.file)}:{self.line})"
 
 
-Path_ = tuple[Block, ...]
+BlockPath = tuple[Block, ...]
 
 
 @dataclass(frozen=True)
@@ -108,9 +108,9 @@ class NginxConf:
     def main(self, name: str) -> Directive | None:
         return self.root.get(name)
 
-    def walk(self, kind: str | None = None) -> Iterator[Path_]:
+    def walk(self, kind: str | None = None) -> Iterator[BlockPath]:
         """Every block (of `kind`) with its ancestors: (root, ..., block), depth first."""
-        def visit(path: Path_) -> Iterator[Path_]:
+        def visit(path: BlockPath) -> Iterator[BlockPath]:
             if kind is None or path[-1].kind == kind:
                 yield path
             for child in path[-1].children:
@@ -120,14 +120,14 @@ class NginxConf:
     def block(self, kind: str) -> Block | None:
         return next((p[-1] for p in self.walk(kind)), None)
 
-    def directives(self, name: str) -> Iterator[tuple[Directive, Path_]]:
+    def directives(self, name: str) -> Iterator[tuple[Directive, BlockPath]]:
         """Every occurrence of a directive anywhere, with the path of blocks containing it."""
         for path in self.walk():
             for d in path[-1].directives:
                 if d.name == name:
                     yield d, path
 
-    def servers(self) -> list[Path_]:
+    def servers(self) -> list[BlockPath]:
         return [p for p in self.walk("server") if any(b.kind == "http" for b in p)]
 
     def upstreams(self) -> dict[str, Block]:

@@ -378,8 +378,12 @@ def backlog_capped(facts: Facts) -> Iterator[Finding]:
                 if li.owner != "nginx":
                     continue
                 conf = _configured_backlog(n, li)
-                if conf is not None and 0 < li.backlog < conf[0]:
-                    rows.append((conf, li))
+                if conf is None or not 0 < li.backlog < conf[0]:
+                    continue
+                smax = facts.system.somaxconn
+                if smax is not None and conf[0] > smax:
+                    continue  # the config itself asks too much: nginx.backlog-vs-somaxconn
+                rows.append((conf, li))
             if not rows:
                 continue
             want = max(c[0] for c, _ in rows)
@@ -392,9 +396,10 @@ def backlog_capped(facts: Facts) -> Iterator[Finding]:
                 f"nginx listeners run with a smaller backlog than configured ({want})",
                 evidence,
                 "A backlog is fixed when the socket calls listen(): the kernel capped it at "
-                "the net.core.somaxconn of that moment, so nginx's accept queue is shorter "
-                "than configured.",
-                f"sysctl -w net.core.somaxconn={want}, then restart nginx.",
+                "the net.core.somaxconn of that moment (lower than today's), so nginx's "
+                "accept queue is shorter than configured until it listens again.",
+                "Restart nginx (the current net.core.somaxconn allows the configured "
+                "backlog); persist the sysctl in /etc/sysctl.d/ so a reboot keeps it.",
                 host)
 
 
