@@ -121,14 +121,54 @@ def _compiled_paths(exe: str) -> dict[str, str]:
     return found
 
 
-def nginx_conf_path(master_pid: int) -> str | SourceError:
-    """The config file a running nginx master loaded, from its command line.
+def parse_master_title(title: str) -> tuple[str | None, str | None] | None:
+    """(-c value, -p value) from an nginx master's title, None when it is not a master's.
 
-    nginx overwrites its argv with the title "nginx: master process <original argv joined by
-    spaces>", so the words after -c and -p are read back from that; a path with a space in it
-    cannot be told apart and is refused (the caller says to pass --nginx-conf). Without -c the
-    binary's compiled --conf-path applies (`nginx -V`); a relative -c is relative to the
-    prefix (-p, else the compiled --prefix), and a relative -p to the master's cwd.
+    nginx overwrites its argv with "nginx: master process <original argv joined by spaces>",
+    so the words after -c and -p (or -cFILE, -pDIR) are read back from that.
+    """
+    marker = "master process "
+    if not title.startswith("nginx: ") or marker not in title:
+        return None
+    words = title.split(marker, 1)[1].split()
+    found: dict[str, str] = {}
+    i = 1  # words[0] is the binary
+    while i < len(words):
+        word = words[i]
+        if word == "-g":  # its value is directives ("daemon off;"), never a flag
+            i += 2
+            continue
+        for flag in ("-c", "-p"):
+            if word == flag and i + 1 < len(words):
+                found[flag] = words[i + 1]
+                i += 1
+                break
+            if word.startswith(flag) and len(word) > 2:
+                found[flag] = word[2:]
+                break
+        i += 1
+    return found.get("-c"), found.get("-p")
+
+
+def resolve_conf(conf: str | None, prefix: str | None, cwd: str,
+                 compiled: dict[str, str]) -> str | None:
+    """nginx's own rules: no -c means the compiled --conf-path; a relative config path is
+    relative to the prefix (-p, else the compiled --prefix); a relative -p to the cwd."""
+    if prefix is None:
+        prefix = compiled.get("prefix", "/")
+    prefix = os.path.join(cwd, prefix)
+    if conf is None:
+        conf = compiled.get("conf-path")
+        if conf is None:
+            return None
+    return os.path.normpath(os.path.join(prefix, conf))
+
+
+def nginx_conf_path(master_pid: int) -> str | SourceError:
+    """The config file a running nginx master loaded, from its command line (see
+    parse_master_title and resolve_conf; `nginx -V` of its binary supplies the compiled
+    defaults). A path with a space in it cannot be told apart in the title: the result is
+    checked to be a file, and otherwise the error says to pass --nginx-conf.
     """
     proc = f"/proc/{master_pid}"
     try:
@@ -138,29 +178,11 @@ def nginx_conf_path(master_pid: int) -> str | SourceError:
         return SourceError("nginx config", f"cannot read {proc}/cmdline: "
                                            f"{exc.strerror or exc}")
     title = raw.replace(b"\0", b" ").decode("utf-8", "replace").strip()
-    marker = "master process "
-    if marker not in title:
+    parsed = parse_master_title(title)
+    if parsed is None:
         return SourceError("nginx config", f"process {master_pid} is not an nginx master "
                                            f"({title[:40]!r})")
-    words = title.split(marker, 1)[1].split()
-    conf = prefix = None
-    i = 1
-    while i < len(words):
-        word = words[i]
-        for flag in ("-c", "-p"):
-            if word == flag and i + 1 < len(words):
-                value: str | None = words[i + 1]
-                i += 1
-            elif word.startswith(flag) and len(word) > 2:
-                value = word[2:]
-            else:
-                continue
-            if flag == "-c":
-                conf = value
-            else:
-                prefix = value
-            break
-        i += 1
+    conf, prefix = parsed
     try:
         cwd = os.readlink(f"{proc}/cwd")
     except OSError:
@@ -170,18 +192,13 @@ def nginx_conf_path(master_pid: int) -> str | SourceError:
         try:
             exe = os.readlink(f"{proc}/exe").removesuffix(" (deleted)")
         except OSError:
-            exe = words[0] if words else "nginx"
+            exe = "nginx"
         compiled = _compiled_paths(exe)
-    if prefix is None:
-        prefix = compiled.get("prefix", "/")
-    prefix = os.path.join(cwd, prefix)
-    if conf is None:
-        conf = compiled.get("conf-path")
-        if conf is None:
-            return SourceError("nginx config", f"nginx master {master_pid} was started without "
-                                               "-c and `nginx -V` names no --conf-path; give "
-                                               "--nginx-conf")
-    path = os.path.normpath(os.path.join(prefix, conf))
+    path = resolve_conf(conf, prefix, cwd, compiled)
+    if path is None:
+        return SourceError("nginx config", f"nginx master {master_pid} was started without "
+                                           "-c and `nginx -V` names no --conf-path; give "
+                                           "--nginx-conf")
     if not os.path.isfile(path):
         return SourceError("nginx config", f"nginx master {master_pid}: its config {path} is "
                                            "not a readable file here (a path with spaces, or "
