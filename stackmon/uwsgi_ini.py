@@ -18,7 +18,8 @@ uWSGI's ini dialect, as uWSGI 2.0.31 itself reads it (checked with `--show-confi
   which for a flag means "on"; it is kept here with the value "true". A line that is not a
   single option name and has no `=` is rejected as malformed (uWSGI would take the whole line
   as an option name and ignore it, or refuse it under `strict`).
-- `%(name)` is replaced by the value of an option set earlier; the magic variables `%d` (the
+- `%(name)` is replaced by the value of an option set earlier, `$(NAME)` by the instance's
+  environment variable; the magic variables `%d` (the
   file's directory, with a trailing slash), `%p` (its absolute path), `%s` (its name), `%n`
   (name without extension), `%e` (extension), `%c` (name of its directory) and `%%` are
   expanded too, because paths such as `master-fifo = %d/master.fifo` are common.
@@ -36,7 +37,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,7 +67,7 @@ SOURCE = "uwsgi config"
 
 _MAX_DEPTH = 8
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-_PLACEHOLDER = re.compile(r"%\(([^)]*)\)|%(.)")
+_PLACEHOLDER = re.compile(r"%\(([^)]*)\)|\$\(([^)]*)\)|%(.)")
 
 # uWSGI options that take no argument (getopt no_argument): on the command line the next
 # word is NOT their value. The ones that matter for a web stack; an unknown option is judged
@@ -76,12 +77,12 @@ FLAGS = frozenset({
     "memory-report", "strict", "need-app", "stats-http", "stats-minified", "stats-no-cores",
     "stats-no-metrics", "single-interpreter", "thunder-lock", "harakiri-verbose",
     "harakiri-no-arh", "disable-logging", "log-master", "log-x-forwarded-for", "log-4xx",
-    "log-5xx", "log-slow", "log-big", "log-zero", "threaded-logger", "cheaper-busyness-verbose",
-    "py-tracebacker", "show-config", "print", "version", "help", "master-as-root",
+    "log-5xx", "log-zero", "threaded-logger", "cheaper-busyness-verbose",
+    "show-config", "version", "help", "master-as-root",
     "close-on-exec", "close-on-exec2", "reuse-port", "tcp-nodelay", "so-keepalive",
     "no-default-app", "manage-script-name", "catch-exceptions", "reload-on-exception",
     "auto-procname", "no-server", "honour-stdin", "skip-atexit", "emperor-tyrant",
-    "unprivileged", "cache-no-expire", "spooler-ordered",
+    "spooler-ordered",
 })
 
 # Short options (`uwsgi -s :3031 -M -p 4`): name, and whether it takes a value.
@@ -163,20 +164,22 @@ def _magic(path: Path) -> dict[str, str]:
     }
 
 
-def _expand(value: str, magic: dict[str, str], seen: Sequence[Option]) -> str:
-    """%(name) from options set before (latest wins), then the environment; magic vars. An
-    unknown placeholder is left as written (uWSGI leaves it too)."""
-    if "%" not in value:
+def _expand(value: str, magic: dict[str, str], seen: Sequence[Option],
+            env: Mapping[str, str] | None) -> str:
+    """%(name): the value of an option set before (latest wins); $(NAME): an environment
+    variable of the instance (`env`; this process's when None); magic vars (%d, %n...). An
+    unknown placeholder is left as written, so the evidence shows it."""
+    if "%" not in value and "$(" not in value:
         return value
+    environ = os.environ if env is None else env
 
     def repl(m: re.Match[str]) -> str:
         if m.group(1) is not None:
-            name = m.group(1)
-            found = last(seen, name)
-            if found is not None:
-                return found.value
-            return os.environ.get(name, m.group(0))
-        return magic.get(m.group(2), m.group(0))
+            found = last(seen, m.group(1))
+            return found.value if found is not None else m.group(0)
+        if m.group(2) is not None:
+            return environ.get(m.group(2), m.group(0))
+        return magic.get(m.group(3), m.group(0))
 
     return _PLACEHOLDER.sub(repl, value)
 
@@ -215,8 +218,8 @@ def split_section(spec: str) -> tuple[str, str | None]:
 
 
 def read_ini(path: str | os.PathLike[str], section: str = "uwsgi", *,
-             cwd: str | None = None, _stack: tuple[str, ...] = (),
-             _seen: Sequence[Option] = ()) -> list[Option]:
+             cwd: str | None = None, env: Mapping[str, str] | None = None,
+             _stack: tuple[str, ...] = (), _seen: Sequence[Option] = ()) -> list[Option]:
     """Every option of `section` in the ini file at `path`, in order, with file:line.
 
     Raises ConfigFileError for a missing/unreadable file, invalid UTF-8, a malformed line, or a
@@ -259,18 +262,19 @@ def read_ini(path: str | os.PathLike[str], section: str = "uwsgi", *,
         if current != section:
             continue
         norm = normalise_key(key)
-        value = _expand(value, magic, [*_seen, *out])
+        value = _expand(value, magic, [*_seen, *out], env)
         opt = Option(norm, value, file, number)
         out.append(opt)
         if norm in _INI_KEYS and value:
-            out.extend(_include(value, opt, cwd, p, (*_stack, real), [*_seen, *out]))
+            out.extend(_include(value, opt, cwd, p, (*_stack, real), [*_seen, *out], env))
     if not found_section:
         raise ConfigFileError(file, 0, f"no [{section}] section")
     return out
 
 
 def _include(spec: str, where: Option, cwd: str | None, including: Path,
-             stack: tuple[str, ...], seen: Sequence[Option]) -> list[Option]:
+             stack: tuple[str, ...], seen: Sequence[Option],
+             env: Mapping[str, str] | None) -> list[Option]:
     """Options of an `ini = FILE[:SECTION]` met inside a file or on the command line."""
     name, section = split_section(spec)
     if name.startswith(("http://", "https://", "exec://", "data://", "sym://", "fd://")):
@@ -287,7 +291,8 @@ def _include(spec: str, where: Option, cwd: str | None, including: Path,
                               f"{where.key} = {spec}: {_OTHER_FORMATS[suffix]} configs are "
                               "not read by stackmon (only ini)")
     try:
-        return read_ini(target, section or "uwsgi", cwd=cwd, _stack=stack, _seen=seen)
+        return read_ini(target, section or "uwsgi", cwd=cwd, env=env, _stack=stack,
+                        _seen=seen)
     except ConfigFileError as exc:
         if exc.line == 0 and exc.file == str(target) and "no such file" in exc.message:
             raise ConfigFileError(where.file, where.line,
@@ -313,6 +318,8 @@ def options_from_argv(argv: Sequence[str], cwd: str,
     uWSGI parses them before argv. Raises ConfigFileError when a named ini file cannot be read.
     """
     out: list[Option] = []
+    environ = list(environ)
+    env = dict(e.partition("=")[::2] for e in environ if "=" in e) if environ else None
     for entry in environ:
         name, sep, value = entry.partition("=")
         if (sep and name.startswith("UWSGI_") and len(name) > 6
@@ -360,7 +367,7 @@ def options_from_argv(argv: Sequence[str], cwd: str,
         opt = Option(key, value, CMDLINE, index)
         out.append(opt)
         if key in _INI_KEYS:
-            out.extend(_include(value, opt, cwd, here, (), out))
+            out.extend(_include(value, opt, cwd, here, (), out, env))
     return out
 
 

@@ -385,3 +385,23 @@ def test_json_shape() -> None:
     first = doc["findings"][0]
     assert set(first) >= {"id", "severity", "title", "evidence", "why", "fix"}
     assert set(first["evidence"][0]) == {"file", "line", "values"}
+
+
+def test_instance_configured_from_yaml_is_not_judged(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from stackmon.doctor.gather import instance_facts
+    from stackmon.model import SourceError
+    from tests.conftest import wait_until
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)",
+                             "--yaml", "app.yaml", "--master"], cwd=tmp_path)
+    try:
+        wait_until(lambda: b"--yaml" in Path(f"/proc/{proc.pid}/cmdline").read_bytes())
+        got = instance_facts(replace(instance(()), master_pid=proc.pid))
+        assert isinstance(got, SourceError)
+        assert "app.yaml" in got.message and "ini files and command lines only" in got.message
+    finally:
+        proc.kill()
+        proc.wait()

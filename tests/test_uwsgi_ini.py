@@ -91,8 +91,11 @@ logto = %n.log
 pct = 100%%
 keep = %(undefined_thing_xyz)
 vacuum = false
+home = $(APP_HOME)/venv
 """)
-    opts = read_ini(ini)
+    opts = read_ini(ini, env={"APP_HOME": "/srv/app"})
+    assert last(opts, "home").value == "/srv/app/venv"
+    assert last(read_ini(ini, env={}), "home").value == "$(APP_HOME)/venv"
     assert last(opts, "master") == Option("master", "true", str(ini), 2)
     assert last(opts, "chdir").value == "/srv/app/src"
     assert last(opts, "master-fifo").value == f"{tmp_path}/master.fifo"
@@ -198,6 +201,10 @@ def test_argv_environment_and_missing_ini(tmp_path: Path) -> None:
                                       "UWSGI_HARAKIRI=20"])
     assert [(o.key, o.value, o.file) for o in opts] == [
         ("listen", "32", ENVIRON), ("harakiri", "20", ENVIRON), ("listen", "64", CMDLINE)]
+    # $(VAR) in an ini named on the command line reads the instance's environment.
+    write(tmp_path / "e.ini", "[uwsgi]\nchdir = $(APP)/src\n")
+    opts = options_from_argv(["uwsgi", "e.ini"], str(tmp_path), environ=["APP=/opt/a"])
+    assert last(opts, "chdir").value == "/opt/a/src"
     with pytest.raises(ConfigFileError) as info:
         options_from_argv(["uwsgi", "--ini", "nope.ini"], str(tmp_path))
     assert (info.value.file, info.value.line) == (CMDLINE, 1)

@@ -94,6 +94,9 @@ def nginx_file_facts(path: str) -> NginxFacts:
 # ------------------------------------------------------------------ running processes
 
 
+_UNREAD_FORMATS = frozenset({"yaml", "json", "xml", "xmlconfig", "sqlite", "ldap"})
+
+
 def instance_facts(inst: UwsgiInstance) -> UwsgiFacts | SourceError:
     """A running uWSGI's own configuration, found from its master's command line."""
     if inst.master_pid <= 0:
@@ -101,6 +104,13 @@ def instance_facts(inst: UwsgiInstance) -> UwsgiFacts | SourceError:
     options = instance_options(inst.master_pid)
     if isinstance(options, SourceError):
         return options
+    other = next((o for o in options if o.key in _UNREAD_FORMATS), None)
+    if other is not None:
+        # Judging an instance by half its configuration would invent findings (harakiri
+        # "unset" when the YAML sets it): say what cannot be read instead.
+        return SourceError("uwsgi config", f"{inst.address}: configured from {other.value} "
+                                           f"({other.key}); stackmon reads ini files and "
+                                           "command lines only")
     return UwsgiFacts(name=f"uWSGI {inst.address} (master {inst.master_pid})",
                       options=tuple(options), master_pid=inst.master_pid,
                       stats_address=inst.address, live=inst)
