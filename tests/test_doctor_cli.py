@@ -23,9 +23,10 @@ MALFORMED = FIXTURES / "malformed"
 def doctor(*args: str, env: dict[str, str] | None = None,
            timeout: float = 60) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, **(env or {})}
+    # From "/" so that paths print in full (under the current directory they are relative).
     return subprocess.run([sys.executable, "-m", "stackmon.cli", "doctor", *args],
                           capture_output=True, text=True, timeout=timeout, env=full_env,
-                          check=False)
+                          check=False, cwd="/")
 
 
 def test_clean_files_exit_0() -> None:
@@ -47,6 +48,11 @@ def test_mistuned_files_exit_1_with_text_at_80_columns() -> None:
                     "nginx.read-timeout-vs-lb-idle", "nginx.keepalive-vs-lb-idle"):
         assert any(rule_id in line for line in lines), rule_id
     assert f"    {MISTUNED / 'app.conf'}:7  uwsgi_read_timeout=75s" in lines
+    # Relative to the current directory when under it.
+    got = subprocess.run([sys.executable, "-m", "stackmon.cli", "doctor", "--nginx-conf",
+                          "nginx.conf", "--sample", "0"], cwd=MISTUNED, capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert "    app.conf:7  uwsgi_read_timeout=75s" in got.stdout.splitlines()
 
 
 def test_json_report() -> None:

@@ -405,3 +405,16 @@ def test_instance_configured_from_yaml_is_not_judged(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.parametrize(("path", "cwd", "shown"), [
+    ("/srv/app/nginx.conf", "/srv/app", "nginx.conf"),
+    ("/srv/app/conf.d/a.conf", "/srv/app/", "conf.d/a.conf"),
+    ("/srv/application.ini", "/srv/app", "/srv/application.ini"),
+    ("/etc/nginx/nginx.conf", "/", "/etc/nginx/nginx.conf"),
+    ("load balancer", "/srv", "load balancer"),
+])
+def test_short_path(path: str, cwd: str, shown: str) -> None:
+    from stackmon.doctor.render import short_path
+
+    assert short_path(path, cwd) == shown

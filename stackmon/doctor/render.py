@@ -9,6 +9,7 @@ made visible rather than sent to the terminal.
 from __future__ import annotations
 
 import json
+import os
 import re
 import textwrap
 from typing import Any
@@ -33,8 +34,19 @@ def _value(v: Any) -> str:
     return str(v)
 
 
+def short_path(path: str, cwd: str | None = None) -> str:
+    """A file under the current directory as a relative path (narrower lines); the JSON keeps
+    absolute paths."""
+    base = (cwd if cwd is not None else os.getcwd()).rstrip("/")
+    if not base:  # "/": every path is under it, and all would lose their leading slash
+        return path
+    base += "/"
+    return path[len(base):] if path.startswith(base) and len(path) > len(base) else path
+
+
 def evidence_lines(e: Evidence, width: int, indent: str = "    ") -> list[str]:
-    where = e.file if e.line <= 0 else f"{e.file}:{e.line}"
+    file = short_path(e.file)
+    where = file if e.line <= 0 else f"{file}:{e.line}"
     values = ", ".join(f"{k}={_value(v)}" for k, v in e.values.items())
     one = f"{where}  {values}" if values else where
     if len(indent) + len(one) <= width:
@@ -85,7 +97,7 @@ def render_text(report: Report, width: int = WIDTH) -> str:
     if checked:
         lines += ["", "Checked:"]
         for i in checked:
-            lines += _fill(f"{i.kind}: {i.source}", "  ", "    ", width)
+            lines += _fill(f"{i.kind}: {short_path(i.source)}", "  ", "    ", width)
     if failed:
         lines += ["", "Not checked:"]
         for i in failed:

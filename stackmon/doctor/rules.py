@@ -152,10 +152,9 @@ def _scopes(conf: NginxConf, name: str) -> list[Sequence[Block]]:
     """Where an http-level directive decides behaviour: every server, plus every deeper block
     that sets it explicitly."""
     paths: list[Sequence[Block]] = list(conf.servers())
-    for d, path in conf.directives(name):
+    for _d, path in conf.directives(name):
         if path[-1].kind not in ("http", "server", "main") and any(b.kind == "http" for b in path):
             paths.append(path)
-        del d
     return paths
 
 
