@@ -9,21 +9,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+from stackmon.actions import dispatch
 from stackmon.actions.audit import AuditLog
-from stackmon.actions.base import ActionError, ActionResult, ActionTarget
-from stackmon.actions.kill import fetch_instance, kill_worker
-from stackmon.actions.reload import reload_uwsgi
-from stackmon.actions.reload_progress import ReloadProgress, follow_reload
+from stackmon.actions.base import ActionError, ActionResult
+from stackmon.actions.reload_progress import ReloadProgress
 from stackmon.config import (
     ConfigError,
     HostConfig,
+    Settings,
     Targets,
     default_hosts_file,
     load_hosts_file,
     targets_from_args,
 )
+from stackmon.model import UwsgiInstance
 from stackmon.render_text import human_age
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -85,17 +87,15 @@ def run(name: str, args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"stackmon {name}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    read_only = targets.settings.read_only or host.read_only or args.read_only
+    settings = targets.settings
+    if args.read_only:
+        settings = replace(settings, read_only=True)
     audit = AuditLog(Path(args.audit_log)) if args.audit_log else AuditLog.default()
     try:
-        if host.agent:
-            return _remote(name, args, host, read_only)
-        target = ActionTarget(host=host.name, address=host.uwsgi[args.instance],
-                              index=args.instance, read_only=read_only,
-                              timeout=targets.settings.timeout)
-        if name == "kill":
-            return asyncio.run(_kill(args, target, audit))
-        return asyncio.run(_reload(args, target, audit))
+        if settings.read_only or host.read_only:
+            raise ActionError("read_only", "read-only mode: actions are disabled")
+        act = _kill if name == "kill" else _reload
+        return asyncio.run(act(args, host, settings, audit))
     except ActionError as exc:
         print(f"stackmon {name}: {exc.message}", file=sys.stderr)
         return EXIT_UNREACHABLE if exc.kind == "gone" and "cannot read" in exc.message \
@@ -108,16 +108,19 @@ def run(name: str, args: argparse.Namespace) -> int:
         return EXIT_FAILED
 
 
-async def _kill(args: argparse.Namespace, target: ActionTarget, audit: AuditLog) -> int:
-    if target.read_only:
-        raise ActionError("read_only", "read-only mode: actions are disabled")
-    inst = await fetch_instance(target)
+def _where(host: HostConfig, inst: UwsgiInstance) -> str:
+    return f"{host.name}{' (agent)' if host.agent else ''}  uWSGI {inst.address}"
+
+
+async def _kill(args: argparse.Namespace, host: HostConfig, settings: Settings,
+                audit: AuditLog) -> int:
+    inst = await dispatch.current_instance(host, settings, args.instance)
     worker = next((w for w in inst.workers if w.id == args.worker_id), None)
     if worker is None:
-        raise ActionError("not_found", f"{target.address} has no worker {args.worker_id}")
+        raise ActionError("not_found", f"{inst.address} on {host.name} has no worker "
+                                       f"{args.worker_id}")
     if not args.yes:
-        print(f"{target.host}  uWSGI {target.address}  worker {worker.id}  pid {worker.pid}  "
-              f"{worker.status}")
+        print(f"{_where(host, inst)}  worker {worker.id}  pid {worker.pid}  {worker.status}")
         for r in worker.requests_in_flight:
             print(f"  core {r.core}: {r.method} {r.uri}  from {r.remote_addr}  running "
                   f"{human_age(r.running_s)}")
@@ -127,8 +130,9 @@ async def _kill(args: argparse.Namespace, target: ActionTarget, audit: AuditLog)
         if not _confirm(f"Kill worker {worker.id} (pid {worker.pid}) with {how}?"):
             print("nothing done")
             return EXIT_FAILED
-    result = await kill_worker(target, worker.id, worker.pid, args.signal,
-                               expect_spawn=worker.last_spawn, usr2_first=args.usr2, audit=audit)
+    result = await dispatch.kill(host, settings, args.instance, worker.id, worker.pid,
+                                 args.signal, expect_spawn=worker.last_spawn,
+                                 usr2_first=args.usr2, audit=audit)
     print(result.message)
     return EXIT_OK if result.ok else EXIT_FAILED
 
@@ -151,38 +155,26 @@ def _print_progress(p: ReloadProgress, last: list[str]) -> None:
         last[:] = [text]
 
 
-async def _reload(args: argparse.Namespace, target: ActionTarget, audit: AuditLog) -> int:
+async def _reload(args: argparse.Namespace, host: HostConfig, settings: Settings,
+                  audit: AuditLog) -> int:
     mode = "chain" if args.chain else "graceful"
-    if target.read_only:
-        raise ActionError("read_only", "read-only mode: actions are disabled")
     if not args.yes:
-        inst = await fetch_instance(target)
+        inst = await dispatch.current_instance(host, settings, args.instance)
         busy = [(w, r) for w in inst.workers for r in w.requests_in_flight]
-        print(f"{target.host}  uWSGI {target.address}  master {inst.master_pid}  "
-              f"{len(inst.workers)} workers, {len(busy)} requests in flight")
+        print(f"{_where(host, inst)}  master {inst.master_pid}  {len(inst.workers)} workers, "
+              f"{len(busy)} requests in flight")
         for w, r in busy:
             print(f"  worker {w.id} pid {w.pid}: {r.method} {r.uri}  running "
                   f"{human_age(r.running_s)}")
-        if not _confirm(f"Start a {mode} reload of {target.address}?"):
+        if not _confirm(f"Start a {mode} reload of {inst.address} on {host.name}?"):
             print("nothing done")
             return EXIT_FAILED
-    result: ActionResult = await reload_uwsgi(target, mode, audit=audit)
+    result: ActionResult = await dispatch.reload(host, settings, args.instance, mode,
+                                                 audit=audit)
     print(result.message, flush=True)
     if args.no_follow:
         return EXIT_OK
     last: list[str] = []
-    progress = await follow_reload(target, result, lambda p: _print_progress(p, last),
-                                   audit=audit)
+    progress = await dispatch.follow(host, settings, args.instance, result,
+                                     lambda p: _print_progress(p, last), audit=audit)
     return EXIT_OK if progress.done else EXIT_FAILED
-
-
-def _remote(name: str, args: argparse.Namespace, host: HostConfig, read_only: bool) -> int:
-    """Hosts behind an agent: the agent checks and acts (stackmon.agent.client)."""
-    if read_only:
-        raise ActionError("read_only", "read-only mode: actions are disabled")
-    try:
-        from stackmon.agent import client  # type: ignore[attr-defined]
-    except ImportError:
-        raise ActionError("not_local", f"host {host.name!r} is behind an agent, and this "
-                                       "stackmon has no agent client") from None
-    return int(client.run_action_command(name, args, host))

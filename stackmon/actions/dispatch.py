@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 from stackmon.actions.audit import AuditLog, current_actor
 from stackmon.actions.base import ActionError, ActionResult, ActionTarget
-from stackmon.actions.kill import kill_worker
+from stackmon.actions.kill import fetch_instance, kill_worker
 from stackmon.actions.reload import reload_uwsgi
 from stackmon.actions.reload_progress import ReloadProgress, follow_reload
 from stackmon.config import HostConfig, Settings
@@ -28,6 +28,20 @@ def local_target(host: HostConfig, settings: Settings, index: int) -> ActionTarg
 def _check_writable(host: HostConfig, settings: Settings) -> None:
     if settings.read_only or host.read_only:
         raise ActionError("read_only", "read-only mode: actions are disabled")
+
+
+async def current_instance(host: HostConfig, settings: Settings, index: int) -> UwsgiInstance:
+    """The instance as it is now (for a confirmation): its stats, or its agent's snapshot."""
+    if not host.agent:
+        return await fetch_instance(local_target(host, settings, index))
+    from stackmon.agent.client import fetch_remote_snapshot
+
+    snap = await fetch_remote_snapshot(host, settings)
+    if not 0 <= index < len(snap.uwsgi):
+        raise ActionError("not_found", f"host {host.name!r} has {len(snap.uwsgi)} uWSGI "
+                                       f"instance(s) behind its agent; there is no instance "
+                                       f"{index}")
+    return snap.uwsgi[index]
 
 
 async def kill(host: HostConfig, settings: Settings, index: int, worker_id: int,

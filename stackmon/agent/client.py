@@ -7,8 +7,8 @@
 - `remote_kill()` / `remote_reload()`: the actions, with the agent's refusals mapped back to
   ActionError kinds (stale pid 409 -> "stale", not a worker 403 -> "not_worker", ...), so the
   CLI and the TUI treat a remote refusal exactly like a local one.
-- `run_action_command()`: `stackmon kill/reload HOST` for a host behind an agent (called by
-  stackmon.actions.command).
+- `fetch_remote_snapshot()`: one snapshot, for confirmations and reload progress
+  (stackmon.actions.dispatch, used by the CLI's kill/reload and the TUI).
 
 Each AgentSource owns its own HTTP connection pool (keep-alive to its one agent): a
 black-holed host then holds only its own connections, never a slot another host needs.
@@ -16,7 +16,6 @@ black-holed host then holds only its own connections, never a slot another host 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -266,94 +265,5 @@ async def fetch_remote_snapshot(host: HostConfig, settings: Settings | None = No
         if isinstance(snap, SourceError):
             raise ActionError("gone", f"cannot read the host through its agent: {snap.message}")
         return snap
-    finally:
-        await source.aclose()
-
-
-def run_action_command(name: str, args: argparse.Namespace, host: HostConfig) -> int:
-    """`stackmon kill|reload HOST` for a host behind an agent (see stackmon.actions.command).
-
-    Same flow as the local commands: show what is about to be hit, confirm unless --yes, act,
-    print the outcome (and follow a reload until it is done). ActionError propagates to the
-    caller, which prints it and picks the exit code.
-    """
-    return asyncio.run(_run_action(name, args, host))
-
-
-async def _run_action(name: str, args: argparse.Namespace, host: HostConfig) -> int:
-    from stackmon.actions.command import EXIT_FAILED, EXIT_OK, _confirm, _print_progress
-    from stackmon.render_text import human_age
-
-    snap = await fetch_remote_snapshot(host)
-    if not 0 <= args.instance < len(snap.uwsgi):
-        raise ActionError("not_found", f"host {host.name!r} has {len(snap.uwsgi)} uWSGI "
-                                       f"instance(s) behind its agent; there is no instance "
-                                       f"{args.instance}")
-    inst = snap.uwsgi[args.instance]
-    if name == "kill":
-        worker = next((w for w in inst.workers if w.id == args.worker_id), None)
-        if worker is None:
-            raise ActionError("not_found", f"{inst.address} on {host.name} has no worker "
-                                           f"{args.worker_id}")
-        if not args.yes:
-            print(f"{host.name} (agent)  uWSGI {inst.address}  worker {worker.id}  pid "
-                  f"{worker.pid}  {worker.status}")
-            for r in worker.requests_in_flight:
-                print(f"  core {r.core}: {r.method} {r.uri}  from {r.remote_addr}  running "
-                      f"{human_age(r.running_s)}")
-            if not worker.requests_in_flight:
-                print("  no request in flight")
-            if not _confirm(f"Kill worker {worker.id} (pid {worker.pid}) with "
-                            f"SIG{args.signal}?"):
-                print("nothing done")
-                return EXIT_FAILED
-        result = await remote_kill(host, args.instance, worker.id, worker.pid, args.signal,
-                                   expect_spawn=worker.last_spawn,
-                                   usr2_first=getattr(args, "usr2", False))
-        print(result.message)
-        return EXIT_OK if result.ok else EXIT_FAILED
-    mode = "chain" if args.chain else "graceful"
-    if not args.yes:
-        busy = [(w, r) for w in inst.workers for r in w.requests_in_flight]
-        print(f"{host.name} (agent)  uWSGI {inst.address}  master {inst.master_pid}  "
-              f"{len(inst.workers)} workers, {len(busy)} requests in flight")
-        for w, r in busy:
-            print(f"  worker {w.id} pid {w.pid}: {r.method} {r.uri}  running "
-                  f"{human_age(r.running_s)}")
-        if not _confirm(f"Start a {mode} reload of {inst.address} on {host.name}?"):
-            print("nothing done")
-            return EXIT_FAILED
-    result = await remote_reload(host, args.instance, mode)
-    print(result.message, flush=True)
-    if args.no_follow:
-        return EXIT_OK
-    return EXIT_OK if await _follow_remote(host, args.instance, result, _print_progress) \
-        else EXIT_FAILED
-
-
-async def _follow_remote(host: HostConfig, index: int, result: ActionResult,
-                         show: Any, interval: float = 0.5, margin: float = 30.0) -> bool:
-    """Reload progress from the agent's snapshots (the same tracker as a local reload)."""
-    from stackmon.actions.reload_progress import ReloadTracker
-
-    data = result.data
-    tracker = ReloadTracker({int(w["id"]): int(w["pid"]) for w in data["workers"]},
-                            data["mode"], float(data["mercy"]), float(data["started_at"]))
-    deadline = tracker.started_at + tracker.mercy + margin
-    last: list[str] = []
-    source = AgentSource(host, Settings())
-    try:
-        while True:
-            doc = await source.fetch()
-            snap = None if isinstance(doc, SourceError) else source.to_snapshot(doc, time.time())
-            inst = None
-            if isinstance(snap, HostSnapshot) and snap.reachable and index < len(snap.uwsgi):
-                inst = snap.uwsgi[index]
-            now = time.time()
-            progress = tracker.update(inst, now)
-            show(progress, last)
-            if progress.done or now > deadline:
-                return progress.done
-            await asyncio.sleep(interval)
     finally:
         await source.aclose()
