@@ -301,3 +301,29 @@ async def test_reload_flow_shows_the_drain_then_the_outcome(fresh_stack, hang, t
                 break
         assert saw_draining
         assert "graceful reload done: 2 workers replaced" in text
+
+
+async def test_doctor_screen_diagnoses_the_selected_host(fresh_stack):
+    from tui.screens.doctor import DoctorScreen
+
+    st = fresh_stack(workers=2, threads=1, mercy=90, nginx=False)  # mercy past the LB window
+    host = HostConfig(name="doc", uwsgi=(parse_stats_address(st.stats_address),))
+    app = StackmonApp(Targets(hosts=(host,), settings=Settings(interval=0.5)))
+    async with app.run_test(size=(120, 40)) as pilot:
+        for _ in range(30):
+            await pilot.pause(0.1)
+            if app.active_pane().latest is not None:
+                break
+        await pilot.press("d")
+        await pilot.pause()
+        assert isinstance(app.screen, DoctorScreen)
+        for _ in range(100):
+            await pilot.pause(0.1)
+            if app.screen.report is not None:
+                break
+        await pilot.pause(0.2)
+        text = screen_text(app)
+        assert "uwsgi.reload-mercy-vs-health-check" in text
+        assert "worker-reload-mercy=90" in text
+        await pilot.press("escape")
+        assert not isinstance(app.screen, DoctorScreen)

@@ -46,6 +46,8 @@ ACTIONS: tuple[ActionSpec, ...] = (
                "tab.", footer=False, key_display="["),
     ActionSpec("next_instance", "i", "Instance", "Show the next uWSGI instance of this host.",
                footer=False),
+    ActionSpec("doctor", "d", "Doctor", "Diagnose this host's tuning: listen vs somaxconn, "
+               "timeouts vs the load balancer's, reload mercy vs the health check, fds."),
     ActionSpec("kill_worker", "K", "Kill", "Kill the selected worker (asks first: SIGTERM, "
                "SIGKILL, or SIGUSR2 then SIGTERM); its master respawns it.", mutating=True,
                key_display="K"),

@@ -26,8 +26,9 @@ from stackmon.model import HostSnapshot, Worker
 from stackmon.poller import Fleet
 from tui.actions import ACTIONS, bindings
 from tui.host_pane import HostPane
-from tui.messages import ActionFinished, HostPolled, ReloadProgressed
+from tui.messages import ActionFinished, DoctorDone, HostPolled, ReloadProgressed
 from tui.screens.confirm import KillChoice, KillConfirm, ReloadChoice, ReloadConfirm
+from tui.screens.doctor import DoctorScreen
 from tui.screens.help import HelpScreen
 from tui.screens.reload_view import ReloadScreen
 from tui.screens.worker_detail import WorkerDetailScreen
@@ -130,7 +131,7 @@ class StackmonApp(App[int]):
     # --- helpers ----------------------------------------------------------------------------
 
     _MAIN_ONLY = frozenset({"open_worker", "cycle_sort", "filter", "next_host", "prev_host",
-                            "next_instance", "kill_worker", "reload"})
+                            "next_instance", "kill_worker", "reload", "doctor"})
     _MUTATING = frozenset(spec.name for spec in ACTIONS if spec.mutating)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -212,6 +213,25 @@ class StackmonApp(App[int]):
 
     def action_next_instance(self) -> None:
         self.active_pane().next_instance()
+
+    def action_doctor(self) -> None:
+        pane = self.active_pane()
+        self.push_screen(DoctorScreen(pane.index, pane.host.name))
+        self.run_worker(lambda: self._diagnose(pane.index, pane.latest), thread=True,
+                        group="doctor", exit_on_error=False)
+
+    def _diagnose(self, index: int, snapshot: HostSnapshot | None) -> None:
+        """In a thread: the doctor reads files and takes a second sample (about a second)."""
+        from stackmon.doctor.api import diagnose_host
+
+        report = diagnose_host(self.targets.hosts[index], self.targets.settings, snapshot)
+        self.post_message(DoctorDone(index, report))
+
+    @on(DoctorDone)
+    def _doctor_done(self, message: DoctorDone) -> None:
+        for screen in self.screen_stack:
+            if isinstance(screen, DoctorScreen) and screen.host_index == message.host_index:
+                screen.set_report(message.report)  # type: ignore[arg-type]
 
     # --- actions that change the stack (confirm -> worker -> message) ------------------------
 

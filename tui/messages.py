@@ -44,3 +44,12 @@ class ReloadProgressed(Message):
     def can_replace(self, message: Message) -> bool:
         return (isinstance(message, ReloadProgressed) and message.instance == self.instance
                 and not message.final)
+
+
+class DoctorDone(Message):
+    """A finished diagnosis of one host (a stackmon.doctor Report)."""
+
+    def __init__(self, host_index: int, report: object) -> None:
+        super().__init__()
+        self.host_index = host_index
+        self.report = report
