@@ -16,7 +16,7 @@ from tests.tui_support import app_for, feed, recorded, unreachable
 os.environ["TZ"] = "UTC"  # the detail screen shows wall-clock start times
 time.tzset()
 
-SIZES = [(80, 24), (160, 48)]
+SIZES = [(80, 24), (160, 48), (200, 60)]
 
 
 def _hosts():
