@@ -177,7 +177,7 @@ class HostCollector:
     async def sample_nginx(self, client: httpx.AsyncClient) -> NginxStatus | SourceError | None:
         if not self.host.nginx:
             return None
-        result = await fetch_stub_status(client, self.host.nginx, timeout=self.settings.timeout,
+        result = await fetch_stub_status(self.host.nginx, timeout=self.settings.timeout,
                                          previous=self.previous_nginx)
         if isinstance(result, NginxStatus):
             self.previous_nginx = result

@@ -219,8 +219,14 @@ async def fetch_stats(
     than that); `max_bytes` bounds the reply. For stats-http the HTTP head is checked and
     stripped, so the bytes returned are always the document itself.
     """
-    source = f"uwsgi {addr}"
-    label = f"uwsgi stats {addr}"
+    return await fetch_raw(addr, timeout, max_bytes, source=f"uwsgi {addr}",
+                           label=f"uwsgi stats {addr}")
+
+
+async def fetch_raw(addr: StatsAddress, timeout: float, max_bytes: int, *, source: str,
+                    label: str) -> bytes | SourceError:
+    """fetch_stats for any small status endpoint of these forms (nginx's stub_status uses the
+    `http` form: one HTTP/1.0 GET, body read to EOF); `source`/`label` name it in errors."""
     state = _Exchange()
     try:
         async with asyncio.timeout(timeout):
