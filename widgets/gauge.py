@@ -25,6 +25,7 @@ from textual.widgets import Static
 
 from stackmon.model import FdReport, HostSnapshot, ProcessFds
 from widgets._fmt import Severity, ellipsize, fmt_count, plain
+from widgets._styles import StyleMemo
 
 WARN_PCT = 70.0
 CRITICAL_PCT = 90.0
@@ -64,7 +65,7 @@ def gauge_percent(value: int, limit: int) -> int | None:
 _GaugeState = tuple[str, int, int, str, int | None, int | None]
 
 
-class Gauge(Widget):
+class Gauge(StyleMemo, Widget):
     """One line: `label  ████░░░░  value/limit  pct%  note`, coloured by severity."""
 
     COMPONENT_CLASSES: ClassVar[set[str]] = {

@@ -19,6 +19,7 @@ from rich.text import Text
 from textual.widget import Widget
 
 from widgets._fmt import fmt_count, fmt_rate
+from widgets._styles import StyleMemo
 
 BLOCKS = " ▁▂▃▄▅▆▇█"
 UNKNOWN = "·"
@@ -40,7 +41,7 @@ def sparkline(values: Iterable[float | None], maximum: float) -> str:
     return "".join(out)
 
 
-class History(Widget):
+class History(StyleMemo, Widget):
     """Three lines: `queue`, `busy`, `req/s`, each a sparkline then the current value and the
     window's maximum. Feed it with `push()` once per poll."""
 

@@ -18,6 +18,7 @@ from textual.widget import Widget
 from stackmon.model import HostSnapshot
 from stackmon.render_text import human_age
 from widgets._fmt import SEVERITY_RANK, Severity, fmt_rate, plain
+from widgets._styles import StyleMemo
 
 QUEUE_WARN_PCT = 50
 QUEUE_CRITICAL_PCT = 90
@@ -95,7 +96,7 @@ def host_state(host: HostSnapshot) -> tuple[str, Severity]:
     return label, severity
 
 
-class HostHeader(Widget):
+class HostHeader(StyleMemo, Widget):
     """`web-1  CRIT 2  uWSGI 2.0.28  master 4242  busy 5/8  req/s 12.3` on one line.
 
     The widget carries the CSS class `-ok`, `-warn`, `-critical` or `-unknown` for its state.

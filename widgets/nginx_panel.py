@@ -16,9 +16,10 @@ from textual.widget import Widget
 
 from stackmon.model import NginxStatus
 from widgets._fmt import fmt_count, fmt_rate, plain
+from widgets._styles import StyleMemo
 
 
-class NginxPanel(Widget):
+class NginxPanel(StyleMemo, Widget):
     """`active 291  reading 6  writing 179  waiting 106  dropped 0  req/s 45.2`, flowed onto
     more lines when the panel is narrow (the app titles the panel "nginx").
 
