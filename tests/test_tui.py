@@ -327,3 +327,17 @@ async def test_doctor_screen_diagnoses_the_selected_host(fresh_stack):
         assert "worker-reload-mercy=90" in text
         await pilot.press("escape")
         assert not isinstance(app.screen, DoctorScreen)
+
+
+async def test_action_messages_are_shown_literally():
+    """An action's outcome can quote server text; a notification never renders it as markup."""
+    from tui.messages import ActionFinished
+
+    host = recorded()
+    app = app_for(host)
+    async with app.run_test(size=(120, 36)) as pilot:
+        feed(app, host)
+        app.post_message(ActionFinished("Kill refused", "cannot read /x/[b]y[/b] [red]z", False))
+        await pilot.pause(0.3)
+        (note,) = list(app._notifications)  # the toast itself is drawn on a later frame
+        assert note.message == "cannot read /x/[b]y[/b] [red]z" and note.markup is False

@@ -337,7 +337,8 @@ class StackmonApp(App[int]):
 
     @on(ActionFinished)
     def _action_finished(self, message: ActionFinished) -> None:
-        self.notify(message.text, title=message.title,
+        # The text can quote a server's error or a URI: never markup.
+        self.notify(message.text, title=message.title, markup=False,
                     severity="information" if message.ok else "error", timeout=8)
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
