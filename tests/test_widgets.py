@@ -966,3 +966,14 @@ async def test_host_header_renders_one_line() -> None:
         assert " UNREACHABLE timeout " in rendered(header)
         assert "req/s ?" in rendered(header)
         assert header.has_class("-critical") and not header.has_class("-warn")
+
+
+def test_listen_queue_items_with_reuseport_listeners_have_unique_keys() -> None:
+    """nginx `listen ... reuseport`: one address, one listener per worker (seen for real)."""
+    h = host(listeners=(Listener("127.0.0.1:80", "tcp", "nginx", 0, 511, inode=11),
+                        Listener("127.0.0.1:80", "tcp", "nginx", 3, 511, inode=12)),
+             uwsgi=(instance(sockets=[Socket("app.sock", "uwsgi", 0, 100),
+                                      Socket("app.sock", "uwsgi", 1, 100)]),))
+    items = listen_queue_items(h)
+    assert len({i.key for i in items}) == len(items) == 4
+    assert [i.value for i in items] == [0, 1, 0, 3]

@@ -410,13 +410,13 @@ def listen_queue_items(host: HostSnapshot) -> list[GaugeItem]:
     shown: set[str] = set()
     for index, instance in enumerate(host.uwsgi):
         prefix = "uwsgi" if len(host.uwsgi) == 1 else f"uwsgi[{index}]"
-        for sock in instance.sockets:
+        for position, sock in enumerate(instance.sockets):
             notes = []
             if sock.source == "kernel":
                 notes.append("(kernel)")
             if somaxconn and sock.max_queue == somaxconn:
                 notes.append(f"somaxconn {somaxconn}")
-            items.append(GaugeItem(f"uwsgi:{index}:{sock.name}",
+            items.append(GaugeItem(f"uwsgi:{index}:{position}:{sock.name}",
                                    f"{prefix} {short_address(sock.name)}",
                                    sock.queue, sock.max_queue, " ".join(notes)))
             shown.add(sock.name)
@@ -428,7 +428,8 @@ def listen_queue_items(host: HostSnapshot) -> list[GaugeItem]:
         if listener.owner == "uwsgi" and listener.address in stats:
             owner = "stats"  # the stats server's own socket
         note = f"somaxconn {somaxconn}" if somaxconn and listener.backlog == somaxconn else ""
-        items.append(GaugeItem(f"listen:{listener.kind}:{listener.address}",
+        # reuseport gives several listeners one address: the inode tells them apart.
+        items.append(GaugeItem(f"listen:{listener.kind}:{listener.address}:{listener.inode}",
                                f"{owner} {short_address(listener.address)}", listener.queue,
                                listener.backlog, note))
     return items
