@@ -186,8 +186,9 @@ class HostCollector:
     async def _uwsgi(self, index: int) -> UwsgiInstance | SourceError:
         # poll_stats parses big documents in a thread and small ones inline (a thread hop
         # costs more than parsing a few workers).
-        return await poll_stats(self.host.uwsgi[index], self.settings.thresholds,
-                                timeout=self.settings.timeout)
+        got = await poll_stats(self.host.uwsgi[index], self.settings.thresholds,
+                               timeout=self.settings.timeout)
+        return replace(got, index=index) if isinstance(got, UwsgiInstance) and index else got
 
     async def poll(self, client: httpx.AsyncClient) -> HostSnapshot:
         taken_at = time.time()

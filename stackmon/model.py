@@ -130,6 +130,10 @@ class UwsgiInstance:
     signal_queue: int = 0
     # Non-fatal oddities found while parsing (e.g. "3 bytes of invalid UTF-8 replaced").
     warnings: tuple[str, ...] = ()
+    # Position of this instance in its host's configured `uwsgi` list: what actions name. An
+    # instance that failed its poll is missing from HostSnapshot.uwsgi, so the position in
+    # that tuple is not this.
+    index: int = 0
 
     @property
     def busy_workers(self) -> int:

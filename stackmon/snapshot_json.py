@@ -51,7 +51,8 @@ def worker_to_dict(w: Worker) -> dict[str, Any]:
 
 def instance_to_dict(u: UwsgiInstance) -> dict[str, Any]:
     return {
-        "address": u.address, "version": u.version, "master_pid": u.master_pid,
+        "address": u.address, "index": u.index, "version": u.version,
+        "master_pid": u.master_pid,
         "listen_queue": u.listen_queue, "listen_queue_max": u.listen_queue_max,
         "signal_queue": u.signal_queue, "uid": u.uid, "gid": u.gid, "cwd": u.cwd,
         "warnings": list(u.warnings),
@@ -135,6 +136,7 @@ def _instance(d: dict[str, Any]) -> UwsgiInstance:
         listen_queue_max=int(d.get("listen_queue_max", 0)),
         signal_queue=int(d.get("signal_queue", 0)), uid=d.get("uid"), gid=d.get("gid"),
         cwd=str(d.get("cwd", "")), warnings=tuple(d.get("warnings", [])),
+        index=int(d.get("index", 0)),
         sockets=tuple(Socket(name=str(s.get("name", "")), proto=str(s.get("proto", "")),
                              queue=int(s.get("queue", 0)), max_queue=int(s.get("max_queue", 0)),
                              shared=bool(s.get("shared", False)),
