@@ -13,18 +13,24 @@ import re
 
 REDACTED = "<redacted>"
 
-# Header / variable names whose whole value is a secret.
+# Header / variable names whose whole value is a secret. AUTH counts as a whole word of the
+# name wherever it sits (HTTP_X_AUTH_KEY: `_AUTH\b` missed it, `_` being a word character), and
+# so does a name ending in KEY or naming an access key (Cloudflare's X-Auth-Key, X-Access-Key):
+# vendors' key headers are rarely called API_KEY.
 _SECRET_KEYS = re.compile(
-    r"(COOKIE|AUTHORI[SZ]ATION|TOKEN|PASSW|SECRET|SESSION|API[_-]?KEY|CSRF|XSRF|CREDENTIAL|"
-    r"SIGNATURE|PRIVATE|_AUTH\b|^HTTP_AUTH)",
+    r"(COOKIE|AUTHORI[SZ]ATION|AUTHENTICAT|TOKEN|PASSW|SECRET|SESSION|API[_-]?KEY|"
+    r"ACCESS[_-]?KEY|CSRF|XSRF|CREDENTIAL|SIGNATURE|PRIVATE|^HTTP_AUTH|"
+    r"(?:^|[_-])AUTH(?:[^A-Z0-9]|$)|(?:^|[_-])KEY$)",
     re.IGNORECASE,
 )
 
-# key=value pairs inside a URI, query string or referer; the key decides (see _secret_param).
+# key=value pairs inside a URI, query string or referer; the key decides (see _redact_param).
+# Short words only count as the whole name or its last -/_ part (pin=, user_pass=, ticket= of
+# CAS, otp=), so that ordinary parameters containing them (spin=, passenger=) stay readable.
 _PARAM = re.compile(r"(?P<key>[^=&;?#/\s]+)=(?P<val>[^&;#\s]*)")
 _SECRET_PARAM_WORDS = re.compile(
     r"(?i)token|passw|secret|session|sessid|auth|api[_-]?key|apikey|csrf|xsrf|signature|"
-    r"credential|(?:^|[_-])(?:code|sid|key|sig|pw|pwd)$"
+    r"credential|(?:^|[_-])(?:code|sid|key|sig|pw|pwd|pass|ticket|otp|pin)$"
 )
 
 # Bearer-like values that give themselves away whatever header carries them.

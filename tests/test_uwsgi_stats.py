@@ -1015,10 +1015,12 @@ ADVERSARIAL_VALUES = [
     "a\x1bb", "\x00", "caf\u00e9", "\u202etxet", "\u00a0nbsp", "\x9bcsi", "a\x7f",
     "203.0.113.7, 10.0.0.2", "Mozilla/5.0 (X11; Linux x86_64)", "en-GB,en;q=0.9",
     "https://shop.example/account?session=FAKE", "4b1f0c2e9d8a4f7e9c3b2a1d0e9f8a7b",
+    "/cas?ticket=ST-1&pass=x", "otp=123456", "pin=", "card_pin=1", "/p?spin=1",
 ]
 ADVERSARIAL_KEYS = ["REQUEST_URI", "HTTP_COOKIE", "HTTP_X_TOKEN", "HTTP_REFERER", "X\x1bKEY",
                     "HTTP_X_AUTH", "HTTP_AUTHORIZATION", "QUERY_STRING", "HTTP_X_SESSION_ID",
-                    "HTTP_USER_AGENT", "PASSWORD", "SERVER_NAME"]
+                    "HTTP_USER_AGENT", "PASSWORD", "SERVER_NAME", "HTTP_X_AUTH_KEY",
+                    "HTTP_X_ACCESS_KEY", "HTTP_X_UPSTREAM_AUTHENTICATION", "HTTP_X_REQUEST_ID"]
 
 
 def _corpus() -> Iterator[tuple[str, str]]:
