@@ -126,3 +126,11 @@ def test_tracker_states_and_countdown():
     assert p.workers[1].state == "killing"
     p = t.update(_inst(_worker(1, 201), _worker(2, 202)), 1010.8)
     assert p.done and p.replaced == 2 and "10.8 s" in p.message
+
+
+def test_reload_refused_when_the_master_changed_since_the_user_looked(fresh_stack, tmp_path):
+    st = fresh_stack(workers=1, threads=1, nginx=False)
+    with pytest.raises(ActionError) as info:
+        asyncio.run(reload_uwsgi(target_of(st), "graceful", audit=AuditLog(tmp_path / "a.log"),
+                                 expect_master=st.master_pid + 100000))
+    assert info.value.kind == "stale"

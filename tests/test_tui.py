@@ -341,3 +341,33 @@ async def test_action_messages_are_shown_literally():
         await pilot.pause(0.3)
         (note,) = list(app._notifications)  # the toast itself is drawn on a later frame
         assert note.message == "cannot read /x/[b]y[/b] [red]z" and note.markup is False
+
+
+async def test_kill_targets_the_instance_shown_when_another_instance_is_down(fresh_stack, hang,
+                                                                           tmp_path):
+    """Instance 0 of the host is down, so the snapshot holds only instance 1: the action must
+    still name instance 1 (the one on screen), not position 0 of the snapshot."""
+    from stackmon.actions.audit import AuditLog
+
+    st = fresh_stack(workers=1, threads=1, nginx=False)
+    hang(st, "/hang/second-instance", n=1, via="unix")
+    host = HostConfig(name="two", uwsgi=(parse_stats_address("127.0.0.1:1"),
+                                         parse_stats_address(st.stats_address)))
+    audit = AuditLog(tmp_path / "audit.log")
+    app = StackmonApp(Targets(hosts=(host,), settings=Settings(interval=0.3, timeout=0.5)),
+                      audit=audit)
+    async with app.run_test(size=(120, 36)) as pilot:
+        for _ in range(50):
+            await pilot.pause(0.1)
+            if "/hang/second-instance" in screen_text(app):
+                break
+        victim = app.active_pane().selected_worker()
+        assert victim is not None and victim.requests_in_flight
+        await pilot.press("K", "t")
+        for _ in range(80):
+            await pilot.pause(0.1)
+            if audit.entries() and audit.entries()[-1]["outcome"] != "started":
+                break
+        last = audit.entries()[-1]
+        assert last["outcome"] == "ok", last
+        assert last["instance"] == st.stats_address

@@ -126,7 +126,7 @@ class StackmonApp(App[int]):
                 self.targets.hosts[index].name, state)
         screen = self.screen
         if isinstance(screen, WorkerDetailScreen) and screen.host_index == index:
-            screen.set_worker(pane.find_worker(screen.worker_id), self.clock())
+            screen.set_worker(pane.find_worker(screen.worker_id, screen.address), self.clock())
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -183,7 +183,9 @@ class StackmonApp(App[int]):
         if worker is None:
             self.notify("No worker selected.", severity="warning")
             return
+        inst = pane.current_instance()
         self.push_screen(WorkerDetailScreen(pane.index, pane.host.name, worker,
+                                            inst.address if inst else "",
                                             self.clock()))
 
     def action_cycle_sort(self) -> None:
@@ -252,8 +254,10 @@ class StackmonApp(App[int]):
             return
         if not self._actionable(pane):
             return
-        index, instance = pane.index, pane.instance_index
-        address = pane.current_instance().address if pane.current_instance() else "?"
+        inst = pane.current_instance()
+        if inst is None:
+            return
+        index, instance, address = pane.index, inst.index, inst.address
 
         def chosen(choice: KillChoice | None) -> None:
             if choice is not None:
@@ -285,20 +289,22 @@ class StackmonApp(App[int]):
             return
         if not self._actionable(pane):
             return
-        index, instance = pane.index, pane.instance_index
+        index, instance = pane.index, inst.index
 
         def chosen(choice: ReloadChoice | None) -> None:
             if choice is not None:
-                self.run_worker(self._reload(index, instance, inst.address, choice.mode),
+                self.run_worker(self._reload(index, instance, inst.address, choice.mode,
+                                             inst.master_pid),
                                 group="actions", exit_on_error=False)
 
         self.push_screen(ReloadConfirm(pane.host.name, inst, self.clock(), mode), chosen)
 
-    async def _reload(self, index: int, instance_index: int, address: str, mode: str) -> None:
+    async def _reload(self, index: int, instance_index: int, address: str, mode: str,
+                      master_pid: int) -> None:
         host, settings = self.targets.hosts[index], self.targets.settings
         try:
             result = await dispatch.reload(host, settings, instance_index, mode,
-                                           audit=self.audit)
+                                           audit=self.audit, expect_master=master_pid)
         except ActionError as exc:
             self.post_message(ActionFinished("Reload refused", exc.message, ok=False))
             return
@@ -306,10 +312,16 @@ class StackmonApp(App[int]):
             self.post_message(ActionFinished("Reload not done", f"audit log: {exc}", ok=False))
             return
         instance = f"{host.name}/{address}"
-        progress = await dispatch.follow(
-            host, settings, instance_index, result,
-            lambda p: self.post_message(ReloadProgressed(index, instance, p)),
-            audit=self.audit)
+        try:
+            progress = await dispatch.follow(
+                host, settings, instance_index, result,
+                lambda p: self.post_message(ReloadProgressed(index, instance, p)),
+                audit=self.audit)
+        except (ActionError, OSError) as exc:
+            # The reload was sent; only following it failed. Say so, and close the view's slot.
+            self._reload_views.discard(instance)
+            self.post_message(ActionFinished("Reload sent, progress lost", str(exc), ok=False))
+            return
         self.post_message(ReloadProgressed(index, instance, progress, final=True))
         self.post_message(ActionFinished("Reload finished" if progress.done else "Reload slow",
                                          progress.message, ok=progress.done))

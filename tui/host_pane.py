@@ -88,7 +88,9 @@ class HostPane(TabPane):
         self._shown: HostSnapshot | None = None
         self._previous: HostSnapshot | None = None
         self._rps: float | None = None
-        self._instance = 0
+        # The instance shown, by its address: a failed poll of another instance shortens the
+        # snapshot's tuple, and positions would then point at a different instance.
+        self._instance_address: str | None = None
         self._sort = 0
         self._paused = False
         self._queue_hist: deque[int] = deque(maxlen=HISTORY)
@@ -139,6 +141,9 @@ class HostPane(TabPane):
         snap = self.latest
         if snap is None or snap is self._shown or not self.is_mounted:
             return
+        self._draw(snap)
+
+    def _draw(self, snap: HostSnapshot) -> None:
         self._shown = snap
         now = self.clock()
         self.query_one(HostHeader).set_snapshot(snap, self._rps)
@@ -169,8 +174,15 @@ class HostPane(TabPane):
     def _current_instance(self, snap: HostSnapshot) -> UwsgiInstance | None:
         if not snap.uwsgi:
             return None
-        self._instance %= len(snap.uwsgi)
-        return snap.uwsgi[self._instance]
+        for inst in snap.uwsgi:
+            if inst.address == self._instance_address:
+                return inst
+        self._instance_address = snap.uwsgi[0].address
+        return snap.uwsgi[0]
+
+    def _position(self, snap: HostSnapshot) -> int:
+        return next((i for i, u in enumerate(snap.uwsgi) if u.address == self._instance_address),
+                    0)
 
     @staticmethod
     def _notice(snap: HostSnapshot) -> Text:
@@ -208,7 +220,7 @@ class HostPane(TabPane):
         text.append("uWSGI ", "bold")
         text.append(inst.address)
         if len(snap.uwsgi) > 1:
-            text.append(f"  [{self._instance + 1}/{len(snap.uwsgi)}, i: next]", "dim")
+            text.append(f"  [{self._position(snap) + 1}/{len(snap.uwsgi)}, i: next]", "dim")
         text.append(f"  sort: {SORTS[self._sort]}", "dim")
         workers = self.query_one(WorkerList)
         if workers.filter_text:
@@ -223,14 +235,24 @@ class HostPane(TabPane):
     # --- commands from the app ---------------------------------------------------------------
 
     @property
-    def instance_index(self) -> int:
-        return self._instance
+    def on_screen(self) -> HostSnapshot | None:
+        """What the user is looking at: the frozen snapshot while paused, else the latest."""
+        return self._shown if self._paused and self._shown is not None else self.latest
 
     def current_instance(self) -> UwsgiInstance | None:
-        return self._current_instance(self.latest) if self.latest else None
+        """The instance on screen (actions name what the user saw, even while paused)."""
+        snap = self.on_screen
+        return self._current_instance(snap) if snap else None
 
-    def find_worker(self, worker_id: int) -> Worker | None:
-        inst = self._current_instance(self.latest) if self.latest else None
+    def find_worker(self, worker_id: int, address: str | None = None,
+                    latest: bool = False) -> Worker | None:
+        """A worker of the shown instance (or of the instance at `address`); `latest`: from
+        the newest snapshot even while paused (a detail screen follows live data)."""
+        snap = self.latest if latest else self.on_screen
+        if snap is None:
+            return None
+        inst = next((u for u in snap.uwsgi if u.address == address), None) if address \
+            else self._current_instance(snap)
         if inst is None:
             return None
         return next((w for w in inst.workers if w.id == worker_id), None)
@@ -268,10 +290,11 @@ class HostPane(TabPane):
         self.focus_workers()
 
     def next_instance(self) -> None:
-        if self.latest and len(self.latest.uwsgi) > 1:
-            self._instance = (self._instance + 1) % len(self.latest.uwsgi)
-            self._shown = None
-            self.show_latest()
+        snap = self.on_screen
+        if snap and len(snap.uwsgi) > 1:
+            nxt = (self._position(snap) + 1) % len(snap.uwsgi)
+            self._instance_address = snap.uwsgi[nxt].address
+            self._draw(snap)
 
     def _redraw_title(self) -> None:
         if self.latest is not None:

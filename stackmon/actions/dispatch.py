@@ -20,7 +20,8 @@ from stackmon.model import HostSnapshot, UwsgiInstance
 
 def local_target(host: HostConfig, settings: Settings, index: int) -> ActionTarget:
     if not 0 <= index < len(host.uwsgi):
-        raise ActionError("not_found", f"host {host.name!r} has no uwsgi instance {index}")
+        raise ActionError("not_found", f"host {host.name!r} has no uwsgi instance {index} "
+                                       f"(it has {len(host.uwsgi)})")
     return ActionTarget(host=host.name, address=host.uwsgi[index], index=index,
                         read_only=settings.read_only or host.read_only, timeout=settings.timeout)
 
@@ -37,11 +38,11 @@ async def current_instance(host: HostConfig, settings: Settings, index: int) -> 
     from stackmon.agent.client import fetch_remote_snapshot
 
     snap = await fetch_remote_snapshot(host, settings)
-    if not 0 <= index < len(snap.uwsgi):
-        raise ActionError("not_found", f"host {host.name!r} has {len(snap.uwsgi)} uWSGI "
-                                       f"instance(s) behind its agent; there is no instance "
-                                       f"{index}")
-    return snap.uwsgi[index]
+    inst = next((u for u in snap.uwsgi if u.index == index), None)
+    if inst is None:
+        raise ActionError("not_found", f"host {host.name!r} shows no uWSGI instance {index} "
+                                       f"behind its agent (it shows {len(snap.uwsgi)})")
+    return inst
 
 
 async def kill(host: HostConfig, settings: Settings, index: int, worker_id: int,
@@ -57,6 +58,11 @@ async def kill(host: HostConfig, settings: Settings, index: int, worker_id: int,
             "target_pid": expect_pid, "agent": host.agent}
     try:
         _check_writable(host, settings)
+    except ActionError as exc:
+        audit.record(**base, outcome=f"refused: {exc.kind}", message=exc.message)
+        raise
+    audit.record(**base, outcome="started")  # before acting: no audit, no action
+    try:
         result = await remote_kill(host, index, worker_id, expect_pid, signal,
                                    expect_spawn=expect_spawn, usr2_first=usr2_first,
                                    timeout=settings.timeout, actor=current_actor())
@@ -68,15 +74,21 @@ async def kill(host: HostConfig, settings: Settings, index: int, worker_id: int,
 
 
 async def reload(host: HostConfig, settings: Settings, index: int, mode: str, *,
-                 audit: AuditLog) -> ActionResult:
+                 audit: AuditLog, expect_master: int | None = None) -> ActionResult:
+    """expect_master: the master pid the user saw (local hosts; refused when it changed)."""
     if not host.agent:
         return await reload_uwsgi(local_target(host, settings, index), mode,  # type: ignore[arg-type]
-                                  audit=audit)
+                                  audit=audit, expect_master=expect_master)
     from stackmon.agent.client import remote_reload
 
     base = {"host": host.name, "action": f"reload {mode} via agent", "agent": host.agent}
     try:
         _check_writable(host, settings)
+    except ActionError as exc:
+        audit.record(**base, outcome=f"refused: {exc.kind}", message=exc.message)
+        raise
+    audit.record(**base, outcome="started")
+    try:
         result = await remote_reload(host, index, mode, timeout=settings.timeout,
                                      actor=current_actor())
     except ActionError as exc:
@@ -95,9 +107,13 @@ async def follow(host: HostConfig, settings: Settings, index: int, result: Actio
         from stackmon.agent.client import fetch_remote_snapshot
 
         async def sample() -> UwsgiInstance | None:
-            snap: HostSnapshot = await fetch_remote_snapshot(host, settings)
-            ok = snap.reachable and snap.stale_s is None and index < len(snap.uwsgi)
-            return snap.uwsgi[index] if ok else None
+            try:
+                snap: HostSnapshot = await fetch_remote_snapshot(host, settings)
+            except ActionError:  # the agent did not answer this time: no sample, go on
+                return None
+            if not snap.reachable or snap.stale_s is not None:
+                return None
+            return next((u for u in snap.uwsgi if u.index == index), None)
 
         target = ActionTarget(host=host.name, address=host.uwsgi[0] if host.uwsgi else None,  # type: ignore[arg-type]
                               index=index, timeout=settings.timeout)

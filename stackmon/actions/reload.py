@@ -85,12 +85,16 @@ def _write_fifo(path: str, command: bytes) -> None:
             from None
     try:
         os.write(fd, command)
+    except OSError as exc:  # a full pipe (the master is not reading) or a vanished reader
+        raise ActionError("failed", f"cannot write to the master FIFO {path}: "
+                                    f"{exc.strerror or exc}") from None
     finally:
         os.close(fd)
 
 
 async def reload_uwsgi(target: ActionTarget, mode: Mode = "graceful", *,
-                       audit: AuditLog | None = None, actor: str = "") -> ActionResult:
+                       audit: AuditLog | None = None, actor: str = "",
+                       expect_master: int | None = None) -> ActionResult:
     """Start a reload and return at once; follow it with ReloadTracker on new samples.
 
     The result's data carries what the progress view needs: the workers before the reload,
@@ -106,6 +110,10 @@ async def reload_uwsgi(target: ActionTarget, mode: Mode = "graceful", *,
         if target.read_only:
             raise ActionError("read_only", "read-only mode: actions are disabled")
         inst = await fetch_instance(target)
+        if expect_master is not None and inst.master_pid != expect_master:
+            raise ActionError("stale", f"{target.address} now has master pid {inst.master_pid}, "
+                                       f"not {expect_master} as when you looked; nothing was "
+                                       "done")
         master = local_master(inst, target)
         plan = plan_for(inst)
         if plan.fifo is None and mode == "chain" and plan.touch_chain is None:
@@ -125,7 +133,11 @@ async def reload_uwsgi(target: ActionTarget, mode: Mode = "graceful", *,
             method = f"master FIFO {plan.fifo}"
         elif mode == "chain":
             assert plan.touch_chain is not None
-            Path(plan.touch_chain).touch()
+            try:
+                Path(plan.touch_chain).touch()
+            except OSError as exc:
+                raise ActionError("permission", f"cannot touch {plan.touch_chain}: "
+                                                f"{exc.strerror or exc}") from None
             method = f"touch {plan.touch_chain}"
         else:
             try:

@@ -80,10 +80,12 @@ class WorkerDetailScreen(Screen[None]):
     """
     BINDINGS = [Binding("escape,q", "close", "Back")]
 
-    def __init__(self, host_index: int, host_name: str, worker: Worker, now: float) -> None:
+    def __init__(self, host_index: int, host_name: str, worker: Worker, address: str,
+                 now: float) -> None:
         super().__init__()
         self.host_index = host_index
         self.host_name = host_name
+        self.address = address  # the worker's instance: worker ids repeat across instances
         self.worker_id = worker.id
         self.first_pid = worker.pid
         self.worker: Worker | None = worker
