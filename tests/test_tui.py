@@ -371,3 +371,27 @@ async def test_kill_targets_the_instance_shown_when_another_instance_is_down(fre
         last = audit.entries()[-1]
         assert last["outcome"] == "ok", last
         assert last["instance"] == st.stats_address
+
+
+async def test_odd_text_from_the_stack_never_breaks_the_screens():
+    """A host name, a worker status and an error message carrying markup or escapes, and a
+    timestamp out of range: shown literally, nothing crashes."""
+    from stackmon.model import SourceError
+
+    base = recorded(host_name="api [/] [b]x")
+    inst = base.uwsgi[0]
+    odd = replace(inst.workers[0], status="[/x] busy\x1b[2J", last_spawn=1e20)
+    host = replace(base, uwsgi=(replace(inst, workers=(odd, *inst.workers[1:])),),
+                   errors=(SourceError("nginx http://x", "bad [red]reply\x1b[2J"),))
+    app = app_for(host)
+    async with app.run_test(size=(120, 36)) as pilot:
+        feed(app, host)
+        await pilot.pause()
+        text = screen_text(app)
+        assert "api [/] [b]x" in text
+        assert "bad [red]reply\\x1b[2J" in text
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, WorkerDetailScreen)
+        text = screen_text(app)
+        assert "[/x] busy\\x1b[2J" in text

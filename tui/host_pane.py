@@ -15,10 +15,12 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.markup import escape
 from textual.widgets import Input, Static, TabPane
 
 from stackmon.config import HostConfig, Settings
 from stackmon.model import HostSnapshot, UwsgiInstance, Worker
+from stackmon.redact import visible
 from widgets.gauge import GaugeList, fd_items, listen_queue_items
 from widgets.history import History
 from widgets.host_header import HostHeader
@@ -79,7 +81,7 @@ class HostPane(TabPane):
 
     def __init__(self, index: int, host: HostConfig, settings: Settings,
                  clock: Callable[[], float], *, id: str) -> None:
-        super().__init__(host.name, id=id)
+        super().__init__(escape(host.name), id=id)  # a host name is text, never markup
         self.index = index
         self.host = host
         self.settings = settings
@@ -201,8 +203,8 @@ class HostPane(TabPane):
             text.append("  some sources failed; the rest is current", "bold")
         for e in snap.errors:
             text.append("\n • ")
-            text.append(e.source, "bold")
-            text.append(f": {e.message}")
+            text.append(visible(e.source), "bold")
+            text.append(f": {visible(e.message)}")
         return text
 
     def _instance_title(self, snap: HostSnapshot, inst: UwsgiInstance | None) -> Text:
@@ -212,13 +214,13 @@ class HostPane(TabPane):
                 text.append("no worker data", "dim")
             elif self.host.uwsgi:
                 text.append("uWSGI: no data ", "bold yellow")
-                text.append("; ".join(e.message for e in snap.errors
-                                      if e.source.startswith("uwsgi")))
+                text.append(visible("; ".join(e.message for e in snap.errors
+                                              if e.source.startswith("uwsgi"))))
             else:
                 text.append("no uWSGI stats configured for this host", "dim")
             return text
         text.append("uWSGI ", "bold")
-        text.append(inst.address)
+        text.append(visible(inst.address))
         if len(snap.uwsgi) > 1:
             text.append(f"  [{self._position(snap) + 1}/{len(snap.uwsgi)}, i: next]", "dim")
         text.append(f"  sort: {SORTS[self._sort]}", "dim")
@@ -229,7 +231,7 @@ class HostPane(TabPane):
         if snap.stale_s is not None:
             text.append(f"  data {snap.stale_s:.0f}s old", "bold yellow")
         for warning in inst.warnings:
-            text.append(f"  ! {warning}", "yellow")
+            text.append(f"  ! {visible(warning)}", "yellow")
         return text
 
     # --- commands from the app ---------------------------------------------------------------

@@ -20,6 +20,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from stackmon.model import Worker
+from stackmon.redact import visible
 from stackmon.render_text import human_age, human_bytes
 
 LEVEL_STYLE = {"ok": "", "slow": "bold black on yellow", "critical": "bold white on red"}
@@ -29,7 +30,10 @@ LEVEL_LABEL = {"ok": "", "slow": " SLOW ", "critical": " CRIT "}
 def _when(epoch: float | None) -> str:
     if not epoch:
         return "?"
-    return datetime.fromtimestamp(epoch).strftime("%H:%M:%S")
+    try:
+        return datetime.fromtimestamp(epoch).strftime("%H:%M:%S")
+    except (OverflowError, OSError, ValueError):  # a broken stats document's timestamp
+        return "?"
 
 
 def render_worker_detail(host: str, worker: Worker | None, worker_id: int, now: float,
@@ -42,12 +46,15 @@ def render_worker_detail(host: str, worker: Worker | None, worker_id: int, now: 
     head = Table.grid(padding=(0, 2))
     for _ in range(4):
         head.add_column()
-    head.add_row("pid", str(worker.pid), "status", worker.status)
-    head.add_row("requests", str(worker.requests), "exceptions", str(worker.exceptions))
-    head.add_row("respawns", str(worker.respawn_count), "harakiri", str(worker.harakiri_count))
-    head.add_row("avg rt", f"{worker.avg_rt_ms:.0f} ms", "rss", human_bytes(worker.rss))
-    head.add_row("spawned", _when(worker.last_spawn), "accepting", "yes" if worker.accepting
-                 else "no")
+    rows = (
+        ("pid", str(worker.pid), "status", worker.status),
+        ("requests", str(worker.requests), "exceptions", str(worker.exceptions)),
+        ("respawns", str(worker.respawn_count), "harakiri", str(worker.harakiri_count)),
+        ("avg rt", f"{worker.avg_rt_ms:.0f} ms", "rss", human_bytes(worker.rss)),
+        ("spawned", _when(worker.last_spawn), "accepting", "yes" if worker.accepting else "no"),
+    )
+    for row in rows:  # Text cells: a str cell would be parsed as markup (status is open-ended)
+        head.add_row(*(Text(visible(cell)) for cell in row))
     parts: list[object] = [title, head]
     if first_pid and worker.pid != first_pid:
         parts.append(Text(f"\nRespawned: pid {first_pid} -> {worker.pid}", style="bold green"))
