@@ -133,7 +133,8 @@ def merge_kernel_queues(inst: UwsgiInstance, listeners: tuple[Listener, ...]) ->
     """
     if not listeners:
         return inst
-    own = [li for li in listeners if inst.master_pid in li.pids or li.owner == "uwsgi"]
+    # Only this instance's master's sockets: two instances may use the same relative name.
+    own = [li for li in listeners if inst.master_pid in li.pids]
     sockets = []
     for s in inst.sockets:
         match = next((li for li in own if _same_address(s.name, li)), None)

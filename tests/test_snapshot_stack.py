@@ -253,3 +253,16 @@ def test_core_never_imports_textual():
                          env={**os.environ}, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [(["--workdir", "/etc/passwd"], "not a directory"),
+     (["--slow", "50s", "--critical", "5s"], "shorter than slow"),
+     (["--interval", "abc"], "expected a duration")],
+)
+def test_demo_checks_its_arguments_before_starting_anything(args, words):
+    proc = run_cli("demo", "--no-ui", *args)
+    assert proc.returncode == 2
+    _no_traceback(proc)
+    assert words in proc.stderr and "starting uWSGI" not in proc.stderr

@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 
 from stackmon.addresses import parse_stats_address
-from stackmon.config import HostConfig, Targets, parse_settings
+from stackmon.config import ConfigError, HostConfig, Targets, parse_settings
 from stackmon.demo.launcher import Stack, StackError
 from stackmon.demo.traffic import TrafficThread
 
@@ -37,8 +37,20 @@ def demo_targets(stack: Stack, args: argparse.Namespace) -> Targets:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    workdir = Path(args.workdir) if args.workdir else Path(
-        tempfile.mkdtemp(prefix="stackmon-demo-"))
+    # Check what the user typed before starting anything: a bad --slow must not cost a stack.
+    settings_check = {k: v for k in ("interval", "slow", "critical")
+                      if (v := getattr(args, k, None)) is not None}
+    parse_settings(settings_check, "command line")  # raises ConfigError: exit 2, one line
+    if args.workdir:
+        workdir = Path(args.workdir)
+        if workdir.exists() and not workdir.is_dir():
+            raise ConfigError(f"--workdir {workdir}: exists and is not a directory")
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--workdir {workdir}: {exc.strerror or exc}") from None
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix="stackmon-demo-"))
     print(f"stackmon demo: starting uWSGI and nginx in {workdir} ...", file=sys.stderr)
     try:
         stack = Stack.start(workdir, workers=4, threads=2, listen=DEMO_LISTEN,
