@@ -43,6 +43,8 @@ def test_without_yes_and_without_a_terminal_nothing_happens(fresh_stack, tmp_pat
     assert proc.returncode == 1
     assert "pass --yes" in proc.stderr and "Traceback" not in proc.stderr
     assert st.stats()["workers"][0]["pid"] == pid
+    entries = [json.loads(line) for line in (tmp_path / "a.log").read_text().splitlines()]
+    assert [e["outcome"] for e in entries] == ["refused: bad_request"]
 
 
 def test_read_only_hosts_file_refuses_kill_and_reload(fresh_stack, tmp_path):
@@ -51,6 +53,9 @@ def test_read_only_hosts_file_refuses_kill_and_reload(fresh_stack, tmp_path):
     for args in (["kill", "web-1", "1"], ["reload", "web-1"]):
         proc = cli(*args, "--hosts", str(path), "--yes", "--audit-log", str(tmp_path / "a.log"))
         assert proc.returncode == 1 and "read-only" in proc.stderr, proc.stderr
+    entries = [json.loads(line) for line in (tmp_path / "a.log").read_text().splitlines()]
+    assert [(e["action"], e["outcome"]) for e in entries] == [
+        ("kill", "refused: read_only"), ("reload", "refused: read_only")]
 
 
 def test_reload_follows_until_every_worker_is_replaced(fresh_stack, tmp_path):

@@ -73,10 +73,18 @@ def _resolve(args: argparse.Namespace) -> tuple[Targets, HostConfig]:
     return targets, host
 
 
+class _Refused(Exception):
+    """A refusal of the command itself (no terminal, no such worker), to be audited once."""
+
+    def __init__(self, error: ActionError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
 def _confirm(question: str) -> bool:
     if not sys.stdin.isatty():
-        raise ActionError("bad_request", "no terminal to confirm on: pass --yes to act "
-                                         "without asking")
+        raise _Refused(ActionError("bad_request", "no terminal to confirm on: pass --yes to "
+                                                  "act without asking"))
     answer = input(f"{question} [y/N] ").strip().lower()
     return answer in ("y", "yes")
 
@@ -92,10 +100,21 @@ def run(name: str, args: argparse.Namespace) -> int:
         settings = replace(settings, read_only=True)
     audit = AuditLog(Path(args.audit_log)) if args.audit_log else AuditLog.default()
     try:
-        if settings.read_only or host.read_only:
-            raise ActionError("read_only", "read-only mode: actions are disabled")
-        act = _kill if name == "kill" else _reload
-        return asyncio.run(act(args, host, settings, audit))
+        try:
+            if settings.read_only or host.read_only:
+                raise ActionError("read_only", "read-only mode: actions are disabled")
+            act = _kill if name == "kill" else _reload
+            return asyncio.run(act(args, host, settings, audit))
+        except _Refused as refused:  # refused here, before any action: audited here
+            exc = refused.error
+            audit.record(host=host.name, action=name, outcome=f"refused: {exc.kind}",
+                         message=exc.message, worker_id=getattr(args, "worker_id", None))
+            raise exc from None
+        except ActionError as exc:
+            if exc.kind == "read_only":
+                audit.record(host=host.name, action=name, outcome="refused: read_only",
+                             message=exc.message, worker_id=getattr(args, "worker_id", None))
+            raise
     except ActionError as exc:
         print(f"stackmon {name}: {exc.message}", file=sys.stderr)
         return EXIT_UNREACHABLE if exc.kind == "gone" and "cannot read" in exc.message \
@@ -117,8 +136,8 @@ async def _kill(args: argparse.Namespace, host: HostConfig, settings: Settings,
     inst = await dispatch.current_instance(host, settings, args.instance)
     worker = next((w for w in inst.workers if w.id == args.worker_id), None)
     if worker is None:
-        raise ActionError("not_found", f"{inst.address} on {host.name} has no worker "
-                                       f"{args.worker_id}")
+        raise _Refused(ActionError("not_found", f"{inst.address} on {host.name} has no worker "
+                                                f"{args.worker_id}"))
     if not args.yes:
         print(f"{_where(host, inst)}  worker {worker.id}  pid {worker.pid}  {worker.status}")
         for r in worker.requests_in_flight:
