@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
+
+from stackmon import redact
 
 
 class AddressError(ValueError):
@@ -36,21 +38,53 @@ def _port(text: str, raw: str) -> int:
     return int(text)
 
 
+def shown(raw: str) -> str:
+    """An address or URL as it may appear in a message: secrets redacted (a query token, a
+    user:password@ that slipped through), control characters visible. Messages quote what the
+    user typed, and they end up in logs, the JSON and the audit log."""
+    return redact.clean(raw)
+
+
+def _split_url(text: str, raw: str, what: str, *, credentials_hint: str = "") -> SplitResult:
+    """urlsplit with every way it can fail turned into an AddressError naming `what`.
+
+    urlsplit raises a bare ValueError for an unclosed IPv6 bracket ("http://[::1") and
+    `.port` raises for a port that is not a number or out of range: both would otherwise
+    escape as tracebacks. A URL carrying user:password@ is refused rather than used, because
+    the URL is shown in errors, the JSON, metrics and the audit log.
+    """
+    try:
+        parts = urlsplit(text)
+        host = parts.hostname
+    except ValueError as exc:
+        raise AddressError(f"bad {what} {shown(raw)!r}: {exc}") from None
+    if "@" in parts.netloc:
+        hint = f"; {credentials_hint}" if credentials_hint else ""
+        raise AddressError(f"credentials in the URL are not supported ({what} "
+                           f"{shown(raw)!r}){hint}")
+    if not host:
+        raise AddressError(f"no host in {what} {shown(raw)!r}")
+    if any(ch.isspace() or not ch.isprintable() for ch in host):
+        raise AddressError(f"bad host in {what} {shown(raw)!r}")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise AddressError(f"bad port in {what} {shown(raw)!r}") from None
+    return parts
+
+
 def parse_stats_address(raw: str) -> StatsAddress:
     text = raw.strip()
     if not text:
         raise AddressError(f"empty stats address (expected {FORMS})")
     if text.startswith(("http://", "https://")):
-        parts = urlsplit(text)
-        if not parts.hostname:
-            raise AddressError(f"no host in stats address {raw!r}")
-        try:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-        except ValueError:
-            raise AddressError(f"bad port in stats address {raw!r}") from None
+        parts = _split_url(text, raw, "stats address",
+                           credentials_hint="uWSGI's stats-http takes none")
+        assert parts.hostname is not None  # checked by _split_url
+        port = parts.port or (443 if parts.scheme == "https" else 80)
         return StatsAddress("http", raw, parts.hostname, port, text)
     if "://" in text:
-        raise AddressError(f"unknown scheme in stats address {raw!r} (expected {FORMS})")
+        raise AddressError(f"unknown scheme in stats address {shown(raw)!r} (expected {FORMS})")
     if text.startswith("@"):
         if len(text) == 1:
             raise AddressError(f"empty abstract socket name in {raw!r}")
@@ -61,22 +95,41 @@ def parse_stats_address(raw: str) -> StatsAddress:
         host, _, port = text.rpartition(":")
         host = host.strip("[]") or "127.0.0.1"  # ":1717" means all interfaces: ask loopback
         return StatsAddress("tcp", raw, host, _port(port, raw))
-    raise AddressError(f"unknown address form {raw!r} (expected {FORMS})")
+    raise AddressError(f"unknown address form {shown(raw)!r} (expected {FORMS})")
 
 
 def parse_nginx_url(raw: str) -> str:
-    """The stub_status URL; a bare host:port gets the conventional /nginx_status path."""
+    """The stub_status URL; a bare host:port gets the conventional /nginx_status path.
+
+    A query (a token some setups put on their status location) is kept, since nginx may need
+    it, and redacted wherever the URL is shown; user:password@ is refused (see _split_url).
+    """
     text = raw.strip()
     if not text.startswith(("http://", "https://")):
         if "://" in text or ":" not in text:
             raise AddressError(f"nginx status must be a URL such as http://127.0.0.1/nginx_status,"
-                               f" not {raw!r}")
+                               f" not {shown(raw)!r}")
         text = f"http://{text}/nginx_status"
-    parts = urlsplit(text)
-    if not parts.hostname:
-        raise AddressError(f"no host in nginx status URL {raw!r}")
-    try:
-        _ = parts.port
-    except ValueError:
-        raise AddressError(f"bad port in nginx status URL {raw!r}") from None
+    _split_url(text, raw, "nginx status URL",
+               credentials_hint="protect the status page by address (allow/deny) instead")
     return text
+
+
+def parse_agent_url(raw: str) -> str:
+    """The base URL of a stackmon agent (http[s]://host:port[/prefix]), without a trailing /.
+
+    Checked when the hosts file is loaded, so that a typo is one line naming the file rather
+    than an HTTP client's exception at the first poll. Credentials and queries are refused:
+    the agent authenticates with the token of `token_file`, and API paths are appended to this
+    URL (a query would end up in the middle of them).
+    """
+    text = raw.strip()
+    if not text.startswith(("http://", "https://")):
+        raise AddressError(f"agent must be a URL such as http://10.0.0.12:9300, "
+                           f"not {shown(raw)!r}")
+    parts = _split_url(text, raw, "agent URL",
+                       credentials_hint="put the agent's token in token_file")
+    if parts.query or parts.fragment or text.endswith(("?", "#")):
+        raise AddressError(f"agent URL {shown(raw)!r} has a query or fragment: give its base "
+                           "URL such as http://10.0.0.12:9300 (the token goes in token_file)")
+    return text.rstrip("/")

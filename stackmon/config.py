@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stackmon.addresses import AddressError, StatsAddress, parse_nginx_url, parse_stats_address
+from stackmon.addresses import (
+    AddressError,
+    StatsAddress,
+    parse_agent_url,
+    parse_nginx_url,
+    parse_stats_address,
+)
 from stackmon.model import Thresholds
 
 
@@ -165,8 +171,11 @@ def _host(raw: Any, index: int, text: str, path: Path) -> HostConfig:
         except AddressError as exc:
             raise fail("nginx", f"host {name!r}: {exc}") from None
     agent = strings["agent"]
-    if agent is not None and not agent.startswith(("http://", "https://")):
-        raise fail("agent", f"host {name!r}: agent must be a URL such as http://10.0.0.12:9300")
+    if agent is not None:
+        try:
+            agent = parse_agent_url(agent)
+        except AddressError as exc:
+            raise fail("agent", f"host {name!r}: {exc}") from None
     if agent is None and not addrs and nginx is None:
         raise fail(None, f"host {name!r}: nothing to watch (give uwsgi, nginx or agent)")
     read_only = raw.get("read_only", False)

@@ -1,10 +1,12 @@
 """The hosts file and address forms: good files load, bad ones name the file and line."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from stackmon.addresses import AddressError, parse_stats_address
+from stackmon.addresses import AddressError, parse_nginx_url, parse_stats_address
 from stackmon.config import ConfigError, load_hosts_file, parse_duration
 
 GOOD = """\
@@ -89,3 +91,104 @@ def test_durations(text, seconds):
 def test_bad_addresses(bad):
     with pytest.raises(AddressError):
         parse_stats_address(bad)
+
+
+# --- URLs: credentials refused, malformed ones a one-line error --------------------------------
+
+SECRET_URL = "http://user:s3cretpw@127.0.0.1:1/nginx_status?token=abc123"
+
+
+def test_nginx_url_with_credentials_is_refused_without_echoing_them():
+    with pytest.raises(AddressError) as info:
+        parse_nginx_url(SECRET_URL)
+    message = str(info.value)
+    assert "credentials in the URL are not supported" in message
+    assert "s3cretpw" not in message and "abc123" not in message
+
+
+def test_nginx_url_keeps_a_query_token():
+    # nginx may need it; it is redacted where shown (tests/test_nginx_status.py)
+    url = "http://127.0.0.1/nginx_status?token=abc123"
+    assert parse_nginx_url(url) == url
+
+
+@pytest.mark.parametrize(
+    ("agent", "words"),
+    [
+        ("http://admin:hunter2pw@10.0.0.12:9300", "credentials in the URL are not supported"),
+        ("http://admin:hunter2pw@10.0.0.12:9300", "token_file"),
+        ("http://[::1", "bad agent URL"),
+        ("http://10.0.0.12:99999", "bad port in agent URL"),
+        ("http://:9300", "no host in agent URL"),
+        ("http://10.0.0.12:9300/?token=hunter2pw", "query"),
+    ],
+)
+def test_bad_agent_urls_name_the_line(tmp_path, agent, words):
+    path = write(tmp_path, GOOD.replace("http://10.0.0.12:9300", agent))
+    with pytest.raises(ConfigError) as info:
+        load_hosts_file(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}:13: host 'web-2': "), message
+    assert words in message
+    assert "hunter2pw" not in message
+
+
+def test_nginx_url_with_credentials_in_a_hosts_file(tmp_path):
+    path = write(tmp_path, GOOD.replace("http://127.0.0.1/nginx_status", SECRET_URL))
+    with pytest.raises(ConfigError) as info:
+        load_hosts_file(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}:9: host 'web-1': credentials in the URL"), message
+    assert "s3cretpw" not in message and "abc123" not in message
+
+
+def test_agent_url_is_kept_without_trailing_slash(tmp_path):
+    t = load_hosts_file(write(tmp_path, GOOD.replace("10.0.0.12:9300", "10.0.0.12:9300/")))
+    assert t.hosts[1].agent == "http://10.0.0.12:9300"
+
+
+@pytest.mark.parametrize("bad", ["http://[::1", "http://[::1]:x", "http://u:p@127.0.0.1:9003",
+                                 "http://127.0.0.1:0x50"])
+def test_bad_stats_urls_are_address_errors(bad):
+    with pytest.raises(AddressError):
+        parse_stats_address(bad)
+
+
+@pytest.mark.parametrize("bad", ["http://[::1", "http://[::1]:x/s", "http://h:99999/s",
+                                 "https://a@h/s"])
+def test_bad_nginx_urls_are_address_errors(bad):
+    with pytest.raises(AddressError):
+        parse_nginx_url(bad)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "stackmon.cli", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def assert_one_line_usage_error(proc: subprocess.CompletedProcess[str], words: str) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--uwsgi", "http://[::1"], "bad stats address"),
+        (["--nginx", "http://[::1"], "bad nginx status URL"),
+        (["--uwsgi", "127.0.0.1:1", "--nginx", SECRET_URL], "credentials in the URL"),
+    ],
+)
+def test_cli_bad_urls_exit_2_with_one_line(args, words):
+    line = assert_one_line_usage_error(run_cli("snapshot", *args), words)
+    assert "s3cretpw" not in line and "abc123" not in line
+
+
+def test_cli_hosts_file_with_a_malformed_agent_url_exits_2(tmp_path):
+    path = write(tmp_path, '[[host]]\nname = "r"\nagent = "http://[::1"\n')
+    line = assert_one_line_usage_error(run_cli("snapshot", str(path)), "bad agent URL")
+    assert line.startswith(f"stackmon: {path}:3: host 'r': ")
+

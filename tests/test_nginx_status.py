@@ -1,9 +1,10 @@
 """stub_status parsing: the exact format, dropped connections and the request rate."""
 
+import asyncio
 from pathlib import Path
 
 from stackmon.model import NginxStatus, SourceError
-from stackmon.sources.nginx_status import parse_stub_status
+from stackmon.sources.nginx_status import fetch_stub_status, parse_stub_status
 
 FIXTURE = Path(__file__).parent / "fixtures" / "nginx" / "stub_status.txt"
 
@@ -40,3 +41,31 @@ def test_not_a_stub_status_page():
         err = parse_stub_status(body, "http://x/s", 1.0)
         assert isinstance(err, SourceError)
         assert "not a stub_status page" in err.message
+
+
+# --- a URL's secrets never reach what is shown ------------------------------------------------
+
+TOKEN_URL = "http://127.0.0.1:1/nginx_status?token=abc123"
+
+
+def test_a_token_in_the_url_is_redacted_in_the_status_and_its_errors():
+    page = FIXTURE.read_text()
+    first = parse_stub_status(page, TOKEN_URL, 1.0)
+    assert isinstance(first, NginxStatus)
+    assert "abc123" not in first.url and "token=<redacted>" in first.url
+    second = parse_stub_status(page, TOKEN_URL, 2.0, first)
+    assert isinstance(second, NginxStatus) and second.requests_per_s == 0.0  # same URL still
+    err = parse_stub_status("<html>token=abc123</html>", TOKEN_URL, 1.0)
+    assert isinstance(err, SourceError)
+    assert "abc123" not in err.source and "abc123" not in err.message
+
+
+def test_fetch_errors_never_show_the_urls_secrets():
+    # parse_nginx_url refuses user:password@; a URL built in code still must not leak it
+    for url in (TOKEN_URL, "http://user:s3cretpw@127.0.0.1:1/nginx_status?token=abc123",
+                "http://user:s3cretpw@[::1/nginx_status?token=abc123"):
+        err = asyncio.run(fetch_stub_status(url, timeout=2.0))
+        assert isinstance(err, SourceError), err
+        shown = f"{err.source} {err.message}"
+        assert err.source.startswith("nginx http://")
+        assert "s3cretpw" not in shown and "abc123" not in shown, shown

@@ -632,6 +632,18 @@ async def test_refused_port() -> None:
     assert err == SourceError(f"uwsgi {addr}", f"uwsgi stats {addr}: connection refused")
 
 
+async def test_errors_never_show_a_token_from_the_address() -> None:
+    """A stats-http URL may carry a token in its query; errors name the address redacted."""
+    addr = parse_stats_address(f"http://127.0.0.1:{free_port()}/stats?token=abc123")
+    err = await fetch_stats(addr)
+    assert isinstance(err, SourceError)
+    assert err.source == f"uwsgi http://127.0.0.1:{addr.port}/stats?token=<redacted>"
+    assert "abc123" not in err.source and "abc123" not in err.message
+    err = parse_stats(b"<html>", str(addr), NOW, TH)
+    assert isinstance(err, SourceError)
+    assert "abc123" not in err.source and "abc123" not in err.message
+
+
 async def test_empty_reply() -> None:
     async with tcp_server(serving(b"")) as addr:
         err = await fetch_stats(addr)

@@ -24,7 +24,7 @@ from typing import Any, get_args
 
 import httpx
 
-from stackmon import __version__
+from stackmon import __version__, redact
 from stackmon.actions.base import ActionError, ActionResult, RefusalKind
 from stackmon.agent.security import client_ssl_context, read_token_file
 from stackmon.config import ConfigError, HostConfig, Settings
@@ -48,7 +48,8 @@ def _reason(exc: BaseException) -> str:
             return seen.strerror
         seen = seen.__cause__ or seen.__context__
     text = str(exc).strip()
-    return text or type(exc).__name__
+    # httpx quotes the URL in some messages (an unsupported scheme, an invalid URL).
+    return redact.clean(text) if text else type(exc).__name__
 
 
 def new_http_client(url: str, timeout: float, *, pool: int = 2) -> httpx.AsyncClient:
@@ -71,7 +72,9 @@ class AgentSource:
         self.host = host
         self.settings = settings
         self.url = host.agent.rstrip("/")
-        self.source = f"agent {self.url}"
+        # Shown in errors, the JSON and the TUI: never the URL's secrets (config.py refuses
+        # user:password@, this is the second line of defence for a HostConfig built in code).
+        self.source = f"agent {redact.clean(self.url)}"
         self._token: str | None = None
         self._client: httpx.AsyncClient | None = None
 
@@ -114,6 +117,10 @@ class AgentSource:
             return SourceError(self.source, f"no answer within {limit:g} s")
         except httpx.HTTPError as exc:
             return SourceError(self.source, f"cannot connect: {_reason(exc)}")
+        except (httpx.InvalidURL, ValueError) as exc:
+            # Not HTTPError subclasses: a URL httpx cannot use (the hosts file checks what it
+            # can, a HostConfig built in code is not checked) must be a reason, not a traceback.
+            return SourceError(self.source, f"bad agent URL: {_reason(exc)}")
         if resp.status_code != 200:
             return SourceError(self.source, _http_problem(resp, self.host))
         try:
@@ -179,6 +186,7 @@ async def _post(host: HostConfig, path: str, body: dict[str, Any], *, timeout: f
     if not host.agent:
         raise ActionError("not_local", f"host {host.name!r} has no agent")
     url = host.agent.rstrip("/")
+    shown = redact.clean(url)
     try:
         token = read_token_file(host.token_file, f"token file of host {host.name!r}") \
             if host.token_file else None
@@ -193,20 +201,23 @@ async def _post(host: HostConfig, path: str, body: dict[str, Any], *, timeout: f
         resp = await http.post(url + path, json=body, headers=headers,
                                timeout=httpx.Timeout(action_timeout, connect=timeout))
     except httpx.ConnectTimeout:
-        raise ActionError("gone", f"cannot reach the agent at {url}: no answer within "
+        raise ActionError("gone", f"cannot reach the agent at {shown}: no answer within "
                                   f"{timeout:g} s; nothing was done") from None
     except httpx.ConnectError as exc:
-        raise ActionError("gone", f"cannot reach the agent at {url}: {_reason(exc)}; "
+        raise ActionError("gone", f"cannot reach the agent at {shown}: {_reason(exc)}; "
                                   "nothing was done") from None
     except httpx.HTTPError as exc:
-        raise ActionError("failed", f"the agent at {url} did not answer ({_reason(exc)}): the "
+        raise ActionError("failed", f"the agent at {shown} did not answer ({_reason(exc)}): the "
                                     "action may or may not have been carried out; check the "
                                     "next snapshot") from None
+    except (httpx.InvalidURL, ValueError) as exc:  # raised before anything is sent
+        raise ActionError("bad_request", f"bad agent URL {shown}: {_reason(exc)}; nothing was "
+                                         "done") from None
     finally:
         if own:
             await http.aclose()
     if resp.status_code == 401:
-        raise ActionError("permission", f"the agent at {url} refused the token "
+        raise ActionError("permission", f"the agent at {shown} refused the token "
                                         f"({host.token_file or 'no token_file'}); nothing was "
                                         "done")
     if resp.status_code != 200:
@@ -219,7 +230,7 @@ async def _post(host: HostConfig, path: str, body: dict[str, Any], *, timeout: f
         return ActionResult(ok=bool(doc["ok"]), message=str(doc.get("message", "")),
                             data=dict(doc.get("data") or {}))
     except (ValueError, KeyError, TypeError):
-        raise ActionError("failed", f"the agent at {url} sent an unreadable answer; check the "
+        raise ActionError("failed", f"the agent at {shown} sent an unreadable answer; check the "
                                     "next snapshot") from None
 
 

@@ -7,8 +7,9 @@ one poll feeds both.
 
 Labels identify *where* (host, instance = the stats address, worker id, socket/listener
 address, process role and pid) and never carry request data: no URIs, no header values, no
-vars, whatever they contain. Counters are uWSGI's and nginx's own cumulative counters, so they
-reset when the process does, which Prometheus' rate() handles.
+vars, whatever they contain; an instance address that is a URL is shown redacted. Counters are
+uWSGI's and nginx's own cumulative counters, so they reset when the process does, which
+Prometheus' rate() handles.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from stackmon import redact
 from stackmon.model import LEVELS, HostSnapshot
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -71,7 +73,8 @@ def _families(h: HostSnapshot) -> Iterator[Metric]:
     backlog = GaugeMetricFamily("stackmon_uwsgi_listen_queue_max",
                                 "The socket's accept queue limit (listen backlog)", labels=sl)
     for inst in h.uwsgi:
-        ib = [host, inst.address]
+        # A stats-http address is a URL, and a URL may carry a token in its query.
+        ib = [host, redact.clean(inst.address)]
         counts = dict.fromkeys(LEVELS, 0)
         age = 0.0
         for w in inst.workers:

@@ -11,6 +11,7 @@ import re
 import time
 from urllib.parse import urlsplit
 
+from stackmon import redact
 from stackmon.addresses import StatsAddress
 from stackmon.model import NginxStatus, SourceError
 from stackmon.sources.uwsgi_stats import fetch_raw
@@ -29,10 +30,17 @@ MAX_BODY = 64 * 1024
 def parse_stub_status(
     body: str, url: str, sampled_at: float, previous: NginxStatus | None = None
 ) -> NginxStatus | SourceError:
-    """Parse a stub_status body; with the previous sample of the same URL, compute req/s."""
+    """Parse a stub_status body; with the previous sample of the same URL, compute req/s.
+
+    The URL is kept (in NginxStatus.url and errors) as shown: redacted, since the configured
+    URL may carry a token in its query and it ends up in the JSON, the TUI and the agent's
+    answers. Redaction is idempotent, so a previous sample's url compares equal.
+    """
+    url = redact.clean(url)
     m = _STUB.match(body.replace("\r\n", "\n"))
     if m is None:
         first = body.strip().splitlines()[0][:60] if body.strip() else "(empty)"
+        first = redact.redact_text(first)
         return SourceError(f"nginx {url}", f"not a stub_status page (starts with {first!r})")
     n = {k: int(v) for k, v in m.groupdict().items()}
     rate = None
@@ -57,14 +65,15 @@ async def fetch_stub_status(
     stackmon.sources.uwsgi_stats.fetch_raw): a general HTTP client costs several times the CPU
     of parsing this four-line page, every second, for every host.
     """
-    parts = urlsplit(url)
+    source = f"nginx {redact.clean(url)}"
     try:
+        parts = urlsplit(url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        return SourceError(f"nginx {url}", "bad port in the URL")
-    addr = StatsAddress("http", url, parts.hostname or "", port, url)
-    body = await fetch_raw(addr, timeout, MAX_BODY, source=f"nginx {url}",
-                           label="stub_status")
+        host = parts.hostname or ""
+    except ValueError:  # parse_nginx_url checks this; a caller that skipped it gets a reason
+        return SourceError(source, "bad host or port in the URL")
+    addr = StatsAddress("http", url, host, port, url)
+    body = await fetch_raw(addr, timeout, MAX_BODY, source=source, label="stub_status")
     if isinstance(body, SourceError):
         return body
     return parse_stub_status(body.decode("utf-8", errors="replace"), url, time.time(),

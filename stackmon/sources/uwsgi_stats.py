@@ -219,8 +219,9 @@ async def fetch_stats(
     than that); `max_bytes` bounds the reply. For stats-http the HTTP head is checked and
     stripped, so the bytes returned are always the document itself.
     """
-    return await fetch_raw(addr, timeout, max_bytes, source=f"uwsgi {addr}",
-                           label=f"uwsgi stats {addr}")
+    shown = redact.clean(str(addr))  # a stats-http URL may carry a token in its query
+    return await fetch_raw(addr, timeout, max_bytes, source=f"uwsgi {shown}",
+                           label=f"uwsgi stats {shown}")
 
 
 async def fetch_raw(addr: StatsAddress, timeout: float, max_bytes: int, *, source: str,
@@ -725,8 +726,9 @@ def parse_stats(
     Never raises: every field is optional and a wrong type becomes a default plus a warning in
     `UwsgiInstance.warnings`, because a partially odd document still tells which worker is stuck.
     """
-    source = f"uwsgi {address}"
-    label = f"uwsgi stats {address}"
+    shown = redact.clean(address)  # error messages only: a stats-http URL may carry a token
+    source = f"uwsgi {shown}"
+    label = f"uwsgi stats {shown}"
     # A big document allocates ~100,000 objects; the collections that triggers are pure cost
     # (JSON is acyclic and freed by refcounting, the model is kept) and scan the whole heap of
     # the process, ~20% of a 512x8 parse in a process the size of the TUI. So: none during it.
