@@ -7,6 +7,7 @@ missing is worse than one that refuses to start.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -33,7 +34,11 @@ _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
 def parse_duration(value: object, what: str = "duration") -> float:
-    """'10s', '1.5s', '500ms', '2m', or a bare number of seconds."""
+    """'10s', '1.5s', '500ms', '2m', or a bare number of seconds.
+
+    TOML has nan and inf literals: both are refused, since a NaN timeout compares false with
+    everything (every source would fail "within nan s") and an infinite one waits forever.
+    """
     if isinstance(value, bool):
         raise ConfigError(f"{what}: expected a duration such as 10s, got {value!r}")
     if isinstance(value, int | float):
@@ -44,6 +49,8 @@ def parse_duration(value: object, what: str = "duration") -> float:
             raise ConfigError(f"{what}: expected a duration such as 10s, 500ms or 2m, "
                               f"got {value!r}")
         seconds = float(m.group(1)) * _UNIT[m.group(2)]
+    if not math.isfinite(seconds):
+        raise ConfigError(f"{what}: expected a finite duration such as 10s, got {value!r}")
     if seconds <= 0:
         raise ConfigError(f"{what}: must be greater than zero, got {value!r}")
     return seconds

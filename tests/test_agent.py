@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -596,3 +597,27 @@ def test_poll_once_closes_agent_pools(stack, start_agent):
     targets = Targets(hosts=(agent.host("a"), agent.host("b")))
     snap = asyncio.run(poll_once(targets, rate_window=0))
     assert [h.name for h in snap.hosts] == ["a", "b"] and all(h.reachable for h in snap.hosts)
+
+
+def test_kill_refuses_non_finite_spawn_times_and_boolean_pids(start_agent):
+    """NaN would switch the respawn check off (|spawn - NaN| > slack is false): refused, as are
+    infinities, numbers too big for a float and booleans for pids. Checked before any instance
+    is contacted, so no uWSGI is needed behind this agent."""
+    nowhere = SimpleNamespace(stats_address=f"127.0.0.1:{free_port()}", nginx_status_url=None)
+    agent = start_agent(nowhere)
+    bodies = [b'{"signal": "TERM", "expect_pid": 5, "expect_spawn": NaN}',
+              b'{"signal": "TERM", "expect_pid": 5, "expect_spawn": Infinity}',
+              b'{"signal": "TERM", "expect_pid": 5, "expect_spawn": -Infinity}',
+              b'{"signal": "TERM", "expect_pid": 5, "expect_spawn": 1e999}',
+              b'{"signal": "TERM", "expect_pid": 5, "expect_spawn": 1' + b"0" * 400 + b"}",
+              b'{"signal": "TERM", "expect_pid": 5, "expect_spawn": true}',
+              b'{"signal": "TERM", "expect_pid": true}',
+              b'{"signal": "TERM", "expect_pid": false}']
+    for body in bodies:
+        resp = agent.post("/v1/workers/0/1/kill", content=body)
+        assert resp.status_code == 400, (body[:70], resp.text)
+        assert resp.json()["error"] == "bad_request"
+    # a finite spawn time passes validation (and then fails on the dead instance, not with 400)
+    resp = agent.post("/v1/workers/0/1/kill", {"signal": "TERM", "expect_pid": 5,
+                                               "expect_spawn": 1_700_000_000.5})
+    assert resp.status_code != 400, resp.text

@@ -1,5 +1,6 @@
 """The hosts file and address forms: good files load, bad ones name the file and line."""
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -192,3 +193,20 @@ def test_cli_hosts_file_with_a_malformed_agent_url_exits_2(tmp_path):
     line = assert_one_line_usage_error(run_cli("snapshot", str(path)), "bad agent URL")
     assert line.startswith(f"stackmon: {path}:3: host 'r': ")
 
+
+# --- durations: TOML's nan and inf are not durations ------------------------------------------
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf,
+                                 pytest.param("1" + "0" * 400 + "s", id="1e400s"), 0, -1])
+def test_durations_must_be_finite_and_positive(bad):
+    with pytest.raises(ConfigError):
+        parse_duration(bad)
+
+
+@pytest.mark.parametrize("literal", ["nan", "inf", "+inf", "-nan"])
+def test_nan_and_inf_timeouts_in_a_hosts_file_are_refused(tmp_path, literal):
+    path = write(tmp_path, GOOD.replace('critical = "1m"', f'critical = "1m"\ntimeout = {literal}'))
+    with pytest.raises(ConfigError) as info:
+        load_hosts_file(path)
+    assert str(info.value).startswith(f"{path}:5: "), str(info.value)
+    assert "timeout" in str(info.value)

@@ -31,6 +31,7 @@ import contextlib
 import hmac
 import json
 import logging
+import math
 import signal
 import ssl
 import time
@@ -161,6 +162,25 @@ def _int_field(body: dict[str, Any], key: str, *, required: bool) -> int | None:
     return value
 
 
+def _finite_field(body: dict[str, Any], key: str, what: str) -> float | None:
+    """An optional finite number. json.loads takes NaN and Infinity (and 1e999 is inf), and
+    NaN defeats comparisons: |last_spawn - NaN| > slack is false, so a NaN expect_spawn would
+    switch the respawn check off instead of failing it. Integers too big for a float are
+    refused too (they would raise in the arithmetic later)."""
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ActionError("bad_request", f"{key} must be {what}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ActionError("bad_request", f"{key} must be a finite number, not {value!r:.40}")
+    return number
+
+
 class AgentApp:
     """The aiohttp application and the state behind it (collector, cache, audit log)."""
 
@@ -275,9 +295,7 @@ class AgentApp:
         if sig not in ("TERM", "KILL"):
             raise ActionError("bad_request", "signal must be \"TERM\" or \"KILL\"")
         expect_pid = _int_field(body, "expect_pid", required=True)
-        spawn = body.get("expect_spawn")
-        if spawn is not None and (isinstance(spawn, bool) or not isinstance(spawn, int | float)):
-            raise ActionError("bad_request", "expect_spawn must be a number (epoch seconds)")
+        spawn = _finite_field(body, "expect_spawn", "a number (epoch seconds)")
         usr2 = body.get("usr2", False)
         if not isinstance(usr2, bool):
             raise ActionError("bad_request", "usr2 must be true or false")
