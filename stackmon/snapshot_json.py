@@ -25,6 +25,7 @@ from stackmon.model import (
     UwsgiInstance,
     Worker,
 )
+from stackmon.redact import clean, redact_pair
 
 SCHEMA = 1
 
@@ -99,14 +100,63 @@ def snapshot_to_dict(s: Snapshot) -> dict[str, Any]:
 
 
 # --- reading back (agent client, recorded fixtures) -------------------------------------------
+#
+# A document read back comes from another process, usually an agent on another host, so its text
+# is treated like any text from outside: every string field passes through redact.clean once
+# (control characters made visible, anything that looks like a secret redacted), request
+# variables through redact.redact_pair, the parser's fast path for exactly that. An agent of this
+# version has done so already and cleaning is idempotent, so a well-behaved document loads
+# unchanged; an older, foreign or hostile one cannot put terminal escapes on this screen.
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _text(d: dict[str, Any], key: str) -> str:
+    """d[key] as text fit to show, "" when absent."""
+    value = d.get(key, "")
+    return clean(value if type(value) is str else str(value))
+
+
+# Shown request variables memoised by hash((key, value)), never by the text (an older or
+# foreign agent may send a cookie in clear): the same headers repeat across requests and the
+# same stuck requests across polls, and a client of a fleet of agents reads thousands of them
+# every second. A 64-bit collision would show one variable in place of another, both cleaned.
+# Cleared wholesale past the cap, as the uWSGI parser's memo is.
+_PAIR_MEMO: dict[int, tuple[str, str]] = {}
+_PAIR_MEMO_CAP = 32768
+
+
+def _vars(raw: Any) -> tuple[tuple[str, str], ...]:
+    memo = _PAIR_MEMO
+    out: list[tuple[str, str]] = []
+    for key, value in raw:
+        if type(key) is not str:
+            key = str(key)
+        if type(value) is not str:
+            value = str(value)
+        h = hash((key, value))
+        pair = memo.get(h)
+        if pair is None:
+            if len(memo) >= _PAIR_MEMO_CAP:
+                memo.clear()
+            pair = memo[h] = redact_pair(key, value)
+        out.append(pair)
+    return tuple(out)
+
 
 def _request(d: dict[str, Any]) -> Request:
     return Request(
-        core=int(d.get("core", 0)), method=str(d.get("method", "")), uri=str(d.get("uri", "")),
-        remote_addr=str(d.get("remote_addr", "")), host=str(d.get("host", "")),
-        started_at=d.get("started_at"), running_s=d.get("running_s"),
+        core=int(d.get("core", 0)), method=_text(d, "method"), uri=_text(d, "uri"),
+        remote_addr=_text(d, "remote_addr"), host=_text(d, "host"),
+        started_at=_opt_float(d.get("started_at")), running_s=_opt_float(d.get("running_s")),
         level=d.get("level", "ok") if d.get("level") in ("ok", "slow", "critical") else "ok",
-        vars=tuple((str(k), str(v)) for k, v in d.get("vars", [])),
+        vars=_vars(d.get("vars", ())),
     )
 
 
@@ -119,7 +169,7 @@ def _worker(d: dict[str, Any]) -> Worker:
     ) + tuple(Core(id=r.core, requests=0, in_request=True, request=r)
               for r in in_flight.values())
     return Worker(
-        id=int(d["id"]), pid=int(d.get("pid", 0)), status=str(d.get("status", "")),
+        id=int(d["id"]), pid=int(d.get("pid", 0)), status=_text(d, "status"),
         accepting=bool(d.get("accepting", True)), requests=int(d.get("requests", 0)),
         exceptions=int(d.get("exceptions", 0)), harakiri_count=int(d.get("harakiri_count", 0)),
         respawn_count=int(d.get("respawn_count", 0)), avg_rt_ms=float(d.get("avg_rt_ms", 0)),
@@ -131,13 +181,14 @@ def _worker(d: dict[str, Any]) -> Worker:
 
 def _instance(d: dict[str, Any]) -> UwsgiInstance:
     return UwsgiInstance(
-        address=str(d.get("address", "")), version=str(d.get("version", "")),
+        address=_text(d, "address"), version=_text(d, "version"),
         master_pid=int(d.get("master_pid", 0)), listen_queue=int(d.get("listen_queue", 0)),
         listen_queue_max=int(d.get("listen_queue_max", 0)),
-        signal_queue=int(d.get("signal_queue", 0)), uid=d.get("uid"), gid=d.get("gid"),
-        cwd=str(d.get("cwd", "")), warnings=tuple(d.get("warnings", [])),
+        signal_queue=int(d.get("signal_queue", 0)), uid=_opt_int(d.get("uid")),
+        gid=_opt_int(d.get("gid")), cwd=_text(d, "cwd"),
+        warnings=tuple(clean(str(w)) for w in d.get("warnings", [])),
         index=int(d.get("index", 0)),
-        sockets=tuple(Socket(name=str(s.get("name", "")), proto=str(s.get("proto", "")),
+        sockets=tuple(Socket(name=_text(s, "name"), proto=_text(s, "proto"),
                              queue=int(s.get("queue", 0)), max_queue=int(s.get("max_queue", 0)),
                              shared=bool(s.get("shared", False)),
                              source="kernel" if s.get("source") == "kernel" else "stats")
@@ -152,33 +203,34 @@ def host_from_dict(d: dict[str, Any]) -> HostSnapshot:
     system = fds.get("system")
     kernel = d.get("kernel") or {}
     return HostSnapshot(
-        name=str(d["name"]), taken_at=float(d.get("taken_at", 0)),
-        reachable=bool(d.get("reachable", False)), stale_s=d.get("stale_s"),
-        errors=tuple(SourceError(str(e.get("source", "")), str(e.get("message", "")))
+        name=clean(str(d["name"])), taken_at=float(d.get("taken_at", 0)),
+        reachable=bool(d.get("reachable", False)), stale_s=_opt_float(d.get("stale_s")),
+        errors=tuple(SourceError(_text(e, "source"), _text(e, "message"))
                      for e in d.get("errors", [])),
         uwsgi=tuple(_instance(u) for u in d.get("uwsgi", [])),
         nginx=None if not n else NginxStatus(
-            url=str(n.get("url", "")), active=int(n["active"]), accepts=int(n["accepts"]),
+            url=_text(n, "url"), active=int(n["active"]), accepts=int(n["accepts"]),
             handled=int(n["handled"]), requests=int(n["requests"]), reading=int(n["reading"]),
             writing=int(n["writing"]), waiting=int(n["waiting"]),
             sampled_at=float(n.get("sampled_at", d.get("taken_at", 0))),
-            requests_per_s=n.get("requests_per_s")),
-        listeners=tuple(Listener(address=str(li["address"]), kind=li.get("kind", "tcp"),
-                                 owner=str(li.get("owner", "")), queue=int(li.get("queue", 0)),
+            requests_per_s=_opt_float(n.get("requests_per_s"))),
+        listeners=tuple(Listener(address=_text(li, "address"),
+                                 kind="unix" if li.get("kind") == "unix" else "tcp",
+                                 owner=_text(li, "owner"), queue=int(li.get("queue", 0)),
                                  backlog=int(li.get("backlog", 0)), inode=int(li.get("inode", 0)),
-                                 pids=tuple(li.get("pids", [])))
+                                 pids=tuple(int(p) for p in li.get("pids", [])))
                         for li in d.get("listeners", [])),
         fds=FdReport(
             system=SystemFds(open=int(system["open"]), max=int(system["max"]),
                              nr_open=int(system.get("nr_open", 0))) if system else None,
-            processes=tuple(ProcessFds(pid=int(p["pid"]), role=str(p.get("role", "")),
+            processes=tuple(ProcessFds(pid=int(p["pid"]), role=_text(p, "role"),
                                        open=int(p.get("open", 0)), limit=int(p.get("limit", 0)),
                                        hard_limit=int(p.get("hard_limit", 0)))
                             for p in fds.get("processes", [])),
         ),
-        kernel=KernelCounters(somaxconn=kernel.get("somaxconn"),
-                              listen_overflows=kernel.get("listen_overflows"),
-                              listen_drops=kernel.get("listen_drops")),
+        kernel=KernelCounters(somaxconn=_opt_int(kernel.get("somaxconn")),
+                              listen_overflows=_opt_int(kernel.get("listen_overflows")),
+                              listen_drops=_opt_int(kernel.get("listen_drops"))),
     )
 
 

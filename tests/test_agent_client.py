@@ -6,15 +6,19 @@ agent's raw text reaches the screen. No real agent needed: a closed port or http
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
+import httpx
 import pytest
 
 from stackmon.actions.base import ActionError
 from stackmon.agent.client import AgentSource, remote_kill
 from stackmon.config import HostConfig, Settings
 from stackmon.demo.launcher import free_port
-from stackmon.model import SourceError
+from stackmon.model import HostSnapshot, SourceError
+
+ESC = "\x1b[2J"
 
 
 def fetch(source: AgentSource) -> dict[str, Any] | SourceError:
@@ -24,6 +28,12 @@ def fetch(source: AgentSource) -> dict[str, Any] | SourceError:
         finally:
             await source.aclose()
     return asyncio.run(go())
+
+
+def mock_source(handler: Any, agent: str = "http://agent.test:9300") -> AgentSource:
+    source = AgentSource(HostConfig(name="remote", agent=agent), Settings(timeout=2.0))
+    source._client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return source
 
 
 def test_credentials_in_an_agent_url_built_in_code_are_not_shown():
@@ -51,3 +61,43 @@ def test_a_url_httpx_cannot_use_fails_an_action_cleanly():
     assert info.value.kind == "bad_request"
     assert "nothing was done" in str(info.value)
 
+
+def test_error_answers_are_shown_with_control_characters_visible():
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(500, json={"error": f"fail{ESC}", "message": f"boom{ESC}"})
+
+    err = fetch(mock_source(handler))
+    assert isinstance(err, SourceError)
+    assert "\x1b" not in err.message and "boom\\x1b[2J" in err.message
+
+    async def kill() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            await remote_kill(HostConfig(name="r", agent="http://agent.test:9300"), 0, 1,
+                              expect_pid=123, client=client)
+
+    with pytest.raises(ActionError) as info:
+        asyncio.run(kill())
+    assert "\x1b" not in str(info.value) and "boom\\x1b[2J" in str(info.value)
+
+
+def test_snapshot_text_from_the_agent_is_neutralised():
+    doc = {"name": "theirs", "taken_at": 0.0, "reachable": True,
+           "errors": [{"source": "uwsgi x", "message": f"bad {ESC}"}],
+           "uwsgi": [{"address": "127.0.0.1:1", "workers": [{
+               "id": 1, "pid": 10, "status": "busy",
+               "cores": [{"id": 0, "requests": 1, "in_request": True}],
+               "requests_in_flight": [{"core": 0, "method": "GET", "uri": f"/x{ESC}",
+                                       "vars": [["HTTP_X", f"v{ESC}"]]}]}]}]}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=json.dumps(doc).encode())
+
+    source = mock_source(handler)
+    got = fetch(source)
+    assert isinstance(got, dict)
+    snap = source.to_snapshot(got, 0.0)
+    assert isinstance(snap, HostSnapshot)
+    assert snap.name == "remote"
+    assert snap.errors[0].message == "bad \\x1b[2J"
+    req = snap.uwsgi[0].workers[0].cores[0].request
+    assert req is not None and req.uri == "/x\\x1b[2J" and req.vars == (("HTTP_X", "v\\x1b[2J"),)

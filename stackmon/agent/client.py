@@ -153,14 +153,18 @@ def _with_error(snap: HostSnapshot, err: SourceError) -> HostSnapshot:
 
 
 def _error_body(resp: httpx.Response) -> tuple[str, str]:
-    """(kind, message) from an agent's JSON error, or from the status line."""
+    """(kind, message) from an agent's JSON error, or from the status line.
+
+    Both are the far side's text, shown in the TUI, on stderr and in the audit log: cleaned
+    (control characters visible, secrets redacted) like any text from outside.
+    """
     try:
         body = json.loads(resp.content)
         if isinstance(body, dict) and isinstance(body.get("message"), str):
-            return str(body.get("error", "")), body["message"]
+            return redact.clean(str(body.get("error", ""))), redact.clean(body["message"])
     except ValueError:
         pass
-    return "", f"HTTP {resp.status_code} {resp.reason_phrase}".strip()
+    return "", redact.clean(f"HTTP {resp.status_code} {resp.reason_phrase}".strip())
 
 
 def _http_problem(resp: httpx.Response, host: HostConfig) -> str:
@@ -227,7 +231,7 @@ async def _post(host: HostConfig, path: str, body: dict[str, Any], *, timeout: f
         raise ActionError(kind, message)  # type: ignore[arg-type]
     try:
         doc = json.loads(resp.content)
-        return ActionResult(ok=bool(doc["ok"]), message=str(doc.get("message", "")),
+        return ActionResult(ok=bool(doc["ok"]), message=redact.clean(str(doc.get("message", ""))),
                             data=dict(doc.get("data") or {}))
     except (ValueError, KeyError, TypeError):
         raise ActionError("failed", f"the agent at {shown} sent an unreadable answer; check the "

@@ -1,0 +1,99 @@
+"""Reading the snapshot JSON back (agent answers, recorded fixtures): text from the other side
+is neutralised (control characters visible, secrets redacted) and clean documents load exactly
+as written."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stackmon.redact import REDACTED
+from stackmon.snapshot_json import host_from_dict, host_to_dict
+
+SNAPSHOTS = Path(__file__).parent / "fixtures" / "snapshots"
+ESC = "\x1b[2J"
+SHOWN = "\\x1b[2J"
+
+
+def _subset(written: Any, read: Any) -> bool:
+    """`read` holds everything `written` does, unchanged (it may add newer fields)."""
+    if isinstance(written, dict):
+        return isinstance(read, dict) and all(k in read and _subset(v, read[k])
+                                              for k, v in written.items())
+    if isinstance(written, list):
+        return (isinstance(read, list) and len(read) == len(written)
+                and all(_subset(a, b) for a, b in zip(written, read, strict=True)))
+    return written == read and type(written) is type(read)
+
+
+@pytest.mark.parametrize("name", ["demo-hangs.json", "demo-burst.json"])
+def test_recorded_fixtures_load_exactly_as_written(name):
+    doc = json.loads((SNAPSHOTS / name).read_text())["hosts"][0]
+    assert _subset(doc, host_to_dict(host_from_dict(copy.deepcopy(doc))))
+
+
+def hostile_document() -> dict[str, Any]:
+    return {
+        "name": f"web{ESC}", "taken_at": 100.0, "reachable": True, "stale_s": None,
+        "errors": [{"source": f"nginx{ESC}", "message": f"refused{ESC}"}],
+        "uwsgi": [{
+            "address": f"127.0.0.1:1{ESC}", "version": f"2.0{ESC}", "master_pid": 1,
+            "cwd": f"/srv{ESC}", "warnings": [f"odd{ESC}"],
+            "sockets": [{"name": f"/run/x{ESC}.sock", "proto": f"uwsgi{ESC}", "queue": 0,
+                         "max_queue": 100}],
+            "workers": [{
+                "id": 1, "pid": 10, "status": f"busy{ESC}",
+                "cores": [{"id": 0, "requests": 1, "in_request": True}],
+                "requests_in_flight": [{
+                    "core": 0, "method": f"GET{ESC}", "uri": f"/x{ESC}?session=S3CRET",
+                    "remote_addr": f"10.0.0.1{ESC}", "host": f"example{ESC}",
+                    "started_at": 90.0, "running_s": 10.0, "level": "slow",
+                    "vars": [[f"HTTP_X{ESC}", f"v{ESC}"], ["HTTP_COOKIE", "sid=S3CRET"]],
+                }],
+            }],
+        }],
+        "nginx": {"url": f"http://127.0.0.1/s?token=S3CRET{ESC}", "active": 1, "accepts": 1,
+                  "handled": 1, "requests": 1, "reading": 0, "writing": 1, "waiting": 0},
+        "listeners": [{"address": f"127.0.0.1:80{ESC}", "kind": f"tcp{ESC}",
+                       "owner": f"nginx{ESC}", "queue": 0, "backlog": 511}],
+        "fds": {"system": None,
+                "processes": [{"pid": 1, "role": f"nginx-master{ESC}", "open": 5, "limit": 9}]},
+        "kernel": {},
+    }
+
+
+def test_agent_text_with_control_characters_is_made_visible():
+    snap = host_from_dict(hostile_document())
+    inst = snap.uwsgi[0]
+    req = inst.workers[0].cores[0].request
+    assert req is not None
+    assert req.uri.startswith(f"/x{SHOWN}?session=")
+    assert snap.errors[0].message == f"refused{SHOWN}"
+    assert snap.errors[0].source == f"nginx{SHOWN}"
+    assert snap.name == f"web{SHOWN}"
+    assert (req.method, req.remote_addr, req.host) == (f"GET{SHOWN}", f"10.0.0.1{SHOWN}",
+                                                       f"example{SHOWN}")
+    assert req.vars[0] == (f"HTTP_X{SHOWN}", f"v{SHOWN}")
+    assert (inst.address, inst.version, inst.cwd, inst.warnings) == (
+        f"127.0.0.1:1{SHOWN}", f"2.0{SHOWN}", f"/srv{SHOWN}", (f"odd{SHOWN}",))
+    assert inst.sockets[0].name == f"/run/x{SHOWN}.sock"
+    assert inst.workers[0].status == f"busy{SHOWN}"
+    assert snap.listeners[0].address == f"127.0.0.1:80{SHOWN}"
+    assert snap.listeners[0].owner == f"nginx{SHOWN}"
+    assert snap.listeners[0].kind == "tcp"  # not one of the two kinds: the default
+    assert snap.fds.processes[0].role == f"nginx-master{SHOWN}"
+    assert snap.nginx is not None and snap.nginx.url == f"http://127.0.0.1/s?token={REDACTED}"
+    # nothing anywhere still holds the escape
+    assert "\x1b" not in json.dumps(host_to_dict(snap))
+
+
+def test_secrets_from_an_older_or_foreign_agent_are_redacted():
+    snap = host_from_dict(hostile_document())
+    text = json.dumps(host_to_dict(snap))
+    assert "S3CRET" not in text
+    req = snap.uwsgi[0].workers[0].cores[0].request
+    assert req is not None and ("HTTP_COOKIE", REDACTED) in req.vars
