@@ -6,10 +6,10 @@ against each process's own limit), so it exposes them from the same snapshot its
 one poll feeds both.
 
 Labels identify *where* (host, instance = the stats address, worker id, socket/listener
-address, process role and pid) and never carry request data: no URIs, no header values, no
-vars, whatever they contain; an instance address that is a URL is shown redacted. Counters are
-uWSGI's and nginx's own cumulative counters, so they reset when the process does, which
-Prometheus' rate() handles.
+address and inode, process role and pid) and never carry request data: no URIs, no header
+values, no vars, whatever they contain; an instance address that is a URL is shown redacted.
+Counters are uWSGI's and nginx's own cumulative counters, so they reset when the process does,
+which Prometheus' rate() handles.
 """
 
 from __future__ import annotations
@@ -100,14 +100,23 @@ def _families(h: HostSnapshot) -> Iterator[Metric]:
     yield from (busy, requests, exceptions, respawns, harakiri, rss, avg_rt, in_flight, oldest,
                 workers, busy_n, queue, backlog)
 
-    ll = ["host", "listener", "kind", "owner"]
+    # `inode` tells apart sockets sharing an address: with `listen ... reuseport` nginx opens
+    # one listening socket per worker on the same address, each with its own accept queue, and
+    # without it they would be identical series (invalid exposition). Not summed: one full
+    # queue among idle ones is exactly what reuseport imbalance looks like.
+    ll = ["host", "listener", "kind", "owner", "inode"]
     lq = GaugeMetricFamily("stackmon_listener_queue",
                            "Kernel accept queue of a monitored listening socket", labels=ll)
     lb = GaugeMetricFamily("stackmon_listener_backlog",
                            "Kernel accept queue limit of a monitored listening socket",
                            labels=ll)
+    seen: set[tuple[str, ...]] = set()
     for li in h.listeners:
-        lab = [host, li.address, li.kind, li.owner]
+        lab = [host, li.address, li.kind, li.owner, str(li.inode)]
+        key = tuple(lab)
+        if key in seen:  # inode unknown (0) twice, from an older agent: one series only
+            continue
+        seen.add(key)
         lq.add_metric(lab, float(li.queue))
         lb.add_metric(lab, float(li.backlog))
     yield from (lq, lb)
