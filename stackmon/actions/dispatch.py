@@ -16,6 +16,7 @@ from stackmon.actions.reload import reload_uwsgi
 from stackmon.actions.reload_progress import ReloadProgress, follow_reload
 from stackmon.config import HostConfig, Settings
 from stackmon.model import HostSnapshot, UwsgiInstance
+from stackmon.redact import clean
 
 
 def local_target(host: HostConfig, settings: Settings, index: int) -> ActionTarget:
@@ -55,7 +56,7 @@ async def kill(host: HostConfig, settings: Settings, index: int, worker_id: int,
     from stackmon.agent.client import remote_kill
 
     base = {"host": host.name, "action": f"kill {signal} via agent", "worker_id": worker_id,
-            "target_pid": expect_pid, "agent": host.agent}
+            "target_pid": expect_pid, "agent": clean(host.agent)}
     try:
         _check_writable(host, settings)
     except ActionError as exc:
@@ -81,7 +82,8 @@ async def reload(host: HostConfig, settings: Settings, index: int, mode: str, *,
                                   audit=audit, expect_master=expect_master)
     from stackmon.agent.client import remote_reload
 
-    base = {"host": host.name, "action": f"reload {mode} via agent", "agent": host.agent}
+    base = {"host": host.name, "action": f"reload {mode} via agent",
+            "agent": clean(host.agent)}
     try:
         _check_writable(host, settings)
     except ActionError as exc:
