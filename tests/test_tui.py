@@ -7,7 +7,7 @@ from dataclasses import replace
 from stackmon.addresses import parse_stats_address
 from stackmon.config import HostConfig, Settings, Targets
 from stackmon.model import Core, HostSnapshot, Request, UwsgiInstance, Worker
-from tests.tui_support import app_for, feed, recorded, screen_text, unreachable
+from tests.tui_support import app_for, feed, recorded, screen_text, unreachable, wait_for
 from tui.app import StackmonApp
 from tui.screens.help import HelpScreen
 from tui.screens.worker_detail import WorkerDetailScreen
@@ -206,11 +206,9 @@ async def test_live_app_on_the_real_stack_shows_a_hung_request(stack, hang):
                       nginx=stack.nginx_status_url)
     app = StackmonApp(Targets(hosts=(host,), settings=Settings(interval=0.3)))
     async with app.run_test(size=(120, 36)) as pilot:
-        for _ in range(50):
-            await pilot.pause(0.1)
-            text = screen_text(app)
-            if all(s in text for s in ("/hang/live-tui?id=5", "active", "uwsgi workers")):
-                break
+        await wait_for(pilot, lambda: all(s in screen_text(app) for s in (
+            "/hang/live-tui?id=5", "active", "uwsgi workers")))
+        text = screen_text(app)
         assert "/hang/live-tui?id=5" in text
         assert "connecting" not in text
         assert "uwsgi workers" in text  # fd gauges from /proc
@@ -227,10 +225,7 @@ async def test_kill_flow_from_key_to_confirmation_to_respawned_worker(fresh_stac
     audit = AuditLog(tmp_path / "audit.log")
     app = StackmonApp(Targets(hosts=(host,), settings=Settings(interval=0.3)), audit=audit)
     async with app.run_test(size=(120, 36)) as pilot:
-        for _ in range(50):
-            await pilot.pause(0.1)
-            if "/hang/pilot-kill" in screen_text(app):
-                break
+        await wait_for(pilot, lambda: "/hang/pilot-kill" in screen_text(app))
         await pilot.press("slash", *"pilot-kill", "enter")
         await pilot.pause(0.2)
         victim = app.active_pane().selected_worker()
@@ -242,11 +237,12 @@ async def test_kill_flow_from_key_to_confirmation_to_respawned_worker(fresh_stac
         assert f"Kill worker {victim.id} (pid {victim.pid}) of k?" in text
         assert "/hang/pilot-kill" in text and "SIGKILL now" in text
         await pilot.press("t")
-        for _ in range(80):
-            await pilot.pause(0.1)
+        def respawned() -> bool:
             now = app.active_pane().find_worker(victim.id)
-            if now is not None and now.pid not in (0, victim.pid):
-                break
+            return now is not None and now.pid not in (0, victim.pid)
+
+        await wait_for(pilot, respawned, timeout=8)
+        now = app.active_pane().find_worker(victim.id)
         assert now is not None and now.pid not in (0, victim.pid)
         assert now.respawn_count == victim.respawn_count + 1
         await pilot.press("escape")  # clear the filter: the respawned worker is idle
@@ -281,10 +277,7 @@ async def test_reload_flow_shows_the_drain_then_the_outcome(fresh_stack, hang, t
     app = StackmonApp(Targets(hosts=(host,), settings=Settings(interval=0.5)),
                       audit=AuditLog(tmp_path / "audit.log"))
     async with app.run_test(size=(140, 36)) as pilot:
-        for _ in range(50):
-            await pilot.pause(0.1)
-            if "/hang/pilot-reload" in screen_text(app):
-                break
+        await wait_for(pilot, lambda: "/hang/pilot-reload" in screen_text(app))
         await pilot.press("R")
         await pilot.pause()
         assert isinstance(app.screen, ReloadConfirm)
@@ -310,17 +303,11 @@ async def test_doctor_screen_diagnoses_the_selected_host(fresh_stack):
     host = HostConfig(name="doc", uwsgi=(parse_stats_address(st.stats_address),))
     app = StackmonApp(Targets(hosts=(host,), settings=Settings(interval=0.5)))
     async with app.run_test(size=(120, 40)) as pilot:
-        for _ in range(30):
-            await pilot.pause(0.1)
-            if app.active_pane().latest is not None:
-                break
+        await wait_for(pilot, lambda: app.active_pane().latest is not None, timeout=3)
         await pilot.press("d")
         await pilot.pause()
         assert isinstance(app.screen, DoctorScreen)
-        for _ in range(100):
-            await pilot.pause(0.1)
-            if app.screen.report is not None:
-                break
+        await wait_for(pilot, lambda: app.screen.report is not None, timeout=10)
         await pilot.pause(0.2)
         text = screen_text(app)
         assert "uwsgi.reload-mercy-vs-health-check" in text
@@ -357,17 +344,12 @@ async def test_kill_targets_the_instance_shown_when_another_instance_is_down(fre
     app = StackmonApp(Targets(hosts=(host,), settings=Settings(interval=0.3, timeout=0.5)),
                       audit=audit)
     async with app.run_test(size=(120, 36)) as pilot:
-        for _ in range(50):
-            await pilot.pause(0.1)
-            if "/hang/second-instance" in screen_text(app):
-                break
+        await wait_for(pilot, lambda: "/hang/second-instance" in screen_text(app))
         victim = app.active_pane().selected_worker()
         assert victim is not None and victim.requests_in_flight
         await pilot.press("K", "t")
-        for _ in range(80):
-            await pilot.pause(0.1)
-            if audit.entries() and audit.entries()[-1]["outcome"] != "started":
-                break
+        await wait_for(pilot, lambda: bool(audit.entries())
+                       and audit.entries()[-1]["outcome"] != "started", timeout=8)
         last = audit.entries()[-1]
         assert last["outcome"] == "ok", last
         assert last["instance"] == st.stats_address

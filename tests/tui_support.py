@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -44,6 +45,16 @@ def app_for(*hosts: HostSnapshot, now: float | None = None, read_only: bool = Fa
 def feed(app: StackmonApp, *hosts: HostSnapshot) -> None:
     for i, h in enumerate(hosts):
         app.show_snapshot(i, h)
+
+
+async def wait_for(pilot: object, predicate: Callable[[], object], timeout: float = 5.0,
+                   step: float = 0.1) -> bool:
+    """Let the app run until `predicate()` holds (live stacks answer in their own time)."""
+    for _ in range(round(timeout / step)):
+        await pilot.pause(step)  # type: ignore[attr-defined]
+        if predicate():
+            return True
+    return False
 
 
 def screen_text(app: App) -> str:
