@@ -36,6 +36,10 @@ def demo_targets(stack: Stack, args: argparse.Namespace) -> Targets:
                    source="demo")
 
 
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run_demo(args: argparse.Namespace) -> int:
     # Check what the user typed before starting anything: a bad --slow must not cost a stack.
     settings_check = {k: v for k in ("interval", "slow", "critical")
@@ -51,6 +55,11 @@ def run_demo(args: argparse.Namespace) -> int:
             raise ConfigError(f"--workdir {workdir}: {exc.strerror or exc}") from None
     else:
         workdir = Path(tempfile.mkdtemp(prefix="stackmon-demo-"))
+    # A lost SSH session sends SIGHUP, whose default ends the process at once: no finally, no
+    # atexit, and the stack would run on. From here on it (and SIGTERM) is an exit that unwinds
+    # through the finally below, even while the stack is still starting.
+    for sig in (signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, _exit_on_signal)
     print(f"stackmon demo: starting uWSGI and nginx in {workdir} ...", file=sys.stderr)
     try:
         stack = Stack.start(workdir, workers=4, threads=2, listen=DEMO_LISTEN,
@@ -73,7 +82,8 @@ def run_demo(args: argparse.Namespace) -> int:
             print(f"site: {base}")
             print("Ctrl-C stops the stack.")
             stop = threading.Event()
-            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, lambda *_: stop.set())
             with contextlib.suppress(KeyboardInterrupt):
                 stop.wait()
             return 0

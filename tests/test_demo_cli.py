@@ -1,0 +1,76 @@
+"""`stackmon demo` stops everything it started, however it ends (q, a lost terminal)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import require_nginx, require_uwsgi, wait_until
+
+
+def _ours(workdir: Path) -> list[psutil.Process]:
+    """Processes whose command line names this demo's private directory."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(str(workdir) in part for part in p.info["cmdline"] or ()):
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.fixture
+def workdir():
+    require_uwsgi()
+    require_nginx()
+    d = Path(tempfile.mkdtemp(prefix="stackmon-demo-test-"))
+    yield d
+    for p in _ours(d):  # a failed test must not leave its stack behind
+        p.kill()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _started(workdir: Path) -> bool:
+    return (workdir / "uwsgi.pid").exists() and len(_ours(workdir)) >= 4
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None and os.environ.get("CI") != "true",
+                    reason="needs tmux (installed by ./dev)")
+def test_a_lost_terminal_stops_the_demo_stack(workdir):
+    """SSH drops: the terminal's session gets SIGHUP. The stack must not run on."""
+    sock = f"stackmon-test-{os.getpid()}"
+    cmd = f"{sys.executable} -m stackmon.cli demo --workdir {workdir}"
+    subprocess.run(["tmux", "-L", sock, "new-session", "-d", "-x", "100", "-y", "30", cmd],
+                   check=True)
+    try:
+        wait_until(lambda: _started(workdir), 30, interval=0.3, message="the demo stack")
+    finally:
+        subprocess.run(["tmux", "-L", sock, "kill-server"], check=False)
+    wait_until(lambda: not _ours(workdir), 20, interval=0.3,
+               message=lambda: f"demo processes gone: {[p.pid for p in _ours(workdir)]}")
+
+
+def test_no_ui_demo_stops_its_stack_on_sighup(workdir):
+    proc = subprocess.Popen([sys.executable, "-m", "stackmon.cli", "demo", "--no-ui",
+                             "--workdir", str(workdir)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: _started(workdir), 30, interval=0.3, message="the demo stack")
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(timeout=20) == 0
+        assert "stack stopped" in proc.stderr.read()
+        wait_until(lambda: not _ours(workdir), 10, interval=0.2, message="demo processes gone")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
