@@ -26,64 +26,32 @@ def _hosts():
     return hangs, burst, dead
 
 
-@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_main_view(snap_compare, size):
+# Each screen: the keys that reach it from the main view (web-1 selected), at every size.
+SCREENS = {
+    "main_view": (),
+    "queue_filling": ("right_square_bracket",),
+    "unreachable_host": ("left_square_bracket",),
+    "worker_detail": ("end", "enter"),
+}
+
+
+def _snap(snap_compare, keys: tuple[str, ...], size: tuple[int, int]) -> bool:
     hosts = _hosts()
     app = app_for(*hosts)
 
     async def run_before(pilot):
         feed(app, *hosts)
+        await pilot.press(*keys)
         await pilot.pause()
 
-    assert snap_compare(app, terminal_size=size, run_before=run_before)
+    return snap_compare(app, terminal_size=size, run_before=run_before)
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_queue_filling(snap_compare, size):
-    hosts = _hosts()
-    app = app_for(*hosts)
-
-    async def run_before(pilot):
-        feed(app, *hosts)
-        await pilot.press("right_square_bracket")
-        await pilot.pause()
-
-    assert snap_compare(app, terminal_size=size, run_before=run_before)
-
-
-@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_unreachable_host(snap_compare, size):
-    hosts = _hosts()
-    app = app_for(*hosts)
-
-    async def run_before(pilot):
-        feed(app, *hosts)
-        await pilot.press("left_square_bracket")
-        await pilot.pause()
-
-    assert snap_compare(app, terminal_size=size, run_before=run_before)
-
-
-@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_worker_detail(snap_compare, size):
-    hosts = _hosts()
-    app = app_for(*hosts)
-
-    async def run_before(pilot):
-        feed(app, *hosts)
-        await pilot.press("end", "enter")
-        await pilot.pause()
-
-    assert snap_compare(app, terminal_size=size, run_before=run_before)
+@pytest.mark.parametrize("screen", SCREENS)
+def test_screen(snap_compare, screen, size):
+    assert _snap(snap_compare, SCREENS[screen], size)
 
 
 def test_help(snap_compare):
-    hosts = _hosts()
-    app = app_for(*hosts)
-
-    async def run_before(pilot):
-        feed(app, *hosts)
-        await pilot.press("question_mark")
-        await pilot.pause()
-
-    assert snap_compare(app, terminal_size=(100, 30), run_before=run_before)
+    assert _snap(snap_compare, ("question_mark",), (100, 30))
