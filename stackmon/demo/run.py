@@ -67,6 +67,9 @@ def run_demo(args: argparse.Namespace) -> int:
     except StackError as exc:
         print(f"stackmon demo: the stack did not start: {exc}", file=sys.stderr)
         return 1
+    except SystemExit:  # a signal while starting: the launcher stopped what it had started
+        print("stackmon demo: interrupted while starting; stack stopped.", file=sys.stderr)
+        raise
     traffic: TrafficThread | None = None
     try:
         if stack.nginx_skipped_reason:
@@ -81,11 +84,9 @@ def run_demo(args: argparse.Namespace) -> int:
             print(f"nginx status: {stack.nginx_status_url}")
             print(f"site: {base}")
             print("Ctrl-C stops the stack.")
-            stop = threading.Event()
-            for sig in (signal.SIGTERM, signal.SIGHUP):
-                signal.signal(sig, lambda *_: stop.set())
+            # SIGHUP/SIGTERM end the wait through _exit_on_signal, like Ctrl-C does here.
             with contextlib.suppress(KeyboardInterrupt):
-                stop.wait()
+                threading.Event().wait()
             return 0
         from stackmon.cli import open_tui
 
