@@ -39,6 +39,13 @@ from stackmon.demo.traffic import DEMO_HEADERS
 
 T = TypeVar("T")
 
+# The suite never touches the user's real config or state (audit log, hosts file): every XDG
+# directory points into one private directory for the whole run, set at import time so that
+# subprocesses (the CLI, agents, tmux sessions) inherit it too.
+_XDG_ROOT = Path(tempfile.mkdtemp(prefix="stackmon-test-xdg-"))
+for _name in ("XDG_CONFIG_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME"):
+    os.environ[_name] = str(_XDG_ROOT / _name.lower())
+
 IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 KEEP_WORKDIRS = bool(os.environ.get("STACKMON_KEEP_WORKDIR"))
 
