@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from stackmon.actions import dispatch
-from stackmon.actions.audit import AuditLog
+from stackmon.actions.audit import AuditLog, AuditWriteError
 from stackmon.actions.base import ActionError, ActionResult
 from stackmon.actions.reload_progress import ReloadProgress
 from stackmon.config import (
@@ -106,10 +106,10 @@ def run(name: str, args: argparse.Namespace) -> int:
             act = _kill if name == "kill" else _reload
             return asyncio.run(act(args, host, settings, audit))
         except _Refused as refused:  # refused here, before any action: audited here
-            exc = refused.error
-            audit.record(host=host.name, action=name, outcome=f"refused: {exc.kind}",
-                         message=exc.message, worker_id=getattr(args, "worker_id", None))
-            raise exc from None
+            error = refused.error
+            audit.record(host=host.name, action=name, outcome=f"refused: {error.kind}",
+                         message=error.message, worker_id=getattr(args, "worker_id", None))
+            raise error from None
         except ActionError as exc:
             if exc.kind == "read_only":
                 audit.record(host=host.name, action=name, outcome="refused: read_only",
@@ -119,8 +119,11 @@ def run(name: str, args: argparse.Namespace) -> int:
         print(f"stackmon {name}: {exc.message}", file=sys.stderr)
         return EXIT_UNREACHABLE if exc.kind == "gone" and "cannot read" in exc.message \
             else EXIT_FAILED
-    except OSError as exc:  # the audit log could not be written: nothing was done
-        print(f"stackmon {name}: cannot write the audit log: {exc}", file=sys.stderr)
+    except AuditWriteError as exc:  # says itself whether the action went ahead
+        print(f"stackmon {name}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:
+        print(f"stackmon {name}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILED
     except (KeyboardInterrupt, EOFError):
         print(f"\nstackmon {name}: interrupted", file=sys.stderr)

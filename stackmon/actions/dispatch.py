@@ -8,6 +8,7 @@ terminal has the whole story in one file.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from stackmon.actions.audit import AuditLog, current_actor
 from stackmon.actions.base import ActionError, ActionResult, ActionTarget
@@ -55,8 +56,9 @@ async def kill(host: HostConfig, settings: Settings, index: int, worker_id: int,
                                  usr2_first=usr2_first, audit=audit)
     from stackmon.agent.client import remote_kill
 
-    base = {"host": host.name, "action": f"kill {signal} via agent", "worker_id": worker_id,
-            "target_pid": expect_pid, "agent": clean(host.agent)}
+    base: dict[str, Any] = {"host": host.name, "action": f"kill {signal} via agent",
+                            "worker_id": worker_id, "target_pid": expect_pid,
+                            "agent": clean(host.agent)}
     try:
         _check_writable(host, settings)
     except ActionError as exc:
@@ -82,8 +84,8 @@ async def reload(host: HostConfig, settings: Settings, index: int, mode: str, *,
                                   audit=audit, expect_master=expect_master)
     from stackmon.agent.client import remote_reload
 
-    base = {"host": host.name, "action": f"reload {mode} via agent",
-            "agent": clean(host.agent)}
+    base: dict[str, Any] = {"host": host.name, "action": f"reload {mode} via agent",
+                            "agent": clean(host.agent)}
     try:
         _check_writable(host, settings)
     except ActionError as exc:
