@@ -27,10 +27,8 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
-import httpx
-
-from stackmon.collect import HostCollector
 from stackmon.config import HostConfig, Settings, Targets
+from stackmon.hosts import Host, open_host
 from stackmon.model import HostSnapshot, SourceError
 
 log = logging.getLogger("stackmon.poller")
@@ -65,14 +63,13 @@ class HostPoller:
 
     def __init__(self, index: int, host: HostConfig, settings: Settings,
                  on_snapshot: SnapshotCallback | None = None, *,
-                 client: httpx.AsyncClient | None = None,
-                 collector: HostCollector | None = None,
+                 collector: Host | None = None,
                  max_backoff: float | None = None, start_delay: float = 0.0) -> None:
         self.index = index
         self.host = host
         self.settings = settings
         self.on_snapshot = on_snapshot
-        self.collector = collector or HostCollector(host, settings)
+        self.collector = collector or open_host(host, settings)
         self.interval = settings.interval
         self.deadline = settings.timeout * 2 + 1
         self.max_backoff = backoff_cap(self.interval) if max_backoff is None else max_backoff
@@ -80,8 +77,6 @@ class HostPoller:
         self.failures = 0  # consecutive unreachable polls
         self.latest: HostSnapshot | None = None
         self.polls = 0
-        self._client = client
-        self._own_client = client is None
         self._running = asyncio.Event()
         self._running.set()
         self._wake = asyncio.Event()
@@ -151,19 +146,13 @@ class HostPoller:
 
     # --- polling ----------------------------------------------------------------------------
 
-    @property
-    def client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(trust_env=False)
-        return self._client
-
     async def poll_once(self) -> HostSnapshot:
         """One poll within the deadline; updates the failure count; does not deliver."""
         taken_at = time.time()
         started = time.monotonic()
         self.polls += 1
         try:
-            snap = await asyncio.wait_for(self.collector.poll(self.client), self.deadline)
+            snap = await asyncio.wait_for(self.collector.poll(), self.deadline)
         except TimeoutError:
             snap = self.collector.timed_out(taken_at, self.deadline)
         except Exception as exc:  # a bug in a source must not end this host's polling
@@ -232,9 +221,6 @@ class HostPoller:
 
     async def aclose(self) -> None:
         await self.collector.aclose()
-        if self._own_client and self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
 
 
 class Fleet:
@@ -244,12 +230,11 @@ class Fleet:
                  stagger: bool = True) -> None:
         self.targets = targets
         self.on_snapshot = on_snapshot
-        self._client: httpx.AsyncClient | None = None
         n = len(targets.hosts)
         spread = min(targets.settings.interval, 1.0) if stagger and n > 1 else 0.0
         self.pollers = [
             HostPoller(i, host, targets.settings, self._deliver,
-                       start_delay=spread * i / n, client=None)
+                       start_delay=spread * i / n)
             for i, host in enumerate(targets.hosts)
         ]
         self._mailbox: asyncio.Queue[tuple[int, HostSnapshot]] | None = None
@@ -269,10 +254,7 @@ class Fleet:
         """Start every poller as a task of the running loop (idempotent)."""
         if self._tasks:
             return
-        # Local hosts share one client (nginx status); agent hosts have their own pools.
-        self._client = httpx.AsyncClient(trust_env=False)
         for p in self.pollers:
-            p._client, p._own_client = self._client, False
             self._tasks.append(asyncio.create_task(p.run(), name=f"poll {p.host.name}"))
 
     async def run(self) -> None:
@@ -310,6 +292,3 @@ class Fleet:
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()

@@ -14,29 +14,30 @@ import json
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-import httpx
 import pytest
 
+from stackmon.actions.base import ActionError, ActionResult
+from stackmon.actions.reload_progress import ReloadProgress
 from stackmon.config import HostConfig, Settings, Targets
-from stackmon.model import HostSnapshot, SourceError
+from stackmon.hosts import Host
+from stackmon.model import HostSnapshot, SourceError, UwsgiInstance
 from stackmon.poller import Fleet, HostPoller, backoff_cap
 
 
-class ScriptedCollector:
-    """Stands in for HostCollector: `behaviour()` says what the next poll does
-    ("ok", "fail" or "hang"); failures go through the real _failed logic's contract."""
+class ScriptedCollector(Host):
+    """A Host whose polls are scripted: `behaviour()` says what the next poll does ("ok",
+    "fail" or "hang"); unreachable/timed_out are the real Host logic."""
 
-    def __init__(self, name: str, behaviour: Callable[[], str]) -> None:
-        self.name = name
+    def __init__(self, config: HostConfig, behaviour: Callable[[], str]) -> None:
+        super().__init__(config, Settings())
         self.behaviour = behaviour
-        self.last_good: HostSnapshot | None = None
         self.calls: list[float] = []
         self.closed = False
 
-    async def poll(self, client: httpx.AsyncClient) -> HostSnapshot:
+    async def poll(self) -> HostSnapshot:
         self.calls.append(time.monotonic())
         what = self.behaviour()
         taken_at = time.time()
@@ -48,28 +49,30 @@ class ScriptedCollector:
         self.last_good = snap
         return snap
 
-    def unreachable(self, taken_at: float, errors: list[SourceError]) -> HostSnapshot:
-        if self.last_good is None:
-            return HostSnapshot(name=self.name, taken_at=taken_at, reachable=False,
-                                errors=tuple(errors))
-        return replace(self.last_good, taken_at=taken_at, reachable=False,
-                       stale_s=taken_at - self.last_good.taken_at, errors=tuple(errors))
-
-    def timed_out(self, taken_at: float, limit: float) -> HostSnapshot:
-        return self.unreachable(taken_at, [SourceError(self.name, f"no answer within {limit}")])
-
     async def aclose(self) -> None:
         self.closed = True
+
+    async def current_instance(self, index: int) -> UwsgiInstance:
+        raise ActionError("unsupported", "scripted host")
+
+    async def kill(self, *args: Any, **kw: Any) -> ActionResult:
+        raise ActionError("unsupported", "scripted host")
+
+    async def reload(self, *args: Any, **kw: Any) -> ActionResult:
+        raise ActionError("unsupported", "scripted host")
+
+    async def follow(self, *args: Any, **kw: Any) -> ReloadProgress:
+        raise ActionError("unsupported", "scripted host")
 
 
 def make_poller(behaviour: Callable[[], str], *, interval: float = 0.1, timeout: float = 0.1,
                 index: int = 0, **kw) -> tuple[HostPoller, ScriptedCollector, list]:
     host = HostConfig(name=f"h{index}", agent="http://127.0.0.1:9")
     got: list[tuple[int, HostSnapshot, float]] = []
-    collector = ScriptedCollector(host.name, behaviour)
+    collector = ScriptedCollector(host, behaviour)
     poller = HostPoller(index, host, Settings(interval=interval, timeout=timeout),
                         lambda i, s: got.append((i, s, time.monotonic())),
-                        collector=collector, client=httpx.AsyncClient(), **kw)
+                        collector=collector, **kw)
     return poller, collector, got
 
 

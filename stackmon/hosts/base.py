@@ -1,0 +1,105 @@
+"""The Host interface, what both implementations share, and the factory that picks one."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import replace
+
+from stackmon.actions.audit import AuditLog
+from stackmon.actions.base import ActionError, ActionResult
+from stackmon.actions.reload_progress import ReloadProgress
+from stackmon.config import HostConfig, Settings
+from stackmon.model import HostSnapshot, SourceError, UwsgiInstance
+
+
+class Host(ABC):
+    """A monitored host: how to poll it and how to act on it.
+
+    Polls never raise: a host that cannot be read gives an unreachable snapshot carrying the
+    last good data and its age (`last_good`), so a screen never freezes on an old "fine"
+    picture. Actions raise ActionError (refused, with a kind and a sentence) or return an
+    ActionResult; every attempt is audited in `audit` before anything is done.
+    """
+
+    #: Shown after the host name where the user must know how it is reached ("web-2 (agent)").
+    via: str = ""
+
+    def __init__(self, config: HostConfig, settings: Settings) -> None:
+        self.config = config
+        self.settings = settings
+        self.last_good: HostSnapshot | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def read_only(self) -> bool:
+        return self.settings.read_only or self.config.read_only
+
+    def check_writable(self) -> None:
+        if self.read_only:
+            raise ActionError("read_only", "read-only mode: actions are disabled")
+
+    # --- polling ------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def poll(self) -> HostSnapshot:
+        """One snapshot of the host now; never raises (see the class docstring)."""
+
+    async def prime(self) -> None:  # noqa: B027 - a hook: agent hosts need no priming
+        """Take the first samples that rates need (nginx's request counter), so that a single
+        poll after `prime` can report them (`stackmon snapshot`)."""
+
+    async def aclose(self) -> None:  # noqa: B027 - a hook: local hosts hold nothing
+        """Release what the host holds (an agent's connection pool)."""
+
+    def unreachable(self, taken_at: float, errors: list[SourceError]) -> HostSnapshot:
+        """Unreachable: the reason now, and the last good data with its age if there is any."""
+        if self.last_good is None:
+            return HostSnapshot(name=self.name, taken_at=taken_at, reachable=False,
+                                errors=tuple(errors))
+        return replace(self.last_good, taken_at=taken_at, reachable=False,
+                       stale_s=max(0.0, taken_at - self.last_good.taken_at),
+                       errors=tuple(errors))
+
+    def timed_out(self, taken_at: float, limit: float) -> HostSnapshot:
+        """What a poll cut short by the caller's deadline yields."""
+        return self.unreachable(taken_at, [SourceError(self.name,
+                                                       f"poll gave no answer within {limit:g} s")])
+
+    # --- actions ------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def current_instance(self, index: int) -> UwsgiInstance:
+        """Instance `index` as it is now (for a confirmation); ActionError when unreadable."""
+
+    @abstractmethod
+    async def kill(self, index: int, worker_id: int, expect_pid: int, signal: str, *,
+                   audit: AuditLog, expect_spawn: float | None = None,
+                   usr2_first: bool = False) -> ActionResult:
+        """Kill worker `worker_id` of instance `index` if it still is `expect_pid`."""
+
+    @abstractmethod
+    async def reload(self, index: int, mode: str, *, audit: AuditLog,
+                     expect_master: int | None = None) -> ActionResult:
+        """Start a graceful or chain reload of instance `index` and return at once."""
+
+    @abstractmethod
+    async def follow(self, index: int, result: ActionResult,
+                     on_progress: Callable[[ReloadProgress], None], *,
+                     audit: AuditLog) -> ReloadProgress:
+        """Follow a reload started by `reload` to its end, reporting each step."""
+
+
+def open_host(config: HostConfig, settings: Settings) -> Host:
+    """The implementation for `config`: through its agent when it names one, else this
+    machine's own sources. The only place that branches on `config.agent`."""
+    if config.agent:
+        from stackmon.hosts.agent import AgentHost
+
+        return AgentHost(config, settings)
+    from stackmon.hosts.local import LocalHost
+
+    return LocalHost(config, settings)

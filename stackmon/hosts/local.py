@@ -1,0 +1,116 @@
+"""This machine's host: stats servers, stub_status, the kernel and /proc read here, actions
+taken here (signals and the master FIFO, after the kernel confirms the target)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+from stackmon.actions.audit import AuditLog
+from stackmon.actions.base import ActionError, ActionResult, ActionTarget
+from stackmon.actions.kill import fetch_instance, kill_worker
+from stackmon.actions.reload import reload_uwsgi
+from stackmon.actions.reload_progress import ReloadProgress, follow_reload
+from stackmon.collect import NGINX_RESCAN, gather_local_facts, merge_kernel_queues
+from stackmon.config import HostConfig, Settings
+from stackmon.hosts.base import Host
+from stackmon.model import HostSnapshot, NginxStatus, SourceError, UwsgiInstance
+from stackmon.sources.nginx_status import fetch_stub_status
+from stackmon.sources.uwsgi_stats import poll_stats
+
+
+class LocalHost(Host):
+    """Polls this machine's sources; holds the previous samples that rates need."""
+
+    def __init__(self, config: HostConfig, settings: Settings) -> None:
+        super().__init__(config, settings)
+        self.previous_nginx: NginxStatus | None = None
+        self._nginx_roles: dict[int, str] | None = None
+        self._nginx_roles_at = 0.0
+
+    # --- polling ------------------------------------------------------------------------------
+
+    async def sample_nginx(self) -> NginxStatus | SourceError | None:
+        """One stub_status sample (kept for the next one's request rate)."""
+        if not self.config.nginx:
+            return None
+        result = await fetch_stub_status(self.config.nginx, timeout=self.settings.timeout,
+                                         previous=self.previous_nginx)
+        if isinstance(result, NginxStatus):
+            self.previous_nginx = result
+        return result
+
+    async def prime(self) -> None:
+        await self.sample_nginx()
+
+    async def _uwsgi(self, index: int) -> UwsgiInstance | SourceError:
+        # poll_stats parses big documents in a thread and small ones inline (a thread hop
+        # costs more than parsing a few workers).
+        got = await poll_stats(self.config.uwsgi[index], self.settings.thresholds,
+                               timeout=self.settings.timeout)
+        return replace(got, index=index) if isinstance(got, UwsgiInstance) and index else got
+
+    async def poll(self) -> HostSnapshot:
+        taken_at = time.time()
+        results = await asyncio.gather(
+            *(self._uwsgi(i) for i in range(len(self.config.uwsgi))),
+            self.sample_nginx(),
+        )
+        *uwsgi_results, nginx_result = results
+        nginx = nginx_result if isinstance(nginx_result, NginxStatus | SourceError) else None
+        errors: list[SourceError] = [r for r in uwsgi_results if isinstance(r, SourceError)]
+        instances = [r for r in uwsgi_results if isinstance(r, UwsgiInstance)]
+        if isinstance(nginx, SourceError):
+            errors.append(nginx)
+            nginx = None
+        if not instances and nginx is None and errors:
+            return self.unreachable(taken_at, errors)
+        stale_roles = time.monotonic() - self._nginx_roles_at > NGINX_RESCAN
+        facts = await asyncio.to_thread(gather_local_facts, instances, self.config.nginx,
+                                        None if stale_roles else self._nginx_roles)
+        if facts.nginx_roles is not self._nginx_roles:
+            self._nginx_roles = facts.nginx_roles or None
+            self._nginx_roles_at = time.monotonic() if facts.nginx_roles else 0.0
+        errors.extend(facts.errors)
+        snap = HostSnapshot(
+            name=self.name, taken_at=taken_at, reachable=True, stale_s=None,
+            errors=tuple(errors),
+            uwsgi=tuple(merge_kernel_queues(i, facts.listeners) for i in instances),
+            nginx=nginx, listeners=facts.listeners, fds=facts.fds, kernel=facts.kernel,
+        )
+        self.last_good = snap
+        return snap
+
+    # --- actions ------------------------------------------------------------------------------
+
+    def target(self, index: int) -> ActionTarget:
+        """Instance `index` as an action target; not_found when the host has no such one."""
+        if not 0 <= index < len(self.config.uwsgi):
+            raise ActionError("not_found", f"host {self.name!r} has no uwsgi instance {index} "
+                                           f"(it has {len(self.config.uwsgi)})")
+        return ActionTarget(host=self.name, address=self.config.uwsgi[index], index=index,
+                            read_only=self.read_only, timeout=self.settings.timeout)
+
+    async def current_instance(self, index: int) -> UwsgiInstance:
+        return await fetch_instance(self.target(index))
+
+    async def kill(self, index: int, worker_id: int, expect_pid: int, signal: str, *,
+                   audit: AuditLog, expect_spawn: float | None = None,
+                   usr2_first: bool = False) -> ActionResult:
+        return await kill_worker(self.target(index), worker_id, expect_pid,
+                                 signal,  # type: ignore[arg-type]  # checked by kill_worker
+                                 expect_spawn=expect_spawn, usr2_first=usr2_first, audit=audit)
+
+    async def reload(self, index: int, mode: str, *, audit: AuditLog,
+                     expect_master: int | None = None) -> ActionResult:
+        return await reload_uwsgi(self.target(index),
+                                  mode,  # type: ignore[arg-type]  # checked by reload_uwsgi
+                                  audit=audit, expect_master=expect_master)
+
+    async def follow(self, index: int, result: ActionResult,
+                     on_progress: Callable[[ReloadProgress], None], *,
+                     audit: AuditLog) -> ReloadProgress:
+        return await follow_reload(self.target(index), result, on_progress,
+                                   audit=audit)
