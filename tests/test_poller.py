@@ -126,7 +126,7 @@ async def test_failures_back_off_exponentially_but_report_every_interval():
     # The first success resets the backoff.
     state["mode"] = "ok"
     await asyncio.sleep(0.6)
-    assert poller.failures == 0 and poller.latest.reachable
+    assert poller.failures == 0 and poller.latest is not None and poller.latest.reachable
     recovered = [c for c in collector.calls if c >= time.monotonic() - 0.35]
     assert len(recovered) >= 3
     task.cancel()
