@@ -22,7 +22,13 @@ from stackmon.addresses import (
     parse_nginx_url,
     parse_stats_address,
 )
+from stackmon.bounded_io import BoundedReadError, read_file
 from stackmon.model import Thresholds
+
+# A hosts file of 500 hosts is ~50 KB: 4 MiB is room for a generated one, and a bound for a
+# hostile path. Nesting: [[host]] -> table -> list of addresses is 3 deep.
+HOSTS_FILE_LIMIT = 4 * 1024 * 1024
+MAX_NESTING = 16
 
 
 class ConfigError(ValueError):
@@ -195,14 +201,36 @@ def _host(raw: Any, index: int, text: str, path: Path) -> HostConfig:
     )
 
 
+def _read_hosts_file(path: Path) -> bytes:
+    """The file's bytes, read the bounded way: a hosts file is named by whoever starts
+    stackmon (often root), and a FIFO there must not hang it nor /dev/zero eat its memory."""
+    try:
+        return read_file(path, limit=HOSTS_FILE_LIMIT, what="hosts file")
+    except BoundedReadError as exc:
+        if exc.reason.endswith("does not exist"):
+            raise ConfigError(f"{path}: no such hosts file") from None
+        raise ConfigError(f"{path}: {exc.reason}") from None
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and tables nest in a parsed document, without recursing (the document
+    itself may be deep enough to exhaust Python's stack when walked recursively)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > MAX_NESTING:
+            break
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children
+                     if isinstance(child, dict | list))
+    return deepest
+
+
 def load_hosts_file(path: Path, overrides: dict[str, Any] | None = None) -> Targets:
     """Read and check a hosts file; any problem raises ConfigError naming file and line."""
-    try:
-        raw_bytes = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such hosts file") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    raw_bytes = _read_hosts_file(path)
     try:
         text = raw_bytes.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -210,6 +238,8 @@ def load_hosts_file(path: Path, overrides: dict[str, Any] | None = None) -> Targ
         raise ConfigError(f"{path}:{line}: not valid UTF-8") from None
     try:
         data = tomllib.loads(text)
+    except RecursionError:  # tomllib recurses per nesting level: [[[[... is a crash otherwise
+        raise ConfigError(f"{path}: invalid TOML: arrays or tables nested too deeply") from None
     except tomllib.TOMLDecodeError as exc:
         msg = str(exc)
         m = re.search(r"\(at line (\d+), column (\d+)\)", msg)
@@ -217,6 +247,9 @@ def load_hosts_file(path: Path, overrides: dict[str, Any] | None = None) -> Targ
             msg = msg[: m.start()].strip()
             raise ConfigError(f"{path}:{m.group(1)}: invalid TOML: {msg}") from None
         raise ConfigError(f"{path}: invalid TOML: {msg}") from None
+    if _depth(data) > MAX_NESTING:
+        raise ConfigError(f"{path}: invalid hosts file: values nested more than {MAX_NESTING} "
+                          "deep (a hosts file needs 3)")
     unknown = set(data) - {"defaults", "host"}
     if unknown:
         key = sorted(unknown)[0]
@@ -232,8 +265,8 @@ def load_hosts_file(path: Path, overrides: dict[str, Any] | None = None) -> Targ
         if overrides:
             settings = parse_settings(overrides, "command line", settings)
     except ConfigError as exc:
-        key = next((k for k in _DEFAULT_KEYS if f": {k}" in str(exc)), None)
-        raise ConfigError(f"{path}:{_line_of(text, None, key)}: {exc}") from None
+        where = next((k for k in _DEFAULT_KEYS if f": {k}" in str(exc)), None)
+        raise ConfigError(f"{path}:{_line_of(text, None, where)}: {exc}") from None
     hosts_raw = data.get("host", [])
     if not isinstance(hosts_raw, list) or not hosts_raw:
         raise ConfigError(f"{path}: no [[host]] tables: nothing to watch")

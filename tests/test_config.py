@@ -210,3 +210,61 @@ def test_nan_and_inf_timeouts_in_a_hosts_file_are_refused(tmp_path, literal):
         load_hosts_file(path)
     assert str(info.value).startswith(f"{path}:5: "), str(info.value)
     assert "timeout" in str(info.value)
+
+
+# --- hostile hosts-file paths: bounded, non-blocking reads -----------------------------------
+
+def test_a_fifo_as_hosts_file_is_refused_without_blocking(tmp_path):
+    import os
+
+    fifo = tmp_path / "hosts.toml"
+    os.mkfifo(fifo)  # no writer: a plain open() would block forever
+    with pytest.raises(ConfigError) as info:
+        load_hosts_file(fifo)
+    assert str(info.value) == (f"{fifo}: hosts file is a FIFO, not a regular file; refusing to "
+                               "read it")
+
+
+def test_dev_zero_as_hosts_file_is_refused():
+    with pytest.raises(ConfigError, match=r"^/dev/zero: hosts file is a character device"):
+        load_hosts_file(Path("/dev/zero"))
+
+
+def test_a_huge_hosts_file_is_refused_by_its_size(tmp_path):
+    path = tmp_path / "hosts.toml"
+    with path.open("wb") as fh:
+        fh.truncate(100 * 1024 * 1024)  # sparse: 100 MB without writing them
+    with pytest.raises(ConfigError, match=r"hosts file is 104857600 bytes, over the "
+                                          r"4194304-byte limit"):
+        load_hosts_file(path)
+
+
+@pytest.mark.parametrize("deep", [
+    pytest.param('x = ' + '[' * 100_000 + ']' * 100_000 + '\n', id="arrays"),
+    pytest.param('x = ' + '{a = ' * 100_000 + '1' + '}' * 100_000 + '\n', id="inline-tables"),
+])
+def test_toml_nested_100000_deep_is_a_config_error(tmp_path, deep):
+    path = write(tmp_path, deep)
+    with pytest.raises(ConfigError, match=r"invalid TOML: arrays or tables nested too deeply$"):
+        load_hosts_file(path)
+
+
+def test_toml_nested_deep_but_parseable_is_refused_before_use(tmp_path):
+    """tomllib takes ~900 levels; the rest of stackmon (repr in an error, JSON) must not see
+    them either."""
+    path = write(tmp_path, GOOD.replace('nginx = "http://127.0.0.1/nginx_status"',
+                                        'nginx = ' + '[' * 200 + ']' * 200))
+    with pytest.raises(ConfigError, match=r"nested more than 16 deep"):
+        load_hosts_file(path)
+
+
+def test_cli_hosts_file_fifo_and_deep_toml_exit_2_with_one_line(tmp_path):
+    import os
+
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    line = assert_one_line_usage_error(run_cli("snapshot", str(fifo)), "a FIFO")
+    assert line == f"stackmon: {fifo}: hosts file is a FIFO, not a regular file; refusing to " \
+                   "read it"
+    deep = write(tmp_path, 'x = ' + '[' * 100_000 + ']' * 100_000 + '\n')
+    assert_one_line_usage_error(run_cli("snapshot", str(deep)), "nested too deeply")
