@@ -316,3 +316,44 @@ def nginx_roles(procs: list[tuple[int, int]]) -> dict[int, str]:
         else:
             roles[pid] = "nginx-worker"
     return roles
+
+
+def socket_holders(inodes: frozenset[int]) -> dict[int, frozenset[int]]:
+    """Every process (pid -> which of `inodes` it holds) with a descriptor on one of these
+    sockets, found by listing every /proc/PID/fd. Processes whose fds cannot be read (exited,
+    another user's when not root) are skipped: as root, none are.
+
+    This is how a listener from sock_diag is tied to the processes that own it: the kernel's
+    answer, which a process cannot fake by naming itself (unlike comm or cmdline).
+    """
+    found: dict[int, frozenset[int]] = {}
+    try:
+        entries = os.listdir(PROC)
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        got = process_fds(int(entry))
+        if isinstance(got, SourceError):
+            continue
+        held = got.socket_inodes & inodes
+        if held:
+            found[int(entry)] = held
+    return found
+
+
+def ns_pids(pid: int) -> tuple[int, ...] | None:
+    """The NSpid line of /proc/PID/status: the pid as seen from this /proc's pid namespace down
+    to the process's own (one entry when both are the same); None when it cannot be read."""
+    try:
+        data = _read(f"{PROC}/{pid}/status")
+    except OSError:
+        return None
+    for line in data.split(b"\n"):
+        if line.startswith(b"NSpid:"):
+            try:
+                return tuple(int(x) for x in line[6:].split())
+            except ValueError:
+                return None
+    return None

@@ -27,7 +27,7 @@ import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 from stackmon.model import SourceError
 
@@ -50,7 +50,9 @@ LISTEN_MASK = 1 << TCP_LISTEN
 
 UDIAG_SHOW_NAME = 0x01
 UDIAG_SHOW_RQLEN = 0x10
+UDIAG_SHOW_VFS = 0x02
 UNIX_DIAG_NAME = 0
+UNIX_DIAG_VFS = 1
 UNIX_DIAG_RQLEN = 4
 NLA_TYPE_MASK = 0x3FFF  # strips NLA_F_NESTED / NLA_F_NET_BYTEORDER
 
@@ -73,6 +75,7 @@ _INET_MSG = struct.Struct("=B3x2s2x16s16xI8x4xII4xI")
 _UNIX_MSG = struct.Struct("=xB2xI8x")
 _RQLEN = struct.Struct("=II")  # unix_diag_rqlen: rqueue, wqueue
 _HDR_LEN = _NLMSGHDR.size
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,8 +153,8 @@ def _dump(
     buf: bytearray,
     request: bytes,
     seq: int,
-    parse: Callable[[bytearray, int, int, list[RawListener]], None],
-    out: list[RawListener],
+    parse: Callable[[bytearray, int, int, list[_T]], None],
+    out: list[_T],
 ) -> bool:
     """Send one dump request and parse replies until NLMSG_DONE. True if the kernel flagged
     the dump as interrupted (NLM_F_DUMP_INTR), so the caller may retry it once."""
@@ -256,3 +259,82 @@ def _why(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno is not None:
         return f"{os.strerror(exc.errno)} (errno {errno.errorcode.get(exc.errno, exc.errno)})"
     return str(exc) or type(exc).__name__
+
+
+# ------------------------------------------------------------------ unix listeners' files
+
+
+@dataclass(frozen=True, slots=True)
+class UnixListenerFile:
+    """A path-bound UNIX stream listener and the file it is bound to, as the kernel knows it.
+
+    `inode` is the socket's inode (what /proc/PID/fd shows as `socket:[INODE]`); `dev` and `ino`
+    identify the socket file in the filesystem, with `dev` in userspace st_dev encoding so it
+    compares with os.stat(). Why: a listener's name is the path exactly as given to bind(), so
+    a relative name, a symlinked directory or another mount namespace make names useless for
+    proving which listener a path reaches; the file's (dev, ino) does prove it.
+    """
+
+    inode: int
+    dev: int
+    ino: int
+    address: str
+
+
+_VFS = struct.Struct("=II")  # unix_diag_vfs: ino, dev (kernel dev_t: major << 20 | minor)
+
+
+def _parse_unix_vfs(buf: bytearray, off: int, end: int, out: list[UnixListenerFile]) -> None:
+    if end - off < _UNIX_MSG.size:
+        raise _DumpError("short unix_diag_msg in sock_diag reply")
+    stype, inode = _UNIX_MSG.unpack_from(buf, off)
+    if stype != SOCK_STREAM:
+        return
+    name = ""
+    vfs: tuple[int, int] | None = None
+    a = off + _UNIX_MSG.size
+    while a + 4 <= end:
+        alen, atype = _NLATTR.unpack_from(buf, a)
+        if alen < 4 or a + alen > end:
+            break
+        atype &= NLA_TYPE_MASK
+        if atype == UNIX_DIAG_NAME:
+            name = _unix_name(bytes(buf[a + 4 : a + alen]))
+        elif atype == UNIX_DIAG_VFS and alen >= 4 + _VFS.size:
+            vfs = _VFS.unpack_from(buf, a + 4)
+        a += (alen + 3) & ~3
+    if vfs is not None:
+        ino, kdev = vfs
+        out.append(UnixListenerFile(inode, os.makedev(kdev >> 20, kdev & 0xFFFFF), ino, name))
+
+
+def unix_listener_files() -> list[UnixListenerFile] | SourceError:
+    """Every path-bound UNIX stream listener of this network namespace with the (dev, ino) of
+    its socket file; abstract listeners have no file and are not listed. A SourceError (never
+    an exception) when sock_diag cannot be read. Used to prove which listener, and so which
+    process, answers at a unix socket path (stackmon.trust)."""
+    request = _UNIX_REQ.pack(socket.AF_UNIX, 0, 0, LISTEN_MASK, 0,
+                             UDIAG_SHOW_NAME | UDIAG_SHOW_VFS, 0xFFFFFFFF, 0xFFFFFFFF)
+    try:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                             NETLINK_SOCK_DIAG)
+    except (OSError, AttributeError) as exc:
+        return SourceError(SOURCE, f"cannot open a sock_diag netlink socket: {_why(exc)}")
+    try:
+        sock.settimeout(TIMEOUT_S)
+        for seq in (1, 2):
+            out: list[UnixListenerFile] = []
+            try:
+                interrupted = _dump(sock, bytearray(RECV_BUFFER), request, seq,
+                                    _parse_unix_vfs, out)
+            except TimeoutError:
+                return SourceError(SOURCE, f"sock_diag unix dump: no answer in {TIMEOUT_S:g} s")
+            except OSError as exc:
+                return SourceError(SOURCE, f"sock_diag unix dump failed: {_why(exc)}")
+            except _DumpError as exc:
+                return SourceError(SOURCE, f"sock_diag unix dump: {exc}")
+            if not interrupted:
+                break
+        return out
+    finally:
+        sock.close()
