@@ -43,8 +43,10 @@ _URL_USERINFO = re.compile(r"(?i)(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s:]+:[^/@\
 # them: paths, user agents, addresses) are returned untouched without running four passes.
 _MAY_CHANGE = re.compile(r"=|://|eyJ|(?i:bearer|basic|token)")
 
-# C0 and C1 controls, DEL: a stats document may carry raw terminal escapes in a URI.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# C0 and C1 controls, DEL: a stats document may carry raw terminal escapes in a URI. Lone
+# surrogates too: JSON can spell one ("\\ud800"), a command-line argument that is not UTF-8
+# decodes to them, and any of them makes the write to a UTF-8 stdout or socket raise.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def is_secret_key(key: str) -> bool:
@@ -75,12 +77,18 @@ def redact_var(key: str, value: str) -> str:
     return redact_text(value)
 
 
+def _shown_char(m: re.Match[str]) -> str:
+    char = m.group()
+    return "\ufffd" if char >= "\ud800" else f"\\x{ord(char):02x}"
+
+
 def visible(text: str) -> str:
     """Make control characters visible (``\\x1b`` -> ``\\x1b`` literally) so that a URI cannot
-    move the cursor, change colours or clear the screen of the terminal showing it."""
+    move the cursor, change colours or clear the screen of the terminal showing it; a lone
+    surrogate becomes U+FFFD, so that the text can always be encoded (printed, sent, logged)."""
     if not _CONTROL.search(text):
         return text
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return _CONTROL.sub(_shown_char, text)
 
 
 def clean(text: str) -> str:

@@ -3,17 +3,24 @@
 Written for a person reading a terminal or a runbook paste: the sick things first on each line
 (busy workers, requests past the thresholds, queues against their limits), 80 columns wide where
 the data allows. Text from the stats document is already redacted and made visible by the
-sources; it is printed as plain text.
+sources; text from configuration (host names, addresses, URLs: a hosts file may name a host
+"\x1b]52;..." and write the reader's clipboard) and error messages are not, so every line goes
+through redact.visible on its way out: no control character, no lone surrogate (which would
+make the write to stdout raise) ever reaches the terminal.
 """
 
 from __future__ import annotations
 
+import math
 import time
 
 from stackmon.model import HostSnapshot, Snapshot, Thresholds, UwsgiInstance, Worker
+from stackmon.redact import visible
 
 
 def human_bytes(n: int) -> str:
+    if not 0 <= n < 2**63:  # not a size (a foreign agent's document): say so, do not crash
+        return "?"
     value = float(n)
     for unit in ("B", "K", "M", "G", "T"):
         if value < 1024 or unit == "T":
@@ -23,7 +30,7 @@ def human_bytes(n: int) -> str:
 
 
 def human_age(seconds: float | None) -> str:
-    if seconds is None:
+    if seconds is None or not math.isfinite(seconds):
         return "?"
     s = int(seconds)
     if s < 120:
@@ -70,6 +77,7 @@ def _instance_lines(u: UwsgiInstance) -> list[str]:
 
 
 def render_host(h: HostSnapshot) -> list[str]:
+    """The host's lines, not yet made visible (render_snapshot does that for every line)."""
     state = "ok" if h.reachable and not h.errors else ("partial" if h.reachable else
                                                        "UNREACHABLE")
     head = f"== {h.name}  [{state}]"
@@ -108,4 +116,4 @@ def render_snapshot(snap: Snapshot, thresholds: Thresholds) -> str:
            f"critical >= {thresholds.critical:g}s)"]
     for h in snap.hosts:
         out.extend(render_host(h))
-    return "\n".join(out) + "\n"
+    return "\n".join(map(visible, out)) + "\n"

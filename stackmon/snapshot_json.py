@@ -3,10 +3,16 @@
 `stackmon snapshot --json`, the agent's GET /v1/snapshot and recorded fixtures all go through
 here, so the names in the contract live in exactly one place. Fields may be added, never
 renamed. Reading is lenient about missing optional fields so that an older agent still works.
+
+Writing: text parsed from a stats document is already visible (redact.visible); text from
+configuration or the kernel (host names, addresses, URLs, socket paths) and error messages pass
+through visible() here, so that a host named "\x1b]52;..." reads literally in `snapshot --json`
+piped to a terminal, and no string can hold a lone surrogate that would make the dump raise.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from stackmon.model import (
@@ -25,7 +31,11 @@ from stackmon.model import (
     UwsgiInstance,
     Worker,
 )
-from stackmon.redact import clean, redact_pair
+from stackmon.redact import clean, redact_pair, visible
+
+# The bounds the uWSGI parser applies (stackmon.sources.uwsgi_stats), for documents read back.
+PID_MAX = 4_194_304
+COUNT_LIMIT = 2**63
 
 SCHEMA = 1
 
@@ -52,7 +62,7 @@ def worker_to_dict(w: Worker) -> dict[str, Any]:
 
 def instance_to_dict(u: UwsgiInstance) -> dict[str, Any]:
     return {
-        "address": u.address, "index": u.index, "version": u.version,
+        "address": visible(u.address), "index": u.index, "version": u.version,
         "master_pid": u.master_pid,
         "listen_queue": u.listen_queue, "listen_queue_max": u.listen_queue_max,
         "signal_queue": u.signal_queue, "uid": u.uid, "gid": u.gid, "cwd": u.cwd,
@@ -66,7 +76,7 @@ def instance_to_dict(u: UwsgiInstance) -> dict[str, Any]:
 
 def nginx_to_dict(n: NginxStatus) -> dict[str, Any]:
     return {
-        "url": n.url, "active": n.active, "accepts": n.accepts, "handled": n.handled,
+        "url": visible(n.url), "active": n.active, "accepts": n.accepts, "handled": n.handled,
         "dropped": n.dropped, "requests": n.requests, "reading": n.reading,
         "writing": n.writing, "waiting": n.waiting, "requests_per_s": n.requests_per_s,
         "sampled_at": n.sampled_at,
@@ -76,11 +86,13 @@ def nginx_to_dict(n: NginxStatus) -> dict[str, Any]:
 def host_to_dict(h: HostSnapshot) -> dict[str, Any]:
     fds = h.fds
     return {
-        "name": h.name, "taken_at": h.taken_at, "reachable": h.reachable, "stale_s": h.stale_s,
-        "errors": [{"source": e.source, "message": e.message} for e in h.errors],
+        "name": visible(h.name), "taken_at": h.taken_at, "reachable": h.reachable,
+        "stale_s": h.stale_s,
+        "errors": [{"source": visible(e.source), "message": visible(e.message)}
+                   for e in h.errors],
         "uwsgi": [instance_to_dict(u) for u in h.uwsgi],
         "nginx": nginx_to_dict(h.nginx) if h.nginx else None,
-        "listeners": [{"address": li.address, "kind": li.kind, "owner": li.owner,
+        "listeners": [{"address": visible(li.address), "kind": li.kind, "owner": li.owner,
                        "queue": li.queue, "backlog": li.backlog, "inode": li.inode,
                        "pids": list(li.pids)} for li in h.listeners],
         "fds": {
@@ -109,12 +121,40 @@ def snapshot_to_dict(s: Snapshot) -> dict[str, Any]:
 # unchanged; an older, foreign or hostile one cannot put terminal escapes on this screen.
 
 
+def _int(value: Any, high: int = COUNT_LIMIT) -> int:
+    """A number of the document: within [0, high) or 0 (unknown), like the uWSGI parser's
+    bounds; not a number at all is a ValueError (the document is refused)."""
+    if type(value) is float and not math.isfinite(value):
+        raise ValueError("a number is not finite")
+    n = int(value)
+    return n if 0 <= n < high else 0
+
+
+def _pid(value: Any) -> int:
+    return _int(value, PID_MAX + 1)
+
+
+def _float(value: Any) -> float:
+    """A time or a rate: finite, or 0 (unknown)."""
+    f = float(value)
+    return f if math.isfinite(f) else 0.0
+
+
 def _opt_float(value: Any) -> float | None:
-    return None if value is None else float(value)
+    if value is None:
+        return None
+    f = float(value)
+    return f if math.isfinite(f) else None
 
 
 def _opt_int(value: Any) -> int | None:
-    return None if value is None else int(value)
+    return None if value is None else _int(value)
+
+
+def _opt_id(value: Any) -> int | None:
+    """uid/gid: None when absent or out of range (never 0, which would claim root)."""
+    n = None if value is None else _int(value, 2**32)
+    return n if n or value == 0 else None
 
 
 def _text(d: dict[str, Any], key: str) -> str:
@@ -152,7 +192,7 @@ def _vars(raw: Any) -> tuple[tuple[str, str], ...]:
 
 def _request(d: dict[str, Any]) -> Request:
     return Request(
-        core=int(d.get("core", 0)), method=_text(d, "method"), uri=_text(d, "uri"),
+        core=_int(d.get("core", 0)), method=_text(d, "method"), uri=_text(d, "uri"),
         remote_addr=_text(d, "remote_addr"), host=_text(d, "host"),
         started_at=_opt_float(d.get("started_at")), running_s=_opt_float(d.get("running_s")),
         level=d.get("level", "ok") if d.get("level") in ("ok", "slow", "critical") else "ok",
@@ -163,33 +203,34 @@ def _request(d: dict[str, Any]) -> Request:
 def _worker(d: dict[str, Any]) -> Worker:
     in_flight = {r.core: r for r in map(_request, d.get("requests_in_flight", []))}
     cores = tuple(
-        Core(id=int(c.get("id", 0)), requests=int(c.get("requests", 0)),
-             in_request=bool(c.get("in_request")), request=in_flight.pop(int(c.get("id", 0)), None))
+        Core(id=_int(c.get("id", 0)), requests=_int(c.get("requests", 0)),
+             in_request=bool(c.get("in_request")),
+             request=in_flight.pop(_int(c.get("id", 0)), None))
         for c in d.get("cores", [])
     ) + tuple(Core(id=r.core, requests=0, in_request=True, request=r)
               for r in in_flight.values())
     return Worker(
-        id=int(d["id"]), pid=int(d.get("pid", 0)), status=_text(d, "status"),
-        accepting=bool(d.get("accepting", True)), requests=int(d.get("requests", 0)),
-        exceptions=int(d.get("exceptions", 0)), harakiri_count=int(d.get("harakiri_count", 0)),
-        respawn_count=int(d.get("respawn_count", 0)), avg_rt_ms=float(d.get("avg_rt_ms", 0)),
-        rss=int(d.get("rss", 0)), vsz=int(d.get("vsz", 0)),
-        last_spawn=float(d.get("last_spawn", 0)),
-        running_time_s=float(d.get("running_time_s", 0)), tx=int(d.get("tx", 0)), cores=cores,
+        id=_int(d["id"]), pid=_pid(d.get("pid", 0)), status=_text(d, "status"),
+        accepting=bool(d.get("accepting", True)), requests=_int(d.get("requests", 0)),
+        exceptions=_int(d.get("exceptions", 0)), harakiri_count=_int(d.get("harakiri_count", 0)),
+        respawn_count=_int(d.get("respawn_count", 0)), avg_rt_ms=_float(d.get("avg_rt_ms", 0)),
+        rss=_int(d.get("rss", 0)), vsz=_int(d.get("vsz", 0)),
+        last_spawn=_float(d.get("last_spawn", 0)),
+        running_time_s=_float(d.get("running_time_s", 0)), tx=_int(d.get("tx", 0)), cores=cores,
     )
 
 
 def _instance(d: dict[str, Any]) -> UwsgiInstance:
     return UwsgiInstance(
         address=_text(d, "address"), version=_text(d, "version"),
-        master_pid=int(d.get("master_pid", 0)), listen_queue=int(d.get("listen_queue", 0)),
-        listen_queue_max=int(d.get("listen_queue_max", 0)),
-        signal_queue=int(d.get("signal_queue", 0)), uid=_opt_int(d.get("uid")),
-        gid=_opt_int(d.get("gid")), cwd=_text(d, "cwd"),
+        master_pid=_pid(d.get("master_pid", 0)), listen_queue=_int(d.get("listen_queue", 0)),
+        listen_queue_max=_int(d.get("listen_queue_max", 0)),
+        signal_queue=_int(d.get("signal_queue", 0)), uid=_opt_id(d.get("uid")),
+        gid=_opt_id(d.get("gid")), cwd=_text(d, "cwd"),
         warnings=tuple(clean(str(w)) for w in d.get("warnings", [])),
-        index=int(d.get("index", 0)),
+        index=_int(d.get("index", 0)),
         sockets=tuple(Socket(name=_text(s, "name"), proto=_text(s, "proto"),
-                             queue=int(s.get("queue", 0)), max_queue=int(s.get("max_queue", 0)),
+                             queue=_int(s.get("queue", 0)), max_queue=_int(s.get("max_queue", 0)),
                              shared=bool(s.get("shared", False)),
                              source="kernel" if s.get("source") == "kernel" else "stats")
                       for s in d.get("sockets", [])),
@@ -203,29 +244,29 @@ def host_from_dict(d: dict[str, Any]) -> HostSnapshot:
     system = fds.get("system")
     kernel = d.get("kernel") or {}
     return HostSnapshot(
-        name=clean(str(d["name"])), taken_at=float(d.get("taken_at", 0)),
+        name=clean(str(d["name"])), taken_at=_float(d.get("taken_at", 0)),
         reachable=bool(d.get("reachable", False)), stale_s=_opt_float(d.get("stale_s")),
         errors=tuple(SourceError(_text(e, "source"), _text(e, "message"))
                      for e in d.get("errors", [])),
         uwsgi=tuple(_instance(u) for u in d.get("uwsgi", [])),
         nginx=None if not n else NginxStatus(
-            url=_text(n, "url"), active=int(n["active"]), accepts=int(n["accepts"]),
-            handled=int(n["handled"]), requests=int(n["requests"]), reading=int(n["reading"]),
-            writing=int(n["writing"]), waiting=int(n["waiting"]),
-            sampled_at=float(n.get("sampled_at", d.get("taken_at", 0))),
+            url=_text(n, "url"), active=_int(n["active"]), accepts=_int(n["accepts"]),
+            handled=_int(n["handled"]), requests=_int(n["requests"]), reading=_int(n["reading"]),
+            writing=_int(n["writing"]), waiting=_int(n["waiting"]),
+            sampled_at=_float(n.get("sampled_at", d.get("taken_at", 0))),
             requests_per_s=_opt_float(n.get("requests_per_s"))),
         listeners=tuple(Listener(address=_text(li, "address"),
                                  kind="unix" if li.get("kind") == "unix" else "tcp",
-                                 owner=_text(li, "owner"), queue=int(li.get("queue", 0)),
-                                 backlog=int(li.get("backlog", 0)), inode=int(li.get("inode", 0)),
-                                 pids=tuple(int(p) for p in li.get("pids", [])))
+                                 owner=_text(li, "owner"), queue=_int(li.get("queue", 0)),
+                                 backlog=_int(li.get("backlog", 0)), inode=_int(li.get("inode", 0)),
+                                 pids=tuple(_pid(p) for p in li.get("pids", [])))
                         for li in d.get("listeners", [])),
         fds=FdReport(
-            system=SystemFds(open=int(system["open"]), max=int(system["max"]),
-                             nr_open=int(system.get("nr_open", 0))) if system else None,
-            processes=tuple(ProcessFds(pid=int(p["pid"]), role=_text(p, "role"),
-                                       open=int(p.get("open", 0)), limit=int(p.get("limit", 0)),
-                                       hard_limit=int(p.get("hard_limit", 0)))
+            system=SystemFds(open=_int(system["open"]), max=_int(system["max"]),
+                             nr_open=_int(system.get("nr_open", 0))) if system else None,
+            processes=tuple(ProcessFds(pid=_pid(p["pid"]), role=_text(p, "role"),
+                                       open=_int(p.get("open", 0)), limit=_int(p.get("limit", 0)),
+                                       hard_limit=_int(p.get("hard_limit", 0)))
                             for p in fds.get("processes", [])),
         ),
         kernel=KernelCounters(somaxconn=_opt_int(kernel.get("somaxconn")),
@@ -237,5 +278,5 @@ def host_from_dict(d: dict[str, Any]) -> HostSnapshot:
 def snapshot_from_dict(d: dict[str, Any]) -> Snapshot:
     if d.get("schema") != SCHEMA:
         raise ValueError(f"unsupported snapshot schema {d.get('schema')!r} (expected {SCHEMA})")
-    return Snapshot(taken_at=float(d.get("taken_at", 0)),
+    return Snapshot(taken_at=_float(d.get("taken_at", 0)),
                     hosts=tuple(host_from_dict(h) for h in d.get("hosts", [])))

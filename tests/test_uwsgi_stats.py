@@ -913,7 +913,8 @@ def test_every_field_optional_and_wrong_types_tolerated() -> None:
     w1, w2 = parsed.workers
     assert (w1.requests, w1.rss, w1.status, w1.accepting, w1.avg_rt_ms) == (0, 0, "7", True, 1.5)
     assert w1.cores[1].requests == 0 and w2.cores == () and w2.respawn_count == 0
-    assert (parsed.master_pid, parsed.uid, parsed.cwd, parsed.version) == (0, 0, "5", "")
+    # a uid that is not a number is unknown, never 0 (root)
+    assert (parsed.master_pid, parsed.uid, parsed.cwd, parsed.version) == (0, None, "5", "")
     assert parsed.sockets[0].max_queue == 1 and parsed.sockets[0].shared is True
     warnings = "\n".join(parsed.warnings)
     for fragment in ["workers[].requests: expected a number, got text; used 0",

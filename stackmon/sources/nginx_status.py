@@ -25,6 +25,8 @@ _STUB = re.compile(
 )
 
 MAX_BODY = 64 * 1024
+COUNT_LIMIT = 2**63
+_MAX_DIGITS = 19  # 2**63 has 19 digits; int() refuses more than 4300 with a ValueError
 
 
 def parse_stub_status(
@@ -42,6 +44,13 @@ def parse_stub_status(
         first = body.strip().splitlines()[0][:60] if body.strip() else "(empty)"
         first = redact.redact_text(first)
         return SourceError(f"nginx {url}", f"not a stub_status page (starts with {first!r})")
+    too_big = next((k for k, v in m.groupdict().items() if len(v) > _MAX_DIGITS
+                    or int(v) >= COUNT_LIMIT), None)
+    if too_big is not None:
+        # nginx's counters are atomic_t (64 bits at most): a longer number is not nginx's.
+        digits = len(m.group(too_big))
+        return SourceError(f"nginx {url}", f"stub_status counter {too_big!r} is out of range"
+                                           f" ({digits} digits); not nginx's numbers")
     n = {k: int(v) for k, v in m.groupdict().items()}
     rate = None
     if previous is not None and previous.url == url:

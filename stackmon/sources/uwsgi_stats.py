@@ -68,6 +68,17 @@ _THREAD_PARSE_BYTES = 256 * 1024
 # instance runs with `clock = monotonic`, and an "age" computed from it would be nonsense.
 _EPOCH_MIN = 1_000_000_000
 
+# Bounds of every number in the document. A value outside them is a lie or corruption, never a
+# fact: it becomes 0 ("unknown") with a warning, so that the rest of the sample stays usable and
+# no later layer meets a pid os.kill() cannot take, a count float() overflows on, or a number
+# too long to print (Python refuses to turn an int of more than 4300 digits into text).
+PID_MAX = 4_194_304  # the kernel's PID_MAX_LIMIT: /proc/sys/kernel/pid_max can go no higher
+COUNT_LIMIT = 2**63  # counts, sizes, times and ids: an int64 is all uWSGI has
+_ID_LIMIT = 2**32  # uid, gid
+# Longer integer literals are not parsed at all (the stdlib refuses >4300 digits with a
+# ValueError): anything of more than 20 digits is out of range anyway.
+_MAX_INT_DIGITS = 40
+
 
 def _secs(value: float) -> str:
     """A timeout as users wrote it: 2 -> "2.0", 0.25 -> "0.25"."""
@@ -110,7 +121,7 @@ class _Reply(asyncio.Protocol):
         self.size += len(data)
         if self.size > self.max_bytes:
             self._finish(_TooBig())
-            assert self.transport is not None
+            assert isinstance(self.transport, asyncio.WriteTransport)
             self.transport.abort()
             return
         self.chunks.append(data)
@@ -346,7 +357,8 @@ def _fast_constructor(cls: type[T]) -> Callable[..., T]:
     source = (f"def new({', '.join(params)}):\n    o = _new(_cls)\n" + "\n".join(body)
               + "\n    return o\n")
     exec(source, scope)
-    return scope["new"]  # type: ignore[no-any-return]
+    new: Callable[..., T] = scope["new"]
+    return new
 
 
 _new_core = _fast_constructor(Core)
@@ -370,10 +382,30 @@ class _Issues:
         return tuple(t if n == 1 else f"{t} ({n} times)" for t, n in self.counts.items())
 
 
+class _OutOfRange:
+    """An integer literal too long to be a number of the document (see _lenient_int)."""
+
+    __slots__ = ()
+
+
+_OUT_OF_RANGE = _OutOfRange()
+
+
+def _lenient_int(literal: str) -> int | _OutOfRange:
+    """json's parse_int for documents with absurdly long numbers: such a number becomes a
+    marker (a bad value of its field) instead of making the whole document unreadable."""
+    if len(literal.lstrip("-")) > _MAX_INT_DIGITS:
+        return _OUT_OF_RANGE
+    return int(literal)
+
+
 def _type_name(value: object) -> str:
     if value is None:
         return "null"
-    return {str: "text", list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+    if value is _OUT_OF_RANGE:
+        return f"a number of more than {_MAX_INT_DIGITS} digits"
+    names: dict[type, str] = {str: "text", list: "a list", dict: "an object"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _num(value: object, where: str, issues: _Issues) -> int:
@@ -382,8 +414,32 @@ def _num(value: object, where: str, issues: _Issues) -> int:
         return int(value)
     if type(value) is float and math.isfinite(value):
         return int(value)
-    issues.add(f"{where}: expected a number, got {_type_name(value)}; used 0")
+    if value is _OUT_OF_RANGE:
+        issues.add(f"{where}: {_type_name(value)} is out of range; used 0")
+    else:
+        issues.add(f"{where}: expected a number, got {_type_name(value)}; used 0")
     return 0
+
+
+def _shown_number(value: int) -> str:
+    """A number for a warning, without printing 400 digits (or failing on 5,000)."""
+    if -10**18 < value < 10**18:
+        return str(value)
+    digits = int(value.bit_length() * 0.30103) + 1
+    return f"{'-' if value < 0 else ''}a number of about {digits} digits"
+
+
+def _bounded(value: int, where: str, issues: _Issues, high: int = COUNT_LIMIT) -> int:
+    """`value` when 0 <= value < high, else 0 and a warning: out of range is unknown."""
+    if 0 <= value < high:
+        return value
+    issues.add(f"{where}: {_shown_number(value)} is out of range; used 0")
+    return 0
+
+
+def _pid(value: int, where: str, issues: _Issues) -> int:
+    """A pid as the kernel could have given it (0: none, e.g. a dead worker)."""
+    return _bounded(value, where, issues, PID_MAX + 1)
 
 
 def _text(value: object, where: str, issues: _Issues) -> str:
@@ -396,11 +452,20 @@ def _text(value: object, where: str, issues: _Issues) -> str:
     return redact.visible(str(value)) if isinstance(value, (int, float)) else ""
 
 
-def _optional_int(doc: dict[str, Any], key: str, issues: _Issues) -> int | None:
+def _optional_id(doc: dict[str, Any], key: str, issues: _Issues) -> int | None:
+    """uid/gid: None when absent or out of range (0 would claim root)."""
     value = doc.get(key)
-    if value is None or type(value) is int:
+    if value is None:
+        return None
+    if type(value) is float and math.isfinite(value):
+        value = int(value)
+    elif type(value) is not int:
+        issues.add(f"{key}: expected a number, got {_type_name(value)}; ignored")
+        return None
+    if 0 <= value < _ID_LIMIT:
         return value
-    return _num(value, key, issues)
+    issues.add(f"{key}: {_shown_number(value)} is out of range; ignored")
+    return None
 
 
 def _list(value: object, where: str, issues: _Issues) -> list[Any]:
@@ -441,6 +506,7 @@ def _shown_pair(key: str, value: str) -> tuple[str, str]:
 
 def _request_details(raw_vars: list[Any], issues: _Issues) -> _Details:
     """method, uri, remote_addr, host and the shown (redacted, visible) KEY=VALUE pairs."""
+    memo_key: int | None
     try:
         memo_key = hash(tuple(raw_vars))
     except TypeError:  # a list or object inside vars: not memoisable, still parseable
@@ -518,7 +584,10 @@ def _request(
             if type(start) is not int:
                 start = _num(start, "cores[].req_info.request_start", issues) or None
             if start is not None:
-                if start >= _EPOCH_MIN:
+                if start >= COUNT_LIMIT:
+                    issues.add("cores[].req_info.request_start is out of range; request age"
+                               " unknown")
+                elif start >= _EPOCH_MIN:
                     started = float(start)
                 else:
                     issues.add("request_start is not an epoch time (clock = monotonic?);"
@@ -556,6 +625,9 @@ def _cores(
                 v if type(v) is int else _num(v, f"cores[].{k}", issues)
                 for k, v in zip(_CORE_KEYS, (cid, requests, busy), strict=True)
             )
+        if not (0 <= cid < COUNT_LIMIT and 0 <= requests < COUNT_LIMIT):
+            cid = _bounded(cid, "cores[].id", issues)
+            requests = _bounded(requests, "cores[].requests", issues)
         if busy:
             append(new_core(cid, requests, True, _request(cid, core, now, thresholds, issues)))
         else:
@@ -579,8 +651,13 @@ def _worker(doc: dict[str, Any], now: float, thresholds: Thresholds, issues: _Is
     if tuple(map(type, n)) != _ALL_INT:
         n = tuple(v if type(v) is int else _num(v, f"workers[].{k}", issues)
                   for k, v in zip(_WORKER_INTS, n, strict=True))
+    if min(n) < 0 or max(n) >= COUNT_LIMIT:
+        n = tuple(_bounded(v, f"workers[].{k}", issues) for k, v in zip(_WORKER_INTS, n,
+                                                                         strict=True))
     (wid, pid, accepting, requests, exceptions, harakiri, respawns, avg_rt, rss, vsz,
      last_spawn, running_time, tx) = n
+    if pid > PID_MAX:
+        pid = _pid(pid, "workers[].pid", issues)
     status = get("status", "")
     if type(status) is not str or not status.isprintable():
         status = _text(status, "workers[].status", issues)
@@ -594,17 +671,19 @@ def _worker(doc: dict[str, Any], now: float, thresholds: Thresholds, issues: _Is
     )
 
 
+def _count(value: object, where: str, issues: _Issues) -> int:
+    """A non-negative integer field outside the hot loops: typed, then bounded."""
+    return _bounded(value if type(value) is int else _num(value, where, issues), where, issues)
+
+
 def _socket(doc: dict[str, Any], issues: _Issues) -> Socket:
     get = doc.get
-    queue = get("queue", 0)
-    max_queue = get("max_queue", 0)
     shared = get("shared", 0)
     return Socket(
         name=_text(get("name", ""), "sockets[].name", issues),
         proto=_text(get("proto", ""), "sockets[].proto", issues),
-        queue=queue if type(queue) is int else _num(queue, "sockets[].queue", issues),
-        max_queue=(max_queue if type(max_queue) is int
-                   else _num(max_queue, "sockets[].max_queue", issues)),
+        queue=_count(get("queue", 0), "sockets[].queue", issues),
+        max_queue=_count(get("max_queue", 0), "sockets[].max_queue", issues),
         shared=bool(shared if type(shared) is int else _num(shared, "sockets[].shared", issues)),
     )
 
@@ -679,17 +758,38 @@ def _fast_load(raw: bytes) -> Any:
         return _NOT_LOADED
 
 
+def _loads(text: str) -> Any:
+    """json.loads(strict=False), and when a number is too long for int() (a ValueError that is
+    not a JSONDecodeError), again with such numbers as bad values of their fields."""
+    try:
+        return json.loads(text, strict=False)
+    except json.JSONDecodeError:
+        raise
+    except ValueError:
+        return json.loads(text, strict=False, parse_int=_lenient_int)
+
+
+def _raw_decode(text: str) -> tuple[Any, int]:
+    """JSONDecoder.raw_decode, with _loads's handling of absurdly long numbers."""
+    try:
+        return json.JSONDecoder(strict=False).raw_decode(text)
+    except json.JSONDecodeError:
+        raise
+    except ValueError:
+        return json.JSONDecoder(strict=False, parse_int=_lenient_int).raw_decode(text)
+
+
 def _load(text: str, nbytes: int, issues: _Issues) -> Any | str:
     """The decoded JSON value, or (as a str) why the document cannot be read."""
     try:
-        return json.loads(text, strict=False)
+        return _loads(text)
     except json.JSONDecodeError as exc:
         first = exc
     except RecursionError:
         return "document nested too deeply to be a stats document"
     if first.msg == "Extra data":
         try:
-            value, end = json.JSONDecoder(strict=False).raw_decode(text)
+            value, end = _raw_decode(text)
         except (json.JSONDecodeError, RecursionError):
             pass
         else:
@@ -698,7 +798,7 @@ def _load(text: str, nbytes: int, issues: _Issues) -> Any | str:
     repaired, fixed = _repair_quotes(text)
     if fixed:
         try:
-            value = json.loads(repaired, strict=False)
+            value = _loads(repaired)
         except (json.JSONDecodeError, RecursionError):
             pass
         else:
@@ -782,21 +882,19 @@ def _parse(
         else:
             issues.add(f"workers[]: expected an object, got {_type_name(item)}; skipped")
     master_pid = get("pid", 0)
-    listen_queue = get("listen_queue", 0)
-    signal_queue = get("signal_queue", 0)
+    if type(master_pid) is not int:
+        master_pid = _num(master_pid, "pid", issues)
     return UwsgiInstance(
         address=address,
         version=_text(get("version", ""), "version", issues),
-        master_pid=master_pid if type(master_pid) is int else _num(master_pid, "pid", issues),
-        listen_queue=(listen_queue if type(listen_queue) is int
-                      else _num(listen_queue, "listen_queue", issues)),
+        master_pid=_pid(master_pid, "pid", issues),
+        listen_queue=_count(get("listen_queue", 0), "listen_queue", issues),
         listen_queue_max=max((s.max_queue for s in sockets), default=0),
         sockets=tuple(sockets),
         workers=tuple(workers),
-        uid=_optional_int(doc, "uid", issues),
-        gid=_optional_int(doc, "gid", issues),
+        uid=_optional_id(doc, "uid", issues),
+        gid=_optional_id(doc, "gid", issues),
         cwd=_text(get("cwd", ""), "cwd", issues),
-        signal_queue=(signal_queue if type(signal_queue) is int
-                      else _num(signal_queue, "signal_queue", issues)),
+        signal_queue=_count(get("signal_queue", 0), "signal_queue", issues),
         warnings=issues.lines(),
     )
