@@ -38,6 +38,55 @@ ACTION_TIMEOUT = 30.0
 # Clocks further apart than this make request ages shown here wrong: said in the errors.
 SKEW_WARNING_S = 5.0
 _KINDS = frozenset(get_args(RefusalKind))
+# Replies are read up to this many bytes (like the uWSGI stats source): an agent, or whatever
+# answers at its address, streaming an endless body must not grow this process without bound.
+MAX_REPLY_BYTES = 64 * 1024 * 1024
+# A snapshot is ~8 levels deep; JSON nested deeper is refused before anything walks it.
+MAX_JSON_DEPTH = 64
+
+
+class ReplyError(ValueError):
+    """A reply that is too large or cannot be decoded; str() is the reason for the user."""
+
+
+async def _read_body(resp: httpx.Response, limit: int = MAX_REPLY_BYTES) -> bytes:
+    """The (decoded) body, refused as soon as it passes `limit` bytes, so that memory stays
+    bounded whatever the far side sends."""
+    declared = resp.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ReplyError(f"the answer is {int(declared)} bytes, over the {limit}-byte limit")
+    body = bytearray()
+    async for chunk in resp.aiter_bytes():
+        body += chunk
+        if len(body) > limit:
+            raise ReplyError(f"the answer is over the {limit}-byte limit")
+    return bytes(body)
+
+
+def _json_depth(value: Any) -> int:
+    """Nesting depth of a decoded document, walked without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack and deepest <= MAX_JSON_DEPTH:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return deepest
+
+
+def decode_json(body: bytes) -> Any:
+    """json.loads with nesting bounded: the decoder recurses per level, so [[[[... 100,000
+    deep would be a RecursionError (a traceback) instead of a reason."""
+    try:
+        value = json.loads(body)
+    except RecursionError:
+        raise ReplyError("the answer is JSON nested too deeply") from None
+    except ValueError:
+        raise ReplyError("the answer is not valid JSON") from None
+    if _json_depth(value) > MAX_JSON_DEPTH:
+        raise ReplyError(f"the answer is JSON nested more than {MAX_JSON_DEPTH} deep")
+    return value
 
 
 def _reason(exc: BaseException) -> str:
@@ -59,7 +108,8 @@ def new_http_client(url: str, timeout: float, *, pool: int = 2) -> httpx.AsyncCl
     return httpx.AsyncClient(
         trust_env=False, verify=verify, timeout=httpx.Timeout(timeout),
         limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
-        headers={"User-Agent": f"stackmon/{__version__}"},
+        # identity: a compressed reply could inflate a thousandfold between two size checks.
+        headers={"User-Agent": f"stackmon/{__version__}", "Accept-Encoding": "identity"},
     )
 
 
@@ -111,10 +161,13 @@ class AgentSource:
         # that, enough for an agent whose own source just waited out its timeout.
         limit = self.settings.timeout * 2
         try:
-            async with asyncio.timeout(limit):
-                resp = await self.http.get(self.url + SNAPSHOT_PATH, headers=headers)
+            async with asyncio.timeout(limit), \
+                    self.http.stream("GET", self.url + SNAPSHOT_PATH, headers=headers) as resp:
+                body = await _read_body(resp)
         except (TimeoutError, httpx.TimeoutException):
             return SourceError(self.source, f"no answer within {limit:g} s")
+        except ReplyError as exc:
+            return SourceError(self.source, f"refused the agent's answer: {exc}")
         except httpx.HTTPError as exc:
             return SourceError(self.source, f"cannot connect: {_reason(exc)}")
         except (httpx.InvalidURL, ValueError) as exc:
@@ -122,11 +175,11 @@ class AgentSource:
             # can, a HostConfig built in code is not checked) must be a reason, not a traceback.
             return SourceError(self.source, f"bad agent URL: {_reason(exc)}")
         if resp.status_code != 200:
-            return SourceError(self.source, _http_problem(resp, self.host))
+            return SourceError(self.source, _http_problem(resp, body, self.host))
         try:
-            doc = json.loads(resp.content)
-        except ValueError:
-            return SourceError(self.source, "the agent's answer is not valid JSON")
+            doc = decode_json(body)
+        except ReplyError as exc:
+            return SourceError(self.source, f"refused the agent's answer: {exc}")
         if not isinstance(doc, dict) or "name" not in doc:
             return SourceError(self.source, "the agent's answer is not a snapshot host object")
         return doc
@@ -152,26 +205,26 @@ def _with_error(snap: HostSnapshot, err: SourceError) -> HostSnapshot:
     return replace(snap, errors=(*snap.errors, err))
 
 
-def _error_body(resp: httpx.Response) -> tuple[str, str]:
+def _error_body(resp: httpx.Response, content: bytes) -> tuple[str, str]:
     """(kind, message) from an agent's JSON error, or from the status line.
 
     Both are the far side's text, shown in the TUI, on stderr and in the audit log: cleaned
     (control characters visible, secrets redacted) like any text from outside.
     """
     try:
-        body = json.loads(resp.content)
+        body = decode_json(content)
         if isinstance(body, dict) and isinstance(body.get("message"), str):
             return redact.clean(str(body.get("error", ""))), redact.clean(body["message"])
-    except ValueError:
+    except ReplyError:
         pass
     return "", redact.clean(f"HTTP {resp.status_code} {resp.reason_phrase}".strip())
 
 
-def _http_problem(resp: httpx.Response, host: HostConfig) -> str:
+def _http_problem(resp: httpx.Response, content: bytes, host: HostConfig) -> str:
     if resp.status_code == 401:
         where = f"in {host.token_file}" if host.token_file else "(no token_file configured)"
         return f"the agent refused the token {where} (401)"
-    _kind, message = _error_body(resp)
+    _kind, message = _error_body(resp, content)
     return f"the agent answered {resp.status_code}: {message}"
 
 
@@ -201,9 +254,13 @@ async def _post(host: HostConfig, path: str, body: dict[str, Any], *, timeout: f
         headers["Authorization"] = f"Bearer {token}"
     own = client is None
     http = client or new_http_client(url, timeout, pool=1)
+    lost = ("the action may or may not have been carried out; check the next snapshot")
     try:
-        resp = await http.post(url + path, json=body, headers=headers,
-                               timeout=httpx.Timeout(action_timeout, connect=timeout))
+        # httpx's timeouts are per read: a trickling body needs a deadline for the whole.
+        async with asyncio.timeout(action_timeout + timeout), \
+                http.stream("POST", url + path, json=body, headers=headers,
+                            timeout=httpx.Timeout(action_timeout, connect=timeout)) as resp:
+            content = await _read_body(resp)
     except httpx.ConnectTimeout:
         raise ActionError("gone", f"cannot reach the agent at {shown}: no answer within "
                                   f"{timeout:g} s; nothing was done") from None
@@ -211,9 +268,14 @@ async def _post(host: HostConfig, path: str, body: dict[str, Any], *, timeout: f
         raise ActionError("gone", f"cannot reach the agent at {shown}: {_reason(exc)}; "
                                   "nothing was done") from None
     except httpx.HTTPError as exc:
-        raise ActionError("failed", f"the agent at {shown} did not answer ({_reason(exc)}): the "
-                                    "action may or may not have been carried out; check the "
-                                    "next snapshot") from None
+        raise ActionError("failed", f"the agent at {shown} did not answer ({_reason(exc)}): "
+                                    f"{lost}") from None
+    except TimeoutError:
+        raise ActionError("failed", f"the agent at {shown} did not answer within "
+                                    f"{action_timeout + timeout:g} s: {lost}") from None
+    except ReplyError as exc:
+        raise ActionError("failed", f"refused the answer of the agent at {shown} ({exc}): "
+                                    f"{lost}") from None
     except (httpx.InvalidURL, ValueError) as exc:  # raised before anything is sent
         raise ActionError("bad_request", f"bad agent URL {shown}: {_reason(exc)}; nothing was "
                                          "done") from None
@@ -225,14 +287,17 @@ async def _post(host: HostConfig, path: str, body: dict[str, Any], *, timeout: f
                                         f"({host.token_file or 'no token_file'}); nothing was "
                                         "done")
     if resp.status_code != 200:
-        kind, message = _error_body(resp)
+        kind, message = _error_body(resp, content)
         if kind not in _KINDS:
             kind = "failed" if resp.status_code >= 500 else "bad_request"
         raise ActionError(kind, message)  # type: ignore[arg-type]
     try:
-        doc = json.loads(resp.content)
+        doc = decode_json(content)
         return ActionResult(ok=bool(doc["ok"]), message=redact.clean(str(doc.get("message", ""))),
                             data=dict(doc.get("data") or {}))
+    except ReplyError as exc:
+        raise ActionError("failed", f"the agent at {shown} sent an unreadable answer ({exc}); "
+                                    "check the next snapshot") from None
     except (ValueError, KeyError, TypeError):
         raise ActionError("failed", f"the agent at {shown} sent an unreadable answer; check the "
                                     "next snapshot") from None
