@@ -60,8 +60,10 @@ def pick_host(targets: Targets, name: str | None) -> HostConfig:
 
 def run(name: str, args: argparse.Namespace) -> int:
     from stackmon.agent.security import (
+        SecretScrubber,
         is_loopback,
         parse_listen,
+        raise_fd_limit,
         read_token_file,
         server_ssl_context,
     )
@@ -88,6 +90,13 @@ def run(name: str, args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if args.access_log else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
+    # On the handler as well as on the agent's loggers (serve()): a record from any library
+    # reaches stderr only through here, scrubbed of the token.
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(SecretScrubber((token,) if token else ()))
+    # Clients hold descriptors; with systemd's soft 1024 a flood of idle connections would
+    # starve the agent's own sockets (the connection caps are sized from this limit).
+    raise_fd_limit()
     notes = []
     if token is None:
         notes.append("no token: data for any local user, actions disabled")

@@ -22,6 +22,18 @@ Design decisions:
   shows its effect.
 - An agent without a token (possible on loopback only) serves data but refuses actions: a
   loopback port is reachable by every local user, and killing workers must need a secret.
+- Hostile clients cost little: every connection goes through security.ConnectionGuard (a
+  complete request header within 10 s, 30 s idle, per-client and total caps that drop idle
+  connections first), the body is capped (16 KB, 413) and read within 10 s (408), ids in URLs
+  have at most 9 digits, JSON nesting too deep for the parser is a 400.
+- The token never reaches a log line or a response: aiohttp's own 400 for a malformed request
+  (which quotes the offending header, token included) is replaced by a fixed JSON one, every
+  agent and aiohttp log record is scrubbed (security.SecretScrubber), the access log shows the
+  path with secret parameters redacted, and a token in the query string is refused (400)
+  before anything else.
+- A kill names a pid; pids are reused. The agent remembers, for every (instance, worker id,
+  pid) it served, the spawn time it first saw, and a kill without expect_spawn is checked
+  against it: a worker respawned under the same pid is refused (409) like a changed pid.
 """
 
 from __future__ import annotations
@@ -32,21 +44,32 @@ import hmac
 import json
 import logging
 import math
+import re
+import resource
 import signal
 import ssl
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
-from stackmon import __version__
+from stackmon import __version__, redact
 from stackmon.actions.base import ActionError, ActionResult, ActionTarget
 from stackmon.agent import API_VERSION
 from stackmon.agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from stackmon.agent.metrics import render_metrics
+from stackmon.agent.security import (
+    SCRUBBED_LOGGERS,
+    ConnectionGuard,
+    ConnectionLimits,
+    RateLimitedLog,
+    SecretScrubber,
+)
 from stackmon.collect import HostCollector
 from stackmon.config import HostConfig, Settings
 from stackmon.model import HostSnapshot
@@ -56,7 +79,13 @@ log = logging.getLogger("stackmon.agent")
 
 ACTOR_HEADER = "X-Stackmon-Actor"
 MAX_BODY = 16 * 1024
+BODY_TIMEOUT = 10.0  # seconds to receive a request body once the headers are in
 REALM = 'Bearer realm="stackmon-agent"'
+# Query parameters that would carry a credential: refused, never read (URLs end up in proxy
+# logs, shell history and browser history; the token goes in the Authorization header only).
+_CREDENTIAL_PARAM = re.compile(r"(?i)token|auth|passw|secret|bearer|api[_-]?key|credential|"
+                               r"^key$|session")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,13 +98,23 @@ class AgentOptions:
     read_only: bool = False
     cache_s: float = 0.25
     audit_path: str | None = None  # None: the default audit log of the agent's user
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+
+
+def encode_json(data: Any) -> bytes:
+    """JSON as UTF-8, with lone surrogates (which a stats document can spell as "\\ud800" and
+    which UTF-8 cannot encode) shown as U+FFFD instead of failing the whole answer."""
+    text = json.dumps(data, ensure_ascii=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text).encode("utf-8")
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None,
                   ) -> web.Response:
-    return web.Response(body=json.dumps(data, ensure_ascii=False).encode("utf-8"),
-                        status=status, content_type="application/json", charset="utf-8",
-                        headers=headers)
+    return web.Response(body=encode_json(data), status=status,
+                        content_type="application/json", charset="utf-8", headers=headers)
 
 
 def error_response(status: int, kind: str, message: str,
@@ -83,14 +122,51 @@ def error_response(status: int, kind: str, message: str,
     return json_response({"error": kind, "message": message}, status, headers)
 
 
+class SpawnMemory:
+    """The spawn time the agent first served for each (instance index, worker id, pid).
+
+    A client that sends only expect_pid names a process by a number the kernel reuses: when a
+    worker dies and its respawn gets the same pid, the stats and the process agree with each
+    other (new pid, new last_spawn) and nothing in the request tells them apart. What the
+    client saw, it saw through this agent, so the agent keeps what it served: the first
+    last_spawn it showed for that pid in that worker's slot. A kill then checks it like an
+    expect_spawn. Bounded: the least recently seen entries go first.
+    """
+
+    def __init__(self, limit: int = 16384) -> None:
+        self.limit = limit
+        self._seen: OrderedDict[tuple[int, int, int], float] = OrderedDict()
+
+    def observe(self, snap: HostSnapshot) -> None:
+        for inst in snap.uwsgi:
+            for w in inst.workers:
+                if w.pid <= 0 or not w.last_spawn or not math.isfinite(w.last_spawn):
+                    continue
+                key = (inst.index, w.id, w.pid)
+                if key in self._seen:
+                    self._seen.move_to_end(key)
+                else:
+                    self._seen[key] = float(w.last_spawn)
+        while len(self._seen) > self.limit:
+            self._seen.popitem(last=False)
+
+    def spawn_of(self, index: int, worker_id: int, pid: int) -> float | None:
+        return self._seen.get((index, worker_id, pid))
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
 class SnapshotCache:
     """At most one poll in flight and results reused for `max_age` seconds (single-flight)."""
 
     def __init__(self, collector: HostCollector, max_age: float,
-                 client: Callable[[], httpx.AsyncClient]) -> None:
+                 client: Callable[[], httpx.AsyncClient],
+                 memory: SpawnMemory | None = None) -> None:
         self.collector = collector
         self.max_age = max_age
         self._client = client
+        self.memory = memory if memory is not None else SpawnMemory()
         self._snap: HostSnapshot | None = None
         self._body: bytes | None = None
         self._at = 0.0
@@ -115,13 +191,14 @@ class SnapshotCache:
             doc = host_to_dict(snap)
             doc["schema"] = SCHEMA
             doc["agent"] = {"version": __version__, "api": API_VERSION}
-            self._body = json.dumps(doc, ensure_ascii=False).encode("utf-8")
+            self._body = encode_json(doc)
         return self._body
 
     def _done(self, task: asyncio.Task[HostSnapshot]) -> None:
         self._task = None
         if not task.cancelled() and task.exception() is None:
             self._snap, self._body, self._at = task.result(), None, time.monotonic()
+            self.memory.observe(self._snap)
 
     async def _poll(self) -> HostSnapshot:
         self.polls += 1
@@ -138,6 +215,19 @@ def _clean_actor(text: str) -> str:
     return cleaned[:64]
 
 
+async def _read_body(request: web.Request) -> bytes:
+    """The request body: at most MAX_BODY bytes (413, before reading when Content-Length says
+    so) within BODY_TIMEOUT seconds (408), so a client trickling bytes holds nothing for long."""
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY,
+                                            actual_size=request.content_length)
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT):
+            return await request.read()
+    except TimeoutError:
+        raise web.HTTPRequestTimeout() from None
+
+
 def _parse_body(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         return {}
@@ -145,6 +235,8 @@ def _parse_body(raw: bytes) -> dict[str, Any]:
         body = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise ActionError("bad_request", "the request body is not valid JSON") from None
+    except RecursionError:  # [[[[...]]]] 16 KB deep: the parser's stack, not ours, gives out
+        raise ActionError("bad_request", "the request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise ActionError("bad_request", "the request body must be a JSON object")
     return body
@@ -190,11 +282,14 @@ class AgentApp:
         self._client: httpx.AsyncClient | None = None
         self.cache = SnapshotCache(self.collector, options.cache_s, self.client)
         self._token = options.token.encode("ascii") if options.token else None
+        self.connections: ConnectionGuard | None = None  # set by serve()
+        self.errors = RateLimitedLog(log)
         self.app = web.Application(middlewares=[self._guard], client_max_size=MAX_BODY)
+        # Ids of at most 9 digits: a 5,000-digit id is a 404 here, not an int() deep inside.
         self.app.add_routes([
             web.get("/v1/snapshot", self.snapshot),
-            web.post(r"/v1/workers/{uwsgi_index:\d+}/{worker_id:\d+}/kill", self.kill),
-            web.post(r"/v1/uwsgi/{uwsgi_index:\d+}/reload", self.reload),
+            web.post(r"/v1/workers/{uwsgi_index:\d{1,9}}/{worker_id:\d{1,9}}/kill", self.kill),
+            web.post(r"/v1/uwsgi/{uwsgi_index:\d{1,9}}/reload", self.reload),
             web.get("/metrics", self.metrics),
         ])
         self.app.on_cleanup.append(self._close)
@@ -230,6 +325,22 @@ class AgentApp:
     async def _guard(self, request: web.Request,
                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
                      ) -> web.StreamResponse:
+        transport = request.transport
+        if self.connections is not None:
+            self.connections.request_started(transport)
+        try:
+            return await self._answer(request, handler)
+        finally:
+            if self.connections is not None:
+                self.connections.request_done(transport)
+
+    async def _answer(self, request: web.Request,
+                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                      ) -> web.StreamResponse:
+        if any(_CREDENTIAL_PARAM.search(key) for key in request.query):
+            return error_response(400, "bad_request", "credentials in the URL are refused "
+                                  "(they end up in logs and histories): send the token as "
+                                  "Authorization: Bearer <token>")
         problem = self._authorized(request)
         if problem is not None:
             challenge = REALM if problem == "missing" else f'{REALM}, error="invalid_token"'
@@ -240,15 +351,20 @@ class AgentApp:
             return await handler(request)
         except ActionError as exc:
             return error_response(exc.http_status, exc.kind, exc.message)
-        except web.HTTPException as exc:  # 404, 405, 413 from aiohttp itself
-            kind = {404: "not_found", 405: "method_not_allowed",
+        except web.HTTPException as exc:  # 404, 405, 408, 413 from aiohttp or _read_body
+            kind = {404: "not_found", 405: "method_not_allowed", 408: "timeout",
                     413: "too_large"}.get(exc.status, "bad_request")
             headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
             return error_response(exc.status, kind, exc.reason, headers)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("error serving %s %s", request.method, request.path)
+        except Exception as exc:
+            # One line, rate-limited (the scrubber removes any secret from it); the traceback
+            # at debug level only: a client able to trigger this must not be able to flood.
+            self.errors(f"internal:{type(exc).__name__}",
+                        f"error serving {request.method} {redact.clean(request.path)[:200]}: "
+                        f"{type(exc).__name__}: {str(exc)[:200]}", logging.ERROR)
+            log.debug("traceback", exc_info=True)
             return error_response(500, "internal", "internal error in the agent (see its log)")
 
     # --- routes -----------------------------------------------------------------------------
@@ -289,39 +405,68 @@ class AgentApp:
             return AuditLog(Path(self.options.audit_path))
         return AuditLog.default()
 
+    def _audit_failure(self, exc: OSError, audit: Any) -> web.Response:
+        """503 naming the cause: the audit log could not take a record. AuditWriteError says
+        itself whether the action went ahead; any other OSError here comes from the log before
+        the action (the action code turns its own OS errors into refusals)."""
+        if hasattr(exc, "outcome"):
+            message = str(exc)
+        else:
+            reason = getattr(exc, "reason", None) or exc.strerror or str(exc) or "error"
+            message = (f"audit log {getattr(audit, 'path', '?')} cannot be written: {reason}; "
+                       "no action taken")
+        self.errors("audit", message, logging.ERROR)
+        return error_response(503, "audit", message)
+
     async def kill(self, request: web.Request) -> web.Response:
-        body = _parse_body(await request.read())
+        body = _parse_body(await _read_body(request))
         sig = body.get("signal", "TERM")
         if sig not in ("TERM", "KILL"):
             raise ActionError("bad_request", "signal must be \"TERM\" or \"KILL\"")
-        expect_pid = _int_field(body, "expect_pid", required=True)
+        expect_pid = _int_field(body, "expect_pid", required=True) or 0
         spawn = _finite_field(body, "expect_spawn", "a number (epoch seconds)")
         usr2 = body.get("usr2", False)
         if not isinstance(usr2, bool):
             raise ActionError("bad_request", "usr2 must be true or false")
         target = self._target(request)
+        worker_id = int(request.match_info["worker_id"])
+        remembered = None
+        if spawn is None:
+            remembered = self.cache.memory.spawn_of(target.index, worker_id, expect_pid)
         from stackmon.actions.kill import kill_worker
 
+        audit = self._audit()
         try:
-            result = await kill_worker(target, int(request.match_info["worker_id"]),
-                                       expect_pid or 0, sig, expect_spawn=spawn,
-                                       usr2_first=usr2, audit=self._audit(),
+            result = await kill_worker(target, worker_id, expect_pid, sig,
+                                       expect_spawn=spawn if spawn is not None else remembered,
+                                       usr2_first=usr2, audit=audit,
                                        actor=self._actor(request))
+        except ActionError as exc:
+            if remembered is not None and exc.kind == "stale":
+                raise ActionError("stale", f"{exc.message} (this agent served pid {expect_pid} "
+                                           f"as worker {worker_id} spawned at {remembered:.0f}; "
+                                           "if you mean a later process with that pid, send its "
+                                           "last_spawn as expect_spawn)") from None
+            raise
+        except OSError as exc:
+            return self._audit_failure(exc, audit)
         finally:
             self.cache.invalidate()
         return self._result(result)
 
     async def reload(self, request: web.Request) -> web.Response:
-        body = _parse_body(await request.read())
+        body = _parse_body(await _read_body(request))
         mode = body.get("mode", "graceful")
         if mode not in ("graceful", "chain"):
             raise ActionError("bad_request", "mode must be \"graceful\" or \"chain\"")
         target = self._target(request)
         from stackmon.actions.reload import reload_uwsgi
 
+        audit = self._audit()
         try:
-            result = await reload_uwsgi(target, mode, audit=self._audit(),
-                                        actor=self._actor(request))
+            result = await reload_uwsgi(target, mode, audit=audit, actor=self._actor(request))
+        except OSError as exc:
+            return self._audit_failure(exc, audit)
         finally:
             self.cache.invalidate()
         return self._result(result)
@@ -331,7 +476,56 @@ class AgentApp:
         return json_response({"ok": result.ok, "message": result.message, "data": result.data})
 
 
-ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
+# --- aiohttp's own paths: malformed requests and the access log ----------------------------
+
+_bad_requests = RateLimitedLog(log)
+
+
+class SafeRequestHandler(web.RequestHandler):
+    """aiohttp's per-connection protocol, with its error answer replaced.
+
+    aiohttp answers a request it cannot parse with a text/plain 400 that quotes the offending
+    bytes, and logs them with a traceback at ERROR level: a header `Authorization: Bearer
+    <token>\\x01` put the whole token in both. Here the answer is a fixed JSON body naming the
+    kind of error only, and the log one rate-limited line without any request bytes.
+    """
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        what = type(exc).__name__ if exc is not None else f"HTTP {status}"
+        remote = getattr(request, "remote", None) or "?"
+        _bad_requests(f"bad:{what}", f"malformed request from {remote} answered {status} "
+                                     f"({what})", logging.WARNING if status < 500
+                      else logging.ERROR)
+        writer = getattr(request, "writer", None)
+        if writer is not None and getattr(writer, "output_size", 0) > 0:
+            raise ConnectionError("a response was already sent")  # as aiohttp does
+        if status >= 500:
+            resp = error_response(status, "internal", "internal error in the agent (see its log)")
+        else:
+            resp = error_response(status, "bad_request", f"malformed HTTP request ({what})")
+        resp.force_close()
+        return resp
+
+
+class AccessLog(AbstractAccessLogger):
+    """`--access-log` lines: client, method, path with secret parameters redacted and control
+    characters made visible, status, size, seconds. Never the raw request line."""
+
+    def log(self, request: Any, response: Any, time: float) -> None:
+        path = redact.clean(str(getattr(request, "raw_path", "?")))
+        if len(path) > 300:
+            path = path[:300] + "..."
+        self.logger.info("%s %s %s %s %s %.3fs", request.remote,
+                         redact.visible(str(request.method))[:16], path, response.status,
+                         response.body_length, time)
+
+
+ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'  # kept for callers; AccessLog does the formatting
+
+
+def _fd_limit() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 async def serve(options: AgentOptions, listen: tuple[str, int],
@@ -341,25 +535,48 @@ async def serve(options: AgentOptions, listen: tuple[str, int],
     """Run the agent until SIGTERM/SIGINT (or `stop` is set), then close cleanly.
 
     `ready` receives the URL once the socket listens (the CLI prints it; tests wait on it).
-    Binding errors raise OSError for the caller to report.
+    Binding errors raise OSError for the caller to report. The listening socket is ours, not
+    aiohttp's site: every connection passes the ConnectionGuard before aiohttp's protocol is
+    even created.
     """
     agent = AgentApp(options)
-    runner = web.AppRunner(agent.app, handle_signals=False,
-                           access_log=logging.getLogger("stackmon.agent.access")
-                           if access_log else None,
-                           access_log_format=ACCESS_LOG_FORMAT, shutdown_timeout=2.0)
+    limits = options.limits
+    handler_kwargs: dict[str, Any] = {
+        "keepalive_timeout": limits.idle_timeout,
+        "access_log_class": AccessLog,
+        "access_log": logging.getLogger("stackmon.agent.access") if access_log else None,
+        "access_log_format": ACCESS_LOG_FORMAT,
+    }
+    runner = web.AppRunner(agent.app, handle_signals=False, shutdown_timeout=2.0,
+                           **handler_kwargs)
     await runner.setup()
-    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    guard = ConnectionGuard(limits, _fd_limit(), log)
+    agent.connections = guard
+    scrubber = SecretScrubber((options.token,) if options.token else ())
+    for name in SCRUBBED_LOGGERS:
+        logging.getLogger(name).addFilter(scrubber)
+    previous_handler = loop.get_exception_handler()
+    loop.set_exception_handler(guard.note.loop_exception_handler)
+    stop = stop or asyncio.Event()
     installed = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
             installed.append(sig)
+    server: asyncio.Server | None = None
+    manager = runner.server
+
+    def make_inner() -> asyncio.Protocol:
+        return SafeRequestHandler(manager, loop=loop, **handler_kwargs)  # type: ignore[arg-type]
+
     try:
         host, port = listen
-        site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True)
-        await site.start()
+        server = await loop.create_server(
+            guard.protocol_factory(make_inner), host, port, ssl=ssl_context,
+            reuse_address=True, backlog=512,
+            ssl_handshake_timeout=limits.header_timeout if ssl_context else None)
+        guard.start()
         if ready is not None:
             scheme = "https" if ssl_context else "http"
             shown = f"[{host}]" if ":" in host else host
@@ -368,4 +585,10 @@ async def serve(options: AgentOptions, listen: tuple[str, int],
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+        if server is not None:
+            server.close()
+        await guard.stop()
         await runner.cleanup()
+        loop.set_exception_handler(previous_handler)
+        for name in SCRUBBED_LOGGERS:
+            logging.getLogger(name).removeFilter(scrubber)
