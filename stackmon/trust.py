@@ -213,7 +213,7 @@ def _comm(pid: int) -> str:
         return "?"
 
 
-def _ids(pid: int) -> tuple[int, int, frozenset[int]] | None:
+def process_ids(pid: int) -> tuple[int, int, frozenset[int]] | None:
     """(real uid, effective uid, groups) from /proc/PID/status."""
     try:
         text = read_file(f"/proc/{pid}/status", limit=64 * 1024, what="process status")
@@ -282,7 +282,7 @@ def confirm_master(address: StatsAddress, claimed_pid: int) -> ConfirmedMaster |
 
 
 def _confirmed(pid: int, inodes: frozenset[int], listener: str) -> ConfirmedMaster | Refusal:
-    ids = _ids(pid)
+    ids = process_ids(pid)
     try:
         started = psutil.Process(pid).create_time()
     except psutil.Error:

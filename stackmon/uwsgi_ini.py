@@ -30,6 +30,15 @@ uWSGI's ini dialect, as uWSGI 2.0.31 itself reads it (checked with `--show-confi
 Keys are normalised (lowercase, `_` -> `-`) so `worker_reload_mercy` and `worker-reload-mercy`
 compare equal. Errors are `ConfigFileError` (a ValueError whose str() names file and line),
 never a traceback.
+
+Bounds, because the files are named by a process's command line, which any user can write
+(stackmon runs as root, and `--ini /dev/zero` once drove a reload to 9.4 GB): every file is
+read through stackmon.bounded_io (regular files only, non-blocking open, at most
+MAX_FILE_BYTES), at most MAX_FILES files and MAX_TOTAL_BYTES per command line, includes at
+most _MAX_DEPTH deep, an expanded value at most MAX_VALUE_CHARS (`%(x)` of `%(x)%(x)`... would
+double at every line). For a running instance (`instance_options`) a file is read only if the
+master's user could read it itself (`as_user`): root must not read, and then show, a file on
+behalf of whoever wrote that command line. /proc/PID/cmdline and environ are bounded too.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from stackmon.bounded_io import BoundedReadError, User, read_file
 from stackmon.model import SourceError
 
 __all__ = [
@@ -66,6 +76,11 @@ ENVIRON = "<environ>"
 SOURCE = "uwsgi config"
 
 _MAX_DEPTH = 8
+MAX_FILE_BYTES = 1024 * 1024  # an ini is rarely 100 KB
+MAX_FILES = 64  # ini files read for one command line, includes included
+MAX_TOTAL_BYTES = 8 * 1024 * 1024
+MAX_VALUE_CHARS = 64 * 1024  # one option's value after %(...) / $(...) expansion
+MAX_PROC_BYTES = 1024 * 1024  # /proc/PID/cmdline and /proc/PID/environ
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _PLACEHOLDER = re.compile(r"%\(([^)]*)\)|\$\(([^)]*)\)|%(.)")
 
@@ -127,6 +142,24 @@ class ConfigFileError(ValueError):
                          else f"{self.file}: {message}")
 
 
+class _Budget:
+    """What one command line may still cost: files and bytes, shared by all its includes."""
+
+    def __init__(self) -> None:
+        self.files = MAX_FILES
+        self.bytes = MAX_TOTAL_BYTES
+
+    def take(self, path: Path, size: int) -> None:
+        self.files -= 1
+        self.bytes -= size
+        if self.files < 0:
+            raise ConfigFileError(path, 0, f"more than {MAX_FILES} ini files for one instance; "
+                                           "not reading more")
+        if self.bytes < 0:
+            raise ConfigFileError(path, 0, f"the instance's ini files are over "
+                                           f"{MAX_TOTAL_BYTES} bytes in all; not reading more")
+
+
 @dataclass(frozen=True)
 class Option:
     """One option as set: normalised key, raw value, and where (file and 1-based line; for the
@@ -181,7 +214,10 @@ def _expand(value: str, magic: dict[str, str], seen: Sequence[Option],
             return environ.get(m.group(2), m.group(0))
         return magic.get(m.group(3), m.group(0))
 
-    return _PLACEHOLDER.sub(repl, value)
+    expanded = _PLACEHOLDER.sub(repl, value)
+    if len(expanded) > MAX_VALUE_CHARS:
+        raise ValueError(f"expands to over {MAX_VALUE_CHARS} characters")
+    return expanded
 
 
 def _decode(data: bytes, file: str) -> str:
@@ -192,18 +228,17 @@ def _decode(data: bytes, file: str) -> str:
         raise ConfigFileError(file, line, "not valid UTF-8") from None
 
 
-def _read_bytes(path: Path) -> bytes:
+def _read_bytes(path: Path, as_user: User | None = None) -> bytes:
+    """The file's bytes, bounded (see the module docstring); `as_user` must be able to read it."""
     try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigFileError(path, 0, "no such file") from None
-    except IsADirectoryError:
-        raise ConfigFileError(path, 0, "is a directory, not an ini file") from None
-    except PermissionError:
-        raise ConfigFileError(path, 0, "permission denied (run as the uWSGI user or root)") \
-            from None
-    except OSError as exc:
-        raise ConfigFileError(path, 0, f"cannot read: {exc.strerror or exc}") from None
+        return read_file(path, limit=MAX_FILE_BYTES, what="ini file", as_user=as_user)
+    except BoundedReadError as exc:
+        reason = exc.reason
+        if reason.endswith("does not exist"):
+            reason = "no such file"
+        elif "Permission denied" in reason:
+            reason = "permission denied (run as the uWSGI user or root)"
+        raise ConfigFileError(path, 0, reason) from None
 
 
 def split_section(spec: str) -> tuple[str, str | None]:
@@ -219,14 +254,18 @@ def split_section(spec: str) -> tuple[str, str | None]:
 
 def read_ini(path: str | os.PathLike[str], section: str = "uwsgi", *,
              cwd: str | None = None, env: Mapping[str, str] | None = None,
+             as_user: User | None = None, _budget: _Budget | None = None,
              _stack: tuple[str, ...] = (), _seen: Sequence[Option] = ()) -> list[Option]:
     """Every option of `section` in the ini file at `path`, in order, with file:line.
 
     Raises ConfigFileError for a missing/unreadable file, invalid UTF-8, a malformed line, or a
     file without the section (uWSGI only warns about that and then runs on defaults, which is
     never what the author meant). `cwd` is where relative `ini =` includes are looked for first
-    (the instance's working directory).
+    (the instance's working directory). `as_user`: read a file (and its includes) only if that
+    user could (ConfigFileError saying so otherwise). Sizes and counts are bounded (module
+    docstring).
     """
+    budget = _budget if _budget is not None else _Budget()
     p = Path(path)
     file = str(p)
     if len(_stack) >= _MAX_DEPTH:
@@ -234,7 +273,9 @@ def read_ini(path: str | os.PathLike[str], section: str = "uwsgi", *,
     real = os.path.realpath(p)
     if real in _stack:
         raise ConfigFileError(file, 0, "includes itself (include cycle)")
-    text = _decode(_read_bytes(p), file)
+    data = _read_bytes(p, as_user)
+    budget.take(p, len(data))
+    text = _decode(data, file)
     magic = _magic(p)
     out: list[Option] = []
     current: str | None = None
@@ -262,11 +303,15 @@ def read_ini(path: str | os.PathLike[str], section: str = "uwsgi", *,
         if current != section:
             continue
         norm = normalise_key(key)
-        value = _expand(value, magic, [*_seen, *out], env)
+        try:
+            value = _expand(value, magic, [*_seen, *out], env)
+        except ValueError as exc:
+            raise ConfigFileError(file, number, f"{norm}: {exc}") from None
         opt = Option(norm, value, file, number)
         out.append(opt)
         if norm in _INI_KEYS and value:
-            out.extend(_include(value, opt, cwd, p, (*_stack, real), [*_seen, *out], env))
+            out.extend(_include(value, opt, cwd, p, (*_stack, real), [*_seen, *out], env,
+                                as_user, budget))
     if not found_section:
         raise ConfigFileError(file, 0, f"no [{section}] section")
     return out
@@ -274,7 +319,8 @@ def read_ini(path: str | os.PathLike[str], section: str = "uwsgi", *,
 
 def _include(spec: str, where: Option, cwd: str | None, including: Path,
              stack: tuple[str, ...], seen: Sequence[Option],
-             env: Mapping[str, str] | None) -> list[Option]:
+             env: Mapping[str, str] | None, as_user: User | None,
+             budget: _Budget) -> list[Option]:
     """Options of an `ini = FILE[:SECTION]` met inside a file or on the command line."""
     name, section = split_section(spec)
     if name.startswith(("http://", "https://", "exec://", "data://", "sym://", "fd://")):
@@ -291,8 +337,8 @@ def _include(spec: str, where: Option, cwd: str | None, including: Path,
                               f"{where.key} = {spec}: {_OTHER_FORMATS[suffix]} configs are "
                               "not read by stackmon (only ini)")
     try:
-        return read_ini(target, section or "uwsgi", cwd=cwd, env=env, _stack=stack,
-                        _seen=seen)
+        return read_ini(target, section or "uwsgi", cwd=cwd, env=env, as_user=as_user,
+                        _budget=budget, _stack=stack, _seen=seen)
     except ConfigFileError as exc:
         if exc.line == 0 and exc.file == str(target) and "no such file" in exc.message:
             raise ConfigFileError(where.file, where.line,
@@ -308,15 +354,18 @@ def _looks_like_value(word: str) -> bool:
 
 
 def options_from_argv(argv: Sequence[str], cwd: str,
-                      environ: Iterable[str] = ()) -> list[Option]:
+                      environ: Iterable[str] = (), *,
+                      as_user: User | None = None) -> list[Option]:
     """The options of a uWSGI command line, in the order uWSGI applies them.
 
     argv[0] is the program. `--key value`, `--key=value`, flags (`--master` -> "true"), short
     options (`-s :3031 -M`), `--ini FILE[:SECTION]` and bare `FILE.ini` arguments (expanded via
     read_ini, relative to `cwd`; the `ini` option itself is kept as evidence). `environ`
     (KEY=VALUE strings, e.g. from /proc/PID/environ) contributes UWSGI_* variables first, as
-    uWSGI parses them before argv. Raises ConfigFileError when a named ini file cannot be read.
+    uWSGI parses them before argv. Raises ConfigFileError when a named ini file cannot be read
+    (or `as_user` could not read it, or the bounds are exceeded).
     """
+    budget = _Budget()
     out: list[Option] = []
     environ = list(environ)
     env = dict(e.partition("=")[::2] for e in environ if "=" in e) if environ else None
@@ -367,13 +416,13 @@ def options_from_argv(argv: Sequence[str], cwd: str,
         opt = Option(key, value, CMDLINE, index)
         out.append(opt)
         if key in _INI_KEYS:
-            out.extend(_include(value, opt, cwd, here, (), out, env))
+            out.extend(_include(value, opt, cwd, here, (), out, env, as_user, budget))
     return out
 
 
 def _read_proc(path: str) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read()
+    """A /proc file, size-capped: a process chooses its own command line and environment."""
+    return read_file(path, limit=MAX_PROC_BYTES, what=os.path.basename(path))
 
 
 def instance_options(master_pid: int) -> list[Option] | SourceError:
@@ -383,18 +432,20 @@ def instance_options(master_pid: int) -> list[Option] | SourceError:
     `chdir` option moved the process after start-up) the PWD it was started with is tried.
     Gives a SourceError (never raises) when the process is gone, not ours to read, has
     rewritten its command line (`procname-master` and friends), or names a file that cannot
-    be read now (edited or deleted since start: the running instance may differ from it).
+    be read now (edited or deleted since start: the running instance may differ from it), or
+    that the process's own user could not read (files are read with its rights, not ours).
     """
     proc = f"/proc/{master_pid}"
     try:
         raw = _read_proc(f"{proc}/cmdline")
-    except FileNotFoundError:
-        return SourceError(SOURCE, f"uWSGI master {master_pid} has exited")
-    except PermissionError:
-        return SourceError(SOURCE, f"not allowed to read {proc}/cmdline: run stackmon as the "
-                                   "uWSGI user or root")
-    except OSError as exc:
-        return SourceError(SOURCE, f"cannot read {proc}/cmdline: {exc.strerror or exc}")
+        user = User.of_process(master_pid)
+    except BoundedReadError as exc:
+        if exc.reason.endswith("does not exist"):
+            return SourceError(SOURCE, f"uWSGI master {master_pid} has exited")
+        if "Permission denied" in exc.reason:
+            return SourceError(SOURCE, f"not allowed to read {proc}/cmdline: run stackmon as "
+                                       "the uWSGI user or root")
+        return SourceError(SOURCE, f"{exc}")
     argv = [a.decode("utf-8", "surrogateescape") for a in raw.rstrip(b"\0").split(b"\0")]
     if not argv or not argv[0]:
         return SourceError(SOURCE, f"process {master_pid} has no command line (exited?)")
@@ -419,7 +470,7 @@ def instance_options(master_pid: int) -> list[Option] | SourceError:
     first_error: ConfigFileError | None = None
     for base in bases:
         try:
-            return options_from_argv(argv, base, environ)
+            return options_from_argv(argv, base, environ, as_user=user)
         except ConfigFileError as exc:
             first_error = first_error or exc
     assert first_error is not None

@@ -4,11 +4,15 @@ The order of checks is the point (REFERENCE.md section 2):
 1. read-only callers are refused before anything is read;
 2. a fresh stats sample must still show the worker with the pid the user saw (a respawned
    worker has a new pid: killing "worker 3" blindly would abort an innocent request);
-3. the pid must be a child of the instance's master, and a process of this host (a remote
-   master's pid means nothing here), started when the stats say the worker was spawned;
-4. SIGTERM aborts the request; if the worker has not died after a short grace it gets SIGKILL
-   (re-checked to be the same process first: psutil refuses to signal a reused pid);
-5. the respawn is confirmed from the stats: a new pid for the same worker id.
+3. the master is confirmed by the kernel (stackmon.trust): the process holding the stats
+   socket's listener must be the pid the stats name, on this host (a remote master's pid means
+   nothing here); nothing the stats or a process's name says is believed on its own;
+4. the pid must be a child of that master, of its user (any user under a root master), started
+   when the stats say the worker was spawned;
+5. SIGTERM aborts the request; if the worker has not died after a short grace it gets SIGKILL.
+   Before every signal the target is checked again through a pidfd: same start time, same
+   parent (stackmon.trust.signal_checked), so a reused pid or a reparented process is never hit;
+6. the respawn is confirmed from the stats: a new pid for the same worker id.
 """
 
 from __future__ import annotations
@@ -25,6 +29,15 @@ from stackmon.actions.audit import AuditLog, current_actor
 from stackmon.actions.base import ActionError, ActionResult, ActionTarget
 from stackmon.model import SourceError, Thresholds, UwsgiInstance, Worker
 from stackmon.sources.uwsgi_stats import poll_stats
+from stackmon.trust import (
+    ConfirmedMaster,
+    Identity,
+    Refusal,
+    confirm_master,
+    identity,
+    process_ids,
+    signal_checked,
+)
 
 Signal = Literal["TERM", "KILL"]
 SIGNALS: dict[str, int] = {"TERM": _signal.SIGTERM, "KILL": _signal.SIGKILL}
@@ -41,23 +54,13 @@ async def fetch_instance(target: ActionTarget) -> UwsgiInstance:
     return inst
 
 
-def local_master(inst: UwsgiInstance, target: ActionTarget) -> psutil.Process:
-    """The instance's master as a process of this host, or a refusal saying why not."""
-    try:
-        master = psutil.Process(inst.master_pid)
-        name = master.name()
-    except (psutil.NoSuchProcess, ValueError):
-        raise ActionError("not_local", f"the uWSGI master of {target.address} (pid "
-                                       f"{inst.master_pid}) is not a process of this host; act "
-                                       "through that host's stackmon agent") from None
-    except psutil.AccessDenied:
-        raise ActionError("permission", f"not allowed to inspect pid {inst.master_pid}; run "
-                                        "stackmon as the uWSGI user or root") from None
-    if "uwsgi" not in name.lower():
-        raise ActionError("not_local", f"pid {inst.master_pid} on this host is {name!r}, not the "
-                                       f"uWSGI master of {target.address}; act through that "
-                                       "host's stackmon agent")
-    return master
+def confirmed_master(inst: UwsgiInstance, target: ActionTarget) -> ConfirmedMaster:
+    """The instance's master as the kernel confirms it (stackmon.trust), or a refusal saying
+    why: the stats' "pid" is believed only if that process holds the stats listener."""
+    got = confirm_master(target.address, inst.master_pid)
+    if isinstance(got, Refusal):
+        raise ActionError(got.kind, f"{got.message}; nothing was done")
+    return got
 
 
 def request_summary(w: Worker) -> list[dict[str, Any]]:
@@ -66,8 +69,10 @@ def request_summary(w: Worker) -> list[dict[str, Any]]:
 
 
 def verify_worker(inst: UwsgiInstance, target: ActionTarget, worker_id: int, expect_pid: int,
-                  expect_spawn: float | None) -> tuple[Worker, psutil.Process]:
-    """The live worker process, if and only if it is the one the caller saw."""
+                  expect_spawn: float | None) -> tuple[Worker, psutil.Process, Identity]:
+    """The live worker process, if and only if it is the one the caller saw: a child of the
+    confirmed master, of the master's user (or any user under a root master), started when
+    the stats say the worker was spawned. The Identity is re-checked before every signal."""
     worker = next((w for w in inst.workers if w.id == worker_id), None)
     if worker is None:
         raise ActionError("not_found", f"{target.address} has no worker {worker_id}")
@@ -78,33 +83,45 @@ def verify_worker(inst: UwsgiInstance, target: ActionTarget, worker_id: int, exp
     if expect_spawn is not None and abs(worker.last_spawn - expect_spawn) > SPAWN_SLACK:
         raise ActionError("stale", f"worker {worker_id} was respawned since you looked; "
                                    "nothing was done")
-    master = local_master(inst, target)
+    master = confirmed_master(inst, target)
+    ident = identity(expect_pid)
+    ids = process_ids(expect_pid)
+    if ident is None or ids is None:
+        raise ActionError("gone", f"pid {expect_pid} has already exited; nothing was done")
+    if ident.ppid != master.pid:
+        raise ActionError("not_worker", f"pid {expect_pid} is not a worker of the uWSGI master "
+                                        f"{master.pid} (its parent is {ident.ppid}); refusing "
+                                        "to signal it")
+    if master.uid != 0 and not master.owns(ids[0]):
+        raise ActionError("not_worker", f"pid {expect_pid} runs as uid {ids[0]}, not as the "
+                                        f"uWSGI master's user ({master.uid}); refusing to "
+                                        "signal it")
+    if not worker.last_spawn:
+        raise ActionError("stale", f"the stats give no spawn time for worker {worker_id}, so "
+                                   f"pid {expect_pid} cannot be confirmed as it; nothing was "
+                                   "done")
+    if abs(ident.start_time - worker.last_spawn) > SPAWN_SLACK:
+        raise ActionError("stale", f"pid {expect_pid} started at {ident.start_time:.0f}, not "
+                                   f"when worker {worker_id} was spawned "
+                                   f"({worker.last_spawn:.0f}): the pid was reused; nothing was "
+                                   "done")
     try:
         proc = psutil.Process(expect_pid)
-        ppid, started = proc.ppid(), proc.create_time()
-    except psutil.NoSuchProcess:
+    except psutil.Error:
         raise ActionError("gone", f"pid {expect_pid} has already exited; nothing was done") \
             from None
-    except psutil.AccessDenied:
-        raise ActionError("permission", f"not allowed to inspect pid {expect_pid}") from None
-    if ppid != master.pid:
-        raise ActionError("not_worker", f"pid {expect_pid} is not a worker of the uWSGI master "
-                                        f"{master.pid}; refusing to signal it")
-    if worker.last_spawn and abs(started - worker.last_spawn) > SPAWN_SLACK:
-        raise ActionError("stale", f"pid {expect_pid} started at {started:.0f}, not when worker "
-                                   f"{worker_id} was spawned ({worker.last_spawn:.0f}): the pid "
-                                   "was reused; nothing was done")
-    return worker, proc
+    if proc.create_time() != ident.start_time:
+        raise ActionError("stale", f"pid {expect_pid} was replaced while it was being checked; "
+                                   "nothing was done")
+    return worker, proc, ident
 
 
-def _send(proc: psutil.Process, sig: int) -> None:
-    try:
-        proc.send_signal(sig)  # psutil checks the pid still names the same process
-    except psutil.NoSuchProcess:
-        pass
-    except psutil.AccessDenied:
-        raise ActionError("permission", f"not allowed to signal pid {proc.pid}; run stackmon "
-                                        "as the uWSGI user or root") from None
+def _send(pid: int, ident: Identity, sig: int) -> None:
+    """Signal the worker if it is still the process checked (same start time, same parent);
+    one that has exited meanwhile is fine (it is what we wanted)."""
+    got = signal_checked(pid, ident, sig)
+    if isinstance(got, Refusal):
+        raise ActionError(got.kind, got.message)
 
 
 async def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
@@ -141,15 +158,16 @@ async def kill_worker(target: ActionTarget, worker_id: int, expect_pid: int,
     audit = audit if audit is not None else AuditLog.default()
     actor = actor or current_actor()
     action = f"kill {signal}" + (" after USR2" if usr2_first else "")
-    base = {"host": target.host, "action": action, "actor": actor, "worker_id": worker_id,
-            "target_pid": expect_pid, "instance": str(target.address)}
+    base: dict[str, Any] = {"host": target.host, "action": action, "actor": actor,
+                            "worker_id": worker_id, "target_pid": expect_pid,
+                            "instance": str(target.address)}
     try:
         if signal not in SIGNALS:
             raise ActionError("bad_request", f"signal must be TERM or KILL, not {signal!r}")
         if target.read_only:
             raise ActionError("read_only", "read-only mode: actions are disabled")
         inst = await fetch_instance(target)
-        worker, proc = verify_worker(inst, target, worker_id, expect_pid, expect_spawn)
+        worker, proc, ident = verify_worker(inst, target, worker_id, expect_pid, expect_spawn)
     except ActionError as exc:
         audit.record(**base, outcome=f"refused: {exc.kind}", message=exc.message)
         raise
@@ -161,14 +179,14 @@ async def kill_worker(target: ActionTarget, worker_id: int, expect_pid: int,
     started = time.monotonic()
     try:
         if usr2_first:
-            _send(proc, _signal.SIGUSR2)
+            _send(expect_pid, ident, _signal.SIGUSR2)
             sent.append("USR2")
             await asyncio.sleep(0.3)  # let the worker log its request and backtrace
-        _send(proc, SIGNALS[signal])
+        _send(expect_pid, ident, SIGNALS[signal])
         sent.append(signal)
         gone = await _wait_gone(proc, grace if signal == "TERM" else 2.0)
         if not gone and signal == "TERM":
-            _send(proc, _signal.SIGKILL)
+            _send(expect_pid, ident, _signal.SIGKILL)
             sent.append("KILL")
             await _wait_gone(proc, 2.0)
     except ActionError as exc:

@@ -20,7 +20,7 @@ from typing import Literal
 
 from stackmon.actions.audit import AuditLog, current_actor
 from stackmon.actions.base import ActionResult, ActionTarget
-from stackmon.model import Request, SourceError, Thresholds, UwsgiInstance
+from stackmon.model import Request, SourceError, Thresholds, UwsgiInstance, Worker
 from stackmon.sources.uwsgi_stats import poll_stats
 
 WorkerState = Literal["replaced", "draining", "killing", "exited", "waiting", "gone"]
@@ -83,13 +83,14 @@ class ReloadTracker:
                 stats_available=False, done=False,
                 message="the master is re-executing: stats unavailable for a moment")
         live = {w.id: w for w in inst.workers}
-        for wid, w in live.items():
-            if wid in self.old and wid not in self.replaced_at and w.pid not in (0, *self.old_pids):
+        for wid, now_w in live.items():
+            if (wid in self.old and wid not in self.replaced_at
+                    and now_w.pid not in (0, *self.old_pids)):
                 self.replaced_at[wid] = elapsed
                 self._turn_started = now
         states: list[WorkerReload] = []
         for wid, old_pid in self.old.items():
-            w = live.get(wid)
+            w: Worker | None = live.get(wid)
             if wid in self.replaced_at:
                 states.append(WorkerReload(wid, old_pid, w.pid if w else 0, "replaced",
                                            replaced_after=self.replaced_at[wid]))

@@ -23,6 +23,7 @@ from dataclasses import replace
 
 import httpx
 
+from stackmon.bounded_io import BoundedReadError, read_file
 from stackmon.collect import HostCollector
 from stackmon.config import HostConfig, Settings
 from stackmon.doctor.facts import (
@@ -37,7 +38,13 @@ from stackmon.doctor.nginx_conf import NginxConfError
 from stackmon.doctor.nginx_conf import load as load_nginx
 from stackmon.model import HostSnapshot, KernelCounters, SourceError, UwsgiInstance
 from stackmon.sources.procfs import read_kernel_counters, system_fds
-from stackmon.uwsgi_ini import ConfigFileError, instance_options, read_ini, split_section
+from stackmon.uwsgi_ini import (
+    MAX_PROC_BYTES,
+    ConfigFileError,
+    instance_options,
+    read_ini,
+    split_section,
+)
 
 # ------------------------------------------------------------------ the kernel
 
@@ -182,11 +189,10 @@ def nginx_conf_path(master_pid: int) -> str | SourceError:
     """
     proc = f"/proc/{master_pid}"
     try:
-        with open(f"{proc}/cmdline", "rb") as fh:
-            raw = fh.read()
-    except OSError as exc:
-        return SourceError("nginx config", f"cannot read {proc}/cmdline: "
-                                           f"{exc.strerror or exc}")
+        # Bounded: a process chooses its own command line (see stackmon.bounded_io).
+        raw = read_file(f"{proc}/cmdline", limit=MAX_PROC_BYTES, what="cmdline")
+    except BoundedReadError as exc:
+        return SourceError("nginx config", f"cannot read {proc}/cmdline: {exc.reason}")
     title = raw.replace(b"\0", b" ").decode("utf-8", "replace").strip()
     parsed = parse_master_title(title)
     if parsed is None:
