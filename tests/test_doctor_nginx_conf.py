@@ -159,3 +159,106 @@ def test_compiled_paths_of_the_real_nginx(nginx_bin: str) -> None:
     paths = _compiled_paths(nginx_bin)
     assert paths.get("conf-path", "").endswith("nginx.conf")
     assert "prefix" in paths
+
+
+# --- hostile includes: every file read bounded, nothing blocks -------------------------------
+
+def _conf(tmp_path: Path, include: str) -> Path:
+    path = tmp_path / "nginx.conf"
+    path.write_text(f"events {{}}\nhttp {{\n    include {include};\n}}\n")
+    return path
+
+
+def test_include_of_proc_self_fd_glob_is_refused_without_hanging(tmp_path: Path) -> None:
+    import os
+    import time
+
+    r, w = os.pipe()  # an fd that is a pipe with no writer closing: open() of it would block
+    try:
+        path = _conf(tmp_path, "/proc/self/fd/*")
+        started = time.monotonic()
+        with pytest.raises(NginxConfError) as info:
+            load(path)
+        assert time.monotonic() - started < 5
+    finally:
+        os.close(r)
+        os.close(w)
+    text = str(info.value)
+    assert text.startswith(f"{path}:3: include /proc/self/fd/"), text
+    assert "not a regular file; refusing to read it" in text
+
+
+@pytest.mark.parametrize(("target", "words"), [
+    ("fifo", "included file is a FIFO, not a regular file"),
+    ("/dev/zero", "included file is a character device, not a regular file"),
+    ("big", "included file is 104857600 bytes, over the 4194304-byte limit"),
+    ("dir/*", "included file is a directory, not a regular file"),
+])
+def test_hostile_includes_are_refused_at_their_line(tmp_path: Path, target: str,
+                                                    words: str) -> None:
+    import os
+
+    os.mkfifo(tmp_path / "fifo")
+    with (tmp_path / "big").open("wb") as fh:
+        fh.truncate(100 * 1024 * 1024)
+    (tmp_path / "dir" / "sub").mkdir(parents=True)
+    path = _conf(tmp_path, target)
+    with pytest.raises(NginxConfError) as info:
+        load(path)
+    assert str(info.value).startswith(f"{path}:3: include "), str(info.value)
+    assert words in str(info.value)
+
+
+def test_a_fifo_as_the_main_config_is_refused(tmp_path: Path) -> None:
+    import os
+
+    os.mkfifo(tmp_path / "nginx.conf")
+    with pytest.raises(NginxConfError, match="nginx config is a FIFO, not a regular file"):
+        load(tmp_path / "nginx.conf")
+
+
+def test_include_chains_and_file_counts_are_bounded(tmp_path: Path) -> None:
+    from stackmon.doctor import nginx_conf
+
+    for i in range(40):  # a chain deeper than nginx configs ever go
+        (tmp_path / f"c{i}.conf").write_text(f"include c{i + 1}.conf;\n")
+    (tmp_path / "c40.conf").write_text("")
+    with pytest.raises(NginxConfError, match=r"includes nested more than 32 deep"):
+        load(tmp_path / "c0.conf")
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(nginx_conf.MAX_FILES + 1):
+        (many / f"{i}.conf").write_text("")
+    with pytest.raises(NginxConfError, match=r"matches more than 1000 files"):
+        load(_conf(tmp_path, "many/*.conf"))
+
+
+def test_blocks_nested_deep_are_a_conf_error_not_a_recursion_error(tmp_path: Path) -> None:
+    path = tmp_path / "nginx.conf"
+    path.write_text("events {}\nhttp { server { " + "location / { " * 100_000
+                    + "}" * 100_002 + "\n")
+    with pytest.raises(NginxConfError, match=r"blocks nested more than 64 deep"):
+        load(path)
+
+
+def test_an_include_cycle_is_parsed_once(tmp_path: Path) -> None:
+    (tmp_path / "a.conf").write_text("keepalive_timeout 5s;\ninclude b.conf;\n")
+    (tmp_path / "b.conf").write_text("include a.conf;\n")
+    conf = load(_conf(tmp_path, "a.conf"))
+    assert [Path(f).name for f in conf.files] == ["nginx.conf", "a.conf", "b.conf"]
+    assert conf.block("http").get("keepalive_timeout").value == "5s"
+
+
+def test_as_user_refuses_a_file_that_user_cannot_read(tmp_path: Path) -> None:
+    from stackmon.bounded_io import User
+
+    (tmp_path / "secret.conf").write_text("keepalive_timeout 5s;\n")
+    (tmp_path / "secret.conf").chmod(0o600)
+    path = _conf(tmp_path, "secret.conf")
+    path.chmod(0o644)
+    nobody = User(65534, frozenset({65534}))
+    if Path(path).stat().st_uid == nobody.uid:
+        pytest.skip("running as nobody")
+    with pytest.raises(NginxConfError, match=r":3: include .*secret.conf: included file is not "
+                                             r"readable by uid 65534"):
+        load(path, as_user=nobody)

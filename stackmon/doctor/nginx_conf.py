@@ -1,12 +1,15 @@
 """nginx configuration as the doctor needs it: a tree of blocks whose every directive keeps the
 file and line it was written on, includes expanded in place.
 
-Parsing is crossplane's (nginx's own grammar: blocks, quoting, includes and globs relative to
-the main file's directory, context and argument-count checks). Its errors become one
-`NginxConfError` naming file and line, because "nginx.conf:41: unexpected '}'" is what the user
-needs and a crossplane exception string is not. Includes are expanded here rather than with
-crossplane's `combine=True`, which (0.5.8) attributes directives that follow an include to the
-included file.
+Lexing and checking are crossplane's (nginx's own grammar: blocks, quoting, context and
+argument-count checks), but the files are read here, through bounded_io, and crossplane's lexer
+is run on their text: its parse() opens every file and include itself with a blocking open(),
+which a FIFO or `include /proc/self/fd/*;` hangs and /dev/zero grows without limit. Includes and
+globs resolve like nginx (relative to the main file's directory), within limits on files, bytes,
+include depth and block depth. Errors become one `NginxConfError` naming file and line, because
+"nginx.conf:41: unexpected '}'" is what the user needs and a crossplane exception string is not.
+Includes are expanded here rather than with crossplane's `combine=True`, which (0.5.8)
+attributes directives that follow an include to the included file.
 
 Values are read with nginx's own units (`parse_time`, `parse_listen`), and `effective()` walks
 up the block tree the way nginx inherits http -> server -> location settings, returning None
@@ -15,13 +18,24 @@ when a directive is unset so the caller can apply (and say it applied) nginx's d
 
 from __future__ import annotations
 
+import glob
+import io
+import itertools
 import os
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-import crossplane
+from crossplane.analyzer import analyze, enter_block_ctx
+from crossplane.errors import NgxParserDirectiveError, NgxParserSyntaxError
+
+# crossplane's lexer and parse helpers, driven here on text read by bounded_io: its own
+# parse() opens every file (and include) itself, with a plain blocking open().
+from crossplane.lexer import _balance_braces, _lex_file_object
+from crossplane.parser import _prepare_if_args
+
+from stackmon.bounded_io import DEFAULT_LIMIT, BoundedReadError, User, read_file
 
 # nginx's NGX_LISTEN_BACKLOG on Linux (other systems use -1: the system maximum).
 DEFAULT_BACKLOG = 511
@@ -220,62 +234,165 @@ def parse_listen(d: Directive) -> Listen | None:
 
 # ------------------------------------------------------------------ loading
 
+# Bounds on what one `load` reads: nginx configs are a few files of a few KB; these stop a
+# hostile include (`include /proc/self/fd/*;`, a glob over a huge tree, /dev/zero) from hanging
+# the doctor or growing it without limit, while leaving generated configs plenty of room.
+MAX_FILES = 1000
+MAX_FILE_BYTES = DEFAULT_LIMIT
+MAX_TOTAL_BYTES = 64 * 1024 * 1024
+MAX_INCLUDE_DEPTH = 32
+MAX_BLOCK_DEPTH = 64
 
-def _clean(message: str, file: str) -> str:
-    """crossplane's messages end in " in FILE:LINE"; the caller prints those itself."""
-    return re.sub(r" in \S+?(:\d+)?$", "", message.strip())
+_EOF = 'unexpected end of file, expecting ";" or "}"'
 
 
-def _last_line(file: str) -> int:
+@dataclass
+class _Files:
+    """The files read so far (crossplane's payload shape: {"file", "parsed"} per file, the
+    main one first), with the bounds every read is checked against."""
+
+    main: str
+    as_user: User | None
+    configs: list[dict[str, Any]] = field(default_factory=list)
+    index: dict[str, int] = field(default_factory=dict)
+    queue: list[tuple[str, tuple[str, ...], int, str]] = field(default_factory=list)
+    total: int = 0
+
+    def read(self, path: str, what: str, where: str, line: int) -> str:
+        """The text of `path`, read without blocking and within the limits; any refusal is an
+        NginxConfError at `where`:`line` (the include that named it; line 0: the main file)."""
+        try:
+            data = read_file(path, limit=MAX_FILE_BYTES, what=what, as_user=self.as_user)
+        except BoundedReadError as exc:
+            reason = "no such file or directory" if exc.reason.endswith("does not exist") \
+                else exc.reason
+            if line:
+                raise NginxConfError(where, line, f"include {path}: {reason}") from None
+            raise NginxConfError(where, 0, reason) from None
+        self.total += len(data)
+        if self.total > MAX_TOTAL_BYTES:
+            raise NginxConfError(where, line, f"include {path}: the configuration is over "
+                                              f"{MAX_TOTAL_BYTES} bytes in all")
+        # nginx reads bytes; like crossplane, undecodable bytes are replaced, and newlines
+        # are universal (crossplane opens in text mode).
+        text = data.decode("utf-8", "replace")
+        return text.replace("\r\n", "\n").replace("\r", "\n")
+
+    def add(self, path: str, ctx: tuple[str, ...], depth: int, text: str) -> int:
+        if path not in self.index:
+            if len(self.index) >= MAX_FILES:
+                raise NginxConfError(path, 0, f"more than {MAX_FILES} files included")
+            self.index[path] = len(self.index)
+            self.queue.append((path, ctx, depth, text))
+        return self.index[path]
+
+
+def _include(files: _Files, stmt: dict[str, Any], file: str, ctx: tuple[str, ...],
+             depth: int) -> None:
+    """Resolve an include like nginx (relative to the main file's directory, globs sorted)
+    and queue each file, read now so that a refusal names the include's own line."""
+    pattern = stmt["args"][0]
+    if not os.path.isabs(pattern):
+        pattern = os.path.join(os.path.dirname(files.main), pattern)
+    line = int(stmt["line"])
+    if depth >= MAX_INCLUDE_DEPTH:
+        raise NginxConfError(file, line, f"include {pattern}: includes nested more than "
+                                         f"{MAX_INCLUDE_DEPTH} deep")
+    if glob.has_magic(pattern):
+        names = sorted(itertools.islice(glob.iglob(pattern), MAX_FILES + 1))
+        if len(names) > MAX_FILES:
+            raise NginxConfError(file, line, f"include {pattern}: matches more than "
+                                             f"{MAX_FILES} files")
+    else:
+        names = [pattern]
+    stmt["includes"] = []
+    for name in names:
+        text = "" if name in files.index else files.read(name, "included file", file, line)
+        stmt["includes"].append(files.add(name, ctx, depth + 1, text))
+
+
+def _statements(files: _Files, file: str, tokens: Iterator[tuple[str, int, bool]],
+                ctx: tuple[str, ...], depth: int, blocks: int) -> list[dict[str, Any]]:
+    """One block's statements: crossplane's own parse loop (its analyzer checks contexts and
+    argument counts), stopping at the first error, with block nesting bounded."""
+    parsed: list[dict[str, Any]] = []
+    for token, lineno, quoted in tokens:
+        if token == "}" and not quoted:
+            break
+        if token.startswith("#") and not quoted:
+            continue
+        stmt: dict[str, Any] = {"directive": token, "line": lineno, "args": []}
+        token, _, quoted = next(tokens)
+        while token not in ("{", ";", "}") or quoted:
+            if quoted or not token.startswith("#"):
+                stmt["args"].append(token)
+            token, _, quoted = next(tokens)
+        if stmt["directive"] == "if":
+            _prepare_if_args(stmt)
+        try:
+            analyze(fname=file, stmt=stmt, term=token, ctx=ctx, strict=False, check_ctx=True,
+                    check_args=True)
+        except NgxParserDirectiveError as exc:
+            raise NginxConfError(file, int(exc.lineno or lineno), str(exc.strerror)) from None
+        if stmt["directive"] == "include":
+            _include(files, stmt, file, ctx, depth)
+        if token == "{" and not quoted:
+            if blocks >= MAX_BLOCK_DEPTH:
+                raise NginxConfError(file, lineno, f"blocks nested more than "
+                                                   f"{MAX_BLOCK_DEPTH} deep")
+            stmt["block"] = _statements(files, file, tokens, enter_block_ctx(stmt, ctx),
+                                        depth, blocks + 1)
+        parsed.append(stmt)
+    return parsed
+
+
+def _parse_file(files: _Files, file: str, ctx: tuple[str, ...], depth: int,
+                text: str) -> list[dict[str, Any]]:
+    tokens = _balance_braces(_lex_file_object(io.StringIO(text)), file)
     try:
-        with open(file, "rb") as fh:
-            data = fh.read()
-    except OSError:
-        return 0
-    return data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+        return _statements(files, file, tokens, ctx, depth, 0)
+    except NgxParserSyntaxError as exc:
+        raise NginxConfError(file, int(exc.lineno or 0), str(exc.strerror)) from None
+    except StopIteration:  # the tokens ran out in the middle of a directive
+        lines = text.count("\n") + (0 if text.endswith("\n") else 1)
+        raise NginxConfError(file, lines, _EOF) from None
 
 
-def _error(err: dict[str, Any]) -> NginxConfError:
-    file = str(err.get("file") or "?")
-    line = err.get("line")
-    message = str(err.get("error") or "")
-    m = re.match(r"\[Errno (\d+)\] ([^:]+): '(.*)'$", message)
-    if m:
-        what = m.group(2).lower()
-        if line:  # an include that could not be opened
-            return NginxConfError(file, int(line), f"include {m.group(3)}: {what}")
-        return NginxConfError(file, 0, what)
-    if not message:
-        # crossplane ran out of tokens in the middle of a directive.
-        return NginxConfError(file, _last_line(file),
-                              "unexpected end of file, expecting \";\" or \"}\"")
-    return NginxConfError(file, int(line or 0), _clean(message, file))
-
-
-def load(path: str | os.PathLike[str]) -> NginxConf:
+def load(path: str | os.PathLike[str], *, as_user: User | None = None) -> NginxConf:
     """Parse the nginx config at `path` with its includes. Raises NginxConfError (the first
-    problem, naming file and line) when nginx would refuse it or a file cannot be read."""
+    problem, naming file and line) when nginx would refuse it or a file cannot be read.
+
+    Every file is read through bounded_io (regular files only, no blocking open, size caps),
+    never by crossplane itself, which would open a FIFO or /proc/self/fd/N and wait forever.
+    `as_user`: refuse files that user could not read (a config named by another user's
+    process)."""
     main = os.path.abspath(os.fspath(path))
     if os.path.isdir(main):
         raise NginxConfError(main, 0, "is a directory, not an nginx config file")
-    if not os.path.exists(main):
+    if not os.path.lexists(main):
         raise NginxConfError(main, 0, "no such file")
+    files = _Files(main, as_user)
+    files.add(main, (), 0, files.read(main, "nginx config", main, 0))
     try:
-        with open(main, "rb"):
-            pass
-    except OSError as exc:
-        raise NginxConfError(main, 0, f"cannot read: {exc.strerror or exc}") from None
-    try:
-        payload = crossplane.parse(main, catch_errors=True, single=False, comments=False,
-                                   check_ctx=True, check_args=True)
-    except Exception as exc:  # crossplane bug or I/O error mid-parse: never a traceback
-        raise NginxConfError(main, 0, f"cannot parse: {exc}") from None
-    if payload.get("errors"):
-        raise _error(payload["errors"][0])
-    configs = payload["config"]
-    files = tuple(c["file"] for c in configs)
-    root = _build_tree(configs, 0, (0,))
-    return NginxConf(path=main, root=root, files=files)
+        for file, ctx, depth, text in files.queue:  # grows as includes are found
+            files.configs.append({"file": file, "parsed": _parse_file(files, file, ctx, depth,
+                                                                       text)})
+        root = _build_tree(files.configs, 0, (0,))
+    except RecursionError:  # blocks and includes together nested beyond Python's stack
+        raise NginxConfError(main, 0, "blocks and includes nested too deeply") from None
+    if _tree_depth(root) > MAX_BLOCK_DEPTH:
+        raise NginxConfError(main, 0, f"blocks (across includes) nested more than "
+                                      f"{MAX_BLOCK_DEPTH} deep")
+    return NginxConf(path=main, root=root, files=tuple(c["file"] for c in files.configs))
+
+
+def _tree_depth(root: Block) -> int:
+    deepest, stack = 0, [(root, 0)]
+    while stack:
+        block, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in block.children)
+    return deepest
 
 
 def _build_tree(configs: list[dict[str, Any]], index: int, stack: tuple[int, ...]) -> Block:
