@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 from stackmon.doctor.nginx_conf import (
+    Block,
+    Directive,
+    NginxConf,
     NginxConfError,
     effective,
     load,
@@ -16,6 +19,17 @@ from stackmon.doctor.nginx_conf import (
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "doctor"
+
+
+def got(d: Directive | None) -> Directive:
+    assert d is not None
+    return d
+
+
+def http(conf: NginxConf) -> Block:
+    block = conf.block("http")
+    assert block is not None
+    return block
 
 
 def test_includes_keep_each_directives_own_file(tmp_path: Path) -> None:
@@ -32,7 +46,7 @@ def test_includes_keep_each_directives_own_file(tmp_path: Path) -> None:
     listens = [(Path(d.file).name, d.line, d.value) for d, _ in conf.directives("listen")]
     assert listens == [("a.conf", 2, "81"), ("b.conf", 4, "82")]
     # crossplane's combine=True would put this one in b.conf.
-    keep = conf.block("http").get("keepalive_timeout")
+    keep = got(http(conf).get("keepalive_timeout"))
     assert (Path(keep.file).name, keep.line) == ("nginx.conf", 4)
     assert [Path(f).name for f in conf.files] == ["nginx.conf", "a.conf", "b.conf"]
     servers = conf.servers()
@@ -57,11 +71,11 @@ def test_effective_follows_nginx_inheritance() -> None:
     conf = load(FIXTURES / "mistuned" / "nginx.conf")
     ((_, path),) = list(conf.directives("uwsgi_pass"))
     assert [b.kind for b in path] == ["main", "http", "server", "location"]
-    assert effective(path, "uwsgi_read_timeout").value == "75s"
-    assert effective(path, "client_header_timeout").value == "30s"  # from the server
-    assert effective(path, "keepalive_timeout").value == "60s"  # from http
+    assert got(effective(path, "uwsgi_read_timeout")).value == "75s"
+    assert got(effective(path, "client_header_timeout")).value == "30s"  # from the server
+    assert got(effective(path, "keepalive_timeout")).value == "60s"  # from http
     assert effective(path, "client_body_timeout") is None  # nginx's default applies
-    assert conf.main("worker_rlimit_nofile").value == "100000000"
+    assert got(conf.main("worker_rlimit_nofile")).value == "100000000"
 
 
 @pytest.mark.parametrize(("text", "seconds"), [
@@ -117,7 +131,7 @@ def test_invalid_utf8_is_read_like_nginx_does(tmp_path: Path) -> None:
     """nginx reads bytes: a Latin-1 comment is not an error."""
     (tmp_path / "n.conf").write_bytes(b"# caf\xe9\nevents {}\nhttp { keepalive_timeout 5s; }\n")
     conf = load(tmp_path / "n.conf")
-    assert conf.block("http").get("keepalive_timeout").line == 3
+    assert got(http(conf).get("keepalive_timeout")).line == 3
 
 
 @pytest.mark.skipif(not Path("/etc/nginx/nginx.conf").exists(), reason="no system nginx.conf")
@@ -246,7 +260,7 @@ def test_an_include_cycle_is_parsed_once(tmp_path: Path) -> None:
     (tmp_path / "b.conf").write_text("include a.conf;\n")
     conf = load(_conf(tmp_path, "a.conf"))
     assert [Path(f).name for f in conf.files] == ["nginx.conf", "a.conf", "b.conf"]
-    assert conf.block("http").get("keepalive_timeout").value == "5s"
+    assert got(http(conf).get("keepalive_timeout")).value == "5s"
 
 
 def test_as_user_refuses_a_file_that_user_cannot_read(tmp_path: Path) -> None:
