@@ -185,3 +185,22 @@ def test_concurrent_writers_never_interleave_or_cut(tmp_path: Path) -> None:
     assert len(lines) == 600
     assert sorted(json.loads(line)["host"] for line in lines) == \
         ["one"] * 200 + ["three"] * 200 + ["two"] * 200
+
+
+@requires_mount
+def test_cli_reload_on_a_full_disk_does_not_reload(fresh_stack, tiny_fs: Path) -> None:
+    import time
+
+    st = fresh_stack(workers=2, threads=1, nginx=False)
+    before = sorted((w["id"], w["pid"]) for w in st.stats()["workers"])
+    path = fill(tiny_fs)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stackmon.cli", "reload", "web-1", "--uwsgi", st.stats_address,
+         "--yes", "--no-follow", "--audit-log", str(path)],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr == (f"stackmon reload: audit log {path} cannot be written: No space "
+                           "left on device; no action taken\n")
+    time.sleep(2)  # a graceful reload would have replaced the workers by now
+    assert sorted((w["id"], w["pid"]) for w in st.stats()["workers"]) == before
+    assert path.read_text() == PAD
