@@ -372,7 +372,7 @@ async def test_worker_list_filter() -> None:
         await pilot.pause()
 
         def shown() -> list[int]:
-            return [wid for wid, sub in wl._lines if sub == 0]
+            return [key[0] for key, sub in wl._lines if sub == 0]
 
         wl.set_filter("EXPORT")  # case-insensitive, on the URI
         await pilot.pause()
@@ -421,7 +421,7 @@ async def test_worker_list_64_workers_x_8_cores_scrolls() -> None:
         first_page = wl.cursor_worker_id
         assert first_page is not None and first_page > 2
         top = round(wl.scroll_y)
-        assert top <= wl._first_line[first_page] < top + 24
+        assert top <= wl._first_line[(first_page, 0)] < top + 24
 
         await pilot.press("end")
         await pilot.pause()

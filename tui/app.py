@@ -8,6 +8,8 @@ worst state, so the sick host shows from any tab.
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import time
 from collections.abc import Callable, Iterable
 
@@ -24,6 +26,7 @@ from stackmon.actions.reload_progress import ReloadProgress
 from stackmon.config import Targets
 from stackmon.model import HostSnapshot, Worker
 from stackmon.poller import Fleet
+from stackmon.redact import visible
 from tui.actions import ACTIONS, bindings
 from tui.host_pane import HostPane
 from tui.messages import ActionFinished, DoctorDone, HostPolled, ReloadProgressed
@@ -39,10 +42,15 @@ BADGE_STYLE = {"ok": "green", "warn": "bold yellow", "critical": "bold red",
                "unknown": "dim"}
 BADGE_ICON = {"ok": "●", "warn": "▲", "critical": "✖", "unknown": "…"}
 
+# Signals that end the TUI the way `q` does (exit status 128 + n, as a shell reports it).
+EXIT_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
 
 def tab_label(name: str, state: tuple[str, str] | None) -> Text:
     """A tab title: the host name and a badge of its worst state (a glyph and a word, so it
-    reads without colour)."""
+    reads without colour). The name is configuration text: a Text (never markup) with its
+    control characters made visible, as request data is."""
+    name = visible(name)
     if state is None:
         return Text.assemble((f"{BADGE_ICON['unknown']} ", BADGE_STYLE["unknown"]), name,
                              (" connecting", "dim"))
@@ -95,6 +103,9 @@ class StackmonApp(App[int]):
             yield from self.panes
         yield Footer()
 
+    def on_load(self) -> None:
+        self._catch_exit_signals()
+
     def on_mount(self) -> None:
         tabs = self._tabs
         for i, host in enumerate(self.targets.hosts):
@@ -102,11 +113,31 @@ class StackmonApp(App[int]):
         if self._poll:
             # One task per host (stackmon.poller): deadlines and backoff keep a dead host from
             # delaying the others; each snapshot arrives here as a message.
-            self.fleet = Fleet(self.targets,
-                               lambda i, snap: self.post_message(HostPolled(i, snap)))
+            def polled(i: int, snap: HostSnapshot) -> None:
+                self.post_message(HostPolled(i, snap))
+
+            self.fleet = Fleet(self.targets, polled)
             self.run_worker(self.fleet.run(), group="poll", name="pollers",
                             exit_on_error=False)
         self._focus_workers()
+
+    # --- signals ----------------------------------------------------------------------------
+
+    def _catch_exit_signals(self) -> None:
+        """SIGTERM (kill, systemd, a supervisor) and SIGHUP (a lost SSH session) would end the
+        process at once, leaving the terminal in the alternate screen with mouse tracking on:
+        every later keystroke and click arrives as garbage. As event-loop handlers they become
+        App.exit(), and Textual's driver restores the terminal on the way out. run_app puts
+        back whatever handlers were there before (the demo's, which then stop its stack)."""
+        loop = asyncio.get_running_loop()
+        for sig in EXIT_SIGNALS:
+            try:
+                loop.add_signal_handler(sig, self._exit_on_signal, sig)
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+                continue
+
+    def _exit_on_signal(self, sig: int) -> None:
+        self.exit(128 + sig)
 
     # --- polling (stackmon.poller; pollers only post messages) -----------------------------
 
@@ -126,7 +157,8 @@ class StackmonApp(App[int]):
                 self.targets.hosts[index].name, state)
         screen = self.screen
         if isinstance(screen, WorkerDetailScreen) and screen.host_index == index:
-            screen.set_worker(pane.find_worker(screen.worker_id, screen.address), self.clock())
+            screen.set_worker(pane.find_worker(screen.worker_id, screen.address,
+                                               nth=screen.worker_nth), self.clock())
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -184,9 +216,10 @@ class StackmonApp(App[int]):
             self.notify("No worker selected.", severity="warning")
             return
         inst = pane.current_instance()
+        key = pane.selected_key()
         self.push_screen(WorkerDetailScreen(pane.index, pane.host.name, worker,
                                             inst.address if inst else "",
-                                            self.clock()))
+                                            self.clock(), nth=key[1] if key else 0))
 
     def action_cycle_sort(self) -> None:
         key = self.active_pane().cycle_sort()
@@ -312,11 +345,13 @@ class StackmonApp(App[int]):
             self.post_message(ActionFinished("Reload not done", f"audit log: {exc}", ok=False))
             return
         instance = f"{host.name}/{address}"
+
+        def progressed(p: ReloadProgress) -> None:
+            self.post_message(ReloadProgressed(index, instance, p))
+
         try:
-            progress = await dispatch.follow(
-                host, settings, instance_index, result,
-                lambda p: self.post_message(ReloadProgressed(index, instance, p)),
-                audit=self.audit)
+            progress = await dispatch.follow(host, settings, instance_index, result, progressed,
+                                             audit=self.audit)
         except (ActionError, OSError) as exc:
             # The reload was sent; only following it failed. Say so, and close the view's slot.
             self._reload_views.discard(instance)
@@ -349,8 +384,8 @@ class StackmonApp(App[int]):
 
     @on(ActionFinished)
     def _action_finished(self, message: ActionFinished) -> None:
-        # The text can quote a server's error or a URI: never markup.
-        self.notify(message.text, title=message.title, markup=False,
+        # The text can quote a server's error, a URI or a host name: never markup, never raw.
+        self.notify(visible(message.text), title=visible(message.title), markup=False,
                     severity="information" if message.ok else "error", timeout=8)
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
@@ -364,6 +399,14 @@ class StackmonApp(App[int]):
 
 
 def run_app(targets: Targets) -> int:
+    """Run the TUI; its exit status (0, or 128 + n after SIGTERM/SIGHUP)."""
+    previous = {sig: signal.getsignal(sig) for sig in EXIT_SIGNALS}
     app = StackmonApp(targets)
-    result = app.run()
+    try:
+        result = app.run()
+    finally:
+        # Closing the loop reset them to SIG_DFL; a caller (the demo) may rely on its own.
+        for sig, handler in previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)
     return result if isinstance(result, int) else 0

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from itertools import islice
 
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.markup import escape
+from textual.content import Content
 from textual.widgets import Input, Static, TabPane
 
 from stackmon.config import HostConfig, Settings
@@ -25,7 +26,7 @@ from widgets.gauge import GaugeList, fd_items, listen_queue_items
 from widgets.history import History
 from widgets.host_header import HostHeader
 from widgets.nginx_panel import NginxPanel
-from widgets.worker_list import WorkerList
+from widgets.worker_list import WorkerKey, WorkerList
 
 SORTS = ("id", "age", "requests")
 HISTORY = 60
@@ -81,7 +82,8 @@ class HostPane(TabPane):
 
     def __init__(self, index: int, host: HostConfig, settings: Settings,
                  clock: Callable[[], float], *, id: str) -> None:
-        super().__init__(escape(host.name), id=id)  # a host name is text, never markup
+        # A host name is configuration text: never markup, control characters made visible.
+        super().__init__(Content(visible(host.name)), id=id)
         self.index = index
         self.host = host
         self.settings = settings
@@ -227,7 +229,7 @@ class HostPane(TabPane):
         workers = self.query_one(WorkerList)
         if workers.filter_text:
             text.append("  filter: ", "dim")
-            text.append(workers.filter_text, "bold")
+            text.append(visible(workers.filter_text), "bold")
         if snap.stale_s is not None:
             text.append(f"  data {snap.stale_s:.0f}s old", "bold yellow")
         for warning in inst.warnings:
@@ -247,9 +249,10 @@ class HostPane(TabPane):
         return self._current_instance(snap) if snap else None
 
     def find_worker(self, worker_id: int, address: str | None = None,
-                    latest: bool = False) -> Worker | None:
+                    latest: bool = False, nth: int = 0) -> Worker | None:
         """A worker of the shown instance (or of the instance at `address`); `latest`: from
-        the newest snapshot even while paused (a detail screen follows live data)."""
+        the newest snapshot even while paused (a detail screen follows live data). Ids can
+        repeat: `nth` picks the nth worker with that id in the document's order (WorkerKey)."""
         snap = self.latest if latest else self.on_screen
         if snap is None:
             return None
@@ -257,11 +260,16 @@ class HostPane(TabPane):
             else self._current_instance(snap)
         if inst is None:
             return None
-        return next((w for w in inst.workers if w.id == worker_id), None)
+        same_id = (w for w in inst.workers if w.id == worker_id)
+        return next(islice(same_id, nth, None), None)
+
+    def selected_key(self) -> WorkerKey | None:
+        """The worker under the cursor as (id, nth with that id): ids alone can repeat."""
+        return self.query_one(WorkerList).cursor_key
 
     def selected_worker(self) -> Worker | None:
-        wid = self.query_one(WorkerList).cursor_worker_id
-        return None if wid is None else self.find_worker(wid)
+        key = self.selected_key()
+        return None if key is None else self.find_worker(key[0], nth=key[1])
 
     def focus_workers(self) -> None:
         self.query_one(WorkerList).focus()

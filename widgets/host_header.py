@@ -83,6 +83,7 @@ def host_state(host: HostSnapshot) -> tuple[str, Severity]:
     if host.errors:
         candidates.append((f"PARTIAL: {plain(_error_sources(host))} down", "warn"))
 
+    severity: Severity
     label, severity = "ok", "ok"
     for cand_label, cand_severity in candidates:
         if SEVERITY_RANK[cand_severity] > SEVERITY_RANK[severity]:

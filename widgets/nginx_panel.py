@@ -18,6 +18,9 @@ from stackmon.model import NginxStatus
 from widgets._fmt import fmt_count, fmt_rate, plain
 from widgets._styles import StyleMemo
 
+# active, reading, writing, waiting, dropped, and the rate as shown.
+_Figures = tuple[int, int, int, int, int, str]
+
 
 class NginxPanel(StyleMemo, Widget):
     """`active 291  reading 6  writing 179  waiting 106  dropped 0  req/s 45.2`, flowed onto
@@ -62,7 +65,8 @@ class NginxPanel(StyleMemo, Widget):
         self.set_class(status is not None and status.dropped > 0, "-dropped")
 
     @staticmethod
-    def _figures(status: NginxStatus | None, error: str | None) -> tuple[object, ...]:
+    def _figures(status: NginxStatus | None,
+                 error: str | None) -> tuple[_Figures | None, str | None]:
         # Only what is displayed: a new sample with the same figures repaints nothing.
         if status is None:
             return (None, error)

@@ -38,6 +38,8 @@ from stackmon.render_text import human_age, human_bytes
 from widgets._fmt import ellipsize, fmt_ms, plain
 
 SortKey = Literal["id", "age", "requests"]
+# A worker's identity in the list: (id, how many workers before it in the list share that id).
+WorkerKey = tuple[int, int]
 SORT_KEYS: tuple[SortKey, ...] = ("id", "age", "requests")
 
 NOT_CAPTURED = "(request details not captured)"
@@ -146,7 +148,11 @@ class WorkerList(ScrollView, can_focus=True):
     """All workers of one uWSGI instance as blocks of lines, with a cursor on a worker.
 
     Feed it with `set_workers(workers, now)` on every poll; it redraws only what changed.
-    The cursor follows a worker id across updates, sorts and filters. Give it focus
+    Ids repeat (REFERENCE.md section 1: id 0 for every cheaper-mode worker not yet spawned; a
+    lying stats server can give a busy worker the id of an idle one), so a row is keyed by
+    `WorkerKey` (id, how many workers before it in the list have that id): two workers sharing
+    an id are two rows, in their order in the document, and none hides the other. The cursor
+    follows its worker across updates, sorts and filters. Give it focus
     (`worker_list.focus()`) for the keys to work: up/down/j/k, home/end, pageup/pagedown, and
     enter (posts `Selected`).
     """
@@ -235,12 +241,15 @@ class WorkerList(ScrollView, can_focus=True):
 
         Posted for key presses, clicks, and when an update, sort or filter moved the cursor
         because its worker disappeared. A newer one replaces an older one still queued.
+        `key`: the worker's WorkerKey (ids may repeat).
         """
 
-        def __init__(self, worker_list: WorkerList, worker_id: int | None) -> None:
+        def __init__(self, worker_list: WorkerList, worker_id: int | None,
+                     key: WorkerKey | None = None) -> None:
             super().__init__()
             self.worker_list = worker_list
             self.worker_id = worker_id
+            self.key = key
 
         @property
         def control(self) -> WorkerList:
@@ -255,10 +264,12 @@ class WorkerList(ScrollView, can_focus=True):
     class Selected(Message):
         """Enter (or a double click) on a worker: the app opens its detail / actions."""
 
-        def __init__(self, worker_list: WorkerList, worker_id: int) -> None:
+        def __init__(self, worker_list: WorkerList, worker_id: int,
+                     key: WorkerKey | None = None) -> None:
             super().__init__()
             self.worker_list = worker_list
             self.worker_id = worker_id
+            self.key = key
 
         @property
         def control(self) -> WorkerList:
@@ -278,18 +289,19 @@ class WorkerList(ScrollView, can_focus=True):
         """
         super().__init__(name=name, id=id, classes=classes, disabled=disabled)
         self._thresholds = thresholds
-        self._blocks: dict[int, _Block] = {}
+        self._blocks: dict[WorkerKey, _Block] = {}
         self._sort: SortKey = "id"
         self._filter = ""
-        # Layout: visible workers in display order, where each block starts, y -> (id, sub).
-        self._order: list[int] = []
+        # Workers are keyed by WorkerKey, never by id alone (ids repeat).
+        # Layout: visible workers in display order, where each block starts, y -> (key, sub).
+        self._order: list[WorkerKey] = []
         self._heights: list[int] = []
         self._starts: list[int] = []
-        self._first_line: dict[int, int] = {}
-        self._lines: list[tuple[int, int]] = []
-        self._cursor: int | None = None
-        # Rendered lines: worker id -> (sub line, is cursor) -> Strip, all of one width.
-        self._strips: dict[int, dict[tuple[int, bool], Strip]] = {}
+        self._first_line: dict[WorkerKey, int] = {}
+        self._lines: list[tuple[WorkerKey, int]] = []
+        self._cursor: WorkerKey | None = None
+        # Rendered lines: worker key -> (sub line, is cursor) -> Strip, all of one width.
+        self._strips: dict[WorkerKey, dict[tuple[int, bool], Strip]] = {}
         self._strip_width = -1
         self._styles: dict[str, Style] = {}
 
@@ -298,13 +310,30 @@ class WorkerList(ScrollView, can_focus=True):
     @property
     def cursor_worker_id(self) -> int | None:
         """The id of the worker under the cursor, None when no worker is shown."""
-        return self._cursor
+        return None if self._cursor is None else self._cursor[0]
 
     @cursor_worker_id.setter
     def cursor_worker_id(self, worker_id: int | None) -> None:
+        """Move the cursor to the first worker with this id (ignored when it is not shown)."""
+        if worker_id is not None:
+            self.cursor_key = (worker_id, 0)
+
+    @property
+    def cursor_key(self) -> WorkerKey | None:
+        """The WorkerKey of the worker under the cursor, None when no worker is shown."""
+        return self._cursor
+
+    @cursor_key.setter
+    def cursor_key(self, key: WorkerKey | None) -> None:
         """Move the cursor to a worker (ignored when that worker is not shown)."""
-        if worker_id in self._first_line:
-            self._move_cursor(worker_id)
+        if key in self._first_line:
+            self._move_cursor(key)
+
+    @property
+    def cursor_worker(self) -> Worker | None:
+        """The worker under the cursor, as last given to set_workers."""
+        block = self._blocks.get(self._cursor) if self._cursor is not None else None
+        return None if block is None else block.worker
 
     @property
     def sort_key(self) -> SortKey:
@@ -326,29 +355,33 @@ class WorkerList(ScrollView, can_focus=True):
         and nothing at all happens when nothing changed.
         """
         old = self._blocks
-        new: dict[int, _Block] = {}
-        changed: list[int] = []
+        new: dict[WorkerKey, _Block] = {}
+        changed: list[WorkerKey] = []
         strips = self._strips
+        seen: dict[int, int] = {}
         for worker in workers:
+            nth = seen.get(worker.id, 0)
+            seen[worker.id] = nth + 1
+            key = (worker.id, nth)
             ages = _ages(worker, now)
-            block = old.get(worker.id)
+            block = old.get(key)
             if block is None:
                 block = _make_block(worker, ages, now, self._thresholds)
-                changed.append(worker.id)
+                changed.append(key)
             elif block.worker != worker:
                 block = _make_block(worker, ages, now, self._thresholds)
-                changed.append(worker.id)
-                strips.pop(worker.id, None)
+                changed.append(key)
+                strips.pop(key, None)
             elif block.ages != ages:
                 # Only time passed: the header line stays unless the worker's level changed.
                 previous, block = block, _make_block(worker, ages, now, self._thresholds)
-                changed.append(worker.id)
-                cached = strips.get(worker.id)
+                changed.append(key)
+                cached = strips.get(key)
                 if cached is not None:
                     keep_header = previous.level == block.level
-                    for key in [k for k in cached if k[0] > 0 or not keep_header]:
-                        del cached[key]
-            new[worker.id] = block
+                    for line in [k for k in cached if k[0] > 0 or not keep_header]:
+                        del cached[line]
+            new[key] = block
         removed = [wid for wid in old if wid not in new]
         if not changed and not removed:
             return
@@ -376,21 +409,21 @@ class WorkerList(ScrollView, can_focus=True):
 
     # ------------------------------------------------------------------------------- layout
 
-    def _visible_order(self) -> list[int]:
+    def _visible_order(self) -> list[WorkerKey]:
         blocks = self._blocks
         ids = list(blocks)
         if self._filter:
             needle = self._filter
             ids = [wid for wid in ids if needle in blocks[wid].haystack]
         if self._sort == "age":
-            ids.sort(key=lambda wid: (-blocks[wid].max_age, wid))
+            ids.sort(key=lambda k: (-blocks[k].max_age, k))
         elif self._sort == "requests":
-            ids.sort(key=lambda wid: (-blocks[wid].worker.requests, wid))
+            ids.sort(key=lambda k: (-blocks[k].worker.requests, k))
         else:
             ids.sort()
         return ids
 
-    def _relayout(self, changed: list[int] | None, follow_cursor: bool = False) -> None:
+    def _relayout(self, changed: list[WorkerKey] | None, follow_cursor: bool = False) -> None:
         """Recompute which worker sits on which line; refresh as little as possible.
 
         `changed`: workers whose content changed (None: only order/filter changed).
@@ -419,7 +452,7 @@ class WorkerList(ScrollView, can_focus=True):
         self._order = order
         self._heights = heights
         starts: list[int] = []
-        lines: list[tuple[int, int]] = []
+        lines: list[tuple[WorkerKey, int]] = []
         for wid, height in zip(order, heights, strict=True):
             starts.append(len(lines))
             lines.extend((wid, sub) for sub in range(height))
@@ -443,7 +476,7 @@ class WorkerList(ScrollView, can_focus=True):
 
     # ------------------------------------------------------------------------------- cursor
 
-    def _move_cursor(self, worker_id: int | None, scroll: bool = True) -> None:
+    def _move_cursor(self, worker_id: WorkerKey | None, scroll: bool = True) -> None:
         old = self._cursor
         if worker_id == old:
             if scroll:
@@ -456,7 +489,8 @@ class WorkerList(ScrollView, can_focus=True):
                 self.refresh_lines(start)
         if scroll:
             self._scroll_to_cursor()
-        self.post_message(self.Highlighted(self, worker_id))
+        self.post_message(self.Highlighted(self, None if worker_id is None else worker_id[0],
+                                           worker_id))
 
     def _scroll_to_cursor(self) -> None:
         if self._cursor is None or self._cursor not in self._first_line:
@@ -475,7 +509,7 @@ class WorkerList(ScrollView, can_focus=True):
         if self._order:
             self._move_cursor(self._order[max(0, min(index, len(self._order) - 1))])
 
-    def _worker_at_line(self, y: int) -> int | None:
+    def _worker_at_line(self, y: int) -> WorkerKey | None:
         if not self._starts or y < 0 or y >= len(self._lines):
             return None
         return self._order[bisect_right(self._starts, y) - 1]
@@ -515,7 +549,7 @@ class WorkerList(ScrollView, can_focus=True):
 
     def action_select_cursor(self) -> None:
         if self._cursor is not None:
-            self.post_message(self.Selected(self, self._cursor))
+            self.post_message(self.Selected(self, self._cursor[0], self._cursor))
 
     def on_click(self, event: events.Click) -> None:
         offset = event.get_content_offset(self)
@@ -526,7 +560,7 @@ class WorkerList(ScrollView, can_focus=True):
             return
         self._move_cursor(worker_id, scroll=False)
         if event.chain >= 2:
-            self.post_message(self.Selected(self, worker_id))
+            self.post_message(self.Selected(self, worker_id[0], worker_id))
 
     # ---------------------------------------------------------------------------- rendering
 

@@ -18,6 +18,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 from stackmon.model import UwsgiInstance, Worker
+from stackmon.redact import visible
 from stackmon.render_text import human_age
 
 
@@ -79,7 +80,9 @@ class KillConfirm(ModalScreen[KillChoice | None]):
 
     def __init__(self, host: str, instance: str, worker: Worker, now: float) -> None:
         super().__init__()
-        self.host, self.instance, self.worker, self.now = host, instance, worker, now
+        # Host name and address come from configuration: shown literally, like request data.
+        self.host, self.instance = visible(host), visible(instance)
+        self.worker, self.now = worker, now
 
     def compose(self) -> ComposeResult:
         w = self.worker
@@ -118,13 +121,13 @@ class ReloadConfirm(ModalScreen[ReloadChoice | None]):
 
     def __init__(self, host: str, inst: UwsgiInstance, now: float, default: str) -> None:
         super().__init__()
-        self.host, self.inst, self.now, self.default = host, inst, now, default
+        self.host, self.inst, self.now, self.default = visible(host), inst, now, default
 
     def compose(self) -> ComposeResult:
         inst = self.inst
         busy = [w for w in inst.workers if w.requests_in_flight]
-        title = Text.assemble("Reload uWSGI ", (inst.address, "bold"), " on ", (self.host, "bold"),
-                              "?")
+        title = Text.assemble("Reload uWSGI ", (visible(inst.address), "bold"), " on ",
+                              (self.host, "bold"), "?")
         body = Text(f"master {inst.master_pid}, {len(inst.workers)} workers, {len(busy)} busy\n",
                     style="dim")
         for w in busy:

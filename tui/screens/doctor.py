@@ -17,6 +17,7 @@ from textual.widgets import Footer, Static
 
 from stackmon.doctor.facts import Report
 from stackmon.doctor.render import render_text
+from stackmon.redact import visible
 
 SEVERITY_STYLE = {"[critical]": "bold white on red", "[warn]": "bold black on yellow",
                   "[info]": "bold cyan"}
@@ -25,10 +26,12 @@ SEVERITY_STYLE = {"[critical]": "bold white on red", "[warn]": "bold black on ye
 def render_report(host: str, report: Report | None, width: int) -> Text:
     """The report as Text (pure: the screen and its tests use it)."""
     if report is None:
-        return Text.assemble(("Diagnosing ", "bold"), (host, "bold"),
+        return Text.assemble(("Diagnosing ", "bold"), (visible(host), "bold"),
                              ": reading the running instances' configs, nginx's config and "
                              "the kernel's settings, and taking a second sample...")
-    body = Text(render_text(report, max(60, min(width, 100))))
+    # The report quotes configuration (host names, paths): every line shown literally.
+    rendered = render_text(report, max(60, min(width, 100)))
+    body = Text("\n".join(map(visible, rendered.split("\n"))))
     for word, style in SEVERITY_STYLE.items():
         body.highlight_words([word], style)
     for heading in ("CRITICAL", "WARNINGS", "INFO", "Checked:", "Not checked:"):

@@ -17,6 +17,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from stackmon.actions.reload_progress import ReloadProgress, WorkerReload
+from stackmon.redact import visible
 from stackmon.render_text import human_age
 
 STATE_STYLE = {
@@ -63,13 +64,13 @@ def render_progress(host: str, instance: str, p: ReloadProgress) -> Table:
     table.add_column("mercy left", no_wrap=True, width=26)
     for w in p.workers:
         table.add_row(*_row(w, p.mercy))
-    title = Text.assemble((f"{p.mode.capitalize()} reload ", "bold"), "of ", (instance, "bold"),
-                          " on ", (host, "bold"),
+    title = Text.assemble((f"{p.mode.capitalize()} reload ", "bold"), "of ",
+                          (visible(instance), "bold"), " on ", (visible(host), "bold"),
                           f"   elapsed {p.elapsed:.0f} s   worker-reload-mercy {p.mercy:g} s")
     status_style = "bold green" if p.done else ("bold yellow" if p.stats_available else
                                                 "bold cyan")
     table.title = title
-    table.caption = Text(p.message, style=status_style)
+    table.caption = Text(visible(p.message), style=status_style)
     return table
 
 

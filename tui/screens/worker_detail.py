@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from rich.console import Group
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
@@ -39,7 +39,7 @@ def _when(epoch: float | None) -> str:
 def render_worker_detail(host: str, worker: Worker | None, worker_id: int, now: float,
                          first_pid: int) -> Group:
     """The whole detail as one renderable (pure: used by the screen and its tests)."""
-    title = Text.assemble(("Host ", "dim"), (host, "bold"), ("  worker ", "dim"),
+    title = Text.assemble(("Host ", "dim"), (visible(host), "bold"), ("  worker ", "dim"),
                           (str(worker_id), "bold"))
     if worker is None:
         return Group(title, Text("\nThis worker is no longer in the stats.", style="bold red"))
@@ -55,7 +55,7 @@ def render_worker_detail(host: str, worker: Worker | None, worker_id: int, now: 
     )
     for row in rows:  # Text cells: a str cell would be parsed as markup (status is open-ended)
         head.add_row(*(Text(visible(cell)) for cell in row))
-    parts: list[object] = [title, head]
+    parts: list[RenderableType] = [title, head]
     if first_pid and worker.pid != first_pid:
         parts.append(Text(f"\nRespawned: pid {first_pid} -> {worker.pid}", style="bold green"))
     in_flight = worker.requests_in_flight
@@ -88,12 +88,13 @@ class WorkerDetailScreen(Screen[None]):
     BINDINGS = [Binding("escape,q", "close", "Back")]
 
     def __init__(self, host_index: int, host_name: str, worker: Worker, address: str,
-                 now: float) -> None:
+                 now: float, nth: int = 0) -> None:
         super().__init__()
         self.host_index = host_index
         self.host_name = host_name
         self.address = address  # the worker's instance: worker ids repeat across instances
         self.worker_id = worker.id
+        self.worker_nth = nth  # ... and within one (the nth worker with this id, WorkerKey)
         self.first_pid = worker.pid
         self.worker: Worker | None = worker
         self._now = now
