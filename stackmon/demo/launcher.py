@@ -100,6 +100,11 @@ class StackConfig:
     nginx_worker_connections: int = 256
     # Extra directives inside the nginx `server {}` block, e.g. "uwsgi_read_timeout 5s;".
     extra_nginx: Sequence[str] = field(default_factory=tuple)
+    # A custom access-log format (a log_format template, e.g. with $upstream_response_time),
+    # defined as `log_format stackmon` and used by the access log; None: nginx's `combined`.
+    # `nginx_log_format_escape` adds escape=json|default|none.
+    nginx_log_format: str | None = None
+    nginx_log_format_escape: str | None = None
     startup_timeout: float = 15.0
     # Ready also means the master has sampled the listen queues once (up to ~1 s after the
     # workers accept): before that every socket shows max_queue 0, which would trip any test
@@ -698,6 +703,15 @@ class Stack:
         q = _nginx_quote
         params = "\n".join(f"            uwsgi_param {k:<16} {v};" for k, v in UWSGI_PARAMS)
         extra = "\n".join(f"        {_check_line(d, 'nginx directive')}" for d in cfg.extra_nginx)
+        access_log = f"access_log {q(str(self.nginx_access_log_path))};"
+        if cfg.nginx_log_format is not None:
+            template = _check_line(cfg.nginx_log_format, "nginx log_format")
+            if "'" in template or "\\" in template:
+                raise StackError(f"log_format not usable in nginx.conf: {template!r}")
+            escape = (f" escape={cfg.nginx_log_format_escape}"
+                      if cfg.nginx_log_format_escape else "")
+            access_log = (f"log_format stackmon{escape} '{template}';\n"
+                          f"    access_log {q(str(self.nginx_access_log_path))} stackmon;")
         return f"""\
 # written by stackmon.demo.launcher for stack {cfg.name!r}; private prefix {p}
 worker_processes {cfg.nginx_worker_processes};
@@ -710,7 +724,7 @@ events {{
 
 http {{
     default_type text/plain;
-    access_log {q(str(self.nginx_access_log_path))};
+    {access_log}
     client_body_temp_path {q(str(p / "temp" / "client_body"))};
     proxy_temp_path {q(str(p / "temp" / "proxy"))};
     fastcgi_temp_path {q(str(p / "temp" / "fastcgi"))};
