@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
-from stackmon.actions import dispatch
 from stackmon.actions.audit import AuditLog, AuditWriteError
 from stackmon.actions.base import ActionError, ActionResult
 from stackmon.actions.reload_progress import ReloadProgress
@@ -25,6 +25,7 @@ from stackmon.config import (
     load_hosts_file,
     targets_from_args,
 )
+from stackmon.hosts import Host, open_host
 from stackmon.model import UwsgiInstance
 from stackmon.render_text import human_age
 
@@ -67,9 +68,8 @@ def _resolve(args: argparse.Namespace) -> tuple[Targets, HostConfig]:
     if host is None:
         names = ", ".join(h.name for h in targets.hosts)
         raise ConfigError(f"no host {args.host!r} in {targets.source} (hosts: {names})")
-    if not host.agent and not 0 <= args.instance < len(host.uwsgi):
-        raise ConfigError(f"host {host.name!r} has {len(host.uwsgi)} uwsgi instance(s); "
-                          f"--instance {args.instance} is out of range")
+    if args.instance < 0:
+        raise ConfigError(f"--instance {args.instance}: must be 0 or more")
     return targets, host
 
 
@@ -104,7 +104,7 @@ def run(name: str, args: argparse.Namespace) -> int:
             if settings.read_only or host.read_only:
                 raise ActionError("read_only", "read-only mode: actions are disabled")
             act = _kill if name == "kill" else _reload
-            return asyncio.run(act(args, host, settings, audit))
+            return asyncio.run(_with_host(act, args, host, settings, audit))
         except _Refused as refused:  # refused here, before any action: audited here
             error = refused.error
             audit.record(host=host.name, action=name, outcome=f"refused: {error.kind}",
@@ -130,13 +130,24 @@ def run(name: str, args: argparse.Namespace) -> int:
         return EXIT_FAILED
 
 
-def _where(host: HostConfig, inst: UwsgiInstance) -> str:
-    return f"{host.name}{' (agent)' if host.agent else ''}  uWSGI {inst.address}"
+async def _with_host(act: Callable[[argparse.Namespace, Host, AuditLog], Awaitable[int]],
+                     args: argparse.Namespace, config: HostConfig, settings: Settings,
+                     audit: AuditLog) -> int:
+    """One Host for the whole command (a confirmation, the action, the follow-up)."""
+    host = open_host(config, settings)
+    try:
+        return await act(args, host, audit)
+    finally:
+        await host.aclose()
 
 
-async def _kill(args: argparse.Namespace, host: HostConfig, settings: Settings,
-                audit: AuditLog) -> int:
-    inst = await dispatch.current_instance(host, settings, args.instance)
+def _where(host: Host, inst: UwsgiInstance) -> str:
+    via = f" ({host.via})" if host.via else ""
+    return f"{host.name}{via}  uWSGI {inst.address}"
+
+
+async def _kill(args: argparse.Namespace, host: Host, audit: AuditLog) -> int:
+    inst = await host.current_instance(args.instance)
     worker = next((w for w in inst.workers if w.id == args.worker_id), None)
     if worker is None:
         raise _Refused(ActionError("not_found", f"{inst.address} on {host.name} has no worker "
@@ -152,9 +163,8 @@ async def _kill(args: argparse.Namespace, host: HostConfig, settings: Settings,
         if not _confirm(f"Kill worker {worker.id} (pid {worker.pid}) with {how}?"):
             print("nothing done")
             return EXIT_FAILED
-    result = await dispatch.kill(host, settings, args.instance, worker.id, worker.pid,
-                                 args.signal, expect_spawn=worker.last_spawn,
-                                 usr2_first=args.usr2, audit=audit)
+    result = await host.kill(args.instance, worker.id, worker.pid, args.signal,
+                             expect_spawn=worker.last_spawn, usr2_first=args.usr2, audit=audit)
     print(result.message)
     return EXIT_OK if result.ok else EXIT_FAILED
 
@@ -177,11 +187,10 @@ def _print_progress(p: ReloadProgress, last: list[str]) -> None:
         last[:] = [text]
 
 
-async def _reload(args: argparse.Namespace, host: HostConfig, settings: Settings,
-                  audit: AuditLog) -> int:
+async def _reload(args: argparse.Namespace, host: Host, audit: AuditLog) -> int:
     mode = "chain" if args.chain else "graceful"
     if not args.yes:
-        inst = await dispatch.current_instance(host, settings, args.instance)
+        inst = await host.current_instance(args.instance)
         busy = [(w, r) for w in inst.workers for r in w.requests_in_flight]
         print(f"{_where(host, inst)}  master {inst.master_pid}  {len(inst.workers)} workers, "
               f"{len(busy)} requests in flight")
@@ -191,12 +200,11 @@ async def _reload(args: argparse.Namespace, host: HostConfig, settings: Settings
         if not _confirm(f"Start a {mode} reload of {inst.address} on {host.name}?"):
             print("nothing done")
             return EXIT_FAILED
-    result: ActionResult = await dispatch.reload(host, settings, args.instance, mode,
-                                                 audit=audit)
+    result: ActionResult = await host.reload(args.instance, mode, audit=audit)
     print(result.message, flush=True)
     if args.no_follow:
         return EXIT_OK
     last: list[str] = []
-    progress = await dispatch.follow(host, settings, args.instance, result,
-                                     lambda p: _print_progress(p, last), audit=audit)
+    progress = await host.follow(args.instance, result, lambda p: _print_progress(p, last),
+                                 audit=audit)
     return EXIT_OK if progress.done else EXIT_FAILED
