@@ -92,9 +92,9 @@ def parse_stats_address(raw: str) -> StatsAddress:
     if "/" in text or text.endswith((".sock", ".socket")):
         return StatsAddress("unix", raw, path=text)
     if ":" in text:
-        host, _, port = text.rpartition(":")
-        host = host.strip("[]") or "127.0.0.1"  # ":1717" means all interfaces: ask loopback
-        return StatsAddress("tcp", raw, host, _port(port, raw))
+        host_part, _, port_text = text.rpartition(":")
+        host = host_part.strip("[]") or "127.0.0.1"  # ":1717" means all interfaces: ask loopback
+        return StatsAddress("tcp", raw, host, _port(port_text, raw))
     raise AddressError(f"unknown address form {shown(raw)!r} (expected {FORMS})")
 
 
@@ -112,6 +112,17 @@ def parse_nginx_url(raw: str) -> str:
         text = f"http://{text}/nginx_status"
     _split_url(text, raw, "nginx status URL",
                credentials_hint="protect the status page by address (allow/deny) instead")
+    return text
+
+
+def parse_health_url(raw: str) -> str:
+    """The load balancer's health-check URL (through nginx, as the LB requests it)."""
+    text = raw.strip()
+    if not text.startswith(("http://", "https://")):
+        raise AddressError(f"health must be a URL such as http://127.0.0.1/healthz, "
+                           f"not {shown(raw)!r}")
+    _split_url(text, raw, "health URL",
+               credentials_hint="a load balancer's health check sends no credentials")
     return text
 
 

@@ -19,6 +19,7 @@ from stackmon.addresses import (
     AddressError,
     StatsAddress,
     parse_agent_url,
+    parse_health_url,
     parse_nginx_url,
     parse_stats_address,
 )
@@ -69,6 +70,14 @@ class Settings:
     critical: float = 60.0
     timeout: float = 2.0
     read_only: bool = False
+    # The load balancer in front (DESIGN's hosts file; ELB defaults): its idle timeout is a
+    # deadline of every request, its health check decides whether the host gets traffic.
+    lb_idle_timeout: float = 60.0
+    health_timeout: float = 5.0
+    health_interval: float = 30.0
+    unhealthy_threshold: int = 2
+    # How far back log-derived figures (status counts, errors by cause, events) reach.
+    window: float = 60.0
 
     @property
     def thresholds(self) -> Thresholds:
@@ -84,6 +93,11 @@ class HostConfig:
     agent: str | None = None
     token_file: Path | None = None
     read_only: bool = False
+    group: str | None = None
+    # Logs found from the running nginx's and uWSGI's configs unless named here.
+    nginx_access_log: str | None = None
+    nginx_error_log: str | None = None
+    uwsgi_log: tuple[str, ...] = ()  # one per uwsgi entry, in the same order
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +137,11 @@ def _line_of(text: str, host_index: int | None, key: str | None) -> int:
     return start + 1
 
 
-_HOST_KEYS = {"name", "uwsgi", "nginx", "health", "agent", "token_file", "read_only"}
-_DEFAULT_KEYS = {"interval", "slow", "critical", "timeout", "read_only"}
+_HOST_KEYS = {"name", "uwsgi", "nginx", "health", "agent", "token_file", "read_only", "group",
+              "nginx_access_log", "nginx_error_log", "uwsgi_log"}
+_DURATION_KEYS = ("interval", "slow", "critical", "timeout", "lb_idle_timeout",
+                  "health_timeout", "health_interval", "window")
+_DEFAULT_KEYS = {*_DURATION_KEYS, "read_only", "unhealthy_threshold"}
 
 
 def parse_settings(raw: dict[str, Any], where: str = "defaults",
@@ -134,13 +151,14 @@ def parse_settings(raw: dict[str, Any], where: str = "defaults",
     if unknown:
         raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} "
                           f"(known: {', '.join(sorted(_DEFAULT_KEYS))})")
-    s = Settings(
-        interval=parse_duration(raw.get("interval", base.interval), f"{where}: interval"),
-        slow=parse_duration(raw.get("slow", base.slow), f"{where}: slow"),
-        critical=parse_duration(raw.get("critical", base.critical), f"{where}: critical"),
-        timeout=parse_duration(raw.get("timeout", base.timeout), f"{where}: timeout"),
-        read_only=raw.get("read_only", base.read_only),
-    )
+    durations = {key: parse_duration(raw.get(key, getattr(base, key)), f"{where}: {key}")
+                 for key in _DURATION_KEYS}
+    threshold = raw.get("unhealthy_threshold", base.unhealthy_threshold)
+    if isinstance(threshold, bool) or not isinstance(threshold, int) or not 1 <= threshold <= 10:
+        raise ConfigError(f"{where}: unhealthy_threshold must be a whole number from 1 to 10, "
+                          f"got {threshold!r}")
+    s = Settings(**durations, read_only=raw.get("read_only", base.read_only),
+                 unhealthy_threshold=threshold)
     if not isinstance(s.read_only, bool):
         raise ConfigError(f"{where}: read_only must be true or false")
     if s.critical < s.slow:
@@ -172,7 +190,8 @@ def _host(raw: Any, index: int, text: str, path: Path) -> HostConfig:
     except AddressError as exc:
         raise fail("uwsgi", f"host {name!r}: {exc}") from None
     strings: dict[str, str | None] = {}
-    for key in ("nginx", "health", "agent", "token_file"):
+    for key in ("nginx", "health", "agent", "token_file", "group", "nginx_access_log",
+                "nginx_error_log"):
         value = raw.get(key)
         if value is not None and not isinstance(value, str):
             raise fail(key, f"host {name!r}: {key} must be a string")
@@ -183,6 +202,20 @@ def _host(raw: Any, index: int, text: str, path: Path) -> HostConfig:
             nginx = parse_nginx_url(nginx)
         except AddressError as exc:
             raise fail("nginx", f"host {name!r}: {exc}") from None
+    health = strings["health"]
+    if health is not None:
+        try:
+            health = parse_health_url(health)
+        except AddressError as exc:
+            raise fail("health", f"host {name!r}: {exc}") from None
+    uwsgi_log = raw.get("uwsgi_log", [])
+    if isinstance(uwsgi_log, str):
+        uwsgi_log = [uwsgi_log]
+    if not isinstance(uwsgi_log, list) or not all(isinstance(p, str) for p in uwsgi_log):
+        raise fail("uwsgi_log", f"host {name!r}: uwsgi_log must be a list of paths")
+    if len(uwsgi_log) > len(addrs):
+        raise fail("uwsgi_log", f"host {name!r}: {len(uwsgi_log)} uwsgi_log paths for "
+                                f"{len(addrs)} uwsgi entries (one per entry, same order)")
     agent = strings["agent"]
     if agent is not None:
         try:
@@ -196,8 +229,10 @@ def _host(raw: Any, index: int, text: str, path: Path) -> HostConfig:
         raise fail("read_only", f"host {name!r}: read_only must be true or false")
     token = strings["token_file"]
     return HostConfig(
-        name=name.strip(), uwsgi=addrs, nginx=nginx, health=strings["health"], agent=agent,
+        name=name.strip(), uwsgi=addrs, nginx=nginx, health=health, agent=agent,
         token_file=Path(token).expanduser() if token else None, read_only=read_only,
+        group=strings["group"], nginx_access_log=strings["nginx_access_log"],
+        nginx_error_log=strings["nginx_error_log"], uwsgi_log=tuple(uwsgi_log),
     )
 
 
@@ -280,13 +315,21 @@ def load_hosts_file(path: Path, overrides: dict[str, Any] | None = None) -> Targ
 
 
 def targets_from_args(uwsgi: list[str], nginx: str | None, overrides: dict[str, Any],
-                      name: str | None = None) -> Targets:
-    """The one host described by --uwsgi/--nginx on the command line."""
+                      name: str | None = None, *, health: str | None = None,
+                      nginx_access_log: str | None = None, nginx_error_log: str | None = None,
+                      uwsgi_log: list[str] | None = None) -> Targets:
+    """The one host described by --uwsgi/--nginx (and --health, --*-log) on the command line."""
     try:
         addrs = tuple(parse_stats_address(a) for a in uwsgi)
         url = parse_nginx_url(nginx) if nginx else None
+        health_url = parse_health_url(health) if health else None
     except AddressError as exc:
         raise ConfigError(str(exc)) from None
+    if uwsgi_log and len(uwsgi_log) > len(addrs):
+        raise ConfigError(f"--uwsgi-log given {len(uwsgi_log)} times for {len(addrs)} --uwsgi "
+                          "(one per --uwsgi, same order)")
     settings = parse_settings(overrides, "command line")
-    host = HostConfig(name=name or os.uname().nodename or "localhost", uwsgi=addrs, nginx=url)
+    host = HostConfig(name=name or os.uname().nodename or "localhost", uwsgi=addrs, nginx=url,
+                      health=health_url, nginx_access_log=nginx_access_log,
+                      nginx_error_log=nginx_error_log, uwsgi_log=tuple(uwsgi_log or ()))
     return Targets(hosts=(host,), settings=settings)

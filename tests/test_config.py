@@ -268,3 +268,43 @@ def test_cli_hosts_file_fifo_and_deep_toml_exit_2_with_one_line(tmp_path):
                    "read it"
     deep = write(tmp_path, 'x = ' + '[' * 100_000 + ']' * 100_000 + '\n')
     assert_one_line_usage_error(run_cli("snapshot", str(deep)), "nested too deeply")
+
+
+def test_lb_health_group_and_log_keys(tmp_path: Path) -> None:
+    f = tmp_path / "hosts.toml"
+    f.write_text(
+        '[defaults]\nlb_idle_timeout = "50s"\nhealth_timeout = "3s"\nhealth_interval = "10s"\n'
+        'unhealthy_threshold = 3\nwindow = "2m"\n'
+        '[[host]]\nname = "web-1"\ngroup = "api"\nuwsgi = ["127.0.0.1:9002", "/run/b.sock"]\n'
+        'health = "http://127.0.0.1/healthz"\nnginx_access_log = "/var/log/nginx/a.log"\n'
+        'nginx_error_log = "/var/log/nginx/e.log"\nuwsgi_log = ["/var/log/uwsgi/a.log"]\n')
+    t = load_hosts_file(f)
+    s, h = t.settings, t.hosts[0]
+    assert (s.lb_idle_timeout, s.health_timeout, s.health_interval) == (50.0, 3.0, 10.0)
+    assert (s.unhealthy_threshold, s.window) == (3, 120.0)
+    assert h.group == "api" and h.health == "http://127.0.0.1/healthz"
+    assert h.nginx_access_log == "/var/log/nginx/a.log"
+    assert h.nginx_error_log == "/var/log/nginx/e.log"
+    assert h.uwsgi_log == ("/var/log/uwsgi/a.log",)
+
+
+@pytest.mark.parametrize("snippet,expect", [
+    ('[defaults]\nunhealthy_threshold = 0\n', ":2: defaults: unhealthy_threshold"),
+    ('[defaults]\nunhealthy_threshold = "2"\n', "unhealthy_threshold must be a whole number"),
+    ('[defaults]\nhealth_timeout = "soon"\n', ":2: defaults: health_timeout"),
+])
+def test_bad_lb_settings_name_the_line(tmp_path: Path, snippet: str, expect: str) -> None:
+    f = tmp_path / "hosts.toml"
+    f.write_text(snippet + '[[host]]\nname = "a"\nuwsgi = ["127.0.0.1:1"]\n')
+    with pytest.raises(ConfigError, match=expect):
+        load_hosts_file(f)
+
+
+def test_health_url_and_uwsgi_log_count_are_checked(tmp_path: Path) -> None:
+    f = tmp_path / "hosts.toml"
+    f.write_text('[[host]]\nname = "a"\nuwsgi = ["127.0.0.1:1"]\nhealth = "healthz"\n')
+    with pytest.raises(ConfigError, match=r":4: host 'a': health must be a URL"):
+        load_hosts_file(f)
+    f.write_text('[[host]]\nname = "a"\nuwsgi = ["127.0.0.1:1"]\nuwsgi_log = ["/a", "/b"]\n')
+    with pytest.raises(ConfigError, match="2 uwsgi_log paths for 1 uwsgi entries"):
+        load_hosts_file(f)
