@@ -34,6 +34,7 @@ from stackmon.doctor.gather import (
     uwsgi_file_facts,
 )
 from stackmon.doctor.rules import run_rules
+from stackmon.hosts import open_host
 from stackmon.model import HostSnapshot
 
 KERNEL_SOURCES = "/proc/sys/net/core/somaxconn, /proc/sys/fs/file-nr, /proc/net/netstat"
@@ -80,12 +81,13 @@ def diagnose(targets: Targets | None, uwsgi_inis: Sequence[str] = (),
     hosts: list[HostFacts] = []
     unreachable: list[str] = []
     if targets is not None:
-        local = [h for h in targets.hosts if not h.agent]
+        local = []
         for h in targets.hosts:
-            if h.agent:
-                inputs.append(Input("live", h.name, host=h.name,
-                                    error=f"remote host (agent {h.agent}): its configuration "
-                                          "is read on that host; run `stackmon doctor` there"))
+            elsewhere = open_host(h, targets.settings).config_elsewhere
+            if elsewhere:
+                inputs.append(Input("live", h.name, host=h.name, error=elsewhere))
+            else:
+                local.append(h)
         lives = asyncio.run(poll_hosts(local, targets.settings, sample)) if local else []
         system = _system_from_live(lives, sample)
         for h, live in zip(local, lives, strict=True):
@@ -125,17 +127,17 @@ def diagnose_host(host: HostConfig, settings: Settings, snapshot: HostSnapshot |
       the Report (show `report.errors` next to the findings); a bug in a rule ends up there too
       rather than killing the worker.
     - Uses its own asyncio loop (asyncio.run), so it must not be called on the UI's event
-      loop thread; the TUI's own poller and HostCollector are not touched.
+      loop thread; the TUI's own poller and hosts are not touched.
     - Agent hosts: their configuration lives on the remote machine, so the Report holds only
       an input error saying so.
     `uwsgi_inis`/`nginx_conf` add files to check (the nginx config is otherwise discovered
     from the running master's command line).
     """
     lb = lb or LbSettings()
-    if host.agent:
-        return Report(findings=(), inputs=(Input(
-            "live", host.name, host=host.name,
-            error=f"remote host (agent {host.agent}): run `stackmon doctor` on that host"),))
+    elsewhere = open_host(host, settings).config_elsewhere
+    if elsewhere:
+        return Report(findings=(), inputs=(Input("live", host.name, host=host.name,
+                                                 error=elsewhere),))
     inputs: list[Input] = []
     try:
         files_u = []

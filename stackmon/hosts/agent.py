@@ -30,6 +30,11 @@ class AgentHost(Host):
         super().__init__(config, settings)
         self.source = AgentSource(config, settings)
 
+    @property
+    def config_elsewhere(self) -> str | None:
+        return (f"remote host ({self.source.source}): its configuration is read on that host; "
+                "run `stackmon doctor` there")
+
     async def aclose(self) -> None:
         await self.source.aclose()
 

@@ -25,6 +25,12 @@ class Host(ABC):
     #: Shown after the host name where the user must know how it is reached ("web-2 (agent)").
     via: str = ""
 
+    @property
+    def config_elsewhere(self) -> str | None:
+        """None when the host's configuration (ini files, nginx.conf) can be read from here,
+        as the doctor needs; else a sentence saying where it is read instead."""
+        return None
+
     def __init__(self, config: HostConfig, settings: Settings) -> None:
         self.config = config
         self.settings = settings
