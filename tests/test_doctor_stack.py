@@ -156,4 +156,4 @@ def test_diagnose_host_reuses_a_snapshot_and_never_raises(
     remote = HostConfig(name="far", agent="http://127.0.0.1:1")
     report = diagnose_host(remote, settings, None, LbSettings())
     assert report.findings == ()
-    assert "run `stackmon doctor` on that host" in (report.inputs[0].error or "")
+    assert "run `stackmon doctor` there" in (report.inputs[0].error or "")
