@@ -551,6 +551,7 @@ def test_agent_command_serves_and_stops_cleanly(stack, tmp_path, sig):
          "--nginx", stack.nginx_status_url, "--token-file", str(token), "--listen",
          f"127.0.0.1:{port}", "--name", "cli-host"],
         stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
     try:
         line = proc.stderr.readline()
         assert f"http://127.0.0.1:{port}" in line and "cli-host" in line, line

@@ -294,7 +294,7 @@ class ConnectionLimits:
     total: int = 1024  # connections in all (also capped by the descriptor limit)
 
     def total_for(self, fd_limit: int) -> int:
-        return max(16, min(self.total, fd_limit - FD_RESERVE))
+        return min(self.total, max(16, fd_limit - FD_RESERVE))
 
 
 class _Conn:
@@ -369,7 +369,7 @@ class ConnectionGuard:
         mine = self._by_client.get(client, {})
         if len(mine) >= self.limits.per_client and not self._evict_from(client):
             return self._refuse(client, f"{len(mine)} connections from {client}")
-        if len(self._by_transport) >= self.total and not self._evict_from(self._largest()):
+        if len(self._by_transport) >= self.total and not self._evict_largest():
             return self._refuse(client, f"{len(self._by_transport)} connections in all")
         conn = _Conn(client, transport, time.monotonic())
         self._by_transport[transport] = conn
@@ -382,8 +382,10 @@ class ConnectionGuard:
                              "request")
         return False
 
-    def _largest(self) -> str:
-        return max(self._by_client, key=lambda c: len(self._by_client[c]), default="?")
+    def _evict_largest(self) -> bool:
+        """Drop an idle connection of the address holding the most that has one."""
+        by_size = sorted(self._by_client, key=lambda c: len(self._by_client[c]), reverse=True)
+        return any(self._evict_from(client) for client in by_size)
 
     def _evict_from(self, client: str) -> bool:
         """Drop the oldest connection of `client` not serving a request; False if none."""

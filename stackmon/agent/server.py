@@ -574,7 +574,7 @@ async def serve(options: AgentOptions, listen: tuple[str, int],
         host, port = listen
         server = await loop.create_server(
             guard.protocol_factory(make_inner), host, port, ssl=ssl_context,
-            reuse_address=True, backlog=512,
+            reuse_address=True, backlog=100,
             ssl_handshake_timeout=limits.header_timeout if ssl_context else None)
         guard.start()
         if ready is not None:
