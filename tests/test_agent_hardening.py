@@ -593,18 +593,18 @@ def _hostile_document() -> bytes:
 
 
 def test_hostile_stats_values_never_500_with_internals(agent_for):
+    """A lone surrogate, a 401-digit pid and a repeated worker id in the stats: both routes
+    still answer 200 with a body that encodes (UTF-8 JSON, a parseable exposition)."""
     address, stop = serve_document(_hostile_document())
     try:
         agent = agent_for(address)
-        for path in ("/v1/snapshot", "/metrics"):
-            resp = agent.get(path)
-            assert resp.status_code in (200, 500), resp.text[:300]
-            assert "Traceback" not in resp.text
-            if resp.status_code == 500:  # a parser that gives up: still one fixed JSON line
-                assert resp.json() == {"error": "internal",
-                                       "message": "internal error in the agent (see its log)"}
-            elif path == "/v1/snapshot":
-                resp.json()  # valid UTF-8 JSON
+        snap = agent.get("/v1/snapshot")
+        assert snap.status_code == 200, snap.text[:300]
+        assert snap.json()["uwsgi"] or snap.json()["errors"]  # data, or a reason: no crash
+        metrics = agent.get("/metrics")
+        assert metrics.status_code == 200, metrics.text[:300]
+        families = list(text_string_to_metric_families(metrics.text))
+        assert families and "Traceback" not in snap.text + metrics.text
     finally:
         stop()
 

@@ -1,8 +1,10 @@
 """The stackmon agent: one host's sources and actions served over HTTP to remote stackmons.
 
 Modules:
-- `security`: the token file (owner-only, read once), listen addresses (loopback unless a token
-  protects it), TLS contexts for both ends.
+- `security`: the token file (owner-only, read once, never blocking), listen addresses
+  (loopback unless a token protects it), TLS contexts for both ends, and what keeps hostile
+  clients cheap: the ConnectionGuard (timeouts, per-client and total caps), the descriptor
+  limit, the log scrubber that keeps the token out of every log line, rate-limited loop errors.
 - `server`: the aiohttp application (GET /v1/snapshot, POST kill/reload, GET /metrics) and
   `serve()`, which runs it until SIGTERM/SIGINT.
 - `metrics`: the Prometheus exposition of a HostSnapshot.
