@@ -22,6 +22,7 @@ def test_dropped_and_rate_from_two_samples():
     page = "Active connections: 3 \nserver accepts handled requests\n {a} {h} {r} \n" \
            "Reading: 0 Writing: 1 Waiting: 2 \n"
     first = parse_stub_status(page.format(a=100, h=100, r=1000), "u", 10.0)
+    assert isinstance(first, NginxStatus)
     second = parse_stub_status(page.format(a=130, h=120, r=1250), "u", 12.0, first)
     assert isinstance(second, NginxStatus)
     assert second.dropped == 10
@@ -32,6 +33,7 @@ def test_counter_reset_gives_no_rate():
     page = "Active connections: 1 \nserver accepts handled requests\n {r} {r} {r} \n" \
            "Reading: 0 Writing: 1 Waiting: 0 \n"
     first = parse_stub_status(page.format(r=500), "u", 1.0)
+    assert isinstance(first, NginxStatus)
     second = parse_stub_status(page.format(r=5), "u", 2.0, first)
     assert isinstance(second, NginxStatus) and second.requests_per_s is None
 
@@ -69,3 +71,19 @@ def test_fetch_errors_never_show_the_urls_secrets():
         shown = f"{err.source} {err.message}"
         assert err.source.startswith("nginx http://")
         assert "s3cretpw" not in shown and "abc123" not in shown, shown
+
+
+def _page(requests: str) -> str:
+    return ("Active connections: 1 \nserver accepts handled requests\n 5 5 " + requests
+            + " \nReading: 0 Writing: 1 Waiting: 0 \n")
+
+
+def test_absurd_counters_are_a_clear_error_not_a_crash():
+    """int() refuses more than 4,300 digits with a ValueError; nginx's counters are 64-bit."""
+    for digits in ("9" * 5000, str(2**63)):
+        result = parse_stub_status(_page(digits), "http://127.0.0.1/s", 1.0)
+        assert isinstance(result, SourceError)
+        assert f"stub_status counter 'requests' is out of range ({len(digits)} digits)" \
+            in result.message
+    largest = parse_stub_status(_page(str(2**63 - 1)), "http://127.0.0.1/s", 1.0)
+    assert isinstance(largest, NginxStatus) and largest.requests == 2**63 - 1

@@ -66,3 +66,13 @@ def test_control_characters_become_visible_text():
 )
 def test_ordinary_query_parameters_stay(uri):
     assert clean(uri) == uri
+
+
+def test_lone_surrogates_become_replacement_characters():
+    """JSON can spell a lone surrogate ("\\ud800") and a non-UTF-8 argv decodes to them: either
+    would make the write to a UTF-8 terminal, socket or log raise."""
+    shown = visible("a\ud800b\udcff\x1b")
+    assert shown == "a\ufffdb\ufffd\\x1b"
+    shown.encode("utf-8")
+    assert clean("/x?token=abc\udfff") == "/x?token=<redacted>"
+    assert visible(shown) == shown  # idempotent, as the agent's readers rely on

@@ -97,3 +97,36 @@ def test_secrets_from_an_older_or_foreign_agent_are_redacted():
     assert "S3CRET" not in text
     req = snap.uwsgi[0].workers[0].cores[0].request
     assert req is not None and ("HTTP_COOKIE", REDACTED) in req.vars
+
+
+def test_absurd_numbers_from_an_agent_are_bounded():
+    """A foreign agent's 401-digit pid or infinite time reads as unknown, as the uWSGI parser
+    treats them; it must not reach os.kill, float() or a formatter."""
+    doc = hostile_document()
+    worker = doc["uwsgi"][0]["workers"][0]
+    worker.update(pid=int("7" * 401), requests=-5, rss=2**70, last_spawn=float("inf"))
+    worker["requests_in_flight"][0]["running_s"] = float("nan")
+    doc["uwsgi"][0].update(master_pid=4_194_305, uid=2**40, gid=0)
+    snap = host_from_dict(doc)
+    inst = snap.uwsgi[0]
+    w = inst.workers[0]
+    assert (inst.master_pid, inst.uid, inst.gid) == (0, None, 0)
+    assert (w.pid, w.requests, w.rss, w.last_spawn) == (0, 0, 0, 0.0)
+    assert w.requests_in_flight[0].running_s is None
+    doc["uwsgi"][0]["master_pid"] = "9" * 5000  # int() refuses it: the agent client's
+    with pytest.raises(ValueError):  # "cannot be read", never a traceback
+        host_from_dict(doc)
+
+
+def test_configuration_text_is_written_visible():
+    """Host names and addresses come from the hosts file or argv, not from a parser: the JSON
+    carries them with controls visible and no lone surrogate (json.dump would raise)."""
+    from dataclasses import replace
+
+    snap = host_from_dict(hostile_document())
+    snap = replace(snap, name="web\x1b]52;c;x\x07\udcff",
+                   uwsgi=(replace(snap.uwsgi[0], address="/run/\x9b2J\ud800.sock"),))
+    doc = host_to_dict(snap)
+    assert doc["name"] == "web\\x1b]52;c;x\\x07\ufffd"
+    assert doc["uwsgi"][0]["address"] == "/run/\\x9b2J\ufffd.sock"
+    json.dumps(doc, ensure_ascii=False).encode("utf-8")

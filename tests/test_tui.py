@@ -306,8 +306,9 @@ async def test_doctor_screen_diagnoses_the_selected_host(fresh_stack):
         await wait_for(pilot, lambda: app.active_pane().latest is not None, timeout=3)
         await pilot.press("d")
         await pilot.pause()
-        assert isinstance(app.screen, DoctorScreen)
-        await wait_for(pilot, lambda: app.screen.report is not None, timeout=10)
+        doctor = app.screen
+        assert isinstance(doctor, DoctorScreen)
+        await wait_for(pilot, lambda: doctor.report is not None, timeout=10)
         await pilot.pause(0.2)
         text = screen_text(app)
         assert "uwsgi.reload-mercy-vs-health-check" in text

@@ -33,7 +33,13 @@ from stackmon.addresses import StatsAddress, parse_stats_address
 from stackmon.model import SourceError, Thresholds, UwsgiInstance
 from stackmon.redact import REDACTED
 from stackmon.sources import uwsgi_stats
-from stackmon.sources.uwsgi_stats import clear_caches, fetch_stats, parse_stats, poll_stats
+from stackmon.sources.uwsgi_stats import (
+    PID_MAX,
+    clear_caches,
+    fetch_stats,
+    parse_stats,
+    poll_stats,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "uwsgi"
 IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
@@ -639,9 +645,9 @@ async def test_errors_never_show_a_token_from_the_address() -> None:
     assert isinstance(err, SourceError)
     assert err.source == f"uwsgi http://127.0.0.1:{addr.port}/stats?token=<redacted>"
     assert "abc123" not in err.source and "abc123" not in err.message
-    err = parse_stats(b"<html>", str(addr), NOW, TH)
-    assert isinstance(err, SourceError)
-    assert "abc123" not in err.source and "abc123" not in err.message
+    parsed = parse_stats(b"<html>", str(addr), NOW, TH)
+    assert isinstance(parsed, SourceError)
+    assert "abc123" not in parsed.source and "abc123" not in parsed.message
 
 
 async def test_empty_reply() -> None:
@@ -745,7 +751,7 @@ async def test_poll_parses_big_documents_off_the_loop(monkeypatch: pytest.Monkey
 # --------------------------------------------------------------------------------------------
 
 
-def _core(cid: int, vars: list[Any] | None = None, start: Any = None, **extra: Any
+def _core(cid: int, vars: Any = None, start: Any = None, **extra: Any
           ) -> dict[str, Any]:
     core: dict[str, Any] = {
         "id": cid, "requests": 7, "static_requests": 0, "routed_requests": 0,
@@ -757,7 +763,7 @@ def _core(cid: int, vars: list[Any] | None = None, start: Any = None, **extra: A
     return core
 
 
-def _worker(wid: int, cores: list[dict[str, Any]] | None = None, **extra: Any) -> dict[str, Any]:
+def _worker(wid: int, cores: Any = None, **extra: Any) -> dict[str, Any]:
     worker: dict[str, Any] = {
         "id": wid, "pid": 1000 + wid, "accepting": 1, "requests": 10, "delta_requests": 10,
         "exceptions": 1, "harakiri_count": 0, "signals": 0, "signal_queue": 0,
@@ -1133,3 +1139,57 @@ def test_missing_uwsgi_fails_in_ci_and_skips_locally(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(module, "IN_CI", False)
     with pytest.raises(pytest.skip.Exception):
         require_uwsgi()
+
+
+def test_absurd_numbers_are_bad_values_and_the_sample_stays_usable() -> None:
+    """pids beyond the kernel's pid_max, negative or >= 2**63 counts, times that overflow float,
+    uids that would claim root: each becomes unknown with a warning, never a crash, and the
+    stuck request is still shown."""
+    huge = 10**400
+    raw = _doc(
+        pid=PID_MAX + 1, uid=huge, gid=-1, listen_queue=-3, signal_queue=2**63,
+        sockets=[{"name": "s", "queue": huge, "max_queue": -1}],
+        workers=[_worker(1, pid=huge, requests=-1, rss=2**63, last_spawn=huge,
+                         cores=[_core(huge, ["REQUEST_URI=/stuck", ""], huge)]),
+                 _worker(2, pid=PID_MAX, avg_rt=1e300)],
+    )
+    parsed = _parse(raw)
+    assert (parsed.master_pid, parsed.uid, parsed.gid) == (0, None, None)
+    assert (parsed.listen_queue, parsed.signal_queue) == (0, 0)
+    assert (parsed.sockets[0].queue, parsed.sockets[0].max_queue) == (0, 0)
+    w1, w2 = parsed.workers
+    assert (w1.pid, w1.requests, w1.rss, w1.last_spawn) == (0, 0, 0, 0.0)
+    assert (w2.pid, w2.avg_rt_ms) == (PID_MAX, 0.0)
+    req = _only_request(parsed)
+    assert req.uri == "/stuck" and req.started_at is None and w1.cores[0].id == 0
+    warnings = "\n".join(parsed.warnings)
+    assert f"pid: {PID_MAX + 1} is out of range; used 0" in warnings
+    assert "workers[].pid: a number of about 401 digits is out of range; used 0" in warnings
+    assert "cores[].req_info.request_start is out of range" in warnings
+    assert "uid: a number of about 401 digits is out of range; ignored" in warnings
+    assert str(huge) not in warnings
+
+
+def test_numbers_too_long_for_int_do_not_make_the_document_unreadable() -> None:
+    """json.loads raises ValueError for integers of more than 4,300 digits."""
+    raw = _doc(pid=PID_MAX).replace(f'"pid":{PID_MAX}'.encode(), b'"pid":' + b"9" * 5000)
+    assert b"9" * 5000 in raw
+    parsed = _parse(raw)
+    assert parsed.master_pid == 0 and parsed.workers[0].id == 1
+    assert "pid: a number of more than 40 digits is out of range; used 0" in parsed.warnings
+
+
+def test_lone_surrogates_in_any_text_are_replaced() -> None:
+    """A JSON "\\ud800" in a socket name, a status, a variable's name or value: every string
+    of the result can be encoded (printed, sent by the agent, logged)."""
+    raw = _doc(cwd="/srv/\ud800", sockets=[{"name": "127.0.0.1:9\udc80"}],
+               workers=[_worker(1, status="bu\udfffsy", cores=[_core(
+                   0, ["REQUEST_URI=/a\ud800b", "HTTP_X\udbff=v\udc00", ""], int(NOW))])])
+    assert b"\\ud800" in raw  # json.dumps wrote them as JSON escapes, as a server can
+    parsed = _parse(raw)
+    req = _only_request(parsed)
+    assert parsed.sockets[0].name == "127.0.0.1:9\ufffd" and parsed.cwd == "/srv/\ufffd"
+    assert parsed.workers[0].status == "bu\ufffdsy"
+    assert req.uri == "/a\ufffdb" and ("HTTP_X\ufffd", "v\ufffd") in req.vars
+    for text in (req.uri, *(k + v for k, v in req.vars), parsed.workers[0].status):
+        text.encode("utf-8")

@@ -507,7 +507,7 @@ async def test_worker_list_redraws_only_what_changed() -> None:
             calls.append(("refresh_lines", (y_start, line_count)))
             real_refresh_lines(y_start, line_count)
 
-        wl.refresh = refresh  # type: ignore[method-assign]
+        wl.refresh = refresh  # type: ignore[method-assign,assignment]
         wl.refresh_lines = refresh_lines  # type: ignore[method-assign]
 
         # Equal values, ages within the same second: nothing to do at all.
@@ -648,8 +648,8 @@ async def test_gauge_renders_value_limit_percent_and_colours() -> None:
         assert rendered(ok).count("█") == 1  # 3%: small but visible
 
         def pct_style(g: Gauge, pct: str) -> Style:
-            span = next(s for s in g.render().spans  # type: ignore[union-attr]
-                        if g.render().plain[s.start:s.end] == pct)  # type: ignore[union-attr]
+            span = next(s for s in g.render().spans
+                        if g.render().plain[s.start:s.end] == pct)
             assert isinstance(span.style, Style)
             return span.style
 
@@ -819,7 +819,7 @@ async def test_nginx_panel_states() -> None:
         text = rendered(panel)
         assert "dropped 5" in text and "req/s 45" in text
         assert panel.has_class("-dropped")
-        span = next(s for s in panel.render().spans  # type: ignore[union-attr]
+        span = next(s for s in panel.render().spans
                     if "dropped 5" in text[s.start:s.end])
         assert isinstance(span.style, Style) and span.style.reverse
 
