@@ -152,10 +152,12 @@ def test_rotation_by_rename_drains_the_old_file_then_reads_the_new_one(tmp_path:
         old.write(numbered(30, 32).encode())  # a late line on the old descriptor
         old.close()
         got2 = tail.poll()
+        with (tmp_path / "access.log.1").open("ab") as late:
+            late.write(numbered(35, 37).encode())  # after stackmon moved to the new file
         write(log, numbered(32, 35))
         got3 = tail.poll()
     seen = [int(x.split()[1]) for x in got.lines + got2.lines + got3.lines]
-    assert sorted(seen) == list(range(10, 35))
+    assert sorted(seen) == list(range(10, 37))
     assert any("rotated" in note for note in got2.notes)
 
 
