@@ -54,7 +54,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
@@ -70,8 +69,9 @@ from stackmon.agent.security import (
     RateLimitedLog,
     SecretScrubber,
 )
-from stackmon.collect import HostCollector
 from stackmon.config import HostConfig, Settings
+from stackmon.hosts.base import Host
+from stackmon.hosts.local import LocalHost
 from stackmon.model import HostSnapshot
 from stackmon.snapshot_json import SCHEMA, host_to_dict
 
@@ -160,12 +160,10 @@ class SpawnMemory:
 class SnapshotCache:
     """At most one poll in flight and results reused for `max_age` seconds (single-flight)."""
 
-    def __init__(self, collector: HostCollector, max_age: float,
-                 client: Callable[[], httpx.AsyncClient],
+    def __init__(self, collector: Host, max_age: float,
                  memory: SpawnMemory | None = None) -> None:
         self.collector = collector
         self.max_age = max_age
-        self._client = client
         self.memory = memory if memory is not None else SpawnMemory()
         self._snap: HostSnapshot | None = None
         self._body: bytes | None = None
@@ -204,7 +202,7 @@ class SnapshotCache:
         self.polls += 1
         limit = self.collector.settings.timeout * 2 + 1
         try:
-            return await asyncio.wait_for(self.collector.poll(self._client()), limit)
+            return await asyncio.wait_for(self.collector.poll(), limit)
         except TimeoutError:
             return self.collector.timed_out(time.time(), limit)
 
@@ -278,9 +276,9 @@ class AgentApp:
 
     def __init__(self, options: AgentOptions) -> None:
         self.options = options
-        self.collector = HostCollector(options.host, options.settings)
-        self._client: httpx.AsyncClient | None = None
-        self.cache = SnapshotCache(self.collector, options.cache_s, self.client)
+        # The agent serves this machine: the local implementation of the host interface.
+        self.collector: Host = LocalHost(options.host, options.settings)
+        self.cache = SnapshotCache(self.collector, options.cache_s)
         self._token = options.token.encode("ascii") if options.token else None
         self.connections: ConnectionGuard | None = None  # set by serve()
         self.errors = RateLimitedLog(log)
@@ -294,14 +292,7 @@ class AgentApp:
         ])
         self.app.on_cleanup.append(self._close)
 
-    def client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(trust_env=False)
-        return self._client
-
     async def _close(self, _app: web.Application) -> None:
-        if self._client is not None:
-            await self._client.aclose()
         await self.collector.aclose()
 
     # --- guard: authentication and error shape ------------------------------------------
