@@ -97,24 +97,53 @@ def _serve_forged_stats(path: str, doc: dict, stop: threading.Event) -> threadin
 
 
 def test_a_pid_that_is_not_a_worker_of_the_master_is_never_signalled(tmp_path, audit):
-    """A stats server (broken or hostile) that names an unrelated process as a worker."""
-    victim = subprocess.Popen(["sleep", "60"])
-    me = os.getpid()  # stands in as the "master": the victim is not its child
+    """A stats server (broken or hostile) that names an unrelated process as a worker.
+
+    The server runs in this test process, so this process holds the stats socket and is
+    confirmed as the "master"; the victim is orphaned (its shell exits), so it is not this
+    process's child and must not be signalled."""
+    out = subprocess.run(["sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!"], check=True,
+                         capture_output=True, text=True)
+    victim = psutil.Process(int(out.stdout))
+    assert victim.ppid() != os.getpid()
+    me = os.getpid()
     stop = threading.Event()
     path = str(tmp_path / "forged.sock")
     doc = {"version": "2.0.31", "pid": me, "workers": [
-        {"id": 1, "pid": victim.pid, "status": "busy", "last_spawn": int(time.time()),
+        {"id": 1, "pid": victim.pid, "status": "busy", "last_spawn": int(victim.create_time()),
          "cores": []}]}
     _serve_forged_stats(path, doc, stop)
     try:
         target = ActionTarget(host="forged", address=parse_stats_address(path))
         with pytest.raises(ActionError) as info:
             asyncio.run(kill_worker(target, 1, victim.pid, "KILL", audit=audit))
-        # The test's python is not a uWSGI master: refused as not local / not a worker.
-        assert info.value.kind in ("not_worker", "not_local")
+        assert info.value.kind == "not_worker"
+        assert f"not a worker of the uWSGI master {me}" in info.value.message
         time.sleep(0.2)
-        assert victim.poll() is None  # never signalled
+        assert victim.is_running() and victim.status() != psutil.STATUS_ZOMBIE  # not signalled
     finally:
         stop.set()
         victim.kill()
-        victim.wait()
+
+
+def test_stats_naming_the_master_from_another_address_are_refused(fresh_stack, tmp_path, audit):
+    """A forged stats server naming a real instance's master and worker: the master does not
+    hold the forged address's listener, so nothing is done to the real worker."""
+    st = fresh_stack(workers=1, threads=1, nginx=False)
+    real = st.stats()["workers"][0]
+    stop = threading.Event()
+    path = str(tmp_path / "forged.sock")
+    doc = {"version": "2.0.31", "pid": st.master_pid, "workers": [
+        {"id": 1, "pid": real["pid"], "status": "busy", "last_spawn": real["last_spawn"],
+         "cores": []}]}
+    _serve_forged_stats(path, doc, stop)
+    try:
+        target = ActionTarget(host="forged", address=parse_stats_address(path))
+        with pytest.raises(ActionError) as info:
+            asyncio.run(kill_worker(target, 1, real["pid"], "KILL", audit=audit))
+        assert info.value.kind == "not_worker"
+        assert f"is pid {os.getpid()}" in info.value.message
+        time.sleep(0.3)
+        assert st.stats()["workers"][0]["pid"] == real["pid"]
+    finally:
+        stop.set()

@@ -100,7 +100,7 @@ def test_read_only_and_missing_fifo_refusals(fresh_stack, tmp_path):
 # --- the tracker's logic, on constructed samples -------------------------------------------
 
 def _worker(wid: int, pid: int, uri: str | None = None, started: float = 0.0) -> Worker:
-    cores = ()
+    cores: tuple[Core, ...] = ()
     if uri is not None:
         req = Request(core=0, method="GET", uri=uri, remote_addr="1.2.3.4", host="h",
                       started_at=started, running_s=1.0, level="ok")
@@ -119,7 +119,8 @@ def test_tracker_states_and_countdown():
     t = ReloadTracker({1: 101, 2: 102}, "graceful", mercy=10, started_at=1000.0)
     p = t.update(_inst(_worker(1, 0), _worker(2, 102, "/slow", 995.0)), 1002.0)
     assert [w.state for w in p.workers] == ["exited", "draining"]
-    assert p.workers[1].countdown == 8.0 and p.workers[1].request.uri == "/slow"
+    assert p.workers[1].countdown == 8.0
+    assert p.workers[1].request is not None and p.workers[1].request.uri == "/slow"
     p = t.update(None, 1005.0)  # the master re-execs: no stats
     assert not p.stats_available and not p.done
     p = t.update(_inst(_worker(1, 0), _worker(2, 102, "/slow", 995.0)), 1008.5)

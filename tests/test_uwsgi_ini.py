@@ -11,11 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from stackmon.bounded_io import User
 from stackmon.demo.launcher import Stack
 from stackmon.model import SourceError
 from stackmon.uwsgi_ini import (
     CMDLINE,
     ENVIRON,
+    MAX_FILE_BYTES,
+    MAX_FILES,
     ConfigFileError,
     Option,
     all_values,
@@ -29,6 +32,13 @@ from stackmon.uwsgi_ini import (
     read_ini,
 )
 from tests.conftest import wait_until
+
+
+def value_of(options: list[Option], key: str) -> str:
+    """The deciding value of `key`, which the test expects to be set."""
+    opt = last(options, key)
+    assert opt is not None, f"{key} is not set"
+    return opt.value
 
 
 def write(path: Path, text: str | bytes) -> Path:
@@ -94,14 +104,14 @@ vacuum = false
 home = $(APP_HOME)/venv
 """)
     opts = read_ini(ini, env={"APP_HOME": "/srv/app"})
-    assert last(opts, "home").value == "/srv/app/venv"
-    assert last(read_ini(ini, env={}), "home").value == "$(APP_HOME)/venv"
+    assert value_of(opts, "home") == "/srv/app/venv"
+    assert value_of(read_ini(ini, env={}), "home") == "$(APP_HOME)/venv"
     assert last(opts, "master") == Option("master", "true", str(ini), 2)
-    assert last(opts, "chdir").value == "/srv/app/src"
-    assert last(opts, "master-fifo").value == f"{tmp_path}/master.fifo"
-    assert last(opts, "logto").value == "site.log"
-    assert last(opts, "pct").value == "100%"
-    assert last(opts, "keep").value == "%(undefined_thing_xyz)"
+    assert value_of(opts, "chdir") == "/srv/app/src"
+    assert value_of(opts, "master-fifo") == f"{tmp_path}/master.fifo"
+    assert value_of(opts, "logto") == "site.log"
+    assert value_of(opts, "pct") == "100%"
+    assert value_of(opts, "keep") == "%(undefined_thing_xyz)"
     assert get_bool(opts, "vacuum", default=True) is False
 
 
@@ -151,7 +161,7 @@ harakiri = 25
         ("harakiri", "25", "main.ini", 4),
     ]
     # Relative to the including file when not found in cwd.
-    assert last(read_ini(main, cwd="/nonexistent"), "listen").value == "1024"
+    assert value_of(read_ini(main, cwd="/nonexistent"), "listen") == "1024"
 
 
 def test_include_errors(tmp_path: Path) -> None:
@@ -204,7 +214,7 @@ def test_argv_environment_and_missing_ini(tmp_path: Path) -> None:
     # $(VAR) in an ini named on the command line reads the instance's environment.
     write(tmp_path / "e.ini", "[uwsgi]\nchdir = $(APP)/src\n")
     opts = options_from_argv(["uwsgi", "e.ini"], str(tmp_path), environ=["APP=/opt/a"])
-    assert last(opts, "chdir").value == "/opt/a/src"
+    assert value_of(opts, "chdir") == "/opt/a/src"
     with pytest.raises(ConfigFileError) as info:
         options_from_argv(["uwsgi", "--ini", "nope.ini"], str(tmp_path))
     assert (info.value.file, info.value.line) == (CMDLINE, 1)
@@ -281,3 +291,80 @@ def test_permission_denied(tmp_path: Path) -> None:
     ini.chmod(0)
     with pytest.raises(ConfigFileError, match="permission denied"):
         read_ini(ini)
+
+
+# ------------------------------------------------------------------ bounds (issue 9)
+
+
+@pytest.mark.parametrize("path, why", [
+    ("/dev/zero", "is a character device, not a regular file"),
+    ("/proc/self/fd/0", "not a regular file"),
+])
+def test_a_device_or_stream_is_refused_without_reading(path: str, why: str) -> None:
+    with pytest.raises(ConfigFileError, match=why):
+        read_ini(path)
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "hang.ini"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigFileError, match="is a FIFO"):
+        read_ini(fifo)  # a blocking open would hang here: no writer ever comes
+
+
+def test_size_file_count_and_expansion_caps(tmp_path: Path) -> None:
+    big = tmp_path / "big.ini"
+    with big.open("wb") as fh:
+        fh.write(b"[uwsgi]\n")
+        fh.truncate(MAX_FILE_BYTES + 1)
+    with pytest.raises(ConfigFileError, match=f"over the {MAX_FILE_BYTES}-byte limit"):
+        read_ini(big)
+    # A chain of includes longer than the file cap (each a distinct file, no cycle, shallow
+    # enough for the depth cap: siblings included from one file).
+    names = [f"part{i}.ini" for i in range(MAX_FILES + 1)]
+    for name in names:
+        write(tmp_path / name, "[uwsgi]\nlisten = 1\n")
+    write(tmp_path / "many.ini", "[uwsgi]\n" + "".join(f"ini = {n}\n" for n in names))
+    with pytest.raises(ConfigFileError, match=f"more than {MAX_FILES} ini files"):
+        read_ini(tmp_path / "many.ini", cwd=str(tmp_path))
+    # %(x) doubling at every line would grow to 2**40 characters.
+    lines = ["[uwsgi]", "a0 = xxxxxxxx"] + [f"a{i} = %(a{i - 1})%(a{i - 1})"
+                                             for i in range(1, 40)]
+    write(tmp_path / "bomb.ini", "\n".join(lines) + "\n")
+    with pytest.raises(ConfigFileError, match="expands to over"):
+        read_ini(tmp_path / "bomb.ini")
+
+
+def test_as_user_refuses_a_file_that_user_could_not_read(tmp_path: Path) -> None:
+    secret = write(tmp_path / "secret.ini", "[uwsgi]\nlisten = 1\n")
+    secret.chmod(0o600)
+    nobody = User(65534, frozenset({65534}))
+    with pytest.raises(ConfigFileError, match="not readable by uid 65534"):
+        read_ini(secret, as_user=nobody)
+    # An include of it from a file nobody may read is refused the same way.
+    outer = write(tmp_path / "outer.ini", f"[uwsgi]\nini = {secret}\n")
+    outer.chmod(0o644)
+    with pytest.raises(ConfigFileError, match="not readable by uid 65534"):
+        read_ini(outer, as_user=nobody)
+    assert last(read_ini(outer), "listen") is not None  # for root (no as_user) it is fine
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.access("/usr/bin/python3", os.X_OK),
+                    reason="starts a process as nobody")
+def test_instance_options_reads_as_the_processs_user(tmp_path: Path) -> None:
+    """A nobody process whose command line names root's 0600 ini: not read on its behalf."""
+    secret = write(tmp_path / "root.ini", "[uwsgi]\nmaster-fifo = /etc/shadow\n")
+    secret.chmod(0o600)
+    proc = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                             "/usr/bin/python3", "-c", "import time; time.sleep(30)",
+                             "--ini", str(secret)],
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: Path(f"/proc/{proc.pid}/cmdline").read_bytes().startswith(b"/usr"),
+                   timeout=5)  # setpriv has exec'd python as nobody
+        got = instance_options(proc.pid)
+        assert isinstance(got, SourceError)
+        assert "not readable by uid 65534" in got.message and str(secret) in got.message
+    finally:
+        proc.kill()
+        proc.wait()

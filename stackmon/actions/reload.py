@@ -112,13 +112,17 @@ def _held_by(pid: int, st: os.stat_result) -> bool:
     return False
 
 
+def _kind(mode: int) -> str:
+    return "a regular file" if stat.S_ISREG(mode) else describe_type(mode)
+
+
 def _check_fifo(path: str, st: os.stat_result, master: ConfirmedMaster) -> None:
     """Refuse (without writing) anything but the master's own FIFO: a FIFO, owned by the
     master's user or root, that the master process has open. The path came from a command
     line its owner wrote, so a FIFO of another instance (root's, say) is refused too."""
     if not stat.S_ISFIFO(st.st_mode):
         raise ActionError("not_worker", f"the master FIFO {path} named by master {master.pid}'s "
-                                        f"configuration is {describe_type(st.st_mode)}, not a "
+                                        f"configuration is {_kind(st.st_mode)}, not a "
                                         "FIFO; refusing to write to it")
     if not (master.owns(st.st_uid) or st.st_uid == 0):
         raise ActionError("not_worker", f"the master FIFO {path} belongs to uid {st.st_uid}, "
@@ -169,7 +173,7 @@ def _touch(path: str, master: ConfirmedMaster) -> None:
     try:
         if not stat.S_ISREG(st.st_mode):
             raise ActionError("not_worker", f"the touch-chain-reload file {path} is "
-                                            f"{describe_type(st.st_mode)}; refusing to touch it")
+                                            f"{_kind(st.st_mode)}; refusing to touch it")
         if not master.owns(st.st_uid):
             raise ActionError("not_worker", f"the touch-chain-reload file {path} belongs to uid "
                                             f"{st.st_uid}, not to the uWSGI master's user "
