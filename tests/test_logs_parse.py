@@ -104,6 +104,7 @@ def test_tls_handshake_on_a_plain_port_is_counted_without_a_path() -> None:
     ("/files/deadbeefcafe1234", "/files/:id"),
     ("/reset/Zx8kP2mQ9vL4tR7wY1nB", "/reset/:id"),
     ("/static/app.css", "/static/app.css"),
+    ("/static/app.3f2a1b9c.js", "/static/app.:id.js"),
     ("/a;jsessionid=SECRET123", "/a;jsessionid=<redacted>"),
     ("/x\x1b[31m", "/x\\x1b[31m"),
 ])

@@ -48,6 +48,8 @@ _ID_SEGMENT = re.compile(
     r"|(?=[0-9a-fA-F]*\d)[0-9a-fA-F]{8,}|(?=[A-Za-z0-9_-]*\d)(?=[A-Za-z0-9_-]*[A-Za-z])"
     r"[A-Za-z0-9_-]{16,}|[\d.,:-]+"
 )
+# A hash inside a segment (app.3f2a1b9c.js, report-2f8e0a11c9.pdf): folded in place.
+_EMBEDDED_HASH = re.compile(r"(?=[0-9a-fA-F]*\d)[0-9a-fA-F]{8,}")
 _MAX_ENDPOINT_LEN = 120
 _fold_cache: dict[str, str] = {}
 
@@ -110,7 +112,8 @@ def fold_path(uri: str) -> str:
     if not path.startswith("/"):
         folded = clean(path[:40]) or "-"
     else:
-        segments = [":id" if _ID_SEGMENT.fullmatch(seg) else seg for seg in path.split("/")]
+        segments = [":id" if _ID_SEGMENT.fullmatch(seg) else _EMBEDDED_HASH.sub(":id", seg)
+                    for seg in path.split("/")]
         folded = clean("/".join(segments))
     if len(folded) > _MAX_ENDPOINT_LEN:
         folded = folded[: _MAX_ENDPOINT_LEN - 1] + "…"
