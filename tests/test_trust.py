@@ -455,3 +455,29 @@ def test_signal_checked_refuses_a_changed_parent_or_start_time():
             child.kill()
             child.wait()
 
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1)")
+def test_a_master_in_another_pid_namespace_is_refused_not_mapped(workdir, audit):
+    """Its stats name pid 1 (its own namespace's view): never taken as this host's pid 1."""
+    address = f"127.0.0.1:{free_port()}"
+    script = workdir / "fake_uwsgi.py"
+    script.write_text(FAKE)
+    proc = subprocess.Popen(["unshare", "--pid", "--fork", PYTHON, str(script)],
+                            env={"PATH": "/usr/bin:/bin", "FAKE_STATS": address},
+                            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        assert json.loads(proc.stdout.readline())["pid"] == 1
+        got = confirm_master(parse_stats_address(address), 1)
+        assert isinstance(got, Refusal) and got.kind == "not_local", got
+        assert "another pid namespace" in got.message and "1 inside it" in got.message
+        err = reload_refused(address, "graceful", audit)
+        assert err.kind == "not_local"
+    finally:
+        inner = psutil.Process(proc.pid).children(recursive=True)
+        proc.kill()
+        proc.wait()
+        for child in inner:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
