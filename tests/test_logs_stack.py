@@ -112,7 +112,7 @@ def test_logs_are_found_from_the_running_masters(stack: Stack) -> None:
     assert str(stack.nginx_error_log_path) in [t.path for t in found.errors]
     target = uwsgi_log(stack.master_pid)
     assert target.path == str(stack.uwsgi_log_path)
-    assert target.where.endswith("uwsgi.ini:19") or "uwsgi.ini" in target.where
+    assert f"{stack.ini_path}:" in target.where  # the ini line that set logto
 
 
 # ------------------------------------------------------------------ upstream failures
@@ -188,8 +188,7 @@ def test_uwsgi_stopped_is_refused(fresh_stack: Callable[..., Stack],
     logs.poll()
     sock = str(stack.uwsgi_socket_path)
     # Stop uWSGI but leave a socket file nobody listens on (vacuum removes the real one).
-    stack._signal(stack._uwsgi, signal.SIGINT)
-    stack._wait(stack._uwsgi, time.monotonic() + 10)
+    assert stack.stop_uwsgi()
     with contextlib.suppress(FileNotFoundError):
         os.unlink(sock)
     dead = socket.socket(socket.AF_UNIX)

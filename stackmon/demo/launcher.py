@@ -477,6 +477,12 @@ class Stack:
         finally:
             os.close(fd)
 
+    def stop_uwsgi(self, timeout: float = 10.0) -> bool:
+        """Stop uWSGI alone (SIGINT, as `stop()` does), leaving nginx up: what a crashed or
+        restarting backend looks like from nginx. True when it exited within `timeout`."""
+        self._signal(self._uwsgi, signal.SIGINT)
+        return self._wait(self._uwsgi, time.monotonic() + timeout)
+
     def release_hangs(self) -> None:
         """Make every /hang request in flight return now, without touching its worker."""
         self.release_file.write_text(f"{time.time_ns()}\n")
