@@ -152,8 +152,8 @@ def open_tui(targets: Targets) -> int:
 
 
 def _snapshot(args: argparse.Namespace) -> int:
-    from stackmon.collect import poll_once
     from stackmon.config import parse_duration
+    from stackmon.hosts.once import poll_once
     from stackmon.render_text import render_snapshot
     from stackmon.snapshot_json import snapshot_to_dict
 

@@ -1,9 +1,8 @@
-"""One poll of one host: every source fetched concurrently, then assembled into a HostSnapshot.
+"""This machine's kernel facts for one poll, attributed to the monitored processes.
 
-A HostCollector keeps what a poll needs from the previous one (the last nginx sample for the
-request rate, the last good snapshot for staleness). Sources fail independently: nginx down and
-uWSGI fine gives a partial snapshot with the reason in `errors`; nothing at all gives an
-unreachable snapshot that still carries the last good data and its age.
+stackmon.hosts.local.LocalHost polls a local host's sources and calls these to add what only
+the kernel knows: accept queues of every listener (sock_diag) merged into the uWSGI sockets, and
+fds of every monitored process against its own limit (/proc).
 
 Kernel facts (queues from sock_diag, fds from /proc) are attributed to the monitored processes
 only: the uWSGI masters and workers named by their own stats, and the nginx whose listener serves
@@ -12,35 +11,25 @@ the configured stub_status URL.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import httpx
-
-from stackmon.config import HostConfig, Settings, Targets
 from stackmon.model import (
     FdReport,
-    HostSnapshot,
     KernelCounters,
     Listener,
-    NginxStatus,
-    Snapshot,
     SourceError,
     UwsgiInstance,
 )
 from stackmon.sources import kernel
-from stackmon.sources.nginx_status import fetch_stub_status
-from stackmon.sources.uwsgi_stats import poll_stats
 
 # How long the nginx processes found behind the status URL are trusted before /proc is scanned
 # again (sooner when one of them exits).
 NGINX_RESCAN = 30.0
 
 if TYPE_CHECKING:
-    from stackmon.agent.client import AgentSource
+    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,123 +135,3 @@ def merge_kernel_queues(inst: UwsgiInstance, listeners: tuple[Listener, ...]) ->
     worst = max(sockets, key=lambda s: (s.queue / s.max_queue if s.max_queue else 0, s.queue))
     return replace(inst, sockets=tuple(sockets), listen_queue=worst.queue,
                    listen_queue_max=worst.max_queue)
-
-
-class HostCollector:
-    """Polls one host; holds the previous samples that rates and staleness need.
-
-    A local host is read from its sources here; a host with `agent = URL` is read through
-    that agent (stackmon.agent.client.AgentSource: its own connection pool, the token from
-    token_file, the agent's host object under the local name). Both fail the same way: an
-    unreachable snapshot carrying the last good data and its age.
-    """
-
-    def __init__(self, host: HostConfig, settings: Settings) -> None:
-        self.host = host
-        self.settings = settings
-        self.previous_nginx: NginxStatus | None = None
-        self.last_good: HostSnapshot | None = None
-        self._nginx_roles: dict[int, str] | None = None
-        self._nginx_roles_at = 0.0
-        self.agent: AgentSource | None = None
-        if host.agent:
-            from stackmon.agent.client import AgentSource
-
-            self.agent = AgentSource(host, settings)
-
-    async def aclose(self) -> None:
-        """Release the agent connection pool (local hosts hold nothing of their own)."""
-        if self.agent is not None:
-            await self.agent.aclose()
-
-    async def sample_nginx(self, client: httpx.AsyncClient) -> NginxStatus | SourceError | None:
-        if not self.host.nginx:
-            return None
-        result = await fetch_stub_status(self.host.nginx, timeout=self.settings.timeout,
-                                         previous=self.previous_nginx)
-        if isinstance(result, NginxStatus):
-            self.previous_nginx = result
-        return result
-
-    async def _uwsgi(self, index: int) -> UwsgiInstance | SourceError:
-        # poll_stats parses big documents in a thread and small ones inline (a thread hop
-        # costs more than parsing a few workers).
-        got = await poll_stats(self.host.uwsgi[index], self.settings.thresholds,
-                               timeout=self.settings.timeout)
-        return replace(got, index=index) if isinstance(got, UwsgiInstance) and index else got
-
-    async def poll(self, client: httpx.AsyncClient) -> HostSnapshot:
-        taken_at = time.time()
-        if self.agent is not None:
-            return await self._poll_agent(self.agent, taken_at)
-        results = await asyncio.gather(
-            *(self._uwsgi(i) for i in range(len(self.host.uwsgi))),
-            self.sample_nginx(client),
-        )
-        *uwsgi_results, nginx = results
-        errors: list[SourceError] = [r for r in uwsgi_results if isinstance(r, SourceError)]
-        instances = [r for r in uwsgi_results if isinstance(r, UwsgiInstance)]
-        if isinstance(nginx, SourceError):
-            errors.append(nginx)
-            nginx = None
-        if not instances and nginx is None and errors:
-            return self._failed(taken_at, errors)
-        stale_roles = time.monotonic() - self._nginx_roles_at > NGINX_RESCAN
-        facts = await asyncio.to_thread(gather_local_facts, instances, self.host.nginx,
-                                        None if stale_roles else self._nginx_roles)
-        if facts.nginx_roles is not self._nginx_roles:
-            self._nginx_roles = facts.nginx_roles or None
-            self._nginx_roles_at = time.monotonic() if facts.nginx_roles else 0.0
-        errors.extend(facts.errors)
-        snap = HostSnapshot(
-            name=self.host.name, taken_at=taken_at, reachable=True, stale_s=None,
-            errors=tuple(errors),
-            uwsgi=tuple(merge_kernel_queues(i, facts.listeners) for i in instances),
-            nginx=nginx, listeners=facts.listeners, fds=facts.fds, kernel=facts.kernel,
-        )
-        self.last_good = snap
-        return snap
-
-    async def _poll_agent(self, agent: AgentSource, taken_at: float) -> HostSnapshot:
-        doc = await agent.fetch()
-        if isinstance(doc, SourceError):
-            return self._failed(taken_at, [doc])
-        snap = agent.to_snapshot(doc, time.time())
-        if isinstance(snap, SourceError):
-            return self._failed(taken_at, [snap])
-        if snap.reachable and snap.stale_s is None:
-            self.last_good = snap
-        return snap
-
-    def unreachable(self, taken_at: float, errors: list[SourceError]) -> HostSnapshot:
-        """The failed snapshot for `errors` at `taken_at` (public for the poller, which
-        repeats a host's failure with a growing age while it backs off)."""
-        return self._failed(taken_at, errors)
-
-    def timed_out(self, taken_at: float, limit: float) -> HostSnapshot:
-        """What a poll cut short by the caller's deadline yields."""
-        return self._failed(taken_at, [SourceError(self.host.name,
-                                                   f"poll gave no answer within {limit:g} s")])
-
-    def _failed(self, taken_at: float, errors: list[SourceError]) -> HostSnapshot:
-        """Unreachable: the reason now, and the last good data with its age if there is any."""
-        if self.last_good is None:
-            return HostSnapshot(name=self.host.name, taken_at=taken_at, reachable=False,
-                                errors=tuple(errors))
-        return replace(self.last_good, taken_at=taken_at, reachable=False,
-                       stale_s=max(0.0, taken_at - self.last_good.taken_at),
-                       errors=tuple(errors))
-
-
-async def poll_once(targets: Targets, rate_window: float = 0.5) -> Snapshot:
-    """One poll of every host (for `stackmon snapshot`); nginx sampled twice for its rate."""
-    collectors = [HostCollector(h, targets.settings) for h in targets.hosts]
-    async with httpx.AsyncClient(trust_env=False) as client:
-        if rate_window > 0 and any(h.nginx for h in targets.hosts):
-            await asyncio.gather(*(c.sample_nginx(client) for c in collectors))
-            await asyncio.sleep(rate_window)
-        try:
-            hosts = await asyncio.gather(*(c.poll(client) for c in collectors))
-        finally:
-            await asyncio.gather(*(c.aclose() for c in collectors))
-    return Snapshot(taken_at=time.time(), hosts=tuple(hosts))

@@ -166,6 +166,59 @@ def _fd_reasons(host: HostSnapshot, policy: HealthPolicy) -> Iterator[Reason]:
         yield Reason(sev, "fds", f"FDS {pct}%", f"file descriptors of {who} at {used}/{limit}")
 
 
+CAUSE_WORDS = {
+    "queue_full": "uWSGI listen queue full", "refused": "nothing listening (refused)",
+    "connect_timeout": "connect timed out", "read_timeout": "upstream read timed out",
+    "closed_mid_request": "worker died mid-request", "no_live_upstreams": "no live upstreams",
+    "other": "other upstream errors",
+}
+
+
+def _http_reasons(host: HostSnapshot, policy: HealthPolicy) -> Iterator[Reason]:
+    """5xx the clients got (access log), with their main cause (error log) in the sentence."""
+    logs = host.logs
+    if logs is None or logs.http is None:
+        return
+    http = logs.http
+    bad = {code: http.status.get(code, 0) for code in ("502", "503", "504")}
+    total = sum(bad.values())
+    if not total:
+        return
+    code = max(bad, key=lambda c: bad[c])
+    span = max(min(http.covered_s, http.window_s), 1.0)
+    rate = total / span
+    critical = rate >= policy.errors_critical_per_s or (
+        total >= policy.errors_critical_min
+        and total >= policy.errors_critical_share * max(http.requests, 1))
+    rate_text = f"{rate:.1f}/s" if rate >= 0.1 else f"×{total}"
+    cause = max(logs.upstream_errors, key=lambda e: e.count, default=None)
+    why = f": {CAUSE_WORDS.get(cause.cause, cause.cause)} on {cause.upstream} " \
+          f"(×{cause.count})" if cause is not None else ""
+    counts = ", ".join(f"{c} ×{n}" for c, n in bad.items() if n)
+    yield Reason("critical" if critical else "warn", "http", f"{code} {rate_text}",
+                 f"{counts} in {span:.0f} s{why}")
+
+
+def _probe_reasons(host: HostSnapshot, policy: HealthPolicy) -> Iterator[Reason]:
+    check = host.health
+    if check is None or check.ok is None:
+        return
+    if check.out_of_service:
+        yield Reason("critical", "health", "LB OUT",
+                     f"the load balancer would take this host out: {check.failures_in_row} "
+                     f"health checks failed in a row ({check.last_error})")
+    elif not check.ok:
+        when = f"; out of service in {check.out_in_s:.0f} s" if check.out_in_s else ""
+        yield Reason("warn", "health", "HEALTH FAIL",
+                     f"health check failed {check.failures_in_row}× in a row "
+                     f"({check.last_error}){when}")
+    elif check.last_ms is not None and \
+            check.last_ms >= policy.probe_slow_share * check.timeout_s * 1000:
+        yield Reason("warn", "health", "HEALTH SLOW",
+                     f"health check took {check.last_ms:.0f} ms of the LB's "
+                     f"{check.timeout_s:g} s timeout")
+
+
 def _source_reasons(host: HostSnapshot) -> Iterator[Reason]:
     names: list[str] = []
     for e in host.errors:
@@ -187,6 +240,8 @@ def reasons(host: HostSnapshot, policy: HealthPolicy = DEFAULT_POLICY) -> list[R
     out.extend(_request_reasons(host))
     out.extend(_queue_reasons(host, policy))
     out.extend(_fd_reasons(host, policy))
+    out.extend(_http_reasons(host, policy))
+    out.extend(_probe_reasons(host, policy))
     out.extend(_source_reasons(host))
     return out
 

@@ -14,6 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from stackmon.logs.host import LogSummary
+from stackmon.sources.lb_probe import HealthCheck
+
 Level = Literal["ok", "slow", "critical"]
 LEVELS: tuple[Level, ...] = ("ok", "slow", "critical")
 
@@ -218,6 +221,11 @@ class HostSnapshot:
         default_factory=lambda: KernelCounters(somaxconn=None, listen_overflows=None,
                                                listen_drops=None)
     )
+    group: str | None = None
+    # What the clients get, from the logs over the last window (None: no log source).
+    logs: LogSummary | None = None
+    # The load balancer's health check as stackmon probes it (None: no `health` URL).
+    health: HealthCheck | None = None
 
 
 @dataclass(frozen=True, slots=True)

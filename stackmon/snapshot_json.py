@@ -15,6 +15,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from stackmon.health import assess
+from stackmon.logs.access import EndpointStat, HttpSummary, Percentiles
+from stackmon.logs.host import LogSummary, SourceStatus
+from stackmon.logs.nginx_errors import UpstreamError
+from stackmon.logs.uwsgi_events import Event
 from stackmon.model import (
     Core,
     FdReport,
@@ -32,6 +37,7 @@ from stackmon.model import (
     Worker,
 )
 from stackmon.redact import clean, redact_pair, visible
+from stackmon.sources.lb_probe import HealthCheck
 
 # The bounds the uWSGI parser applies (stackmon.sources.uwsgi_stats), for documents read back.
 PID_MAX = 4_194_304
@@ -83,11 +89,34 @@ def nginx_to_dict(n: NginxStatus) -> dict[str, Any]:
     }
 
 
+def health_to_dict(c: HealthCheck) -> dict[str, Any]:
+    return {"url": visible(c.url), "ok": c.ok, "last_ms": c.last_ms, "max_ms": c.max_ms,
+            "failures_in_row": c.failures_in_row, "out_of_service": c.out_of_service,
+            "last_error": visible(c.last_error), "checked_at": c.checked_at,
+            "in_flight_s": c.in_flight_s, "timeout_s": c.timeout_s,
+            "failing_since": c.failing_since, "out_in_s": c.out_in_s}
+
+
+def clients_to_dict(h: HostSnapshot) -> dict[str, Any]:
+    """DESIGN's `http`, `upstream_errors`, `events` (from the logs), `log_sources` and
+    `health` (the LB probe); every key present, null or empty when there is no source."""
+    out: dict[str, Any] = {"http": None, "upstream_errors": [], "events": [],
+                           "log_sources": []}
+    if h.logs is not None:
+        out.update(h.logs.as_json())
+    out["health"] = health_to_dict(h.health) if h.health is not None else None
+    return out
+
+
 def host_to_dict(h: HostSnapshot) -> dict[str, Any]:
     fds = h.fds
+    state = assess(h)
     return {
-        "name": visible(h.name), "taken_at": h.taken_at, "reachable": h.reachable,
+        "name": visible(h.name), "group": visible(h.group) if h.group else None,
+        "taken_at": h.taken_at, "reachable": h.reachable,
         "stale_s": h.stale_s,
+        "state": {"severity": state.severity, "label": visible(state.label),
+                  "reasons": [visible(r.text) for r in state.reasons]},
         "errors": [{"source": visible(e.source), "message": visible(e.message)}
                    for e in h.errors],
         "uwsgi": [instance_to_dict(u) for u in h.uwsgi],
@@ -104,6 +133,7 @@ def host_to_dict(h: HostSnapshot) -> dict[str, Any]:
         "kernel": {"somaxconn": h.kernel.somaxconn,
                    "listen_overflows": h.kernel.listen_overflows,
                    "listen_drops": h.kernel.listen_drops},
+        **clients_to_dict(h),
     }
 
 
@@ -272,7 +302,84 @@ def host_from_dict(d: dict[str, Any]) -> HostSnapshot:
         kernel=KernelCounters(somaxconn=_opt_int(kernel.get("somaxconn")),
                               listen_overflows=_opt_int(kernel.get("listen_overflows")),
                               listen_drops=_opt_int(kernel.get("listen_drops"))),
+        group=_text(d, "group") or None if d.get("group") is not None else None,
+        logs=_logs(d, _float(d.get("taken_at", 0))), health=_health(d.get("health")),
     )
+
+
+def _percentiles(d: Any) -> Percentiles | None:
+    if not isinstance(d, dict):
+        return None
+    return Percentiles(p50=_float(d.get("p50", 0)), p95=_float(d.get("p95", 0)),
+                       p99=_float(d.get("p99", 0)))
+
+
+def _endpoint(d: dict[str, Any]) -> EndpointStat:
+    requests = _int(d.get("requests", 0))
+    return EndpointStat(endpoint=_text(d, "endpoint"), requests=requests,
+                        errors_5xx=_int(d.get("5xx", 0)),
+                        total_ms=_float(d.get("mean_ms", 0)) * requests,
+                        max_ms=_float(d.get("max_ms", 0)))
+
+
+def _http(d: Any) -> HttpSummary | None:
+    if not isinstance(d, dict):
+        return None
+    status = d.get("status") or {}
+    return HttpSummary(
+        window_s=_float(d.get("window_s", 60)), source=_text(d, "source"),
+        requests=_int(d.get("requests", 0)), per_s=_float(d.get("per_s", 0)),
+        covered_s=_float(d.get("covered_s", d.get("window_s", 60))),
+        status={clean(str(k)): _int(v) for k, v in status.items()},
+        upstream_ms=_percentiles(d.get("upstream_ms")),
+        timing=_text(d, "timing") or None,
+        top_5xx=tuple(_endpoint(e) for e in d.get("top_5xx", [])),
+        top_slow=tuple(_endpoint(e) for e in d.get("top_slow", [])),
+        unparsed=_int(d.get("unparsed", 0)), log_format=_text(d, "log_format"),
+        missing=tuple(clean(str(m)) for m in d.get("missing", [])),
+        advice=_text(d, "advice") or None)
+
+
+def _logs(d: dict[str, Any], taken_at: float) -> LogSummary | None:
+    """The log-derived keys of a host object, or None when the agent has no log source."""
+    if d.get("http") is None and not d.get("upstream_errors") and not d.get("events") \
+            and not d.get("log_sources"):
+        return None
+    http = _http(d.get("http"))
+    return LogSummary(
+        taken_at=taken_at, window_s=http.window_s if http else 60.0, http=http,
+        upstream_errors=tuple(
+            UpstreamError(cause=_text(e, "cause"), upstream=_text(e, "upstream"),
+                          count=_int(e.get("count", 0)), first_at=_float(e.get("first_at", 0)),
+                          last_at=_float(e.get("last_at", 0)), sample=_text(e, "sample"))
+            for e in d.get("upstream_errors", [])),
+        events=tuple(
+            Event(at=_float(e.get("at", 0)), source=_text(e, "source"), kind=_text(e, "kind"),
+                  worker=_opt_int(e.get("worker")), pid=None if e.get("pid") is None
+                  else _pid(e["pid"]), uri=_text(e, "uri") or None, text=_text(e, "text"))
+            for e in d.get("events", [])),
+        sources=tuple(
+            SourceStatus(kind=_text(s, "kind"), path=_text(s, "path") or None,
+                         label=_text(s, "label") or None, error=_text(s, "error") or None,
+                         lines=_int(s.get("lines", 0)),
+                         skipped_bytes=_int(s.get("skipped_bytes", 0)),
+                         cut_lines=_int(s.get("cut_lines", 0)),
+                         notes=tuple(clean(str(n)) for n in s.get("notes", [])))
+            for s in d.get("log_sources", [])))
+
+
+def _health(d: Any) -> HealthCheck | None:
+    if not isinstance(d, dict):
+        return None
+    ok = d.get("ok")
+    return HealthCheck(
+        url=_text(d, "url"), ok=ok if isinstance(ok, bool) else None,
+        last_ms=_opt_float(d.get("last_ms")), max_ms=_opt_float(d.get("max_ms")),
+        failures_in_row=_int(d.get("failures_in_row", 0)),
+        out_of_service=bool(d.get("out_of_service", False)), last_error=_text(d, "last_error"),
+        checked_at=_opt_float(d.get("checked_at")), in_flight_s=_opt_float(d.get("in_flight_s")),
+        timeout_s=_float(d.get("timeout_s", 5.0)), failing_since=_opt_float(d.get("failing_since")),
+        out_in_s=_opt_float(d.get("out_in_s")))
 
 
 def snapshot_from_dict(d: dict[str, Any]) -> Snapshot:

@@ -30,9 +30,10 @@ from stackmon.addresses import parse_stats_address
 from stackmon.agent.client import remote_kill, remote_reload
 from stackmon.agent.security import parse_listen, read_token_file
 from stackmon.agent.server import AgentOptions, serve
-from stackmon.collect import HostCollector, poll_once
 from stackmon.config import ConfigError, HostConfig, Settings, Targets
 from stackmon.demo.launcher import free_port
+from stackmon.hosts import Host, open_host
+from stackmon.hosts.once import poll_once
 from stackmon.model import HostSnapshot
 
 SECRETS = {
@@ -149,13 +150,12 @@ def run_cli(*args: str, timeout: float = 30, env: dict[str, str] | None = None,
                           text=True, timeout=timeout, env=env)
 
 
-def poll(collector: HostCollector) -> HostSnapshot:
+def poll(collector: Host) -> HostSnapshot:
     async def go() -> HostSnapshot:
-        async with httpx.AsyncClient(trust_env=False) as client:
-            try:
-                return await collector.poll(client)
-            finally:
-                await collector.aclose()
+        try:
+            return await collector.poll()
+        finally:
+            await collector.aclose()
     return asyncio.run(go())
 
 
@@ -211,7 +211,7 @@ async def _polls(agent: RunningAgent) -> int:
 
 def test_collector_polls_an_agent_host_under_its_local_name(stack, start_agent):
     agent = start_agent(stack)
-    snap = poll(HostCollector(agent.host("web-2"), Settings()))
+    snap = poll(open_host(agent.host("web-2"), Settings()))
     assert snap.name == "web-2" and snap.reachable and not snap.errors, snap.errors
     assert snap.uwsgi[0].master_pid == stack.master_pid
     assert len(snap.uwsgi[0].workers) == stack.config.workers
@@ -335,7 +335,7 @@ def test_internal_errors_answer_500_without_details(stack, start_agent):
         app = next(o for o in gc.get_objects()
                    if isinstance(o, AgentApp) and o.options is agent.options)
 
-        async def boom(client: Any) -> HostSnapshot:
+        async def boom() -> HostSnapshot:
             raise RuntimeError("secret internals /etc/shadow")
 
         app.collector.poll = boom  # type: ignore[method-assign]
@@ -395,7 +395,7 @@ def test_no_secret_value_in_any_response(stack, start_agent, hang):
         agent.get("/v1/snapshot?x=1", token="wrong-token-000000000").text,
         agent.get("/nope").text,
     ]
-    snap = poll(HostCollector(agent.host(), Settings()))
+    snap = poll(open_host(agent.host(), Settings()))
     from stackmon.snapshot_json import host_to_dict
 
     bodies.append(json.dumps(host_to_dict(snap)))
@@ -471,10 +471,10 @@ def test_tls_agent_with_a_private_ca(stack, start_agent, tmp_path, monkeypatch):
     assert agent.url.startswith("https://127.0.0.1:")
     assert agent.get("/v1/snapshot").status_code == 200
     # Without the CA the client refuses the certificate: a reason, not a crash.
-    snap = poll(HostCollector(agent.host(), Settings()))
+    snap = poll(open_host(agent.host(), Settings()))
     assert not snap.reachable and "certificate" in snap.errors[0].message.lower()
     monkeypatch.setenv("STACKMON_AGENT_CA", str(cafile))
-    snap = poll(HostCollector(agent.host(), Settings()))
+    snap = poll(open_host(agent.host(), Settings()))
     assert snap.reachable and snap.uwsgi[0].master_pid == stack.master_pid
     # Plain HTTP to the TLS port gets nothing useful.
     with pytest.raises(httpx.HTTPError):
@@ -586,10 +586,10 @@ def test_client_token_file_problems_are_reasons_not_crashes(stack, start_agent, 
     for token_file, needle in ((tmp_path / "absent", "does not exist"),
                                (loose, "chmod 600")):
         host = HostConfig(name="r", agent=agent.url, token_file=token_file)
-        snap = poll(HostCollector(host, Settings()))
+        snap = poll(open_host(host, Settings()))
         assert not snap.reachable and needle in snap.errors[0].message
     host = HostConfig(name="r", agent=agent.url)  # no token_file at all
-    snap = poll(HostCollector(host, Settings()))
+    snap = poll(open_host(host, Settings()))
     assert not snap.reachable and "refused the token" in snap.errors[0].message
 
 

@@ -127,17 +127,14 @@ def test_diagnose_host_reuses_a_snapshot_and_never_raises(
         fresh_stack: Callable[..., Stack]) -> None:
     import asyncio
 
-    import httpx
-
-    from stackmon.collect import HostCollector
+    from stackmon.hosts import open_host
 
     stack = fresh_stack(workers=1, threads=1, mercy=90)
     host = host_of(stack)
     settings = Settings()
 
     async def one() -> Any:
-        async with httpx.AsyncClient(trust_env=False) as client:
-            return await HostCollector(host, settings).poll(client)
+        return await open_host(host, settings).poll()
 
     snap = asyncio.run(one())
     time.sleep(1.0)  # old enough already: no extra wait

@@ -21,8 +21,9 @@ import psutil
 import pytest
 
 from stackmon.addresses import parse_stats_address
-from stackmon.collect import HostCollector, poll_once
 from stackmon.config import HostConfig, Settings, Targets
+from stackmon.hosts import Host, open_host
+from stackmon.hosts.once import poll_once
 from stackmon.model import HostSnapshot
 from stackmon.snapshot_json import snapshot_to_dict
 
@@ -39,10 +40,9 @@ def targets_for(stack, **settings) -> Targets:
     return Targets(hosts=(host,), settings=Settings(**settings))
 
 
-def poll(collector: HostCollector) -> HostSnapshot:
+def poll(collector: Host) -> HostSnapshot:
     async def go() -> HostSnapshot:
-        async with httpx.AsyncClient(trust_env=False) as client:
-            return await collector.poll(client)
+        return await collector.poll()
     return asyncio.run(go())
 
 
@@ -54,7 +54,7 @@ def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]
 def test_hung_requests_show_uri_growing_age_and_level(stack, hang):
     hang(stack, "/hang/report?id=7", n=2, headers=SECRETS)
     targets = targets_for(stack, slow=3.0, critical=6.0)
-    collector = HostCollector(targets.hosts[0], targets.settings)
+    collector = open_host(targets.hosts[0], targets.settings)
 
     def stuck(snap: HostSnapshot):
         return [r for w in snap.uwsgi[0].workers for r in w.requests_in_flight
@@ -130,7 +130,7 @@ def test_unix_socket_queue_seen_with_depth_and_backlog(fresh_stack, hang):
             s.connect(str(st.uwsgi_socket_path))
             waiting.append(s)
         host = HostConfig(name="q", uwsgi=(parse_stats_address(st.stats_address),))
-        snap = poll(HostCollector(host, Settings()))
+        snap = poll(open_host(host, Settings()))
         sock = next(s for s in snap.uwsgi[0].sockets if s.name == str(st.uwsgi_socket_path))
         assert (sock.queue, sock.max_queue, sock.source) == (5, 8, "kernel")
         listener = next(li for li in snap.listeners if li.kind == "unix")
@@ -142,7 +142,7 @@ def test_unix_socket_queue_seen_with_depth_and_backlog(fresh_stack, hang):
 
 
 def test_fd_counts_and_limits_for_master_workers_and_nginx(stack):
-    snap = poll(HostCollector(targets_for(stack).hosts[0], Settings()))
+    snap = poll(open_host(targets_for(stack).hosts[0], Settings()))
     roles = {p.role for p in snap.fds.processes}
     assert {"uwsgi-master", "uwsgi-worker", "nginx-master", "nginx-worker"} <= roles
     assert sum(p.role == "uwsgi-worker" for p in snap.fds.processes) == 4
@@ -163,7 +163,7 @@ def test_fd_counts_and_limits_for_master_workers_and_nginx(stack):
 
 
 def test_nginx_counters_move_with_traffic(stack):
-    collector = HostCollector(targets_for(stack).hosts[0], Settings())
+    collector = open_host(targets_for(stack).hosts[0], Settings())
     before = poll(collector).nginx
     for _ in range(20):
         httpx.get(stack.nginx_base_url + "/fast", trust_env=False, timeout=5)
@@ -178,7 +178,7 @@ def test_nginx_counters_move_with_traffic(stack):
 def test_nginx_down_uwsgi_fine_is_partial(stack):
     host = HostConfig(name="p", uwsgi=(parse_stats_address(stack.stats_address),),
                       nginx="http://127.0.0.1:1/nginx_status")
-    snap = poll(HostCollector(host, Settings(timeout=1.0)))
+    snap = poll(open_host(host, Settings(timeout=1.0)))
     assert snap.reachable and snap.uwsgi and snap.nginx is None
     assert [e.source.split()[0] for e in snap.errors] == ["nginx"]
 
@@ -186,7 +186,7 @@ def test_nginx_down_uwsgi_fine_is_partial(stack):
 def test_unreachable_keeps_last_good_data_with_its_age(fresh_stack):
     st = fresh_stack(workers=1, threads=1, nginx=False)
     host = HostConfig(name="gone", uwsgi=(parse_stats_address(st.stats_address),))
-    collector = HostCollector(host, Settings(timeout=1.0))
+    collector = open_host(host, Settings(timeout=1.0))
     good = poll(collector)
     assert good.reachable and good.uwsgi
     st.stop()

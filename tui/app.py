@@ -274,9 +274,6 @@ class StackmonApp(App[int]):
         if self.read_only or pane.host.read_only:
             self.notify("Read-only: actions are disabled.", severity="warning")
             return False
-        if not pane.host.uwsgi and not pane.host.agent:
-            self.notify("This host has no uWSGI instance configured.", severity="warning")
-            return False
         return True
 
     def action_kill_worker(self) -> None:
@@ -289,6 +286,7 @@ class StackmonApp(App[int]):
             return
         inst = pane.current_instance()
         if inst is None:
+            self.notify("No uWSGI data for this host yet.", severity="warning")
             return
         index, instance, address = pane.index, inst.index, inst.address
 

@@ -9,7 +9,7 @@ Modules:
   `serve()`, which runs it until SIGTERM/SIGINT.
 - `metrics`: the Prometheus exposition of a HostSnapshot.
 - `client`: what a remote stackmon uses: `AgentSource` (polls GET /v1/snapshot for
-  HostCollector), `remote_kill()` / `remote_reload()` (actions through an agent).
+  stackmon.hosts.AgentHost), `remote_kill()` / `remote_reload()` (actions through an agent).
 - `command`: the `stackmon agent` subcommand (configure/run for stackmon.cli.PLUGGED).
 
 The agent API and the snapshot JSON are contracts (DESIGN.md); the names live in

@@ -1,6 +1,6 @@
 """The remote side of the agent API: polling a host through its agent, and acting through it.
 
-- `AgentSource`: what HostCollector uses for a host with `agent = URL`: GET /v1/snapshot with
+- `AgentSource`: what AgentHost (stackmon.hosts) uses for a host with `agent = URL`: GET /v1/snapshot with
   the token from the host's `token_file`, read once and checked like the agent checks its own
   (owner-only). Every failure is a SourceError with a reason a user can act on (refused token,
   connection refused, no answer within the timeout), never an exception.
@@ -114,7 +114,7 @@ def new_http_client(url: str, timeout: float, *, pool: int = 2) -> httpx.AsyncCl
 
 
 class AgentSource:
-    """Polls one agent's GET /v1/snapshot (one per HostCollector of an agent host)."""
+    """Polls one agent's GET /v1/snapshot (one per AgentHost)."""
 
     def __init__(self, host: HostConfig, settings: Settings) -> None:
         if not host.agent:

@@ -21,10 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 
-import httpx
-
 from stackmon.bounded_io import BoundedReadError, read_file
-from stackmon.collect import HostCollector
 from stackmon.config import HostConfig, Settings
 from stackmon.doctor.facts import (
     HostFacts,
@@ -36,6 +33,7 @@ from stackmon.doctor.facts import (
 )
 from stackmon.doctor.nginx_conf import NginxConfError
 from stackmon.doctor.nginx_conf import load as load_nginx
+from stackmon.hosts import Host, open_host
 from stackmon.model import HostSnapshot, KernelCounters, SourceError, UwsgiInstance
 from stackmon.sources.procfs import read_kernel_counters, system_fds
 from stackmon.uwsgi_ini import (
@@ -230,16 +228,15 @@ def nginx_master_pid(snap: HostSnapshot) -> int | None:
 # ------------------------------------------------------------------ live hosts
 
 
-async def _poll_twice(collector: HostCollector, client: httpx.AsyncClient, sample: float,
-                      first: HostSnapshot | None) -> LiveFacts:
+async def _poll_twice(host: Host, sample: float, first: HostSnapshot | None) -> LiveFacts:
     if first is None:
-        first = await collector.poll(client)
+        first = await host.poll()
     if sample <= 0:
         return LiveFacts(first=first)
     wait = sample - (time.time() - first.taken_at)
     if wait > 0:
         await asyncio.sleep(wait)
-    second = await collector.poll(client)
+    second = await host.poll()
     return LiveFacts(first=first, second=second,
                      interval=max(0.0, second.taken_at - first.taken_at))
 
@@ -248,11 +245,13 @@ async def poll_hosts(hosts: Sequence[HostConfig], settings: Settings, sample: fl
                      firsts: Sequence[HostSnapshot | None] | None = None) -> list[LiveFacts]:
     """Two polls of each host, `sample` seconds apart, all hosts at once (a first snapshot
     already taken, e.g. by the TUI, is reused)."""
-    collectors = [HostCollector(h, settings) for h in hosts]
+    opened = [open_host(h, settings) for h in hosts]
     starts = list(firsts) if firsts is not None else [None] * len(hosts)
-    async with httpx.AsyncClient(trust_env=False) as client:
+    try:
         return list(await asyncio.gather(*(
-            _poll_twice(c, client, sample, s) for c, s in zip(collectors, starts, strict=True))))
+            _poll_twice(h, sample, s) for h, s in zip(opened, starts, strict=True))))
+    finally:
+        await asyncio.gather(*(h.aclose() for h in opened))
 
 
 def live_host_facts(host: HostConfig, live: LiveFacts, *,

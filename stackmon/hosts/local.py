@@ -13,22 +13,37 @@ from stackmon.actions.base import ActionError, ActionResult, ActionTarget
 from stackmon.actions.kill import fetch_instance, kill_worker
 from stackmon.actions.reload import reload_uwsgi
 from stackmon.actions.reload_progress import ReloadProgress, follow_reload
-from stackmon.collect import NGINX_RESCAN, gather_local_facts, merge_kernel_queues
+from stackmon.collect import NGINX_RESCAN, LocalFacts, gather_local_facts, merge_kernel_queues
 from stackmon.config import HostConfig, Settings
 from stackmon.hosts.base import Host
+from stackmon.hosts.local_logs import nginx_specs, uwsgi_specs
+from stackmon.logs.host import HostLogs, LogSummary
+from stackmon.logs.uwsgi_events import Event
 from stackmon.model import HostSnapshot, NginxStatus, SourceError, UwsgiInstance
+from stackmon.sources.lb_probe import HealthProbe, ProbePolicy
 from stackmon.sources.nginx_status import fetch_stub_status
 from stackmon.sources.uwsgi_stats import poll_stats
 
+# How often the logs' locations are looked up again (a config edited and reloaded names new
+# files); sooner when a master's pid changes.
+LOG_REDISCOVER_S = 60.0
+
 
 class LocalHost(Host):
-    """Polls this machine's sources; holds the previous samples that rates need."""
+    """Polls this machine's sources; holds the previous samples that rates need, the logs it
+    follows and the LB probe."""
 
     def __init__(self, config: HostConfig, settings: Settings) -> None:
         super().__init__(config, settings)
         self.previous_nginx: NginxStatus | None = None
         self._nginx_roles: dict[int, str] | None = None
         self._nginx_roles_at = 0.0
+        self._logs: HostLogs | None = None
+        self._logs_key: tuple[object, ...] = ()
+        self._logs_at = 0.0
+        self.probe = None if config.health is None else HealthProbe(config.health, ProbePolicy(
+            timeout=settings.health_timeout, interval=settings.health_interval,
+            unhealthy_threshold=settings.unhealthy_threshold, window=settings.window))
 
     # --- polling ------------------------------------------------------------------------------
 
@@ -43,7 +58,45 @@ class LocalHost(Host):
         return result
 
     async def prime(self) -> None:
+        if self.probe is not None:
+            self.probe.kick()
         await self.sample_nginx()
+
+    async def aclose(self) -> None:
+        if self.probe is not None:
+            await self.probe.aclose()
+        if self._logs is not None:
+            logs, self._logs = self._logs, None
+            await asyncio.to_thread(logs.close)
+
+    def _follow_logs(self, instances: list[UwsgiInstance],
+                     nginx_roles: dict[int, str]) -> LogSummary | None:
+        """This poll's log summary (in the poll's worker thread: plain file reads); the logs'
+        locations are looked up on the first poll, when a master changes, and every minute."""
+        key = (tuple((i.index, i.master_pid) for i in instances),
+               tuple(sorted(p for p, r in nginx_roles.items() if r == "nginx-master")))
+        due = time.monotonic() - self._logs_at > LOG_REDISCOVER_S
+        if self._logs is None or key != self._logs_key or due:
+            specs = nginx_specs(self.config, nginx_roles) + uwsgi_specs(self.config, instances)
+            old = self._logs
+            if old is None or [s.path for s in specs] != old.paths:
+                self._logs = HostLogs(specs, window_s=self.settings.window) if specs else None
+                if old is not None:
+                    old.close()
+            self._logs_key, self._logs_at = key, time.monotonic()
+        return self._logs.poll() if self._logs is not None else None
+
+    def _local_facts(self, instances: list[UwsgiInstance],
+                     roles: dict[int, str] | None) -> tuple[LocalFacts, LogSummary | None]:
+        facts = gather_local_facts(instances, self.config.nginx, roles)
+        return facts, self._follow_logs(instances, facts.nginx_roles or {})
+
+    def record_event(self, kind: str, text: str, *, worker: int | None = None,
+                     pid: int | None = None, uri: str | None = None) -> None:
+        """An action stackmon took, shown among the log events (source "stackmon")."""
+        if self._logs is not None:
+            self._logs.record(Event(at=time.time(), source="stackmon", kind=kind,
+                                    worker=worker, pid=pid, uri=uri, text=text))
 
     async def _uwsgi(self, index: int) -> UwsgiInstance | SourceError:
         # poll_stats parses big documents in a thread and small ones inline (a thread hop
@@ -65,20 +118,27 @@ class LocalHost(Host):
         if isinstance(nginx, SourceError):
             errors.append(nginx)
             nginx = None
+        if self.probe is not None:
+            self.probe.kick()
         if not instances and nginx is None and errors:
             return self.unreachable(taken_at, errors)
         stale_roles = time.monotonic() - self._nginx_roles_at > NGINX_RESCAN
-        facts = await asyncio.to_thread(gather_local_facts, instances, self.config.nginx,
-                                        None if stale_roles else self._nginx_roles)
+        facts, logs = await asyncio.to_thread(self._local_facts, instances,
+                                              None if stale_roles else self._nginx_roles)
         if facts.nginx_roles is not self._nginx_roles:
             self._nginx_roles = facts.nginx_roles or None
             self._nginx_roles_at = time.monotonic() if facts.nginx_roles else 0.0
         errors.extend(facts.errors)
+        if logs is not None:  # a log that is "not a file" is a note of the log panel, not a fault
+            errors.extend(SourceError(f"{st.kind} log", f"{st.path}: {st.error}")
+                          for st in logs.sources if st.error and st.path is not None)
         snap = HostSnapshot(
             name=self.name, taken_at=taken_at, reachable=True, stale_s=None,
             errors=tuple(errors),
             uwsgi=tuple(merge_kernel_queues(i, facts.listeners) for i in instances),
             nginx=nginx, listeners=facts.listeners, fds=facts.fds, kernel=facts.kernel,
+            group=self.config.group, logs=logs,
+            health=self.probe.state() if self.probe is not None else None,
         )
         self.last_good = snap
         return snap
@@ -99,15 +159,20 @@ class LocalHost(Host):
     async def kill(self, index: int, worker_id: int, expect_pid: int, signal: str, *,
                    audit: AuditLog, expect_spawn: float | None = None,
                    usr2_first: bool = False) -> ActionResult:
-        return await kill_worker(self.target(index), worker_id, expect_pid,
-                                 signal,  # type: ignore[arg-type]  # checked by kill_worker
-                                 expect_spawn=expect_spawn, usr2_first=usr2_first, audit=audit)
+        result = await kill_worker(self.target(index), worker_id, expect_pid,
+                                   signal,  # type: ignore[arg-type]  # checked by kill_worker
+                                   expect_spawn=expect_spawn, usr2_first=usr2_first, audit=audit)
+        self.record_event("killed", result.message, worker=worker_id, pid=expect_pid)
+        return result
 
     async def reload(self, index: int, mode: str, *, audit: AuditLog,
                      expect_master: int | None = None) -> ActionResult:
-        return await reload_uwsgi(self.target(index),
-                                  mode,  # type: ignore[arg-type]  # checked by reload_uwsgi
-                                  audit=audit, expect_master=expect_master)
+        result = await reload_uwsgi(self.target(index),
+                                    mode,  # type: ignore[arg-type]  # checked by reload_uwsgi
+                                    audit=audit, expect_master=expect_master)
+        self.record_event("reload" if mode == "graceful" else "chain_reload", result.message,
+                          pid=result.data.get("master_pid"))
+        return result
 
     async def follow(self, index: int, result: ActionResult,
                      on_progress: Callable[[ReloadProgress], None], *,

@@ -32,13 +32,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from stackmon.bounded_io import BoundedReadError, read_file
+from stackmon.bounded_io import BoundedReadError, User, read_file
 from stackmon.logs.nginx_format import COMBINED, LogFormat, format_from_args
 
 __all__ = ["LogTarget", "NginxLogs", "nginx_logs", "nginx_logs_from_conf", "uwsgi_log"]
 
 _MAX_FILES = 256
 _MAX_DEPTH = 16
+_MAX_BLOCK_DEPTH = 64
 
 
 @dataclass(frozen=True)
@@ -94,8 +95,11 @@ class _Stmt:
 # ------------------------------------------------------------------ nginx
 
 
-def nginx_logs(master_pid: int) -> NginxLogs:
-    """The logs of the running nginx master `master_pid` (see the module docstring)."""
+def nginx_logs(master_pid: int, *, as_user: User | None = None) -> NginxLogs:
+    """The logs of the running nginx master `master_pid` (see the module docstring).
+
+    as_user: read its config files only if that user (the master's) could; its binary is run
+    for `-V` only when it cannot have been planted by another user (see trusted_binary)."""
     proc = f"/proc/{master_pid}"
     try:
         raw = read_file(f"{proc}/cmdline", limit=64 * 1024, what="nginx command line")
@@ -116,13 +120,13 @@ def nginx_logs(master_pid: int) -> NginxLogs:
             exe = os.readlink(f"{proc}/exe").removesuffix(" (deleted)")
         except OSError:
             exe = "nginx"
-        compiled = compiled_paths(exe)
+        compiled = compiled_paths(exe) if trusted_binary(exe, master_pid) else {}
     prefix = os.path.join(cwd, flags.get("-p") or compiled.get("prefix") or "/usr/share/nginx")
     conf = flags.get("-c") or compiled.get("conf-path") or "conf/nginx.conf"
     conf = os.path.normpath(os.path.join(prefix, conf))
     error_default = flags.get("-e") or compiled.get("error-log-path") or "logs/error.log"
     where_error = "<cmdline -e>" if "-e" in flags else "nginx default (-V)"
-    return nginx_logs_from_conf(conf, prefix=prefix,
+    return nginx_logs_from_conf(conf, prefix=prefix, as_user=as_user,
                                 default_error=(error_default, where_error),
                                 default_access=compiled.get("http-log-path")
                                 or "logs/access.log")
@@ -170,7 +174,23 @@ def compiled_paths(exe: str) -> dict[str, str]:
     return found
 
 
+def trusted_binary(exe: str, pid: int) -> bool:
+    """Whether running `exe -V` (as root) is safe: the process runs as root, and the binary is
+    a regular file owned by root that nobody else can write. An unprivileged user can name a
+    process "nginx: master process" and hold a port; root must never execute its binary."""
+    try:
+        st = os.stat(exe)
+        proc = os.stat(f"/proc/{pid}")
+    except OSError:
+        return False
+    import stat as stat_mod
+
+    return (proc.st_uid == 0 and stat_mod.S_ISREG(st.st_mode) and st.st_uid == 0
+            and not st.st_mode & 0o022)
+
+
 def nginx_logs_from_conf(conf: str, *, prefix: str | None = None,
+                         as_user: User | None = None,
                          default_error: tuple[str, str] | None = None,
                          default_access: str = "logs/access.log") -> NginxLogs:
     """The logs an nginx config names. `prefix` resolves relative paths (default: the
@@ -180,7 +200,7 @@ def nginx_logs_from_conf(conf: str, *, prefix: str | None = None,
         prefix = os.path.dirname(os.path.dirname(conf))
     files: list[str] = []
     try:
-        stmts = _parse_file(conf, os.path.dirname(conf), files, 0)
+        stmts = _parse_file(conf, os.path.dirname(conf), files, 0, as_user)
     except _ConfError as exc:
         return NginxLogs(conf=conf, error=str(exc), files=tuple(files))
     formats: dict[str, LogFormat] = {"combined": COMBINED}
@@ -248,16 +268,17 @@ class _ConfError(Exception):
     pass
 
 
-def _parse_file(path: str, conf_dir: str, files: list[str], depth: int) -> list[_Stmt]:
+def _parse_file(path: str, conf_dir: str, files: list[str], depth: int,
+                user: User | None = None) -> list[_Stmt]:
     if depth > _MAX_DEPTH or len(files) >= _MAX_FILES:
         raise _ConfError(f"{path}: includes nested too deep or too many files")
     try:
-        text = read_file(path, what="nginx config").decode("utf-8", "replace")
+        text = read_file(path, what="nginx config", as_user=user).decode("utf-8", "replace")
     except BoundedReadError as exc:
         raise _ConfError(str(exc)) from None
     files.append(path)
     tokens = _tokens(text, path)
-    stmts = _statements(tokens, path, conf_dir, files, depth)
+    stmts = _statements(tokens, path, conf_dir, files, depth, user)
     return stmts
 
 
@@ -273,7 +294,10 @@ def _tokens(text: str, path: str) -> Iterator[tuple[str, int, bool]]:
 
 
 def _statements(tokens: Iterator[tuple[str, int, bool]], path: str, conf_dir: str,
-                files: list[str], depth: int) -> list[_Stmt]:
+                files: list[str], depth: int, user: User | None = None,
+                nesting: int = 0) -> list[_Stmt]:
+    if nesting > _MAX_BLOCK_DEPTH:
+        raise _ConfError(f"{path}: blocks nested more than {_MAX_BLOCK_DEPTH} deep")
     out: list[_Stmt] = []
     current: _Stmt | None = None
     for token, line, quoted in tokens:
@@ -283,10 +307,11 @@ def _statements(tokens: Iterator[tuple[str, int, bool]], path: str, conf_dir: st
             current = _Stmt(token, [], path, line)
             continue
         if not quoted and token == ";":
-            out.extend(_expand(current, conf_dir, files, depth))
+            out.extend(_expand(current, conf_dir, files, depth, user))
             current = None
         elif not quoted and token == "{":
-            current.block = _statements(tokens, path, conf_dir, files, depth)
+            current.block = _statements(tokens, path, conf_dir, files, depth, user,
+                                        nesting + 1)
             out.append(current)
             current = None
         else:
@@ -294,7 +319,8 @@ def _statements(tokens: Iterator[tuple[str, int, bool]], path: str, conf_dir: st
     return out
 
 
-def _expand(stmt: _Stmt, conf_dir: str, files: list[str], depth: int) -> list[_Stmt]:
+def _expand(stmt: _Stmt, conf_dir: str, files: list[str], depth: int,
+            user: User | None = None) -> list[_Stmt]:
     """An `include` becomes the statements of the files it names; others stay."""
     if stmt.name != "include" or not stmt.args:
         return [stmt]
@@ -304,7 +330,7 @@ def _expand(stmt: _Stmt, conf_dir: str, files: list[str], depth: int) -> list[_S
     for name in names:
         if name in files:
             continue
-        out.extend(_parse_file(name, conf_dir, files, depth + 1))
+        out.extend(_parse_file(name, conf_dir, files, depth + 1, user))
     return out
 
 

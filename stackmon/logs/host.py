@@ -167,6 +167,11 @@ class HostLogs:
                    if s.spec.kind == "nginx_access" and s.spec.path]
         self._access.format = formats[0] if formats and formats[0] else COMBINED
 
+    @property
+    def paths(self) -> list[str | None]:
+        """The followed paths, in spec order (None for a log that is not a file)."""
+        return [s.spec.path for s in self._sources]
+
     def record(self, event: Event) -> None:
         """An event stackmon itself caused (a kill, a reload): source "stackmon"."""
         self._events.record(event)
