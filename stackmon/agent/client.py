@@ -1,9 +1,9 @@
 """The remote side of the agent API: polling a host through its agent, and acting through it.
 
-- `AgentSource`: what AgentHost (stackmon.hosts) uses for a host with `agent = URL`: GET /v1/snapshot with
-  the token from the host's `token_file`, read once and checked like the agent checks its own
-  (owner-only). Every failure is a SourceError with a reason a user can act on (refused token,
-  connection refused, no answer within the timeout), never an exception.
+- `AgentSource`: what AgentHost (stackmon.hosts) uses for a host with `agent = URL`: GET
+  /v1/snapshot with the token from the host's `token_file`, read once and checked like the
+  agent checks its own (owner-only). Every failure is a SourceError with a reason a user can
+  act on (refused token, connection refused, no answer within the timeout), never an exception.
 - `remote_kill()` / `remote_reload()`: the actions, with the agent's refusals mapped back to
   ActionError kinds (stale pid 409 -> "stale", not a worker 403 -> "not_worker", ...), so the
   CLI and the TUI treat a remote refusal exactly like a local one.
