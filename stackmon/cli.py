@@ -13,10 +13,13 @@ import importlib
 import json
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from stackmon.config import ConfigError, Targets, default_hosts_file, load_hosts_file
 from stackmon.config import targets_from_args as _from_args
+
+if TYPE_CHECKING:
+    from stackmon.model import Snapshot
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -54,11 +57,21 @@ def add_targets(p: argparse.ArgumentParser) -> None:
     p.add_argument("--critical", metavar="D",
                    help="requests running longer are critical (default 60s)")
     p.add_argument("--timeout", metavar="D", help="per-source timeout (default 2s)")
+    p.add_argument("--health", metavar="URL",
+                   help="the load balancer's health-check URL (through nginx), probed as it is")
+    p.add_argument("--nginx-access-log", metavar="F",
+                   help="nginx access log (default: found from the running nginx's config)")
+    p.add_argument("--nginx-error-log", metavar="F",
+                   help="nginx error log (default: found from the running nginx's config)")
+    p.add_argument("--uwsgi-log", action="append", default=[], metavar="F",
+                   help="uWSGI log, one per --uwsgi in order (default: from its config)")
+    p.add_argument("--window", metavar="D",
+                   help="how far back log figures reach (default 60s)")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key in ("slow", "critical", "timeout", "interval"):
+    for key in ("slow", "critical", "timeout", "interval", "window"):
         value = getattr(args, key, None)
         if value is not None:
             out[key] = value
@@ -73,7 +86,12 @@ def resolve_targets(args: argparse.Namespace) -> Targets:
     if args.uwsgi or args.nginx:
         if args.hosts_file:
             raise ConfigError("give either a hosts file or --uwsgi/--nginx targets, not both")
-        return _from_args(args.uwsgi, args.nginx, overrides, args.name)
+        return _from_args(args.uwsgi, args.nginx, overrides, args.name, health=args.health,
+                          nginx_access_log=args.nginx_access_log,
+                          nginx_error_log=args.nginx_error_log, uwsgi_log=args.uwsgi_log)
+    if args.health or args.nginx_access_log or args.nginx_error_log or args.uwsgi_log:
+        raise ConfigError("--health and --*-log go with --uwsgi/--nginx targets; in a hosts "
+                          "file use health, nginx_access_log, nginx_error_log, uwsgi_log")
     if args.hosts_file:
         return load_hosts_file(Path(args.hosts_file).expanduser(), overrides)
     default = default_hosts_file()
@@ -167,8 +185,20 @@ def _snapshot(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(render_snapshot(snap, targets.settings.thresholds))
     sys.stdout.flush()
-    failed = any(h.errors or not h.reachable for h in snap.hosts)
-    return EXIT_UNREACHABLE if failed else EXIT_OK
+    return snapshot_exit_code(snap)
+
+
+def snapshot_exit_code(snap: Snapshot) -> int:
+    """3 when a host could not be reached at all, 1 when one is critical (the health model:
+    a request past --critical, a full queue, 5xx above the threshold, the LB taking it out),
+    else 0. A source limited by permissions is an error entry of its host, not exit 3."""
+    from stackmon.health import assess
+
+    if any(not h.reachable for h in snap.hosts):
+        return EXIT_UNREACHABLE
+    if any(assess(h).critical for h in snap.hosts):
+        return EXIT_PROBLEMS
+    return EXIT_OK
 
 
 if __name__ == "__main__":

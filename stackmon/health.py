@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from stackmon.model import HostSnapshot
-from stackmon.render_text import human_age
+from stackmon.units import human_age
 
 Severity = Literal["ok", "unknown", "warn", "critical"]
 SEVERITY_RANK: dict[Severity, int] = {"ok": 0, "unknown": 1, "warn": 2, "critical": 3}

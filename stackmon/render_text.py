@@ -11,33 +11,14 @@ make the write to stdout raise) ever reaches the terminal.
 
 from __future__ import annotations
 
-import math
 import time
 
+from stackmon.health import CAUSE_WORDS, assess
 from stackmon.model import HostSnapshot, Snapshot, Thresholds, UwsgiInstance, Worker
 from stackmon.redact import visible
+from stackmon.units import human_age, human_bytes
 
-
-def human_bytes(n: int) -> str:
-    if not 0 <= n < 2**63:  # not a size (a foreign agent's document): say so, do not crash
-        return "?"
-    value = float(n)
-    for unit in ("B", "K", "M", "G", "T"):
-        if value < 1024 or unit == "T":
-            return f"{value:.0f}{unit}" if unit == "B" or value >= 10 else f"{value:.1f}{unit}"
-        value /= 1024
-    return f"{n}B"
-
-
-def human_age(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "?"
-    s = int(seconds)
-    if s < 120:
-        return f"{s}s"
-    if s < 7200:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+__all__ = ["human_age", "human_bytes", "render_host", "render_snapshot"]
 
 
 def _pct(used: int, limit: int) -> str:
@@ -76,14 +57,57 @@ def _instance_lines(u: UwsgiInstance) -> list[str]:
     return lines
 
 
+def _clients_lines(h: HostSnapshot) -> list[str]:
+    """What the clients got (access and error logs) and what the LB sees (its health check)."""
+    lines: list[str] = []
+    logs = h.logs
+    if logs is not None and logs.http is not None:
+        http = logs.http
+        st = http.status
+        codes = "  ".join(f"{k} {st.get(k, 0)}" for k in ("2xx", "3xx", "4xx", "5xx")) + \
+            "  (" + "  ".join(f"{k} {st.get(k, 0)}" for k in ("499", "502", "503", "504")) + ")"
+        lines.append(f"  http last {http.window_s:.0f}s: {http.requests} requests, "
+                     f"{http.per_s:.1f}/s  {codes}")
+        if http.upstream_ms is not None:
+            p = http.upstream_ms
+            lines.append(f"    {http.timing or 'upstream'} p50 {p.p50:.0f}ms  p95 {p.p95:.0f}ms  "
+                         f"p99 {p.p99:.0f}ms")
+        elif http.advice:
+            lines.append(f"    no timing: {http.advice}")
+        for e in http.top_5xx[:3]:
+            lines.append(f"    5xx on {e.endpoint}: {e.errors_5xx} of {e.requests}")
+    if logs is not None:
+        for u in logs.upstream_errors:
+            words = CAUSE_WORDS.get(u.cause, u.cause)
+            lines.append(f"  upstream {u.cause} ({words}) on {u.upstream}: {u.count} in window, "
+                         f"last {time.strftime('%H:%M:%S', time.localtime(u.last_at))}")
+        for ev in logs.events[:5]:
+            when = time.strftime("%H:%M:%S", time.localtime(ev.at))
+            lines.append(f"  event {when} {ev.source} {ev.kind}: {ev.text}")
+        for src in logs.sources:
+            if src.error:
+                lines.append(f"  log {src.kind} {src.path or ''}: {src.error}".replace("  :", ":"))
+    c = h.health
+    if c is not None:
+        if c.ok is None:
+            lines.append(f"  health {c.url}: first probe running")
+        else:
+            verdict = "OUT OF SERVICE (the LB would take this host out)" if c.out_of_service \
+                else ("ok" if c.ok else f"FAILING: {c.last_error}")
+            ms = f"{c.last_ms:.0f}ms (worst {c.max_ms:.0f}ms)" if c.last_ms is not None else "?"
+            lines.append(f"  health {c.url}: {verdict}  {ms}  failures in a row "
+                         f"{c.failures_in_row}")
+    return lines
+
+
 def render_host(h: HostSnapshot) -> list[str]:
     """The host's lines, not yet made visible (render_snapshot does that for every line)."""
-    state = "ok" if h.reachable and not h.errors else ("partial" if h.reachable else
-                                                       "UNREACHABLE")
-    head = f"== {h.name}  [{state}]"
-    if h.stale_s is not None:
-        head += f"  data {human_age(h.stale_s)} old"
+    state = assess(h)
+    head = f"== {h.name}  [{state.severity}: {state.label}]"
+    if h.group:
+        head += f"  group {h.group}"
     lines = [head]
+    lines.extend(f"  ! {r.text}" for r in state.reasons if r.severity in ("warn", "critical"))
     for e in h.errors:
         lines.append(f"  error: {e.source}: {e.message}")
     for u in h.uwsgi:
@@ -107,6 +131,7 @@ def render_host(h: HostSnapshot) -> list[str]:
     if k.somaxconn is not None:
         lines.append(f"  kernel somaxconn {k.somaxconn}  ListenOverflows {k.listen_overflows}  "
                      f"ListenDrops {k.listen_drops}")
+    lines.extend(_clients_lines(h))
     return lines
 
 

@@ -17,6 +17,34 @@ lone surrogates and control characters made visible and is capped in length, and
 share an id (cheaper mode lists the unspawned ones as id 0; a broken producer may repeat ids)
 get `worker="ID@POSITION"` (1-based position in the list, which is the worker's identity), so
 series stay unique while the usual, unique ids keep their plain label.
+
+What the clients got, from the logs (stackmon.logs), and how bad the host is (stackmon.health):
+
+- `stackmon_upstream_errors{cause,upstream}`, `stackmon_http_responses{status}` (2xx..5xx,
+  which add up to `stackmon_http_requests`), `stackmon_http_error_responses{status}` (499,
+  502, 503, 504: subsets of the classes, kept apart so that `sum()` over either metric is
+  right), `stackmon_http_requests`: counts of log lines in the last `stackmon_log_window_seconds`
+  (60 s by default). They are WINDOWED GAUGES, not counters, on purpose: a log summary says
+  how many lines of each cause are in the window, not how many left it since the last poll,
+  so a counter built from it would over- or under-count, and an agent scraped less often than
+  the window would silently lose lines. Use them as they are
+  (`stackmon_upstream_errors{cause="queue_full"} > 0`: the unix queue overflowed in the last
+  minute), or per second as `stackmon_upstream_errors / on(host) group_left
+  stackmon_log_window_seconds`; never `rate()` or `increase()`. (True counters need running
+  totals kept where the lines are read, in stackmon.logs.) Labels: the cause (a fixed
+  vocabulary), the upstream as nginx names it (a socket address or an upstream block's name,
+  at most 64 per host) and status classes: never a URI, a client or a header.
+- `stackmon_http_upstream_response_seconds{quantile,variable}`: p50/p95/p99 over the window of
+  the access log's timing variable (`upstream_response_time`, else `request_time`); absent
+  when the log_format has none.
+- `stackmon_health_check_ok`, `_failures_in_row`, `_out_of_service`, `_latency_seconds`,
+  `_max_latency_seconds`: the load balancer's health check as stackmon probes it (absent
+  without a `health` URL; `_ok` and the latencies absent until the first probe ends).
+- `stackmon_host_severity`: health.assess() as a number, 0 ok, 1 unknown, 2 warn,
+  3 critical: the same verdict as the TUI's tab and `snapshot`'s exit code;
+  `stackmon_host_reason_severity{kind}` the worst reason of each kind (request, queue, fds,
+  http, health, source, unreachable, stale) on the same scale.
+- `stackmon_log_source_ok{kind,path}`: 0 when a followed log could not be read this poll.
 """
 
 from __future__ import annotations
@@ -29,7 +57,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from stackmon import redact
+from stackmon.health import SEVERITY_RANK, assess
+from stackmon.logs.access import HttpSummary
+from stackmon.logs.host import LogSummary
 from stackmon.model import LEVELS, HostSnapshot, Worker
+from stackmon.sources.lb_probe import HealthCheck
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_LABEL = 256
@@ -219,6 +251,125 @@ def _families(h: HostSnapshot) -> Iterator[Metric]:
             yield c
 
 
+def _log_families(host: str, logs: LogSummary) -> Iterator[Metric]:
+    """The logs' window figures (windowed gauges: see the module docstring)."""
+    window = GaugeMetricFamily("stackmon_log_window_seconds",
+                               "The window the log figures cover", labels=["host"])
+    window.add_metric([host], _num(logs.window_s))
+    yield window
+    errors = GaugeMetricFamily(
+        "stackmon_upstream_errors",
+        "nginx upstream failures in the last window, by cause and upstream (error-log lines; "
+        "a windowed count, not a counter: do not rate())", labels=["host", "cause", "upstream"])
+    seen: set[tuple[str, str]] = set()
+    for e in logs.upstream_errors:
+        key = (_label(e.cause), _label(redact.clean(e.upstream)))
+        if key not in seen:  # two upstreams alike once capped: one series (the first)
+            seen.add(key)
+            errors.add_metric([host, *key], _num(e.count))
+    yield errors
+    http = logs.http
+    if http is not None:
+        yield from _http_families(host, http)
+    sources = GaugeMetricFamily("stackmon_log_source_ok",
+                                "1 when the log was read this poll, 0 when it could not be",
+                                labels=["host", "kind", "path"])
+    seen_paths: set[tuple[str, str]] = set()
+    for s in logs.sources:
+        if s.path is None:  # not a file (syslog, stderr): nothing to read, nothing failed
+            continue
+        key = (_label(s.kind), _label(s.path))
+        if key not in seen_paths:
+            seen_paths.add(key)
+            sources.add_metric([host, *key], 0.0 if s.error else 1.0)
+    yield sources
+
+
+def _http_families(host: str, http: HttpSummary) -> Iterator[Metric]:
+    requests = GaugeMetricFamily("stackmon_http_requests",
+                                 "Requests in the access log in the last window",
+                                 labels=["host"])
+    requests.add_metric([host], _num(http.requests))
+    per_s = GaugeMetricFamily("stackmon_http_requests_per_second",
+                              "Requests per second over the part of the window covered",
+                              labels=["host"])
+    per_s.add_metric([host], _num(http.per_s))
+    classes = GaugeMetricFamily("stackmon_http_responses",
+                                "Responses in the last window by status class (they add up "
+                                "to stackmon_http_requests; a windowed count)",
+                                labels=["host", "status"])
+    codes = GaugeMetricFamily("stackmon_http_error_responses",
+                              "499, 502, 503 and 504 responses in the last window (each also "
+                              "counted in its class; a windowed count)",
+                              labels=["host", "status"])
+    for status, count in http.status.items():
+        family = classes if status.endswith("xx") else codes
+        family.add_metric([host, _label(status)], _num(count))
+    yield from (requests, per_s, classes, codes)
+    if http.upstream_ms is not None:
+        q = GaugeMetricFamily("stackmon_http_upstream_response_seconds",
+                              "Percentiles of the access log's timing variable over the "
+                              "window", labels=["host", "quantile", "variable"])
+        variable = _label((http.timing or "unknown").lstrip("$"))
+        for quantile, ms in (("0.5", http.upstream_ms.p50), ("0.95", http.upstream_ms.p95),
+                             ("0.99", http.upstream_ms.p99)):
+            q.add_metric([host, quantile, variable], _num(ms) / 1000.0)
+        yield q
+
+
+def _health_check_families(host: str, check: HealthCheck) -> Iterator[Metric]:
+    """The LB's health check as stackmon probes it (no URL label: one check per host, and a
+    URL is request data)."""
+    def gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
+        g = GaugeMetricFamily(name, text, labels=["host"])
+        g.add_metric([host], value)
+        return g
+
+    if check.ok is not None:
+        yield gauge("stackmon_health_check_ok", "1 when the last health check passed",
+                    1.0 if check.ok else 0.0)
+    yield gauge("stackmon_health_check_failures_in_row", "Health checks failed in a row",
+                _num(check.failures_in_row))
+    yield gauge("stackmon_health_check_out_of_service",
+                "1 when the load balancer would have taken the host out of service",
+                1.0 if check.out_of_service else 0.0)
+    if check.last_ms is not None:
+        yield gauge("stackmon_health_check_latency_seconds", "Duration of the last health check",
+                    _num(check.last_ms) / 1000.0)
+    if check.max_ms is not None:
+        yield gauge("stackmon_health_check_max_latency_seconds",
+                    "The slowest health check in the window", _num(check.max_ms) / 1000.0)
+
+
+def _severity_families(host: str, h: HostSnapshot) -> Iterator[Metric]:
+    """health.assess(): the one verdict, as 0 ok, 1 unknown, 2 warn, 3 critical."""
+    state = assess(h)
+    sev = GaugeMetricFamily("stackmon_host_severity",
+                            "The host's state: 0 ok, 1 unknown, 2 warn, 3 critical",
+                            labels=["host"])
+    sev.add_metric([host], float(SEVERITY_RANK[state.severity]))
+    yield sev
+    kinds: dict[str, int] = {}
+    for r in state.reasons:
+        kinds[r.kind] = max(kinds.get(r.kind, 0), SEVERITY_RANK[r.severity])
+    by_kind = GaugeMetricFamily("stackmon_host_reason_severity",
+                                "The worst reason of each kind (same scale as "
+                                "stackmon_host_severity)", labels=["host", "kind"])
+    for kind, rank in kinds.items():
+        by_kind.add_metric([host, _label(kind)], float(rank))
+    yield by_kind
+
+
+def _all_families(h: HostSnapshot) -> Iterator[Metric]:
+    yield from _families(h)
+    host = _label(h.name)
+    yield from _severity_families(host, h)
+    if h.logs is not None:
+        yield from _log_families(host, h.logs)
+    if h.health is not None:
+        yield from _health_check_families(host, h.health)
+
+
 class _SnapshotCollector:
     """A prometheus_client collector over one fixed snapshot (no describe(): nothing is
     collected at registration)."""
@@ -227,7 +378,7 @@ class _SnapshotCollector:
         self.snap = snap
 
     def collect(self) -> Iterator[Metric]:
-        return _families(self.snap)
+        return _all_families(self.snap)
 
 
 def render_metrics(snap: HostSnapshot) -> bytes:
