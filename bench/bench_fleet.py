@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 DEFAULT_DOC = ROOT / "tests" / "fixtures" / "snapshots" / "demo-hangs.json"
 
 
-def _serve(ports: list[int], token: str, doc_path: str, ready: mp.Event, stop: mp.Event) -> None:
+def _serve(ports: list[int], token: str, doc_path: str, ready: Any, stop: Any) -> None:
     """A child process: one aiohttp site per port, all serving the recorded host object."""
     from aiohttp import web
 

@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -64,7 +65,7 @@ def main() -> int:
             if i % 2:
                 s = socket.socket(socket.AF_UNIX)
                 s.bind(str(tmp / f"{i}.sock"))
-                addr: object = str(tmp / f"{i}.sock")
+                addr: Any = str(tmp / f"{i}.sock")
                 fam = socket.AF_UNIX
             else:
                 s = socket.socket()

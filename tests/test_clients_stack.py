@@ -37,7 +37,7 @@ def fill_unix_queue(stack: Stack, hang: Callable[..., Any]) -> int:
 def snapshot_json(stack: Stack, *extra: str) -> tuple[int, dict[str, Any]]:
     proc = subprocess.run(
         [sys.executable, "-m", "stackmon.cli", "snapshot", "--json", "--uwsgi",
-         stack.stats_address, "--nginx", stack.nginx_status_url, *extra],
+         stack.stats_address, "--nginx", str(stack.nginx_status_url), *extra],
         capture_output=True, text=True, timeout=60)
     assert "Traceback" not in proc.stderr, proc.stderr
     return proc.returncode, json.loads(proc.stdout)["hosts"][0]

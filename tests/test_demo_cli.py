@@ -70,7 +70,7 @@ def test_no_ui_demo_stops_its_stack_on_sighup(workdir):
         proc.send_signal(signal.SIGHUP)
         # Whenever it lands (even during start-up), SIGHUP ends the demo as 128 + 1.
         assert proc.wait(timeout=20) == 128 + signal.SIGHUP
-        assert "stack stopped" in proc.stderr.read()
+        assert proc.stderr is not None and "stack stopped" in proc.stderr.read()
         wait_until(lambda: not _ours(workdir), 10, interval=0.2, message="demo processes gone")
     finally:
         if proc.poll() is None:

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -103,7 +103,7 @@ def unix_listener(closing: list[socket.socket], address: str, backlog: int) -> s
     return s
 
 
-def connect_nonblocking(closing: list[socket.socket], family: int, address: object,
+def connect_nonblocking(closing: list[socket.socket], family: int, address: Any,
                         n: int) -> list[int]:
     """n clients that are never accepted; the errno each connect_ex gave."""
     results = []
@@ -126,8 +126,8 @@ def test_tcp_listener_queue_and_backlog(closing: list[socket.socket]) -> None:
     assert got == RawListener("tcp", f"127.0.0.1:{port}", 0, 5, inode)
 
     connect_nonblocking(closing, socket.AF_INET, (host, port), 3)
-    got = wait_for(lambda: (r := by_inode(inode)) and r.queue == 3 and r)
-    assert got and got.queue == 3 and got.backlog == 5
+    found = wait_for(lambda: (r := by_inode(inode)) and r.queue == 3 and r)
+    assert found and found.queue == 3 and found.backlog == 5
 
 
 def test_tcp_full_queue_holds_backlog_plus_one_and_counts_overflows(
@@ -143,8 +143,8 @@ def test_tcp_full_queue_holds_backlog_plus_one_and_counts_overflows(
 
     def overflowed() -> bool:
         c = kernel.kernel_counters()
-        return (c.listen_overflows or 0) > before.listen_overflows and \
-            (c.listen_drops or 0) > before.listen_drops
+        return (c.listen_overflows or 0) > (before.listen_overflows or 0) and \
+            (c.listen_drops or 0) > (before.listen_drops or 0)
     assert wait_for(overflowed)
 
 

@@ -78,6 +78,7 @@ def test_error_route_counts_an_exception(stack: Stack) -> None:
     before = sum(w["exceptions"] for w in stack.stats()["workers"])
     # uWSGI closes the connection without a response when the app raises before
     # start_response, so nginx answers 502 (not 500): what users see for app crashes.
+    assert stack.nginx_base_url is not None
     assert http_get(stack.nginx_base_url + "/error")[0] == 502
     wait_until(
         lambda: sum(w["exceptions"] for w in stack.stats()["workers"]) == before + 1,
@@ -422,7 +423,7 @@ def test_lost_port_race_is_retried(fresh_stack, monkeypatch) -> None:
     busy.bind(("127.0.0.1", 0))
     busy.listen()
     real = launcher.free_port
-    handed = []
+    handed: list[int] = []
 
     def racy() -> int:
         port = busy.getsockname()[1] if not handed else real()

@@ -160,7 +160,8 @@ class Namespaces:
             assert h.proc is not None and h.proc.stdout is not None
             line = h.proc.stdout.readline()
             if not line:
-                raise RuntimeError(f"host {h.name} did not start:\n{h.proc.stderr.read()}")
+                err = h.proc.stderr.read() if h.proc.stderr is not None else ""
+                raise RuntimeError(f"host {h.name} did not start:\n{err}")
             h.info = json.loads(line)
         for h in self.hosts:  # the agent's "serving ..." line on stderr means it listens
             assert h.proc is not None and h.proc.stderr is not None
@@ -266,7 +267,8 @@ async def test_cut_link_makes_one_host_unreachable_and_the_others_keep_updating(
         # Unreachable within its own timeout (2 x timeout for the whole exchange) + one slot.
         assert down[0][0] - cut_at <= 2 * timeout + interval + 0.5, down[0][0] - cut_at
         assert down[0][1].uwsgi, "the last good data is carried"
-        assert down[-1][1].stale_s > down[0][1].stale_s
+        first_age, last_age = down[0][1].stale_s, down[-1][1].stale_s
+        assert first_age is not None and last_age is not None and last_age > first_age
         # Meanwhile the others kept updating every interval.
         for i in (0, 2):
             window = [(t, s) for t, s in got[i] if t > cut_at]

@@ -208,8 +208,8 @@ async def _burst(
             asyncio.create_task(_get(client, f"{base}/fast?burst=1", stats, timeout=seconds + 60.0))
             for _ in range(max(0, size - capacity))
         ]
-    stop_wait = asyncio.create_task(stop_event.wait())
-    pending = set(tasks)
+    stop_wait: asyncio.Task[Any] = asyncio.create_task(stop_event.wait())
+    pending: set[asyncio.Task[Any]] = set(tasks)
     while pending and not stop_event.is_set():
         _, pending = await asyncio.wait(pending | {stop_wait}, return_when=asyncio.FIRST_COMPLETED)
         pending.discard(stop_wait)
