@@ -6,8 +6,10 @@ same on any machine; the CLI and live-stack tests use the real kernel.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,7 +47,8 @@ SYSTEM = SystemFacts(somaxconn=4096, file_nr=2000, file_max=1_000_000, nr_open=1
                      listen_overflows=(10, 10), overflow_interval=1.0)
 
 
-def facts(uwsgi: list[str] = (), nginx: list[str] = (), system: SystemFacts = SYSTEM,
+def facts(uwsgi: Sequence[str | Path] = (), nginx: Sequence[str | Path] = (),
+          system: SystemFacts = SYSTEM,
           lb: LbSettings | None = None, live: LiveFacts | None = None,
           extra_uwsgi: tuple[UwsgiFacts, ...] = ()) -> Facts:
     host = HostFacts(name="web-1",
@@ -75,7 +78,7 @@ def test_clean_configuration_has_no_findings() -> None:
 def test_every_rule_id_is_unique_and_namespaced() -> None:
     names = [r.id for r in RULES]
     assert len(names) == len(set(names))
-    assert all(n.split(".")[0] in ("uwsgi", "nginx", "kernel", "live") for n in names)
+    assert all(n.split(".")[0] in ("uwsgi", "nginx", "kernel", "live", "logs") for n in names)
 
 
 def test_mistuned_files_trip_their_rules() -> None:
@@ -247,8 +250,8 @@ def test_listen_overflows_rising() -> None:
 # ------------------------------------------------------------------ live
 
 
-def host_snapshot(**kw) -> HostSnapshot:
-    base = {"name": "web-1", "taken_at": 1000.0, "reachable": True,
+def host_snapshot(**kw: Any) -> HostSnapshot:
+    base: dict[str, Any] = {"name": "web-1", "taken_at": 1000.0, "reachable": True,
             "kernel": KernelCounters(4096, 0, 0)}
     base.update(kw)
     return HostSnapshot(**base)
@@ -293,15 +296,19 @@ def test_live_backlog_capped_for_uwsgi_and_nginx() -> None:
 
 def test_live_queue_full_uses_the_worse_of_two_samples() -> None:
     first = host_snapshot(listeners=(Listener("/run/app/uwsgi.sock", "unix", "uwsgi", 100, 100),
-                                     Listener("127.0.0.1:80", "tcp", "nginx", 90, 100)))
+                                     Listener("127.0.0.1:80", "tcp", "nginx", 90, 100),
+                                     Listener("127.0.0.1:81", "tcp", "nginx", 70, 100),
+                                     Listener("127.0.0.1:82", "tcp", "nginx", 69, 100)))
     second = host_snapshot(taken_at=1001.0, listeners=(
         Listener("/run/app/uwsgi.sock", "unix", "uwsgi", 40, 100),
         Listener("127.0.0.1:80", "tcp", "nginx", 10, 100)))
     found = [x for x in run_rules(facts(live=LiveFacts(first, second, 1.0)))
              if x.id == "live.listen-queue-full"]
+    # The health model's thresholds (70 % warn, 90 % critical), as the TUI's gauge and badge.
     assert [(x.severity, x.title) for x in found] == [
         ("critical", "uwsgi listen queue full: 100/100 on /run/app/uwsgi.sock"),
-        ("warn", "nginx listen queue nearly full: 90/100 on 127.0.0.1:80"),
+        ("critical", "nginx listen queue nearly full: 90/100 on 127.0.0.1:80"),
+        ("warn", "nginx listen queue nearly full: 70/100 on 127.0.0.1:81"),
     ]
     assert "EAGAIN" in found[0].why
 

@@ -88,20 +88,20 @@ def render_text(report: Report, width: int = WIDTH) -> str:
         if not found:
             continue
         lines += ["", _HEADINGS[severity], "=" * len(_HEADINGS[severity])]
-        for i, f in enumerate(found):
-            if i:
+        for n, f in enumerate(found):
+            if n:
                 lines.append("")
             lines += finding_lines(f, width, show_host)
     checked = [i for i in report.inputs if i.error is None]
     failed = report.errors
     if checked:
         lines += ["", "Checked:"]
-        for i in checked:
-            lines += _fill(f"{i.kind}: {short_path(i.source)}", "  ", "    ", width)
+        for done in checked:
+            lines += _fill(f"{done.kind}: {short_path(done.source)}", "  ", "    ", width)
     if failed:
         lines += ["", "Not checked:"]
-        for i in failed:
-            lines += _fill(f"{i.kind}: {i.source}: {i.error}", "  ", "    ", width)
+        for miss in failed:
+            lines += _fill(f"{miss.kind}: {miss.source}: {miss.error}", "  ", "    ", width)
     return "\n".join(lines) + "\n"
 
 

@@ -9,11 +9,18 @@ a graceful reload holds the listen queue for worker-reload-mercy; and so on.
 
 Where a directive is unset, its documented default is used and the evidence says so ("not set:
 nginx default"), because the default is what the running server does.
+
+Live rules grade with the health model's thresholds (stackmon.health.DEFAULT_POLICY: queues
+70/90 %, fds 80/95 %, 5xx rates, the LB's health check), so the doctor never calls a figure
+critical that the TUI shows as fine, or the reverse. The `logs.*` rules read what the clients got
+from the polls' log summaries (nginx's error and access logs, uWSGI's log): the cause of each
+upstream failure, its count in the window and a redacted sample line.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,7 +47,12 @@ from stackmon.doctor.nginx_conf import (
     parse_number,
     parse_time,
 )
+from stackmon.health import DEFAULT_POLICY, fd_severity, queue_severity
+from stackmon.health import reasons as health_reasons
+from stackmon.logs.host import LogSummary
+from stackmon.logs.nginx_errors import UpstreamError
 from stackmon.model import Listener
+from stackmon.redact import clean
 from stackmon.uwsgi_ini import CMDLINE, ENVIRON, Option, all_values, last, parse_int
 
 RuleFn = Callable[[Facts], Iterable[Finding]]
@@ -51,8 +63,9 @@ SOMAXCONN = "/proc/sys/net/core/somaxconn"
 NETSTAT = "/proc/net/netstat"
 FILE_NR = "/proc/sys/fs/file-nr"
 NR_OPEN = "/proc/sys/fs/nr_open"
-QUEUE_WARN = 0.8
-FDS_WARN, FDS_CRITICAL = 0.8, 0.95
+# Queue and fd thresholds are the health model's (stackmon.health.DEFAULT_POLICY), so the
+# doctor, the TUI's gauges and badges, `snapshot` and /metrics grade the same figure alike.
+POLICY = DEFAULT_POLICY
 
 
 @dataclass(frozen=True)
@@ -420,8 +433,8 @@ def listen_queue_full(facts: Facts) -> Iterator[Finding]:
                     if s.max_queue > 0 and key not in worst:
                         worst[key] = (s.queue, s.max_queue, "uwsgi", s.source)
         for key, (queue, backlog, owner, source) in worst.items():
-            ratio = queue / backlog
-            if ratio < QUEUE_WARN:
+            severity = queue_severity(queue, backlog, POLICY)
+            if severity not in ("warn", "critical"):
                 continue
             address = key.split(":", 1)[1]
             full = queue >= backlog
@@ -441,7 +454,7 @@ def listen_queue_full(facts: Facts) -> Iterator[Finding]:
                        "`stackmon`), bound them with harakiri, add workers or threads; raise "
                        "listen only together with net.core.somaxconn.")
             yield _finding(
-                "live.listen-queue-full", "critical" if full else "warn",
+                "live.listen-queue-full", severity,
                 f"{owner} listen queue {'full' if full else 'nearly full'}: "
                 f"{queue}/{backlog} on {address}",
                 [Evidence(f"live {host.name}", 0,
@@ -551,11 +564,12 @@ def file_nr_near_max(facts: Facts) -> Iterator[Finding]:
     used, maximum = facts.system.file_nr, facts.system.file_max
     if not used or not maximum:
         return
-    ratio = used / maximum
-    if ratio < FDS_WARN:
+    severity = fd_severity(used, maximum, POLICY)
+    if severity not in ("warn", "critical"):
         return
+    ratio = used / maximum
     yield _finding(
-        "kernel.file-nr-near-max", "critical" if ratio >= FDS_CRITICAL else "warn",
+        "kernel.file-nr-near-max", severity,
         f"{used} of {maximum} system file handles in use ({ratio:.0%})",
         [Evidence(FILE_NR, 0, {"allocated": used, "file_max": maximum})],
         "When fs.file-max is reached every process's open() and accept() fail with ENFILE, "
@@ -570,11 +584,12 @@ def fds_near_limit(facts: Facts) -> Iterator[Finding]:
         if host.live is None:
             continue
         for p in host.live.latest.fds.processes:
-            if not p.limit or p.open / p.limit < FDS_WARN:
+            severity = fd_severity(p.open, p.limit, POLICY)
+            if severity not in ("warn", "critical"):
                 continue
             ratio = p.open / p.limit
             yield _finding(
-                "live.fds-near-limit", "critical" if ratio >= FDS_CRITICAL else "warn",
+                "live.fds-near-limit", severity,
                 f"{p.role} {p.pid} has {p.open} of {p.limit} fds open ({ratio:.0%})",
                 [Evidence(f"/proc/{p.pid}/limits", 0,
                           {"open": p.open, "max_open_files": p.limit, "role": p.role})],
@@ -881,3 +896,336 @@ def unix_upstream(facts: Facts) -> Iterator[Finding]:
                     "Nothing to change: watch the socket's queue in stackmon (source: kernel) "
                     "or with `ss -lx`.",
                     host)
+
+
+# ------------------------------------------------------------------ what the clients got (logs)
+#
+# The live polls carry the host's log summary (stackmon.logs): nginx's upstream failures by
+# cause and upstream over the last window, the access log's status counts, uWSGI's events. A
+# cause is graded like the health model grades 5xx (POLICY: a rate of errors_critical_per_s,
+# or errors_critical_share of the requests with at least errors_critical_min, is critical;
+# anything less a warning), except a full unix-socket queue, which is always critical: the
+# kernel refused those clients at once, and nothing else on the host records it.
+
+SAMPLE_CHARS = 240
+
+
+def host_logs(host: HostFacts) -> LogSummary | None:
+    """The newest log summary of a polled host (the second poll's window includes the
+    first's)."""
+    if host.live is None:
+        return None
+    for snap in (host.live.latest, host.live.first):
+        if snap.logs is not None:
+            return snap.logs
+    return None
+
+
+def _clock(at: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(at))
+
+
+def _log_path(logs: LogSummary, kind: str) -> str:
+    paths = [s.path for s in logs.sources if s.kind == kind and s.path and not s.error]
+    return ", ".join(paths) or f"{kind.replace('_', ' ')} log"
+
+
+def _error_evidence(logs: LogSummary, err: UpstreamError) -> Evidence:
+    sample = err.sample if len(err.sample) <= SAMPLE_CHARS else \
+        err.sample[:SAMPLE_CHARS - 1] + "…"
+    return Evidence(_log_path(logs, "nginx_error"), 0,
+                    {"cause": err.cause, "upstream": err.upstream, "count": err.count,
+                     "first": _clock(err.first_at), "last": _clock(err.last_at),
+                     "window_s": round(logs.window_s), "sample": sample})
+
+
+def _window_span(logs: LogSummary) -> float:
+    http = logs.http
+    span = min(http.covered_s, http.window_s) if http is not None else logs.window_s
+    return max(span, 1.0)
+
+
+def errors_severity(count: int, logs: LogSummary) -> Severity:
+    """The health model's 5xx grading applied to one cause's count."""
+    requests = logs.http.requests if logs.http is not None else 0
+    if count / _window_span(logs) >= POLICY.errors_critical_per_s:
+        return "critical"
+    if requests and count >= POLICY.errors_critical_min \
+            and count >= POLICY.errors_critical_share * requests:
+        return "critical"
+    return "warn"
+
+
+def _status_evidence(logs: LogSummary, *codes: str) -> list[Evidence]:
+    http = logs.http
+    if http is None:
+        return []
+    values: dict[str, Any] = {code: http.status.get(code, 0) for code in codes}
+    values["requests"] = http.requests
+    return [Evidence(_log_path(logs, "nginx_access"), 0, values)]
+
+
+def _event_evidence(logs: LogSummary, kinds: Sequence[str]) -> list[Evidence]:
+    """uWSGI (and stackmon) events of these kinds in the window: count per kind and the
+    newest one's line, redacted."""
+    found = [e for e in logs.events if e.kind in kinds]
+    if not found:
+        return []
+    counts: dict[str, Any] = {}
+    for e in found:
+        counts[e.kind] = counts.get(e.kind, 0) + 1
+    newest = max(found, key=lambda e: e.at)
+    return [Evidence(_log_path(logs, "uwsgi") if newest.source == "uwsgi" else newest.source,
+                     0, {**counts, "newest": f"{_clock(newest.at)} {clean(newest.text)}"
+                         [:SAMPLE_CHARS]})]
+
+
+def _owner_of(host: HostFacts, upstream: str) -> UwsgiFacts | None:
+    """The uWSGI config whose socket nginx names as this upstream (`unix:/run/app.sock`,
+    `127.0.0.1:3031`)."""
+    for u in host.uwsgi:
+        if any(address_matches(upstream, s) for s in uwsgi_sockets(u)):
+            return u
+    return None
+
+
+def _live_backlog(host: HostFacts, upstream: str) -> Evidence | None:
+    if host.live is None:
+        return None
+    address = upstream.removeprefix("unix:")
+    snap = host.live.latest
+    for li in snap.listeners:
+        if li.address == address:
+            return Evidence(f"live {host.name}", 0, {"socket": address, "queue": li.queue,
+                                                     "backlog": li.backlog, "source": "kernel"})
+    for inst in snap.uwsgi:
+        for sock in inst.sockets:
+            if sock.name == address:
+                return Evidence(f"live {host.name}", 0,
+                                {"socket": address, "queue": sock.queue,
+                                 "backlog": sock.max_queue, "source": sock.source})
+    return None
+
+
+def _causes(facts: Facts, cause: str) -> Iterator[tuple[HostFacts, LogSummary, UpstreamError]]:
+    for host in facts.hosts:
+        logs = host_logs(host)
+        if logs is None:
+            continue
+        for err in logs.upstream_errors:
+            if err.cause == cause:
+                yield host, logs, err
+
+
+@rule("logs.upstream-queue-full", "a unix-socket listen queue overflowed (nginx's error log)")
+def upstream_queue_full(facts: Facts) -> Iterator[Finding]:
+    for host, logs, err in _causes(facts, "queue_full"):
+        socket = err.upstream.removeprefix("unix:")
+        evidence = [_error_evidence(logs, err), *_status_evidence(logs, "502")]
+        owner = _owner_of(host, err.upstream)
+        listen: int | None = None
+        where = "the uWSGI ini"
+        if owner is not None:
+            listen, ev = uwsgi_int(owner, "listen", UWSGI_DEFAULT_LISTEN)
+            evidence.append(ev)
+            where = os.path.basename(config_file(owner))
+        live = _live_backlog(host, err.upstream)
+        if live is not None:
+            evidence.append(live)
+            listen = listen or live.values.get("backlog")
+        smax = facts.system.somaxconn
+        if smax is not None:
+            evidence.append(Evidence(SOMAXCONN, 0, {"somaxconn": smax}))
+        want = max(4 * (listen or 32), 128)
+        yield _finding(
+            "logs.upstream-queue-full", "critical",
+            f"the listen queue of {socket} overflowed {err.count}x in the last "
+            f"{logs.window_s:.0f} s (502 at once), last at {_clock(err.last_at)}",
+            evidence,
+            "Every worker was busy and the socket's backlog was full: Linux refuses a "
+            "connect() to a full unix socket at once (EAGAIN), so nginx answered 502 without "
+            "waiting. Nothing else records it: uWSGI's stats show 0/0 for unix sockets and "
+            "the kernel's ListenOverflows counts TCP only.",
+            f"Find the stuck requests holding the workers (stackmon: the oldest requests per "
+            f"worker; bound them with harakiri); add workers (processes/threads) if they are "
+            f"busy with ordinary traffic; raise listen (now {listen if listen else '?'}) to "
+            f"{want} in {where} together with net.core.somaxconn (sysctl -w "
+            f"net.core.somaxconn={max(want, smax or 0)}, persisted in /etc/sysctl.d/), then "
+            "restart uWSGI (a reload keeps the old socket's backlog).",
+            host)
+
+
+def _read_timeout_evidence(host: HostFacts, upstream: str) -> list[Evidence]:
+    """uwsgi_read_timeout of the locations that pass to this upstream."""
+    out = []
+    for n in host.nginx:
+        for d, path in uwsgi_pass_locations(n.conf):
+            if upstream in _pass_targets(n.conf, d):
+                out.append(nginx_time(path, "uwsgi_read_timeout", n.conf)[1])
+    return out
+
+
+@rule("logs.read-timeout", "upstream read timeouts (504) in nginx's error log")
+def logs_read_timeout(facts: Facts) -> Iterator[Finding]:
+    for host, logs, err in _causes(facts, "read_timeout"):
+        evidence = [_error_evidence(logs, err), *_status_evidence(logs, "504"),
+                    *_read_timeout_evidence(host, err.upstream)]
+        owner = _owner_of(host, err.upstream)
+        if owner is not None:
+            evidence.append(uwsgi_int(owner, "harakiri", None)[1])
+        yield _finding(
+            "logs.read-timeout", errors_severity(err.count, logs),
+            f"{err.count} request(s) to {err.upstream} timed out waiting for the response "
+            f"(504) in the last {logs.window_s:.0f} s",
+            evidence,
+            "nginx waited uwsgi_read_timeout for the response and gave up with 504, while the "
+            "worker went on running the request (until harakiri, if set), busy for nothing.",
+            "Find the slow requests (stackmon: requests past --slow; `stackmon stack` shows "
+            "where they are), bound them with harakiri shorter than uwsgi_read_timeout, and "
+            "raise uwsgi_read_timeout only for requests that are meant to be slow (keeping it "
+            "below the LB idle timeout).",
+            host)
+
+
+@rule("logs.refused", "connections refused by the upstream (nothing listening)")
+def logs_refused(facts: Facts) -> Iterator[Finding]:
+    for host, logs, err in _causes(facts, "refused"):
+        evidence = [_error_evidence(logs, err), *_status_evidence(logs, "502"),
+                    *_event_evidence(logs, ("reload", "chain_reload", "worker_died"))]
+        yield _finding(
+            "logs.refused", errors_severity(err.count, logs),
+            f"{err.count} connection(s) to {err.upstream} refused in the last "
+            f"{logs.window_s:.0f} s: nothing was listening (502)",
+            evidence,
+            "connect() found no listening socket (ECONNREFUSED, or ENOENT for a removed unix "
+            "socket): uWSGI was down or restarting (a stop/start, a deploy re-creating the "
+            "socket, a crash), or uwsgi_pass names an address uWSGI does not bind.",
+            "Reload instead of restarting (a graceful or chain reload keeps the listening "
+            "socket: `stackmon reload --chain`); check that uWSGI is running and that "
+            "uwsgi_pass names the socket it binds.",
+            host)
+
+
+@rule("logs.closed-mid-request", "workers died mid-request (premature close / reset)")
+def logs_closed_mid_request(facts: Facts) -> Iterator[Finding]:
+    for host, logs, err in _causes(facts, "closed_mid_request"):
+        evidence = [_error_evidence(logs, err), *_status_evidence(logs, "502"),
+                    *_event_evidence(logs, ("harakiri", "worker_died", "no_mercy", "killed"))]
+        yield _finding(
+            "logs.closed-mid-request", errors_severity(err.count, logs),
+            f"{err.count} request(s) to {err.upstream} lost in the last "
+            f"{logs.window_s:.0f} s: the worker closed the connection mid-request (502)",
+            evidence,
+            "The worker died while nginx was reading its response: harakiri (a request longer "
+            "than harakiri), a kill (stackmon's, the OOM killer's, a signal), a crash, or NO "
+            "MERCY at the end of a reload.",
+            "Read the uWSGI events above: for harakiri fix or bound the slow request; for "
+            "kills and OOM cap memory (reload-on-rss); for NO MERCY give worker-reload-mercy "
+            "more than the longest request, or use a chain reload.",
+            host)
+
+
+_OTHER_CAUSES = {
+    "connect_timeout": ("timed out connecting (a full TCP listen queue drops the SYN; 504 "
+                        "after uwsgi_connect_timeout)",
+                        "Free the workers (stuck requests, harakiri), add workers, and raise "
+                        "listen together with net.core.somaxconn."),
+    "no_live_upstreams": ("had no live server (every server of the upstream group was "
+                          "marked failed)",
+                          "Fix the failures that marked the servers down (other findings), "
+                          "or relax max_fails/fail_timeout."),
+    "other": ("failed for another reason (see the sample)",
+              "Read the sample line: permissions on the socket, a protocol mismatch..."),
+}
+
+
+@rule("logs.upstream-errors", "other upstream failures in nginx's error log")
+def logs_other_upstream_errors(facts: Facts) -> Iterator[Finding]:
+    for cause, (what, fix) in _OTHER_CAUSES.items():
+        for host, logs, err in _causes(facts, cause):
+            yield _finding(
+                "logs.upstream-errors", errors_severity(err.count, logs),
+                f"{err.count} request(s) to {err.upstream} {what.split(' (')[0]} in the last "
+                f"{logs.window_s:.0f} s",
+                [_error_evidence(logs, err), *_status_evidence(logs, "502", "504")],
+                f"nginx's connection to the upstream {what}.", fix, host)
+
+
+def _log_format_evidence(host: HostFacts, source: str, name: str) -> list[Evidence]:
+    """Where the access log's format is defined and where the log is declared."""
+    out = []
+    for n in host.nginx:
+        for d, _path in n.conf.directives("log_format"):
+            if d.args and d.args[0] == name:
+                out.append(Evidence(d.file, d.line, {"log_format": name}))
+        for d, _path in n.conf.directives("access_log"):
+            if d.args and d.args[0] in source.split(", "):
+                out.append(Evidence(d.file, d.line, {"access_log": d.value}))
+    return out
+
+
+@rule("logs.format-without-timing", "the access log records no response time")
+def format_without_timing(facts: Facts) -> Iterator[Finding]:
+    for host in facts.hosts:
+        logs = host_logs(host)
+        http = logs.http if logs is not None else None
+        if http is None or http.timing is not None:
+            continue
+        missing = [v for v in http.missing if "time" in v] or ["$upstream_response_time"]
+        if http.log_format == "combined":  # built into nginx: it cannot be edited
+            fix = (f"Define a log_format with {' and '.join(missing)}, e.g. log_format timed "
+                   "'$remote_addr - $remote_user [$time_local] \"$request\" $status "
+                   "$body_bytes_sent \"$http_referer\" \"$http_user_agent\" "
+                   "urt=$upstream_response_time rt=$request_time'; name it in access_log "
+                   "(access_log PATH timed;), then reload nginx.")
+        else:
+            fix = (f"Add {' and '.join(missing)} to log_format {http.log_format}, then "
+                   "reload nginx.")
+        yield _finding(
+            "logs.format-without-timing", "info",
+            f"the access log's format {http.log_format} records no response time",
+            [Evidence(http.source, 0, {"log_format": http.log_format,
+                                       "missing": " ".join(missing)}),
+             *_log_format_evidence(host, http.source, http.log_format)],
+            "Without $upstream_response_time (or $request_time) nobody can say from the log "
+            "how slow the upstream is: no percentiles, no slowest endpoints.",
+            fix, host)
+
+
+@rule("live.lb-health-check", "the load balancer's health check fails (or would take the host "
+                              "out of service)")
+def lb_health_check(facts: Facts) -> Iterator[Finding]:
+    for host in facts.hosts:
+        if host.live is None:
+            continue
+        snap = host.live.latest
+        check = snap.health
+        if check is None:
+            continue
+        for reason in health_reasons(snap, POLICY):
+            if reason.kind != "health" or reason.severity not in ("warn", "critical"):
+                continue
+            values: dict[str, Any] = {
+                "ok": check.ok, "failures_in_row": check.failures_in_row,
+                "out_of_service": check.out_of_service, "timeout_s": check.timeout_s}
+            if check.last_error:
+                values["last_error"] = check.last_error
+            if check.last_ms is not None:
+                values["last_ms"] = round(check.last_ms)
+            if check.max_ms is not None:
+                values["max_ms"] = round(check.max_ms)
+            yield _finding(
+                "live.lb-health-check", "critical" if reason.severity == "critical" else "warn",
+                reason.text,
+                [Evidence(check.url, 0, values),
+                 Evidence("load balancer", 0,
+                          {"health_timeout": _seconds(facts.lb.health_timeout),
+                           "health_interval": _seconds(facts.lb.health_interval),
+                           "unhealthy_threshold": facts.lb.unhealthy_threshold})],
+                "The load balancer probes this URL and stops sending traffic to the host "
+                "after unhealthy_threshold failures in a row; stackmon probes it the same way "
+                "(through nginx, the LB's timeout, 200 only).",
+                "Free the workers the probe waits behind (a full listen queue, stuck requests: "
+                "other findings), and keep the health URL cheap (no database, no upstream "
+                "calls).",
+                host)
