@@ -83,7 +83,9 @@ def test_a_signal_restores_the_terminal(sig, stats_server, tmp_path):
                    interval=0.3, message=lambda: f"the TUI on screen: {pane.flags()}")
         assert pane.flags()["mouse_any_flag"] == "1"
         os.kill(pane.pid(), sig)
-        wait_until(lambda: pane.flags()["pane_dead"] == "1", 15, interval=0.2,
+        # tmux marks the pane dead before it has reaped the exit status: wait for both.
+        wait_until(lambda: pane.flags()["pane_dead"] == "1"
+                   and pane.flags()["pane_dead_status"] != "", 15, interval=0.2,
                    message=lambda: f"the TUI exits on {sig.name}: {pane.flags()}")
         flags = pane.flags()
         assert {name: flags[name] for name in RESTORED} == dict.fromkeys(RESTORED, "0")
