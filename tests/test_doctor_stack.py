@@ -8,19 +8,24 @@ so assertions look for the expected findings rather than for an exact list.
 
 from __future__ import annotations
 
+import http.client
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from stackmon.addresses import parse_stats_address
 from stackmon.config import HostConfig, Settings
-from stackmon.demo.launcher import Stack
+from stackmon.demo.launcher import Stack, http_get, server_name
 from stackmon.doctor import LbSettings, diagnose_host
 from stackmon.doctor.gather import nginx_conf_path
 from stackmon.model import SourceError
+
+TIMED = ('$remote_addr - [$time_local] "$request" $status $body_bytes_sent '
+         'urt="$upstream_response_time" rt=$request_time')
 
 
 def run_doctor(stack: Stack, *args: str) -> tuple[int, dict[str, Any]]:
@@ -81,7 +86,7 @@ def test_mistuned_stack_is_flagged_from_its_command_lines(
 
 
 def test_well_tuned_stack_passes(fresh_stack: Callable[..., Stack]) -> None:
-    stack = fresh_stack(workers=2, threads=1, mercy=5, harakiri=20,
+    stack = fresh_stack(workers=2, threads=1, mercy=5, harakiri=20, nginx_log_format=TIMED,
                         extra_uwsgi={"max-requests": 1000, "max-requests-delta": 50},
                         extra_nginx=["client_header_timeout 65s;", "client_body_timeout 65s;",
                                      "uwsgi_read_timeout 30s;"])
@@ -91,6 +96,78 @@ def test_well_tuned_stack_passes(fresh_stack: Callable[..., Stack]) -> None:
     assert problems == []
     assert code == 0
     assert [f["id"] for f in doc["findings"]] == ["nginx.unix-upstream"]
+    logs = {i["source"]: i.get("error") for i in doc["inputs"] if i["kind"] == "log"}
+    assert logs[f"nginx access log {stack.nginx_access_log_path}"] is None
+    assert logs[f"nginx error log {stack.nginx_error_log_path}"] is None
+
+
+def test_default_log_format_is_a_low_finding_naming_the_variable(
+        fresh_stack: Callable[..., Stack]) -> None:
+    stack = fresh_stack(workers=1, threads=1)
+    _, doc = run_doctor(stack, "--sample", "0")
+    (f,) = [f for f in doc["findings"] if f["id"] == "logs.format-without-timing"]
+    assert f["severity"] == "info"
+    assert "$upstream_response_time" in f["fix"]
+    assert f["evidence"][0]["file"] == str(stack.nginx_access_log_path)
+
+
+def burst(stack: Stack, n: int) -> list[int]:
+    """n requests at once through nginx (each its own connection)."""
+    base = stack.base_url
+    assert base is not None
+    results: list[int] = []
+
+    def one() -> None:
+        try:
+            results.append(http_get(base + "/fast", timeout=3.0,
+                                    headers={"Host": server_name(stack.config.name)})[0])
+        except (OSError, http.client.HTTPException):
+            results.append(-1)
+
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_unix_queue_that_overflowed_is_critical_from_the_logs(
+        fresh_stack: Callable[..., Stack], hang: Callable[..., Any]) -> None:
+    """The queue fills and drains before the doctor runs: nothing live shows it any more
+    (uWSGI's stats say 0/0 for unix sockets, ListenOverflows counts TCP only); nginx's error
+    log does, and the doctor must say so, with the count and the socket, and exit 1."""
+    stack = fresh_stack(workers=1, threads=1, listen=2, harakiri=30, nginx_log_format=TIMED)
+    held = hang(stack, "/hang/doctor", n=1, via="unix")
+    results = burst(stack, 30)
+    held.close()
+    truth_502 = sum('" 502 ' in line for line in
+                    stack.nginx_access_log_path.read_text().splitlines())
+    assert truth_502 >= 10 and truth_502 == results.count(502), results
+    code, doc = run_doctor(stack, "--sample", "0")
+    assert code == 1
+    by_id = {f["id"]: f for f in doc["findings"]}
+    f = by_id["logs.upstream-queue-full"]
+    assert f["severity"] == "critical"
+    assert str(stack.uwsgi_socket_path) in f["title"]
+    log_ev = f["evidence"][0]
+    assert log_ev["file"] == str(stack.nginx_error_log_path)
+    assert log_ev["values"]["count"] == truth_502
+    assert log_ev["values"]["upstream"] == f"unix:{stack.uwsgi_socket_path}"
+    assert "(11: Resource temporarily unavailable)" in log_ev["values"]["sample"]
+    assert {"file": str(stack.ini_path), "line": line_of(stack.ini_path, "listen"),
+            "values": {"listen": "2"}} in f["evidence"]
+    assert "somaxconn" in f["fix"] and "listen (now 2)" in f["fix"]
+    assert "live.listen-queue-full" not in by_id  # drained: only the log remembers
+    assert doc["findings"][0]["severity"] == "critical"
+
+    text = subprocess.run(
+        [sys.executable, "-m", "stackmon.cli", "doctor", "--uwsgi", stack.stats_address,
+         "--nginx", stack.nginx_status_url or "", "--sample", "0"],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert text.returncode == 1 and "Traceback" not in text.stderr
+    assert "[critical] logs.upstream-queue-full" in text.stdout
+    assert f"count={truth_502}" in text.stdout
 
 
 def test_nginx_config_found_from_the_masters_command_line(

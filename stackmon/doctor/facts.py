@@ -141,7 +141,7 @@ class Finding:
 class Input:
     """One thing the doctor read (or tried to): shown so a clean report says what it covered."""
 
-    kind: str  # "uwsgi-ini", "uwsgi-instance", "nginx-conf", "kernel", "live"
+    kind: str  # "uwsgi-ini", "uwsgi-instance", "nginx-conf", "kernel", "live", "log", "logs"
     source: str
     host: str | None = None
     error: str | None = None

@@ -254,18 +254,38 @@ async def poll_hosts(hosts: Sequence[HostConfig], settings: Settings, sample: fl
         await asyncio.gather(*(h.aclose() for h in opened))
 
 
+def log_inputs(name: str, live: LiveFacts) -> list[Input]:
+    """The logs the polls read (the `logs.*` rules' evidence), each with its error, so a
+    report without log findings says whether the logs were read at all."""
+    snap = live.latest if live.latest.logs is not None else live.first
+    if not snap.reachable:
+        return []
+    if snap.logs is None:
+        return [Input("logs", name, host=name,
+                      error="no log found from the running nginx and uWSGI; name them in the "
+                            "hosts file (nginx_access_log, nginx_error_log, uwsgi_log)")]
+    out = []
+    for s in snap.logs.sources:
+        what = f"{s.kind.replace('_', ' ')} log"
+        source = f"{what} {s.path}" if s.path else f"{what} of {s.label or name}"
+        out.append(Input("log", source, host=name, error=s.error))
+    return out
+
+
 def live_host_facts(host: HostConfig, live: LiveFacts, *,
                     discover_nginx: bool) -> tuple[HostFacts, list[Input]]:
     """A polled host's facts: its uWSGI instances' own configs (from their command lines) and,
     with discover_nginx, the running nginx's config (when the host has an nginx target whose
     master the poll identified). Never raises: what cannot be read becomes an Input error."""
+    # An unreadable log is listed with the logs (log_inputs), not as a fault of the poll.
     problems = [e.message if e.source in e.message else f"{e.source}: {e.message}"
-                for e in live.latest.errors]
+                for e in live.latest.errors if not e.source.endswith(" log")]
     if not live.latest.reachable and not problems:
         problems = ["unreachable"]
     inputs = [Input("live", f"{host.name} (two polls {live.interval:.1f} s apart)"
                     if live.second is not None else host.name,
                     host=host.name, error="; ".join(problems) or None)]
+    inputs += log_inputs(host.name, live)
     uwsgi: list[UwsgiFacts] = []
     snap = live.latest if live.latest.reachable else live.first
     for inst in snap.uwsgi:
@@ -314,6 +334,7 @@ __all__ = [
     "NginxConfError",
     "instance_facts",
     "live_host_facts",
+    "log_inputs",
     "merge_files",
     "nginx_conf_path",
     "nginx_file_facts",
