@@ -30,6 +30,7 @@ PLUGGED: dict[str, str] = {
     "reload": "stackmon.actions.command",
     "agent": "stackmon.agent.command",
     "doctor": "stackmon.doctor.command",
+    "stack": "stackmon.actions.stack_command",
 }
 
 
