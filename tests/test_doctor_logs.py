@@ -126,6 +126,11 @@ def test_unix_queue_overflow_is_critical_with_count_socket_and_fix() -> None:
     assert f.evidence[3].values["backlog"] == 2  # the live socket, from the kernel
     for words in ("listen", "somaxconn", "workers", "stuck requests", "app.ini"):
         assert words in f.fix, words
+    assert "to 128 in app.ini within net.core.somaxconn (4096)" in f.fix
+    low = facts(snapshot(uwsgi=(inst,), logs=logs), uwsgi=(u,))
+    low = replace(low, system=replace(SYSTEM, somaxconn=64))
+    (f,) = of(run_rules(low), "logs.upstream-queue-full")
+    assert "sysctl -w net.core.somaxconn=128" in f.fix
     assert found[0].id == "logs.upstream-queue-full"  # critical first
 
 

@@ -1037,6 +1037,9 @@ def upstream_queue_full(facts: Facts) -> Iterator[Finding]:
         if smax is not None:
             evidence.append(Evidence(SOMAXCONN, 0, {"somaxconn": smax}))
         want = max(4 * (listen or 32), 128)
+        sysctl = (f"within net.core.somaxconn ({smax})" if smax is not None and smax >= want
+                  else f"together with net.core.somaxconn (sysctl -w net.core.somaxconn="
+                       f"{want}, persisted in /etc/sysctl.d/)")
         yield _finding(
             "logs.upstream-queue-full", "critical",
             f"the listen queue of {socket} overflowed {err.count}x in the last "
@@ -1049,9 +1052,8 @@ def upstream_queue_full(facts: Facts) -> Iterator[Finding]:
             f"Find the stuck requests holding the workers (stackmon: the oldest requests per "
             f"worker; bound them with harakiri); add workers (processes/threads) if they are "
             f"busy with ordinary traffic; raise listen (now {listen if listen else '?'}) to "
-            f"{want} in {where} together with net.core.somaxconn (sysctl -w "
-            f"net.core.somaxconn={max(want, smax or 0)}, persisted in /etc/sysctl.d/), then "
-            "restart uWSGI (a reload keeps the old socket's backlog).",
+            f"{want} in {where} {sysctl}, then restart uWSGI (a reload keeps the old "
+            "socket's backlog).",
             host)
 
 
