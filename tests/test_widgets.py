@@ -15,6 +15,7 @@ from textual.app import App, ComposeResult
 from textual.message import Message
 from textual.widget import Widget
 
+from stackmon.health import assess
 from stackmon.model import (
     Core,
     FdReport,
@@ -43,7 +44,6 @@ from widgets import (
     WorkerList,
     fd_items,
     gauge_severity,
-    host_state,
     listen_queue_items,
 )
 from widgets.gauge import gauge_layout, gauge_percent
@@ -617,10 +617,18 @@ def test_gauge_severity_and_percent(value: int, limit: int, severity: str,
     assert gauge_percent(value, limit) == percent
 
 
-def test_gauge_severity_custom_thresholds() -> None:
-    assert gauge_severity(50, 100, warn=50, critical=80) == "warn"
-    assert gauge_severity(80, 100, warn=50, critical=80) == "critical"
-    assert gauge_severity(49, 100, warn=50, critical=80) == "ok"
+@pytest.mark.parametrize(
+    ("value", "limit", "severity"),
+    [(79, 100, "ok"), (80, 100, "warn"), (94, 100, "warn"), (95, 100, "critical"),
+     (819, 1024, "ok"), (820, 1024, "warn"), (973, 1024, "critical"), (1, 0, "unknown")],
+)
+def test_fd_gauges_grade_by_the_health_models_fd_thresholds(value: int, limit: int,
+                                                            severity: str) -> None:
+    """fds used to turn amber at 70 % here while the tab waited for 80 %: one model now."""
+    assert gauge_severity(value, limit, "fd") == severity
+    assert [i.kind for i in fd_items(FdReport(SystemFds(1, 10),
+                                              (ProcessFds(1, "uwsgi-worker", 1, 10),)))] \
+        == ["fd", "fd"]
 
 
 async def test_gauge_renders_value_limit_percent_and_colours() -> None:
@@ -921,28 +929,47 @@ def _slow_host(*levels: Level, **kwargs: object) -> HostSnapshot:
         (host(reachable=False, errors=(SourceError("uwsgi 127.0.0.1:9002",
                                                    "connection refused"),)),
          "UNREACHABLE connection refused", "critical"),
-        (host(reachable=False), "UNREACHABLE", "critical"),
+        (host(reachable=False), "UNREACHABLE no answer", "critical"),
         (host(reachable=False, stale_s=130.0, errors=(SourceError("agent", "timeout"),)),
          "UNREACHABLE timeout (data 2m10s old)", "critical"),
         (_slow_host("slow", "slow"), "SLOW 2", "warn"),
         (_slow_host("slow", "critical"), "CRIT 1", "critical"),
         (host(uwsgi=(instance(sockets=[Socket("s", "uwsgi", 92, 100)]),)), "QUEUE 92%",
          "critical"),
-        (host(uwsgi=(instance(queue=50, backlog=100),)), "QUEUE 50%", "warn"),
-        (host(uwsgi=(instance(queue=49, backlog=100),)), "ok", "ok"),
+        # the health model's 70 %: the old badge warned at 50 % while the gauge stayed green
+        (host(uwsgi=(instance(sockets=[Socket("s", "uwsgi", 70, 100)]),)), "QUEUE 70%", "warn"),
+        (host(uwsgi=(instance(sockets=[Socket("s", "uwsgi", 69, 100)]),)), "ok", "ok"),
+        (host(uwsgi=(instance(sockets=[Socket("s", "uwsgi", 50, 100)]),)), "ok", "ok"),
         (host(listeners=(Listener(":80", "tcp", "nginx", 460, 511),)), "QUEUE 90%", "critical"),
         (host(errors=(SourceError("nginx http://127.0.0.1/nginx_status", "refused"),)),
          "PARTIAL: nginx down", "warn"),
         # worst wins: a critical request beats a warn-level queue and partial errors
-        (host(uwsgi=(instance([worker(1, req(0, level="critical"))], queue=60),),
+        (host(uwsgi=(instance([worker(1, req(0, level="critical"))],
+                              sockets=[Socket("s", "uwsgi", 75, 100)]),),
               errors=(SourceError("nginx x", "refused"),)), "CRIT 1", "critical"),
         (_slow_host("slow", errors=(SourceError("nginx x", "e"),)), "SLOW 1", "warn"),
         (host(stale_s=12.0), "STALE 12s", "unknown"),
         (_slow_host("slow", stale_s=12.0), "STALE 12s SLOW 1", "warn"),
     ],
 )
-def test_host_state(snapshot: HostSnapshot, label: str, severity: str) -> None:
-    assert host_state(snapshot) == (label, severity)
+async def test_host_header_badge_is_the_health_models(snapshot: HostSnapshot, label: str,
+                                                      severity: str) -> None:
+    """The header shows assess()'s label and severity, and its gauges agree with it."""
+    state = assess(snapshot)
+    assert (state.label, state.severity) == (label, severity)
+    header = HostHeader()
+    app = WidgetApp(header)
+    async with app.run_test(size=SIZE) as pilot:
+        header.set_snapshot(snapshot, None)
+        await pilot.pause()
+        assert f" {label} " in rendered(header) or label.startswith("UNREACHABLE")
+        assert header.severity == severity and header.has_class(f"-{severity}")
+    queue_sevs = [gauge_severity(i.value, i.limit, i.kind) for i in listen_queue_items(snapshot)]
+    if any(r.kind == "queue" for r in state.reasons):
+        assert max(queue_sevs, key=["ok", "unknown", "warn", "critical"].index) == next(
+            r.severity for r in state.reasons if r.kind == "queue")
+    else:
+        assert set(queue_sevs) <= {"ok", "unknown"}
 
 
 async def test_host_header_renders_one_line() -> None:

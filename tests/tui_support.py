@@ -11,8 +11,13 @@ from textual.app import App
 
 from stackmon.addresses import parse_stats_address
 from stackmon.config import HostConfig, Settings, Targets
+from stackmon.logs.access import EndpointStat, HttpSummary, Percentiles
+from stackmon.logs.host import LogSummary, SourceStatus
+from stackmon.logs.nginx_errors import UpstreamError
+from stackmon.logs.uwsgi_events import Event
 from stackmon.model import HostSnapshot, SourceError
 from stackmon.snapshot_json import host_from_dict
+from stackmon.sources.lb_probe import HealthCheck
 from tui.app import StackmonApp
 
 FIXTURES = Path(__file__).parent / "fixtures" / "snapshots"
@@ -61,3 +66,68 @@ def screen_text(app: App) -> str:
     """The current screen as plain text, one line per row."""
     strips = app.screen._compositor.render_strips()  # test-only peek at the compositor
     return "\n".join(strip.text for strip in strips)
+
+
+# --------------------------------------------------------------- what the clients get
+
+def http(**kwargs: object) -> HttpSummary:
+    """An access-log summary: 600 requests in 60 s, 37 of them 502, upstream timing known."""
+    base: dict[str, object] = dict(
+        window_s=60.0, source="/var/log/nginx/access.log", requests=600, per_s=10.0,
+        covered_s=60.0, status={"2xx": 558, "3xx": 2, "4xx": 3, "5xx": 37, "499": 2,
+                                "502": 37, "503": 0, "504": 0},
+        upstream_ms=Percentiles(12.0, 480.0, 1250.0), timing="upstream_response_time",
+        top_5xx=(EndpointStat("GET /report", 40, 30, 4000.0, 900.0),
+                 EndpointStat("GET /api/items/:id", 300, 7, 3000.0, 80.0)),
+        top_slow=(), unparsed=0, log_format="main", missing=(), advice=None)
+    base.update(kwargs)
+    return HttpSummary(**base)  # type: ignore[arg-type]
+
+
+QUEUE_FULL = "unix:/run/app/app.sock"
+
+
+def upstream_error(count: int, cause: str = "queue_full", upstream: str = QUEUE_FULL,
+                   first_at: float = 0.0, last_at: float = 0.0) -> UpstreamError:
+    return UpstreamError(cause, upstream, count, first_at, last_at,
+                         f"connect() to {upstream} failed (11: Resource temporarily "
+                         "unavailable) while connecting to upstream")
+
+
+def event(at: float, kind: str, text: str, worker: int | None = None, pid: int | None = None,
+          uri: str | None = None, source: str = "uwsgi") -> Event:
+    return Event(at=at, source=source, kind=kind, worker=worker, pid=pid, uri=uri, text=text)
+
+
+def summary(at: float, errors: tuple[UpstreamError, ...] = (), *,
+            http_summary: HttpSummary | None = None, events: tuple[Event, ...] = (),
+            sources: tuple[SourceStatus, ...] = ()) -> LogSummary:
+    return LogSummary(taken_at=at, window_s=60.0,
+                      http=http_summary if http_summary is not None else http(),
+                      upstream_errors=errors, events=events, sources=sources)
+
+
+def check(**kwargs: object) -> HealthCheck:
+    base: dict[str, object] = dict(url="http://127.0.0.1/healthz", ok=True, last_ms=4.0,
+                                   max_ms=38.0, failures_in_row=0, out_of_service=False)
+    base.update(kwargs)
+    return HealthCheck(**base)  # type: ignore[arg-type]
+
+
+def errors_burst(host: HostSnapshot, per_poll: list[int], *, events: tuple[Event, ...] = (),
+                 health: HealthCheck | None = None) -> list[HostSnapshot]:
+    """Successive polls of `host`, one a second, whose error log gains per_poll[i] queue_full
+    502s at poll i (all inside the window, so each count is the sum so far)."""
+    start = host.taken_at - len(per_poll)
+    out = []
+    total = 0
+    for i, n in enumerate(per_poll):
+        at = start + i + 1
+        total += n
+        errors = (upstream_error(total, first_at=start, last_at=at),) if total else ()
+        status = {"2xx": 560, "3xx": 0, "4xx": 3, "5xx": total, "499": 0, "502": total,
+                  "503": 0, "504": 0}
+        logs = summary(at, errors, http_summary=http(status=status), events=events)
+        out.append(replace(host, taken_at=at, logs=logs,
+                           health=health if health is not None else check()))
+    return out

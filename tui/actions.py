@@ -46,6 +46,9 @@ ACTIONS: tuple[ActionSpec, ...] = (
                "tab.", footer=False, key_display="["),
     ActionSpec("next_instance", "i", "Instance", "Show the next uWSGI instance of this host.",
                footer=False),
+    ActionSpec("events", "e", "Events", "What happened on this host, newest first: "
+               "harakiri, workers that died or respawned, reloads, NO MERCY, stackmon's own "
+               "kills, each with its time, worker, pid and request; / filters."),
     ActionSpec("doctor", "d", "Doctor", "Diagnose this host's tuning: listen vs somaxconn, "
                "timeouts vs the load balancer's, reload mercy vs the health check, fds."),
     ActionSpec("kill_worker", "K", "Kill", "Kill the selected worker (asks first: SIGTERM, "

@@ -24,6 +24,7 @@ from stackmon.actions.audit import AuditLog
 from stackmon.actions.base import ActionError
 from stackmon.actions.reload_progress import ReloadProgress
 from stackmon.config import Targets
+from stackmon.health import Severity, assess
 from stackmon.model import HostSnapshot, Worker
 from stackmon.poller import Fleet
 from stackmon.redact import visible
@@ -32,24 +33,25 @@ from tui.host_pane import HostPane
 from tui.messages import ActionFinished, DoctorDone, HostPolled, ReloadProgressed
 from tui.screens.confirm import KillChoice, KillConfirm, ReloadChoice, ReloadConfirm
 from tui.screens.doctor import DoctorScreen
+from tui.screens.events import EventsScreen
 from tui.screens.help import HelpScreen
 from tui.screens.reload_view import ReloadScreen
 from tui.screens.worker_detail import WorkerDetailScreen
-from widgets.host_header import host_state
 from widgets.worker_list import WorkerList
 
-BADGE_STYLE = {"ok": "green", "warn": "bold yellow", "critical": "bold red",
-               "unknown": "dim"}
-BADGE_ICON = {"ok": "●", "warn": "▲", "critical": "✖", "unknown": "…"}
+BADGE_STYLE: dict[Severity, str] = {"ok": "green", "warn": "bold yellow",
+                                    "critical": "bold red", "unknown": "dim"}
+BADGE_ICON: dict[Severity, str] = {"ok": "●", "warn": "▲", "critical": "✖", "unknown": "…"}
 
 # Signals that end the TUI the way `q` does (exit status 128 + n, as a shell reports it).
 EXIT_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
-def tab_label(name: str, state: tuple[str, str] | None) -> Text:
-    """A tab title: the host name and a badge of its worst state (a glyph and a word, so it
-    reads without colour). The name is configuration text: a Text (never markup) with its
-    control characters made visible, as request data is."""
+def tab_label(name: str, state: tuple[str, Severity] | None) -> Text:
+    """A tab title: the host name and a badge of its worst state, (label, severity) from the
+    health model (a glyph and words, so it reads without colour: `✖ web-1 502 2.0/s`). The
+    name is configuration text: a Text (never markup) with its control characters made
+    visible, as request data is; so is the label (it can quote an error message)."""
     name = visible(name)
     if state is None:
         return Text.assemble((f"{BADGE_ICON['unknown']} ", BADGE_STYLE["unknown"]), name,
@@ -57,13 +59,13 @@ def tab_label(name: str, state: tuple[str, str] | None) -> Text:
     label, severity = state
     text = Text.assemble((f"{BADGE_ICON[severity]} ", BADGE_STYLE[severity]), name)
     if severity != "ok":
-        text.append(f" {short_badge(label)}", BADGE_STYLE[severity])
+        text.append(f" {visible(short_badge(label))}", BADGE_STYLE[severity])
     return text
 
 
 def short_badge(label: str) -> str:
-    """The state label cut to what fits a tab: "CRIT 2", "QUEUE 93%", "UNREACHABLE"; the
-    reason is on the tab's own page."""
+    """The state label cut to what fits a tab: "CRIT 2", "QUEUE 93%", "502 2.0/s", "LB OUT",
+    "UNREACHABLE"; the reason is on the tab's own page."""
     words = label.split()
     if not words:
         return ""
@@ -87,7 +89,7 @@ class StackmonApp(App[int]):
         self.read_only = targets.settings.read_only
         self.clock = clock
         self._poll = poll
-        self._states: dict[int, tuple[str, str] | None] = {}
+        self._states: dict[int, tuple[str, Severity] | None] = {}
         self._reload_views: set[str] = set()
         self.paused = False
         for b in bindings(self.read_only):
@@ -150,7 +152,8 @@ class StackmonApp(App[int]):
         """Route a snapshot to its pane and badge; public so tests can feed recorded data."""
         pane = self.panes[index]
         pane.set_snapshot(snap, visible=not self.paused and self._active_index() == index)
-        state = host_state(snap)
+        assessed = assess(snap)
+        state = (assessed.label, assessed.severity)
         if self._states.get(index) != state:
             self._states[index] = state
             self._tabs.get_tab(f"host-{index}").label = tab_label(
@@ -159,11 +162,13 @@ class StackmonApp(App[int]):
         if isinstance(screen, WorkerDetailScreen) and screen.host_index == index:
             screen.set_worker(pane.find_worker(screen.worker_id, screen.address,
                                                nth=screen.worker_nth), self.clock())
+        elif isinstance(screen, EventsScreen) and screen.host_index == index:
+            screen.set_logs(snap.logs)
 
     # --- helpers ----------------------------------------------------------------------------
 
     _MAIN_ONLY = frozenset({"open_worker", "cycle_sort", "filter", "next_host", "prev_host",
-                            "next_instance", "kill_worker", "reload", "doctor"})
+                            "next_instance", "kill_worker", "reload", "doctor", "events"})
     _MUTATING = frozenset(spec.name for spec in ACTIONS if spec.mutating)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -248,6 +253,12 @@ class StackmonApp(App[int]):
 
     def action_next_instance(self) -> None:
         self.active_pane().next_instance()
+
+    def action_events(self) -> None:
+        pane = self.active_pane()
+        snap = pane.latest
+        self.push_screen(EventsScreen(pane.index, pane.host.name,
+                                      snap.logs if snap is not None else None))
 
     def action_doctor(self) -> None:
         pane = self.active_pane()

@@ -20,11 +20,13 @@ from textual.content import Content
 from textual.widgets import Input, Static, TabPane
 
 from stackmon.config import HostConfig, Settings
+from stackmon.health import assess
 from stackmon.model import HostSnapshot, UwsgiInstance, Worker
 from stackmon.redact import visible
+from widgets.clients_panel import CauseHistory, ClientsPanel
 from widgets.gauge import GaugeList, fd_items, listen_queue_items
 from widgets.history import History
-from widgets.host_header import HostHeader
+from widgets.host_header import HostHeader, host_reading
 from widgets.nginx_panel import NginxPanel
 from widgets.worker_list import WorkerKey, WorkerList
 
@@ -100,9 +102,11 @@ class HostPane(TabPane):
         self._queue_hist: deque[int] = deque(maxlen=HISTORY)
         self._busy_hist: deque[int] = deque(maxlen=HISTORY)
         self._rps_hist: deque[float | None] = deque(maxlen=HISTORY)
+        self._causes = CauseHistory(HISTORY)
 
     def compose(self) -> ComposeResult:
         yield HostHeader(id="header")
+        yield Line(id="reading")
         with Horizontal(id="body"):
             with Vertical(id="main"):
                 yield Line(Text("connecting…", style="dim"), id="instance-title")
@@ -110,6 +114,8 @@ class HostPane(TabPane):
                 yield WorkerList(thresholds=self.settings.thresholds, id="workers")
                 yield FilterInput(placeholder="filter workers (Esc clears)", id="filter")
             with VerticalScroll(id="side"):
+                yield Line("Clients", classes="section", id="clients-title")
+                yield ClientsPanel(id="clients")
                 yield Line("Listen queues", classes="section", id="queues-title")
                 yield GaugeList(id="queues", empty_text="no listener seen")
                 yield Static("File descriptors", classes="section")
@@ -121,6 +127,7 @@ class HostPane(TabPane):
 
     def on_mount(self) -> None:
         self.query_one("#filter", FilterInput).display = False
+        self.query_one("#reading", Line).display = False
 
     # --- data in ----------------------------------------------------------------------------
 
@@ -135,6 +142,7 @@ class HostPane(TabPane):
             rate = self._rps if self._rps is not None else (
                 snap.nginx.requests_per_s if snap.nginx else None)
             self._rps_hist.append(rate)
+            self._causes.push(snap.logs)
         if visible:
             self.show_latest()
 
@@ -150,7 +158,13 @@ class HostPane(TabPane):
     def _draw(self, snap: HostSnapshot) -> None:
         self._shown = snap
         now = self.clock()
-        self.query_one(HostHeader).set_snapshot(snap, self._rps)
+        state = assess(snap)
+        self.query_one(HostHeader).set_snapshot(snap, self._rps, state)
+        reading = self.query_one("#reading", Line)
+        reading_text = host_reading(state)
+        if reading.display != bool(reading_text.plain):
+            reading.display = bool(reading_text.plain)
+        reading.show(reading_text)
         inst = self._current_instance(snap)
         workers = self.query_one(WorkerList)
         self.query_one("#instance-title", Line).show(self._instance_title(snap, inst))
@@ -174,6 +188,17 @@ class HostPane(TabPane):
         else:
             self.query_one(NginxPanel).set_status(None)
         self.query_one(History).set_series(self._queue_hist, self._busy_hist, self._rps_hist)
+        self._draw_clients(snap)
+
+    def _draw_clients(self, snap: HostSnapshot) -> None:
+        logs = snap.logs
+        title = "Clients"
+        if logs is not None and logs.http is not None:
+            title += f" · access log, last {logs.window_s:.0f} s"
+        elif logs is not None:
+            title += f" · logs, last {logs.window_s:.0f} s"
+        self.query_one("#clients-title", Line).show(title)
+        self.query_one(ClientsPanel).set_data(logs, snap.health, self._causes.series())
 
     def _current_instance(self, snap: HostSnapshot) -> UwsgiInstance | None:
         if not snap.uwsgi:

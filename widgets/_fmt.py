@@ -8,16 +8,14 @@ escape in a line-API strip would corrupt the whole screen, so the widgets apply 
 
 from __future__ import annotations
 
-from typing import Literal
-
 from rich.cells import cell_len, set_cell_size
 
+# How bad something is, everywhere in the widgets (gauges, host badges): the health model's
+# own words, so a widget never grades on its own ("unknown": data we do not have).
+from stackmon.health import SEVERITY_RANK, Severity
 from stackmon.redact import visible
 
-# How bad something is, everywhere in the widgets (gauges, host badges): "unknown" is data we
-# do not have (no limit known, stale sample), ranked between ok and warn.
-Severity = Literal["ok", "warn", "critical", "unknown"]
-SEVERITY_RANK: dict[Severity, int] = {"ok": 0, "unknown": 1, "warn": 2, "critical": 3}
+__all__ = ["SEVERITY_RANK", "Severity", "ellipsize", "fmt_count", "fmt_ms", "fmt_rate", "plain"]
 
 ELLIPSIS = "…"
 

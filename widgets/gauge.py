@@ -4,7 +4,9 @@ A listen queue at 97/100 and an fd count at 1019/1024 are the two numbers that e
 502/504 storms, so a gauge shows the value, the limit and the percentage as text (readable
 without colour and in a paste), a bar for the eye, and a severity (ok / warn / critical /
 unknown) as colour and as a CSS class (`-ok`, `-warn`, `-critical`, `-unknown`) the app can
-style. A limit of 0 means "unknown": the gauge says `value/?` instead of inventing a fill.
+style. The severity is the health model's (stackmon.health: queue or fd thresholds, by the
+gauge's `kind`), so a gauge is never red while the tab says ok. A limit of 0 means "unknown":
+the gauge says `value/?` instead of inventing a fill.
 
 `GaugeList` shows a changing sequence of `GaugeItem`s and reuses one `Gauge` per item key, so a
 poll that only moved numbers repaints a few lines and mounts nothing. `listen_queue_items()` and
@@ -14,7 +16,7 @@ poll that only moved numbers repaints a few lines and mounts nothing. `listen_qu
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar, NamedTuple
+from typing import ClassVar, Literal, NamedTuple
 
 from rich.cells import cell_len
 from rich.style import Style
@@ -23,12 +25,12 @@ from textual.app import ComposeResult
 from textual.widget import Widget
 from textual.widgets import Static
 
+from stackmon.health import fd_severity, queue_severity
 from stackmon.model import FdReport, HostSnapshot, ProcessFds
 from widgets._fmt import Severity, ellipsize, fmt_count, plain
 from widgets._styles import StyleMemo
 
-WARN_PCT = 70.0
-CRITICAL_PCT = 90.0
+GaugeKind = Literal["queue", "fd"]
 MAX_LABEL_WIDTH = 28
 MIN_LABEL_WIDTH = 12
 NUMBERS_WIDTH = 11  # "value/limit", right-aligned: 12345/65536
@@ -40,18 +42,12 @@ BAR_FULL = "█"
 BAR_EMPTY = "░"
 
 
-def gauge_severity(
-    value: int, limit: int, warn: float = WARN_PCT, critical: float = CRITICAL_PCT
-) -> Severity:
-    """Severity of value/limit against percentage thresholds (inclusive); exact for integer
-    percentages, so 9/10 is critical at 90 and 89/100 is not."""
-    if limit <= 0:
-        return "unknown"
-    if value * 100 >= critical * limit:
-        return "critical"
-    if value * 100 >= warn * limit:
-        return "warn"
-    return "ok"
+def gauge_severity(value: int, limit: int, kind: GaugeKind = "queue") -> Severity:
+    """Severity of value/limit by the health model's thresholds for this kind of gauge (a
+    listen queue against its backlog, or open fds against their limit)."""
+    if kind == "fd":
+        return fd_severity(value, limit)
+    return queue_severity(value, limit)
 
 
 def gauge_percent(value: int, limit: int) -> int | None:
@@ -107,22 +103,20 @@ class Gauge(StyleMemo, Widget):
         limit: int = 0,
         note: str = "",
         *,
-        warn: float = WARN_PCT,
-        critical: float = CRITICAL_PCT,
+        kind: GaugeKind = "queue",
         label_width: int | None = None,
         note_width: int | None = None,
         name: str | None = None,
         id: str | None = None,
         classes: str | None = None,
     ) -> None:
-        """`limit` 0: unknown. `warn`/`critical`: percentages, inclusive. `label_width` and
-        `note_width`: cells reserved for the label and the note, so that the bars of several
-        gauges line up (GaugeList sets them); None: the gauge's own."""
+        """`limit` 0: unknown. `kind`: whose thresholds grade it (stackmon.health).
+        `label_width` and `note_width`: cells reserved for the label and the note, so that
+        the bars of several gauges line up (GaugeList sets them); None: the gauge's own."""
         super().__init__(name=name, id=id, classes=classes)
-        self._warn = warn
-        self._critical = critical
+        self._kind: GaugeKind = kind
         self._state: _GaugeState = (label, value, limit, note, label_width, note_width)
-        self._severity: Severity = gauge_severity(value, limit, warn, critical)
+        self._severity: Severity = gauge_severity(value, limit, kind)
         self.add_class(f"-{self._severity}")
 
     @property
@@ -165,7 +159,7 @@ class Gauge(StyleMemo, Widget):
         if state == self._state:
             return
         self._state = state
-        severity = gauge_severity(value, limit, self._warn, self._critical)
+        severity = gauge_severity(value, limit, self._kind)
         if severity != self._severity:
             self.remove_class(f"-{self._severity}")
             self.add_class(f"-{severity}")
@@ -245,6 +239,7 @@ class GaugeItem(NamedTuple):
     value: int
     limit: int
     note: str = ""
+    kind: GaugeKind = "queue"
 
 
 def _label_width(items: Sequence[GaugeItem]) -> int:
@@ -283,15 +278,11 @@ class GaugeList(Widget):
         items: Sequence[GaugeItem] = (),
         *,
         empty_text: str = "",
-        warn: float = WARN_PCT,
-        critical: float = CRITICAL_PCT,
         name: str | None = None,
         id: str | None = None,
         classes: str | None = None,
     ) -> None:
         super().__init__(name=name, id=id, classes=classes)
-        self._warn = warn
-        self._critical = critical
         self._items: tuple[GaugeItem, ...] = ()
         self._gauges: dict[str, Gauge] = {}
         self._empty = Static(Text(empty_text), classes="gauge-list--empty", markup=False)
@@ -321,8 +312,8 @@ class GaugeList(Widget):
             raise ValueError("GaugeList item keys must be unique")
 
     def _new_gauge(self, item: GaugeItem, widths: tuple[int, int]) -> Gauge:
-        return Gauge(item.label, item.value, item.limit, item.note, warn=self._warn,
-                     critical=self._critical, label_width=widths[0], note_width=widths[1])
+        return Gauge(item.label, item.value, item.limit, item.note, kind=item.kind,
+                     label_width=widths[0], note_width=widths[1])
 
     @staticmethod
     def _update(gauge: Gauge, item: GaugeItem, widths: tuple[int, int]) -> None:
@@ -456,8 +447,8 @@ def fd_items(fds: FdReport) -> list[GaugeItem]:
         if len(procs) > 1:
             label += " max"
         items.append(GaugeItem(f"fd:{role}", label, worst.open, worst.limit,
-                               f"pid {worst.pid}"))
+                               f"pid {worst.pid}", kind="fd"))
     if fds.system is not None:
         items.append(GaugeItem("fd:system", "system file-nr", fds.system.open, fds.system.max,
-                               "file-max"))
+                               "file-max", kind="fd"))
     return items

@@ -1,11 +1,10 @@
-"""HostHeader and host_state(): one line that says whether a host needs you, and why.
+"""HostHeader and host_reading(): one line that says whether a host needs you, and one that
+says why.
 
-`host_state()` is the single definition of "how bad is this host" (the header badge, and the
-app's tab badges use it too), in the order an on-call engineer cares: a host we cannot see, a
-request stuck past the critical threshold, a listen queue about to refuse connections, then
-slow requests, a filling queue, and sources that failed. Stale data is always said (STALE 12s),
-in front of whatever the old data shows, because old numbers read as current are worse than
-no numbers.
+How bad a host is comes from the health model (stackmon.health.assess): the header's badge,
+the tab's badge and the gauges all grade by it, so they never disagree. Stale data is always
+said (STALE 12s), in front of whatever the old data shows, because old numbers read as current
+are worse than no numbers.
 """
 
 from __future__ import annotations
@@ -15,86 +14,32 @@ from typing import ClassVar
 from rich.text import Text
 from textual.widget import Widget
 
+from stackmon.health import HostState, assess
 from stackmon.model import HostSnapshot
-from stackmon.render_text import human_age
-from widgets._fmt import SEVERITY_RANK, Severity, fmt_rate, plain
+from widgets._fmt import Severity, fmt_rate, plain
 from widgets._styles import StyleMemo
 
-QUEUE_WARN_PCT = 50
-QUEUE_CRITICAL_PCT = 90
+# Reasons the host's notice already spells out in full (which sources failed, unreachable,
+# stale): the reading is for what the clients and the workers are going through.
+NOTICE_KINDS = frozenset({"unreachable", "stale", "source"})
+READING_REASONS = 2
+READING_STYLE = {"critical": "bold red", "warn": "bold yellow"}
+READING_ICON = {"critical": "✖ ", "warn": "▲ "}
 
 
-def worst_queue_percent(host: HostSnapshot) -> int | None:
-    """The fullest accept queue of the host against its backlog (uWSGI sockets, each
-    instance's listen queue, kernel listeners), whole percent; None when no backlog is known."""
-    pairs: list[tuple[int, int]] = []
-    for u in host.uwsgi:
-        pairs.append((u.listen_queue, u.listen_queue_max))
-        pairs.extend((s.queue, s.max_queue) for s in u.sockets)
-    pairs.extend((li.queue, li.backlog) for li in host.listeners)
-    known = [queue * 100 // limit for queue, limit in pairs if limit > 0]
-    return max(known) if known else None
-
-
-def _error_sources(host: HostSnapshot) -> str:
-    # SourceError.source is e.g. "nginx http://127.0.0.1/nginx_status": its first word names it.
-    names: list[str] = []
-    for e in host.errors:
-        name = (e.source.split() or ["?"])[0]
-        if name not in names:
-            names.append(name)
-    return ", ".join(names)
-
-
-def host_state(host: HostSnapshot) -> tuple[str, Severity]:
-    """(badge label, severity) of a host; severity is one of ok, warn, critical, unknown.
-
-    Worst wins: unreachable (critical); a critical request ("CRIT n"); a listen queue >= 90% of
-    its backlog ("QUEUE 93%", critical); slow requests ("SLOW n", warn); a queue >= 50% (warn);
-    failed sources ("PARTIAL: nginx down", warn); else "ok". Stale data prefixes "STALE 12s"
-    and is at least "unknown". The label may quote an error message: show it as plain text.
-    """
-    if not host.reachable:
-        reason = plain(host.errors[0].message) if host.errors else ""
-        label = f"UNREACHABLE {reason}".rstrip()
-        if host.stale_s is not None:
-            label += f" (data {human_age(host.stale_s)} old)"
-        return label, "critical"
-
-    n_critical = n_slow = 0
-    for u in host.uwsgi:
-        for w in u.workers:
-            for r in w.requests_in_flight:
-                if r.level == "critical":
-                    n_critical += 1
-                elif r.level == "slow":
-                    n_slow += 1
-    queue = worst_queue_percent(host)
-
-    candidates: list[tuple[str, Severity]] = []
-    if n_critical:
-        candidates.append((f"CRIT {n_critical}", "critical"))
-    if queue is not None and queue >= QUEUE_CRITICAL_PCT:
-        candidates.append((f"QUEUE {queue}%", "critical"))
-    if n_slow:
-        candidates.append((f"SLOW {n_slow}", "warn"))
-    if queue is not None and QUEUE_WARN_PCT <= queue < QUEUE_CRITICAL_PCT:
-        candidates.append((f"QUEUE {queue}%", "warn"))
-    if host.errors:
-        candidates.append((f"PARTIAL: {plain(_error_sources(host))} down", "warn"))
-
-    severity: Severity
-    label, severity = "ok", "ok"
-    for cand_label, cand_severity in candidates:
-        if SEVERITY_RANK[cand_severity] > SEVERITY_RANK[severity]:
-            label, severity = cand_label, cand_severity
-
-    if host.stale_s is not None:
-        stale = f"STALE {human_age(host.stale_s)}"
-        label = stale if severity == "ok" else f"{stale} {label}"
-        if SEVERITY_RANK[severity] < SEVERITY_RANK["unknown"]:
-            severity = "unknown"
-    return label, severity
+def host_reading(state: HostState) -> Text:
+    """The top reasons as one reading ("502 ×37 in 60 s: uWSGI listen queue full on
+    unix:/x/app.sock (×37); 1 request(s) past the critical age; ..."), worst first; empty when
+    nothing is wrong beyond what the notice says. The text quotes URIs and socket names: plain
+    text only."""
+    shown = [r for r in state.reasons
+             if r.kind not in NOTICE_KINDS and r.severity in READING_STYLE][:READING_REASONS]
+    if not shown:
+        return Text()
+    worst = shown[0].severity
+    text = Text(READING_ICON[worst], style=READING_STYLE[worst], end="")
+    text.append("; ".join(plain(r.text) for r in shown))
+    return text
 
 
 class HostHeader(StyleMemo, Widget):
@@ -153,9 +98,12 @@ class HostHeader(StyleMemo, Widget):
     def severity(self) -> Severity:
         return self._severity
 
-    def set_snapshot(self, host: HostSnapshot, rps: float | None) -> None:
-        """Show this poll of the host; `rps`: requests per second (nginx's, or None)."""
-        label, severity = host_state(host)
+    def set_snapshot(self, host: HostSnapshot, rps: float | None,
+                     state: HostState | None = None) -> None:
+        """Show this poll of the host; `rps`: requests per second (nginx's, or None); `state`:
+        the host's assess() when the caller has it already."""
+        state = state if state is not None else assess(host)
+        label, severity = plain(state.label), state.severity
         versions = sorted({u.version or "?" for u in host.uwsgi})
         masters = [str(u.master_pid) for u in host.uwsgi]
         busy = sum(u.busy_workers for u in host.uwsgi)
