@@ -365,7 +365,11 @@ def _logs(d: dict[str, Any], taken_at: float) -> LogSummary | None:
                          skipped_bytes=_int(s.get("skipped_bytes", 0)),
                          cut_lines=_int(s.get("cut_lines", 0)),
                          notes=tuple(clean(str(n)) for n in s.get("notes", [])))
-            for s in d.get("log_sources", [])))
+            for s in d.get("log_sources", [])),
+        status_totals=tuple((clean(str(k)), _int(v))
+                            for k, v in (d.get("status_totals") or {}).items()),
+        upstream_totals=tuple((_text(e, "cause"), _text(e, "upstream"), _int(e.get("count", 0)))
+                              for e in d.get("upstream_totals", [])))
 
 
 def _health(d: Any) -> HealthCheck | None:

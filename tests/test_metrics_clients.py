@@ -203,6 +203,10 @@ def test_full_unix_queue_502s_by_cause_health_check_and_severity(
     assert requests is not None and len(results) <= requests <= len(statuses)
     assert value(after, "stackmon_http_responses", status="5xx") == sum(
         1 for s in statuses if 500 <= s < 600)
+    # the true counters agree with the logs too, and are what rate() is for
+    assert value(after, "stackmon_upstream_failures_total", cause="queue_full",
+                 upstream=upstream) == truth_502
+    assert value(after, "stackmon_http_responses_by_status_total", status="502") == truth_502
     assert value(after, "stackmon_health_check_failures_in_row") == 0.0
     assert value(after, "stackmon_health_check_out_of_service") == 0.0
     # the 502s are still in the window: the host stays critical by the 5xx rule

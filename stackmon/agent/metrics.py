@@ -30,8 +30,10 @@ What the clients got, from the logs (stackmon.logs), and how bad the host is (st
   the window would silently lose lines. Use them as they are
   (`stackmon_upstream_errors{cause="queue_full"} > 0`: the unix queue overflowed in the last
   minute), or per second as `stackmon_upstream_errors / on(host) group_left
-  stackmon_log_window_seconds`; never `rate()` or `increase()`. (True counters need running
-  totals kept where the lines are read, in stackmon.logs.) Labels: the cause (a fixed
+  stackmon_log_window_seconds`; never `rate()` or `increase()` on them. For rates use the
+  true counters `stackmon_upstream_errors_total{cause,upstream}` and
+  `stackmon_http_responses_by_status_total{status}`, counted where the lines are read (since
+  stackmon started following the logs). Labels: the cause (a fixed
   vocabulary), the upstream as nginx names it (a socket address or an upstream block's name,
   at most 64 per host) and status classes: never a URI, a client or a header.
 - `stackmon_http_upstream_response_seconds{quantile,variable}`: p50/p95/p99 over the window of
@@ -268,6 +270,7 @@ def _log_families(host: str, logs: LogSummary) -> Iterator[Metric]:
             seen.add(key)
             errors.add_metric([host, *key], _num(e.count))
     yield errors
+    yield from _log_counters(host, logs)
     http = logs.http
     if http is not None:
         yield from _http_families(host, http)
@@ -283,6 +286,31 @@ def _log_families(host: str, logs: LogSummary) -> Iterator[Metric]:
             seen_paths.add(key)
             sources.add_metric([host, *key], 0.0 if s.error else 1.0)
     yield sources
+
+
+def _log_counters(host: str, logs: LogSummary) -> Iterator[Metric]:
+    """True counters, for rate() and increase(): every line counted since the agent (or the
+    stackmon polling it) started following the logs. They restart at 0 with the process, which
+    Prometheus handles as a counter reset."""
+    failures = CounterMetricFamily(
+        "stackmon_upstream_failures", "nginx upstream failures by cause and upstream since "
+        "stackmon started following the error log (use rate())",
+        labels=["host", "cause", "upstream"])
+    seen: set[tuple[str, str]] = set()
+    for cause, upstream, count in logs.upstream_totals:
+        key = (_label(cause), _label(redact.clean(upstream)))
+        if key not in seen:
+            seen.add(key)
+            failures.add_metric([host, *key], _num(count))
+    yield failures
+    if logs.status_totals:
+        responses = CounterMetricFamily(
+            "stackmon_http_responses_by_status", "Access-log responses by status class (2xx.."
+            "5xx) and for 499, 502, 503, 504 alone, since stackmon started following the log "
+            "(use rate())", labels=["host", "status"])
+        for status, count in logs.status_totals:
+            responses.add_metric([host, _label(status)], _num(count))
+        yield responses
 
 
 def _http_families(host: str, http: HttpSummary) -> Iterator[Metric]:

@@ -147,6 +147,9 @@ class AccessWindow:
         self._buckets: dict[int, _Bucket] = {}
         self._unparsed: dict[int, int] = {}
         self._covered_from = started_at
+        # Every record counted since this window was made, by STATUS_KEYS: monotonic, so
+        # Prometheus can take rate() of it (the window's figures go up and down).
+        self.totals = [0] * len(STATUS_KEYS)
 
     def add_lines(self, lines: Iterable[str], now: float, *, backfill: bool = False,
                   log_format: LogFormat | None = None) -> None:
@@ -188,9 +191,11 @@ class AccessWindow:
         cls = status // 100 - 2
         if 0 <= cls <= 3:
             bucket.status[cls] += 1
+            self.totals[cls] += 1
         single = _SINGLE.get(status)
         if single is not None:
             bucket.status[single] += 1
+            self.totals[single] += 1
         seconds = rec.upstream_s if rec.upstream_s is not None else rec.request_s
         ms = seconds * 1000.0 if seconds is not None else None
         if ms is not None:

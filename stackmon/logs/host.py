@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from stackmon.logs.access import AccessWindow, HttpSummary
+from stackmon.logs.access import STATUS_KEYS, AccessWindow, HttpSummary
 from stackmon.logs.discover import LogTarget
 from stackmon.logs.nginx_errors import ErrorWindow, UpstreamError
 from stackmon.logs.nginx_errors import line_time as error_line_time
@@ -75,6 +75,10 @@ class LogSummary:
     upstream_errors: tuple[UpstreamError, ...]
     events: tuple[Event, ...]
     sources: tuple[SourceStatus, ...] = field(default=())
+    # Monotonic counts since stackmon started following the logs (what Prometheus counters
+    # need): responses by STATUS_KEYS, upstream failures by (cause, upstream).
+    status_totals: tuple[tuple[str, int], ...] = ()
+    upstream_totals: tuple[tuple[str, str, int], ...] = ()
 
     def errors(self) -> list[tuple[str, str]]:
         """(source, message) of every log that could not be read: for a host's `errors`."""
@@ -104,6 +108,9 @@ class LogSummary:
             "events": [
                 {"at": e.at, "source": e.source, "kind": e.kind, "worker": e.worker,
                  "pid": e.pid, "uri": e.uri, "text": e.text} for e in self.events],
+            "status_totals": dict(self.status_totals),
+            "upstream_totals": [{"cause": c, "upstream": u, "count": n}
+                                for c, u, n in self.upstream_totals],
             "log_sources": [
                 {"kind": s.kind, "path": s.path, "label": s.label, "error": s.error,
                  "skipped_bytes": s.skipped_bytes, "cut_lines": s.cut_lines,
@@ -185,7 +192,10 @@ class HostLogs:
             taken_at=now, window_s=self.window_s, http=http,
             upstream_errors=self._errors.summary(now),
             events=self._events.summary(now, self.max_events),
-            sources=tuple(self._status(s, now) for s in self._sources))
+            sources=tuple(self._status(s, now) for s in self._sources),
+            status_totals=tuple(zip(STATUS_KEYS, self._access.totals, strict=True))
+            if self._has_access else (),
+            upstream_totals=tuple((c, u, n) for (c, u), n in self._errors.totals.items()))
 
     def close(self) -> None:
         for source in self._sources:

@@ -174,6 +174,8 @@ class ErrorWindow:
         self.window_s = float(window_s)
         self.source = source
         self._tallies: dict[tuple[str, str], _Tally] = {}
+        # Every failure counted since start, by (cause, upstream): monotonic, for rate().
+        self.totals: dict[tuple[str, str], int] = {}
 
     def add_lines(self, lines: Iterable[str], now: float) -> None:
         floor = now - self.window_s
@@ -195,6 +197,9 @@ class ErrorWindow:
                 tally = self._tallies[key] = _Tally(err.at, _sample(err.message))
         second = int(err.at)
         tally.per_second[second] = tally.per_second.get(second, 0) + 1
+        if key not in self.totals and len(self.totals) >= 4 * MAX_KEYS:
+            key = (err.cause, "(other)")
+        self.totals[key] = self.totals.get(key, 0) + 1
         tally.first_at = min(tally.first_at, err.at)
         if err.at >= tally.last_at:
             tally.last_at = err.at
