@@ -137,6 +137,9 @@ class UwsgiInstance:
     # instance that failed its poll is missing from HostSnapshot.uwsgi, so the position in
     # that tuple is not this.
     index: int = 0
+    # Seconds since this instance's stats last answered, when they stopped answering (a hung
+    # master): its last good workers and requests are carried, request ages kept growing.
+    stale_s: float | None = None
 
     @property
     def busy_workers(self) -> int:
