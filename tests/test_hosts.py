@@ -35,3 +35,41 @@ async def test_an_unreachable_host_keeps_its_last_good_data_with_its_age(stack) 
     later = host.unreachable(good.taken_at + 7.0, [])
     assert not later.reachable and later.stale_s == 7.0
     assert later.uwsgi == good.uwsgi
+
+
+async def test_a_hung_master_keeps_its_stuck_requests_aging_and_the_kernel_figures(
+        fresh_stack, hang) -> None:
+    """SIGSTOP the master: its stats server stops answering, but the requests it was running
+    are still running. The last good workers stay on screen, stale, their ages growing; the
+    kernel's queue and fd figures (no stats server needed) keep coming."""
+    import os
+    import signal
+
+    stack = fresh_stack(workers=2, threads=1)
+    hang(stack, "/hang/stuck-during-stop", n=1)
+    host = open_host(HostConfig(name="s", uwsgi=(parse_stats_address(stack.stats_address),)),
+                     Settings(timeout=0.5, slow=1.0, critical=3.0))
+    first = await host.poll()
+    ages = [r.running_s for w in first.uwsgi[0].workers for r in w.requests_in_flight]
+    assert len(ages) == 1 and ages[0] is not None
+    os.kill(stack.master_pid, signal.SIGSTOP)
+    try:
+        import asyncio
+
+        await asyncio.sleep(3.5)
+        later = await host.poll()
+    finally:
+        os.kill(stack.master_pid, signal.SIGCONT)
+    assert later.reachable  # nothing else failed: the host is partial, not gone
+    assert any("uwsgi" in e.source.lower() or "stats" in e.source.lower()
+               for e in later.errors), later.errors
+    (inst,) = later.uwsgi
+    assert inst.stale_s is not None and inst.stale_s >= 3.0
+    (req,) = [r for w in inst.workers for r in w.requests_in_flight]
+    assert req.running_s is not None and req.running_s >= ages[0] + 3.0
+    assert req.level == "critical"
+    assert {p.role for p in later.fds.processes} >= {"uwsgi-master", "uwsgi-worker"}
+    assert any(li.owner == "uwsgi" for li in later.listeners)
+    from stackmon.health import assess
+
+    assert assess(later).severity == "critical"

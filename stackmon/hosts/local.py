@@ -19,7 +19,7 @@ from stackmon.hosts.base import Host
 from stackmon.hosts.local_logs import nginx_specs, uwsgi_specs
 from stackmon.logs.host import HostLogs, LogSummary
 from stackmon.logs.uwsgi_events import Event
-from stackmon.model import HostSnapshot, NginxStatus, SourceError, UwsgiInstance
+from stackmon.model import HostSnapshot, NginxStatus, SourceError, Thresholds, UwsgiInstance
 from stackmon.sources.lb_probe import HealthProbe, ProbePolicy
 from stackmon.sources.nginx_status import fetch_stub_status
 from stackmon.sources.uwsgi_stats import poll_stats
@@ -27,6 +27,23 @@ from stackmon.sources.uwsgi_stats import poll_stats
 # How often the logs' locations are looked up again (a config edited and reloaded names new
 # files); sooner when a master's pid changes.
 LOG_REDISCOVER_S = 60.0
+
+
+def aged(inst: UwsgiInstance, sampled: float, now: float,
+         thresholds: Thresholds) -> UwsgiInstance:
+    """`inst` (sampled at `sampled`) as of `now`: stale since then, every request's age
+    recomputed from its start time and its level graded again."""
+    workers = []
+    for w in inst.workers:
+        cores = []
+        for c in w.cores:
+            r = c.request
+            if r is not None and r.started_at is not None:
+                running = max(0.0, now - r.started_at)
+                r = replace(r, running_s=running, level=thresholds.level(running))
+            cores.append(replace(c, request=r))
+        workers.append(replace(w, cores=tuple(cores)))
+    return replace(inst, workers=tuple(workers), stale_s=max(0.0, now - sampled))
 
 
 class LocalHost(Host):
@@ -38,6 +55,7 @@ class LocalHost(Host):
         self.previous_nginx: NginxStatus | None = None
         self._nginx_roles: dict[int, str] | None = None
         self._nginx_roles_at = 0.0
+        self._last_instances: dict[int, tuple[UwsgiInstance, float]] = {}
         self._logs: HostLogs | None = None
         self._logs_key: tuple[object, ...] = ()
         self._logs_at = 0.0
@@ -56,6 +74,21 @@ class LocalHost(Host):
         if isinstance(result, NginxStatus):
             self.previous_nginx = result
         return result
+
+    def _carry_stale(self, results: list[UwsgiInstance | SourceError],
+                     now: float) -> list[UwsgiInstance]:
+        """This poll's instances, with the last good sample standing in for each instance whose
+        stats did not answer (a master stopped, busy or hung: exactly when its stuck requests
+        matter most). The stand-in says how old it is (stale_s) and its requests' ages keep
+        growing from their start times, so severity is kept and grows as it would; its master
+        and workers are still scanned for fds and queues, which need no stats server."""
+        out: list[UwsgiInstance] = []
+        for index, result in enumerate(results):
+            if isinstance(result, UwsgiInstance):
+                out.append(result)
+            elif (last := self._last_instances.get(index)) is not None:
+                out.append(aged(*last, now, self.settings.thresholds))
+        return out
 
     async def prime(self) -> None:
         if self.probe is not None:
@@ -115,6 +148,9 @@ class LocalHost(Host):
         nginx = nginx_result if isinstance(nginx_result, NginxStatus | SourceError) else None
         errors: list[SourceError] = [r for r in uwsgi_results if isinstance(r, SourceError)]
         instances = [r for r in uwsgi_results if isinstance(r, UwsgiInstance)]
+        self._last_instances.update((i.index, (i, taken_at)) for i in instances)
+        instances = self._carry_stale(
+            [r for r in uwsgi_results if isinstance(r, UwsgiInstance | SourceError)], taken_at)
         if isinstance(nginx, SourceError):
             errors.append(nginx)
             nginx = None
