@@ -64,6 +64,9 @@ class ScriptedCollector(Host):
     async def follow(self, *args: Any, **kw: Any) -> ReloadProgress:
         raise ActionError("unsupported", "scripted host")
 
+    async def trace(self, *args: Any, **kw: Any) -> Any:
+        raise ActionError("unsupported", "scripted host")
+
 
 def make_poller(behaviour: Callable[[], str], *, interval: float = 0.1, timeout: float = 0.1,
                 index: int = 0, **kw) -> tuple[HostPoller, ScriptedCollector, list]:

@@ -7,6 +7,8 @@
 - `remote_kill()` / `remote_reload()`: the actions, with the agent's refusals mapped back to
   ActionError kinds (stale pid 409 -> "stale", not a worker 403 -> "not_worker", ...), so the
   CLI and the TUI treat a remote refusal exactly like a local one.
+- `remote_stack()`: a worker's Python stack (GET /v1/workers/{i}/{id}/stack), refusals
+  mapped like the actions'.
 - `fetch_remote_snapshot()`: one snapshot, for confirmations and reload progress
   (stackmon.actions.dispatch, used by the CLI's kill/reload and the TUI).
 
@@ -20,7 +22,7 @@ import asyncio
 import json
 import os
 import time
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 import httpx
 
@@ -30,6 +32,9 @@ from stackmon.agent.security import client_ssl_context, read_token_file
 from stackmon.config import ConfigError, HostConfig, Settings
 from stackmon.model import HostSnapshot, SourceError
 from stackmon.snapshot_json import host_from_dict
+
+if TYPE_CHECKING:
+    from stackmon.actions.stack import StackResult
 
 ACTOR_HEADER = "X-Stackmon-Actor"
 SNAPSHOT_PATH = "/v1/snapshot"
@@ -331,6 +336,78 @@ async def remote_reload(host: HostConfig, uwsgi_index: int, mode: str = "gracefu
     return await _post(host, f"/v1/uwsgi/{uwsgi_index}/reload", {"mode": mode},
                        timeout=timeout, action_timeout=action_timeout, actor=actor,
                        client=client)
+
+
+# A dump takes ~15 ms (100 ms for 64 threads with locals); the agent gives py-spy 10 s.
+STACK_TIMEOUT = 15.0
+# A stack answer with locals of 64 threads is a few MB at most (the agent caps py-spy at 16 MiB).
+MAX_STACK_REPLY = 32 * 1024 * 1024
+
+
+async def remote_stack(host: HostConfig, uwsgi_index: int, worker_id: int, expect_pid: int,
+                       *, with_locals: bool = False, expect_spawn: float | None = None,
+                       timeout: float = 2.0, action_timeout: float = STACK_TIMEOUT,
+                       actor: str = "", client: httpx.AsyncClient | None = None,
+                       ) -> StackResult:
+    """GET /v1/workers/{i}/{id}/stack?expect_pid=n[&locals=1]: the worker's stack through its
+    agent, as a StackResult checked and redacted again here (stack_from_dict). Refusals
+    raise ActionError with the agent's kind (stale 409, not_worker/permission 403, ...), an
+    unreachable agent kind "gone"; nothing is changed on the host either way."""
+    from stackmon.actions.stack import stack_from_dict
+
+    if not host.agent:
+        raise ActionError("not_local", f"host {host.name!r} has no agent")
+    url, shown = host.agent.rstrip("/"), redact.clean(host.agent.rstrip("/"))
+    try:
+        token = read_token_file(host.token_file, f"token file of host {host.name!r}") \
+            if host.token_file else None
+    except ConfigError as exc:
+        raise ActionError("permission", str(exc)) from None
+    headers = {ACTOR_HEADER: actor or _actor()}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    params: dict[str, str] = {"expect_pid": str(expect_pid)}
+    if with_locals:
+        params["locals"] = "1"
+    if expect_spawn is not None:
+        params["expect_spawn"] = repr(float(expect_spawn))
+    path = f"/v1/workers/{uwsgi_index}/{worker_id}/stack"
+    http = client or new_http_client(url, timeout, pool=1)
+    try:
+        async with asyncio.timeout(action_timeout + timeout), \
+                http.stream("GET", url + path, params=params, headers=headers,
+                            timeout=httpx.Timeout(action_timeout, connect=timeout)) as resp:
+            content = await _read_body(resp, MAX_STACK_REPLY)
+    except (httpx.ConnectTimeout, httpx.ConnectError) as exc:
+        raise ActionError("gone", f"cannot reach the agent at {shown}: {_reason(exc)}") \
+            from None
+    except httpx.HTTPError as exc:
+        raise ActionError("failed", f"the agent at {shown} did not answer ({_reason(exc)})") \
+            from None
+    except TimeoutError:
+        raise ActionError("failed", f"the agent at {shown} did not answer within "
+                                    f"{action_timeout + timeout:g} s") from None
+    except ReplyError as exc:
+        raise ActionError("failed", f"refused the answer of the agent at {shown}: {exc}") \
+            from None
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise ActionError("bad_request", f"bad agent URL {shown}: {_reason(exc)}") from None
+    finally:
+        if client is None:
+            await http.aclose()
+    if resp.status_code == 401:
+        raise ActionError("permission", f"the agent at {shown} refused the token "
+                                        f"({host.token_file or 'no token_file'})")
+    if resp.status_code != 200:
+        kind, message = _error_body(resp, content)
+        if kind not in _KINDS:
+            kind = "failed" if resp.status_code >= 500 else "bad_request"
+        raise ActionError(kind, message)  # type: ignore[arg-type]
+    try:
+        return stack_from_dict(decode_json(content))
+    except (ReplyError, ValueError) as exc:
+        raise ActionError("failed", f"the agent at {shown} sent an unreadable stack ({exc})") \
+            from None
 
 
 async def fetch_remote_snapshot(host: HostConfig, settings: Settings | None = None,

@@ -5,6 +5,8 @@ Routes (DESIGN.md, "Agent API"), every one behind `Authorization: Bearer <token>
     GET  /v1/snapshot                               the host object of the snapshot JSON
     POST /v1/workers/{uwsgi_index}/{worker_id}/kill {"signal": "TERM"|"KILL", "expect_pid": n}
     POST /v1/uwsgi/{uwsgi_index}/reload             {"mode": "graceful"|"chain"}
+    GET  /v1/workers/{uwsgi_index}/{worker_id}/stack?expect_pid=n[&locals=1]
+                                                    the worker's Python stack (py-spy)
     GET  /metrics                                   Prometheus text format of the same figures
 
 Design decisions:
@@ -252,6 +254,17 @@ def _int_field(body: dict[str, Any], key: str, *, required: bool) -> int | None:
     return value
 
 
+def _number(text: str | None) -> Any:
+    """A query parameter as a JSON number would be (for _finite_field), or the text itself
+    when it is not one (so that the refusal names it)."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text) if len(text) <= 40 else text
+    except ValueError:
+        return text
+
+
 def _finite_field(body: dict[str, Any], key: str, what: str) -> float | None:
     """An optional finite number. json.loads takes NaN and Infinity (and 1e999 is inf), and
     NaN defeats comparisons: |last_spawn - NaN| > slack is false, so a NaN expect_spawn would
@@ -287,6 +300,7 @@ class AgentApp:
         self.app.add_routes([
             web.get("/v1/snapshot", self.snapshot),
             web.post(r"/v1/workers/{uwsgi_index:\d{1,9}}/{worker_id:\d{1,9}}/kill", self.kill),
+            web.get(r"/v1/workers/{uwsgi_index:\d{1,9}}/{worker_id:\d{1,9}}/stack", self.stack),
             web.post(r"/v1/uwsgi/{uwsgi_index:\d{1,9}}/reload", self.reload),
             web.get("/metrics", self.metrics),
         ])
@@ -444,6 +458,41 @@ class AgentApp:
         finally:
             self.cache.invalidate()
         return self._result(result)
+
+    async def stack(self, request: web.Request) -> web.Response:
+        """GET .../stack?expect_pid=n[&locals=1][&expect_spawn=t]: the `stackmon stack --json`
+        answer. Checked like a kill (the pid the caller saw, a worker of the kernel-confirmed
+        master, the spawn time this agent served for it), allowed in read-only mode (it
+        changes nothing) but never without a token: it shows what a worker holds in memory,
+        and a tokenless agent answers every local user."""
+        from stackmon.actions.stack import stack_to_dict, trace_worker
+
+        query = request.query
+        pid_text, locals_text = query.get("expect_pid", ""), query.get("locals", "0")
+        if not (pid_text.isdigit() and len(pid_text) <= 9 and int(pid_text) > 0):
+            raise ActionError("bad_request", "expect_pid is required: the pid you saw, as a "
+                                             "positive integer (a stack is never read from a "
+                                             "process that replaced it)")
+        if locals_text not in ("0", "1"):
+            raise ActionError("bad_request", "locals must be 0 or 1")
+        spawn = _finite_field({"expect_spawn": _number(query.get("expect_spawn"))},
+                              "expect_spawn", "a number (epoch seconds)")
+        if self._token is None:
+            raise ActionError("permission", "this agent runs without a token: it serves no "
+                                            "stacks (give it --token-file)")
+        host = self.options.host
+        index, worker_id, expect_pid = (int(request.match_info["uwsgi_index"]),
+                                        int(request.match_info["worker_id"]), int(pid_text))
+        if not 0 <= index < len(host.uwsgi):
+            raise ActionError("not_found", f"this agent has {len(host.uwsgi)} uWSGI "
+                                           f"instance(s); there is no instance {index}")
+        target = ActionTarget(host=host.name, address=host.uwsgi[index], index=index,
+                              read_only=True, timeout=self.options.settings.timeout)
+        if spawn is None:
+            spawn = self.cache.memory.spawn_of(index, worker_id, expect_pid)
+        result = await trace_worker(target, worker_id, expect_pid,
+                                    with_locals=locals_text == "1", expect_spawn=spawn)
+        return json_response(stack_to_dict(result))
 
     async def reload(self, request: web.Request) -> web.Response:
         body = _parse_body(await _read_body(request))

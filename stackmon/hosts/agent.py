@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stackmon.actions.audit import AuditLog, current_actor
 from stackmon.actions.base import ActionError, ActionResult, ActionTarget
 from stackmon.actions.reload_progress import ReloadProgress, follow_reload
-from stackmon.agent.client import AgentSource, remote_kill, remote_reload
+from stackmon.agent.client import AgentSource, remote_kill, remote_reload, remote_stack
 from stackmon.config import HostConfig, Settings
 from stackmon.hosts.base import Host
 from stackmon.model import HostSnapshot, SourceError, UwsgiInstance
 from stackmon.redact import clean
+
+if TYPE_CHECKING:
+    from stackmon.actions.stack import StackResult
 
 
 class AgentHost(Host):
@@ -100,6 +103,13 @@ class AgentHost(Host):
                                 "agent": clean(self.source.url)}
         return await self._audited(audit, base, "sent", lambda: remote_reload(
             self.config, index, mode, timeout=self.settings.timeout, actor=current_actor()))
+
+    async def trace(self, index: int, worker_id: int, expect_pid: int, *,
+                    with_locals: bool = False,
+                    expect_spawn: float | None = None) -> StackResult:
+        return await remote_stack(self.config, index, worker_id, expect_pid,
+                                  with_locals=with_locals, expect_spawn=expect_spawn,
+                                  timeout=self.settings.timeout, actor=current_actor())
 
     async def follow(self, index: int, result: ActionResult,
                      on_progress: Callable[[ReloadProgress], None], *,

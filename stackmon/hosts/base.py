@@ -5,12 +5,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from stackmon.actions.audit import AuditLog
 from stackmon.actions.base import ActionError, ActionResult
 from stackmon.actions.reload_progress import ReloadProgress
 from stackmon.config import HostConfig, Settings
 from stackmon.model import HostSnapshot, SourceError, UwsgiInstance
+
+if TYPE_CHECKING:  # stackmon.actions.stack imports this module's Host for its own hints
+    from stackmon.actions.stack import StackResult
 
 
 class Host(ABC):
@@ -91,6 +95,14 @@ class Host(ABC):
     async def reload(self, index: int, mode: str, *, audit: AuditLog,
                      expect_master: int | None = None) -> ActionResult:
         """Start a graceful or chain reload of instance `index` and return at once."""
+
+    @abstractmethod
+    async def trace(self, index: int, worker_id: int, expect_pid: int, *,
+                    with_locals: bool = False,
+                    expect_spawn: float | None = None) -> StackResult:
+        """The Python stack of worker `worker_id` of instance `index`, now, if it still is
+        `expect_pid` (the same checks as a kill; stackmon.actions.stack). Reading a stack
+        changes nothing, so it is allowed in read-only mode and not audited by itself."""
 
     @abstractmethod
     async def follow(self, index: int, result: ActionResult,

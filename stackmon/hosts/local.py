@@ -13,6 +13,7 @@ from stackmon.actions.base import ActionError, ActionResult, ActionTarget
 from stackmon.actions.kill import fetch_instance, kill_worker
 from stackmon.actions.reload import reload_uwsgi
 from stackmon.actions.reload_progress import ReloadProgress, follow_reload
+from stackmon.actions.stack import StackResult, trace_worker
 from stackmon.collect import NGINX_RESCAN, LocalFacts, gather_local_facts, merge_kernel_queues
 from stackmon.config import HostConfig, Settings
 from stackmon.hosts.base import Host
@@ -200,6 +201,12 @@ class LocalHost(Host):
                                    expect_spawn=expect_spawn, usr2_first=usr2_first, audit=audit)
         self.record_event("killed", result.message, worker=worker_id, pid=expect_pid)
         return result
+
+    async def trace(self, index: int, worker_id: int, expect_pid: int, *,
+                    with_locals: bool = False,
+                    expect_spawn: float | None = None) -> StackResult:
+        return await trace_worker(self.target(index), worker_id, expect_pid,
+                                  with_locals=with_locals, expect_spawn=expect_spawn)
 
     async def reload(self, index: int, mode: str, *, audit: AuditLog,
                      expect_master: int | None = None) -> ActionResult:
