@@ -1,5 +1,8 @@
 """`stackmon kill` and `stackmon reload`: the same actions as the TUI, for scripts and runbooks.
 
+`kill --stack` captures the worker's Python stack first (stackmon.actions.stack), prints it and
+appends it to the audit log, so the post-mortem knows where the worker was stuck.
+
 Without --yes they show what they are about to do (pid, requests in flight and their ages) and
 ask on the terminal; with no terminal to ask on, they refuse rather than guess.
 """
@@ -26,7 +29,7 @@ from stackmon.config import (
     targets_from_args,
 )
 from stackmon.hosts import Host, open_host
-from stackmon.model import UwsgiInstance
+from stackmon.model import UwsgiInstance, Worker
 from stackmon.render_text import human_age
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -41,6 +44,10 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
                        help="TERM aborts the request (KILL after 3 s if needed); KILL at once")
         p.add_argument("--usr2", action="store_true",
                        help="send SIGUSR2 first: the worker logs its request and backtrace")
+        p.add_argument("--stack", action="store_true",
+                       help="capture the worker's Python stack first (shown, and kept in the "
+                            "audit log for the post-mortem); the kill goes ahead without it "
+                            "if it cannot be read")
     else:
         p.description = "Reload a uWSGI instance gracefully (or chain) and follow it."
         p.add_argument("--chain", action="store_true",
@@ -152,6 +159,8 @@ async def _kill(args: argparse.Namespace, host: Host, audit: AuditLog) -> int:
     if worker is None:
         raise _Refused(ActionError("not_found", f"{inst.address} on {host.name} has no worker "
                                                 f"{args.worker_id}"))
+    if getattr(args, "stack", False):
+        await _capture_stack(host, args, worker, audit)
     if not args.yes:
         print(f"{_where(host, inst)}  worker {worker.id}  pid {worker.pid}  {worker.status}")
         for r in worker.requests_in_flight:
@@ -167,6 +176,20 @@ async def _kill(args: argparse.Namespace, host: Host, audit: AuditLog) -> int:
                              expect_spawn=worker.last_spawn, usr2_first=args.usr2, audit=audit)
     print(result.message)
     return EXIT_OK if result.ok else EXIT_FAILED
+
+
+async def _capture_stack(host: Host, args: argparse.Namespace, worker: Worker,
+                         audit: AuditLog) -> None:
+    """`kill --stack`: the stack before the kill destroys it, printed and audited (a record
+    "stack before kill" just before the kill's own); a stack that cannot be read is said and
+    audited, and the kill goes on: it is what ends the outage."""
+    from stackmon.actions.stack import capture_before_kill, render_stack
+
+    stack, message = await capture_before_kill(host, args.instance, worker.id, worker.pid,
+                                               audit=audit,
+                                               expect_spawn=worker.last_spawn or None)
+    print(render_stack(stack) if stack is not None else message, flush=True)
+    print(flush=True)
 
 
 def _print_progress(p: ReloadProgress, last: list[str]) -> None:
