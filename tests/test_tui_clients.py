@@ -11,12 +11,15 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+import pytest
+
 from stackmon.addresses import parse_stats_address
 from stackmon.config import HostConfig, Settings, Targets
 from stackmon.demo.launcher import Stack, http_get, server_name
 from stackmon.logs.host import SourceStatus
 from stackmon.model import HostSnapshot
 from tests.tui_support import (
+    EVENTS,
     QUEUE_FULL,
     app_for,
     check,
@@ -149,12 +152,12 @@ async def test_no_timing_says_what_to_add_and_each_log_says_what_is_wrong() -> N
         assert "uWSGI log 0: /var/log/uwsgi/app.log: permission denied" in text
         assert "access log: skipped 3.5M bytes" in text
         assert "access log: rotated (renamed); following the new file" in text
-        assert "LB health check: none (no health URL)" in text
+        assert "LB health check: no health URL" in text
         # no log source at all: said, not zeros
         app.show_snapshot(0, replace(host, logs=None))
         await pilot.pause()
         text = panel_text(app)
-        assert "no log found for this host" in text and "5xx" not in text
+        assert "no log found" in text and "5xx" not in text
 
 
 async def test_the_lb_verdict_failing_then_out_of_service() -> None:
@@ -205,16 +208,6 @@ async def test_text_from_logs_is_shown_literally() -> None:
 
 
 # ------------------------------------------------------------------ the events screen
-
-EVENTS = (
-    event(1000.0, "killed", "SIGTERM to worker 2 (pid 4302) by root from the TUI", 2, 4302,
-          "/hang/x", source="stackmon"),
-    event(990.0, "respawn", "Respawned uWSGI worker 3 (new pid: 4310)", 3, 4310),
-    event(985.0, "harakiri", "HARAKIRI ON WORKER 3 (pid: 4303, try: 1)", 3, 4303,
-          "/report?id=42"),
-    event(900.0, "reload", "graceful reload started"),
-)
-
 
 async def test_events_screen_newest_first_filtered_and_live() -> None:
     host = quiet_host()
@@ -303,7 +296,7 @@ async def test_live_502s_from_a_full_queue_reach_the_panel_and_the_badge(
                       nginx=stack.nginx_status_url)
     app = StackmonApp(Targets(hosts=(host,), settings=Settings(interval=0.3)))
     async with app.run_test(size=(120, 36)) as pilot:
-        assert await wait_for(pilot, lambda: "Clients · access log" in screen_text(app),
+        assert await wait_for(pilot, lambda: "Clients · last 60 s" in screen_text(app),
                               timeout=10), screen_text(app)
         held = hang(stack, "/hang/tui-502", n=1, via="unix")
         results = await asyncio.to_thread(_burst, stack, 30)
@@ -325,3 +318,12 @@ async def test_live_502s_from_a_full_queue_reach_the_panel_and_the_badge(
         assert snap is not None and snap.logs is not None
         assert [(e.cause, e.upstream, e.count) for e in snap.logs.upstream_errors] == [
             ("queue_full", upstream, truth)]
+
+
+@pytest.mark.xfail(strict=True, reason="core: stackmon/snapshot_json.py _text() turns a JSON "
+                   "null into the text 'None' (log_sources error/path/label, events uri), so "
+                   "an agent host's logs all read 'error: None'; reported, not this change's")
+def test_a_recorded_log_source_without_an_error_has_no_error() -> None:
+    host = recorded("demo-502s.json")
+    assert host.logs is not None
+    assert [s.error for s in host.logs.sources] == [None, None, None]

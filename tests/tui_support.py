@@ -131,3 +131,41 @@ def errors_burst(host: HostSnapshot, per_poll: list[int], *, events: tuple[Event
         out.append(replace(host, taken_at=at, logs=logs,
                            health=health if health is not None else check()))
     return out
+
+
+def without_null_text(host: HostSnapshot) -> HostSnapshot:
+    """A recording as the poll produced it: stackmon.snapshot_json reads a JSON null log
+    error as the text "None" (a core bug, see test_tui_clients), which the panel would show."""
+    if host.logs is None:
+        return host
+    sources = tuple(replace(s, error=None if s.error == "None" else s.error)
+                    for s in host.logs.sources)
+    return replace(host, logs=replace(host.logs, sources=sources))
+
+
+def growing(host: HostSnapshot, fractions: list[float]) -> list[HostSnapshot]:
+    """Polls one second apart that end with `host` (a recording with logs): poll i has
+    fractions[i] of each of its upstream errors, so the 5xx/s history has a shape to draw.
+    The last fraction should be 1.0 (the recording itself)."""
+    assert host.logs is not None
+    n = len(fractions)
+    out = []
+    for i, f in enumerate(fractions):
+        at = host.taken_at - (n - 1 - i)
+        errors = tuple(replace(e, count=round(e.count * f), last_at=min(e.last_at, at))
+                       for e in host.logs.upstream_errors if round(e.count * f) > 0)
+        out.append(replace(host, taken_at=at,
+                           logs=replace(host.logs, taken_at=at, upstream_errors=errors)))
+    out[-1] = host
+    return out
+
+
+EVENTS = (
+    event(1000.0, "killed", "SIGTERM to worker 2 (pid 4302) by root from the TUI", 2, 4302,
+          "/hang/x", source="stackmon"),
+    event(990.0, "respawn", "Respawned uWSGI worker 3 (new pid: 4310)", 3, 4310),
+    event(985.0, "harakiri", "HARAKIRI ON WORKER 3 (pid: 4303, try: 1)", 3, 4303,
+          "/report?id=42"),
+    event(900.0, "reload", "graceful reload started"),
+)
+"""Events as the core reports them, newest first (times are seconds after the epoch)."""

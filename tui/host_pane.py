@@ -193,10 +193,8 @@ class HostPane(TabPane):
     def _draw_clients(self, snap: HostSnapshot) -> None:
         logs = snap.logs
         title = "Clients"
-        if logs is not None and logs.http is not None:
-            title += f" · access log, last {logs.window_s:.0f} s"
-        elif logs is not None:
-            title += f" · logs, last {logs.window_s:.0f} s"
+        if logs is not None:
+            title += f" · last {logs.window_s:.0f} s"
         self.query_one("#clients-title", Line).show(title)
         self.query_one(ClientsPanel).set_data(logs, snap.health, self._causes.series())
 

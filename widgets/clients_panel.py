@@ -200,7 +200,7 @@ class ClientsPanel(StyleMemo, Widget):
         logs, health, causes = self._shown
         lines: list[Text] = []
         if logs is None:
-            lines.append(Text("no log found for this host", self._style("muted")))
+            lines.append(Text("no log found", self._style("muted")))
         else:
             lines.extend(self._http_lines(logs, width))
             lines.extend(self._cause_lines(dict(causes), width))
@@ -316,7 +316,7 @@ class ClientsPanel(StyleMemo, Widget):
         label = self._style("label")
         if check is None:
             return [Text.assemble(("LB health check: ", label),
-                                  ("none (no health URL)", self._style("muted")))]
+                                  ("no health URL", self._style("muted")))]
         heading = Text("LB health check", self._style("heading"))
         url = plain(check.url)
         if heading.cell_len + 1 + cell_len(url) <= width:
