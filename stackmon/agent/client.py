@@ -404,10 +404,13 @@ async def remote_stack(host: HostConfig, uwsgi_index: int, worker_id: int, expec
             kind = "failed" if resp.status_code >= 500 else "bad_request"
         raise ActionError(kind, message)  # type: ignore[arg-type]
     try:
-        return stack_from_dict(decode_json(content))
+        result = stack_from_dict(decode_json(content))
     except (ReplyError, ValueError) as exc:
         raise ActionError("failed", f"the agent at {shown} sent an unreadable stack ({exc})") \
             from None
+    from dataclasses import replace
+
+    return replace(result, host=host.name)  # the name from the hosts file, as for snapshots
 
 
 async def fetch_remote_snapshot(host: HostConfig, settings: Settings | None = None,
