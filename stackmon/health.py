@@ -236,12 +236,14 @@ def reasons(host: HostSnapshot, policy: HealthPolicy = DEFAULT_POLICY) -> list[R
         why = host.errors[0].message if host.errors else "no answer"
         return [Reason("critical", "unreachable", f"UNREACHABLE {why}".rstrip(),
                        f"host unreachable: {why}")]
+    # What the clients get comes first among reasons of equal severity (the sort is stable):
+    # "502 ×37: queue full on app.sock" is the page, a stuck worker is usually why.
     out: list[Reason] = []
+    out.extend(_http_reasons(host, policy))
+    out.extend(_probe_reasons(host, policy))
     out.extend(_request_reasons(host))
     out.extend(_queue_reasons(host, policy))
     out.extend(_fd_reasons(host, policy))
-    out.extend(_http_reasons(host, policy))
-    out.extend(_probe_reasons(host, policy))
     out.extend(_source_reasons(host))
     return out
 

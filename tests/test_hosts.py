@@ -73,3 +73,35 @@ async def test_a_hung_master_keeps_its_stuck_requests_aging_and_the_kernel_figur
     from stackmon.health import assess
 
     assert assess(later).severity == "critical"
+
+
+async def test_a_kill_through_the_host_is_an_event_of_that_host(fresh_stack, hang,
+                                                                tmp_path) -> None:
+    """Actions taken through the same Host that polls (as the TUI does) show among its log
+    events, beside uWSGI's own lines about the death and the respawn."""
+    from stackmon.actions.audit import AuditLog
+
+    stack = fresh_stack(workers=2, threads=1)
+    hang(stack, "/hang/to-kill", n=1)
+    host = open_host(HostConfig(name="s", uwsgi=(parse_stats_address(stack.stats_address),),
+                                nginx=stack.nginx_status_url), Settings())
+    try:
+        snap = await host.poll()
+        (worker,) = [w for w in snap.uwsgi[0].workers if w.requests_in_flight]
+        result = await host.kill(0, worker.id, worker.pid, "KILL", audit=AuditLog(
+            tmp_path / "audit.log"), expect_spawn=worker.last_spawn)
+        assert result.ok, result.message
+        import asyncio
+
+        for _ in range(20):
+            after = await host.poll()
+            assert after.logs is not None
+            kinds = {(e.source, e.kind) for e in after.logs.events}
+            if ("stackmon", "killed") in kinds and ("uwsgi", "worker_died") in kinds:
+                break
+            await asyncio.sleep(0.25)
+        assert ("stackmon", "killed") in kinds and ("uwsgi", "worker_died") in kinds, kinds
+        (ours,) = [e for e in after.logs.events if e.source == "stackmon"]
+        assert ours.pid == worker.pid and ours.worker == worker.id
+    finally:
+        await host.aclose()

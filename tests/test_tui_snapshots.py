@@ -19,7 +19,6 @@ from tests.tui_support import (
     growing,
     recorded,
     unreachable,
-    without_null_text,
 )
 
 os.environ["TZ"] = "UTC"  # the detail screen shows wall-clock start times
@@ -74,7 +73,7 @@ def _clients_snap(snap_compare, keys: tuple[str, ...], size: tuple[int, int]) ->
     """The demo recorded while its unix-socket queue overflowed (`stackmon snapshot --json
     --health .../healthz`): 502s by cause, no timing in its log format, the LB probe; events
     constructed (the demo's log had none in that minute)."""
-    polls = growing(without_null_text(recorded("demo-502s.json", host_name="web-1")), SHAPE)
+    polls = growing(recorded("demo-502s.json", host_name="web-1"), SHAPE)
     last = polls[-1]
     assert last.logs is not None
     polls[-1] = replace(last, logs=replace(last.logs, events=tuple(

@@ -133,16 +133,6 @@ def errors_burst(host: HostSnapshot, per_poll: list[int], *, events: tuple[Event
     return out
 
 
-def without_null_text(host: HostSnapshot) -> HostSnapshot:
-    """A recording as the poll produced it: stackmon.snapshot_json reads a JSON null log
-    error as the text "None" (a core bug, see test_tui_clients), which the panel would show."""
-    if host.logs is None:
-        return host
-    sources = tuple(replace(s, error=None if s.error == "None" else s.error)
-                    for s in host.logs.sources)
-    return replace(host, logs=replace(host.logs, sources=sources))
-
-
 def growing(host: HostSnapshot, fractions: list[float]) -> list[HostSnapshot]:
     """Polls one second apart that end with `host` (a recording with logs): poll i has
     fractions[i] of each of its upstream errors, so the 5xx/s history has a shape to draw.

@@ -19,12 +19,12 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.screen import Screen
 from textual.widgets import Footer, TabbedContent
 
-from stackmon.actions import dispatch
 from stackmon.actions.audit import AuditLog
 from stackmon.actions.base import ActionError
 from stackmon.actions.reload_progress import ReloadProgress
 from stackmon.config import Targets
 from stackmon.health import Severity, assess
+from stackmon.hosts import Host, open_host
 from stackmon.model import HostSnapshot, Worker
 from stackmon.poller import Fleet
 from stackmon.redact import visible
@@ -311,10 +311,9 @@ class StackmonApp(App[int]):
     async def _kill(self, index: int, instance: int, worker: Worker,
                     choice: KillChoice) -> None:
         try:
-            result = await dispatch.kill(self.targets.hosts[index], self.targets.settings,
-                                         instance, worker.id, worker.pid, choice.signal,
-                                         expect_spawn=worker.last_spawn,
-                                         usr2_first=choice.usr2_first, audit=self.audit)
+            result = await self._host(index).kill(
+                instance, worker.id, worker.pid, choice.signal, expect_spawn=worker.last_spawn,
+                usr2_first=choice.usr2_first, audit=self.audit)
         except ActionError as exc:
             self.post_message(ActionFinished("Kill refused", exc.message, ok=False))
         except OSError as exc:
@@ -343,10 +342,10 @@ class StackmonApp(App[int]):
 
     async def _reload(self, index: int, instance_index: int, address: str, mode: str,
                       master_pid: int) -> None:
-        host, settings = self.targets.hosts[index], self.targets.settings
+        host = self._host(index)
         try:
-            result = await dispatch.reload(host, settings, instance_index, mode,
-                                           audit=self.audit, expect_master=master_pid)
+            result = await host.reload(instance_index, mode, audit=self.audit,
+                                       expect_master=master_pid)
         except ActionError as exc:
             self.post_message(ActionFinished("Reload refused", exc.message, ok=False))
             return
@@ -359,8 +358,7 @@ class StackmonApp(App[int]):
             self.post_message(ReloadProgressed(index, instance, p))
 
         try:
-            progress = await dispatch.follow(host, settings, instance_index, result, progressed,
-                                             audit=self.audit)
+            progress = await host.follow(instance_index, result, progressed, audit=self.audit)
         except (ActionError, OSError) as exc:
             # The reload was sent; only following it failed. Say so, and close the view's slot.
             self._reload_views.discard(instance)
@@ -369,6 +367,14 @@ class StackmonApp(App[int]):
         self.post_message(ReloadProgressed(index, instance, progress, final=True))
         self.post_message(ActionFinished("Reload finished" if progress.done else "Reload slow",
                                          progress.message, ok=progress.done))
+
+    def _host(self, index: int) -> Host:
+        """The host as its poller holds it: actions go through the same Host as the polls,
+        so what they do (a kill, a reload) shows among that host's events."""
+        fleet = getattr(self, "fleet", None)
+        if fleet is not None:
+            return fleet.pollers[index].collector
+        return open_host(self.targets.hosts[index], self.targets.settings)
 
     def _poll_now(self, index: int) -> None:
         """After an action the next poll should show its effect, not wait an interval."""

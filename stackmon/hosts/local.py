@@ -57,6 +57,7 @@ class LocalHost(Host):
         self._nginx_roles: dict[int, str] | None = None
         self._nginx_roles_at = 0.0
         self._last_instances: dict[int, tuple[UwsgiInstance, float]] = {}
+        self._pending_events: list[Event] = []
         self._logs: HostLogs | None = None
         self._logs_key: tuple[object, ...] = ()
         self._logs_at = 0.0
@@ -118,7 +119,11 @@ class LocalHost(Host):
                 if old is not None:
                     old.close()
             self._logs_key, self._logs_at = key, time.monotonic()
-        return self._logs.poll() if self._logs is not None else None
+        if self._logs is None:
+            return None
+        while self._pending_events:
+            self._logs.record(self._pending_events.pop(0))
+        return self._logs.poll()
 
     def _local_facts(self, instances: list[UwsgiInstance],
                      roles: dict[int, str] | None) -> tuple[LocalFacts, LogSummary | None]:
@@ -127,10 +132,12 @@ class LocalHost(Host):
 
     def record_event(self, kind: str, text: str, *, worker: int | None = None,
                      pid: int | None = None, uri: str | None = None) -> None:
-        """An action stackmon took, shown among the log events (source "stackmon")."""
-        if self._logs is not None:
-            self._logs.record(Event(at=time.time(), source="stackmon", kind=kind,
-                                    worker=worker, pid=pid, uri=uri, text=text))
+        """An action stackmon took, shown among the log events (source "stackmon").
+
+        Queued here and handed to the logs by the next poll, in the poll's thread: HostLogs is
+        not thread-safe, and actions run on the event loop while polls read in a worker."""
+        self._pending_events.append(Event(at=time.time(), source="stackmon", kind=kind,
+                                          worker=worker, pid=pid, uri=uri, text=text))
 
     async def _uwsgi(self, index: int) -> UwsgiInstance | SourceError:
         # poll_stats parses big documents in a thread and small ones inline (a thread hop
