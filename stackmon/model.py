@@ -72,6 +72,22 @@ class Core:
 
 @dataclass(frozen=True, slots=True)
 class Worker:
+    """One worker of a uWSGI instance, as the stats document lists it.
+
+    `id` is the worker's POSITION in the document's `workers` list, counted from 1: uWSGI
+    numbers its workers 1..N in that order, and the position is the only identity every
+    worker has. The document's own `id` field is not: in cheaper mode the workers not spawned
+    yet all say `"id": 0` (several rows with one id would collapse into one in any table keyed
+    by it), and some producers omit it. For a spawned worker of a real uWSGI both agree; when
+    they do not, the parser keeps the position and adds a warning to the instance. So the id a
+    user reads in a row, types in `stackmon kill HOST ID`, and the agent's URL carries are the
+    same number, and it is uWSGI's own worker number ("worker 3" in its log).
+
+    A worker without a process has `pid` 0: `cheap` (not spawned by cheaper mode: status
+    "cheap"), or dead and waiting for its respawn (status "idle"). `spawned` tells them from
+    live workers; actions refuse them with that reason.
+    """
+
     id: int
     pid: int
     status: str  # open-ended: idle, busy, cheap, pause, sig<N>, ...
@@ -97,6 +113,17 @@ class Worker:
         return self.status == "busy" or any(c.in_request for c in self.cores)
 
     @property
+    def cheap(self) -> bool:
+        """Not spawned yet (cheaper mode): a slot the master may fill under load."""
+        return self.status == "cheap"
+
+    @property
+    def spawned(self) -> bool:
+        """Whether a process stands behind this worker (a pid): false for cheap workers and
+        for a dead worker waiting for its respawn."""
+        return self.pid > 0
+
+    @property
     def level(self) -> Level:
         """The worst level of the requests it is running."""
         worst = 0
@@ -119,7 +146,42 @@ class Socket:
 
 
 @dataclass(frozen=True, slots=True)
+class Vassal:
+    """One vassal of a uWSGI emperor, from the emperor's stats document (`vassals[]`), plus
+    where its own stats server is when its config names one.
+
+    `name` is the document's `id`: the vassal's config file name as the emperor's monitor
+    found it (`app1.ini`); `monitor` is that monitor's argument (the vassals directory, or a
+    glob). `config` is the config file's path on this host ("" when not located) and `stats`
+    its `stats` option as an address stackmon can poll (`http://...` when the config sets
+    `stats-http`), "" when it has none or the config could not be read (`stats_note` says why).
+    """
+
+    name: str
+    pid: int
+    ready: bool = False
+    accepting: bool = False
+    respawns: int = 0
+    born: float = 0.0
+    last_run: float = 0.0
+    uid: int | None = None
+    gid: int | None = None
+    monitor: str = ""
+    config: str = ""
+    stats: str = ""
+    stats_note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class UwsgiInstance:
+    """One uWSGI stats server's document.
+
+    `kind` is "instance" for a uWSGI master with workers, "emperor" for an emperor's stats
+    server (`emperor-stats`): its document has `emperor` and `vassals` and no `workers`, and an
+    emperor is never reported as an instance without workers. Its vassals are in `vassals`;
+    each is a uWSGI instance of its own, polled at its own stats address.
+    """
+
     address: str
     version: str
     master_pid: int
@@ -140,10 +202,17 @@ class UwsgiInstance:
     # Seconds since this instance's stats last answered, when they stopped answering (a hung
     # master): its last good workers and requests are carried, request ages kept growing.
     stale_s: float | None = None
+    kind: Literal["instance", "emperor"] = "instance"
+    vassals: tuple[Vassal, ...] = ()
 
     @property
     def busy_workers(self) -> int:
         return sum(1 for w in self.workers if w.busy)
+
+    @property
+    def cheap_workers(self) -> int:
+        """Workers cheaper mode has not spawned (listed by uWSGI, no process)."""
+        return sum(1 for w in self.workers if w.cheap)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +246,9 @@ class Listener:
     backlog: int
     inode: int = 0
     pids: tuple[int, ...] = ()
+    # The stats address of the monitored uWSGI instance whose master holds it ("" for nginx's,
+    # or when not known): set by stackmon.collect, whatever pid namespace the master runs in.
+    instance: str = ""
 
 
 @dataclass(frozen=True, slots=True)

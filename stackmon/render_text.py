@@ -42,16 +42,47 @@ def _worker_lines(w: Worker) -> list[str]:
     return lines
 
 
+def _cheap_line(cheap: list[Worker]) -> str:
+    """The workers cheaper mode has not spawned, as one line: they have no pid, counters or
+    requests, so a row each would only push the live workers off the screen."""
+    ids = [w.id for w in cheap]
+    span = (f"worker {ids[0]}" if len(ids) == 1 else
+            f"workers {ids[0]}-{ids[-1]}" if ids == list(range(ids[0], ids[-1] + 1)) else
+            "workers " + ", ".join(map(str, ids)))
+    return f"  {len(cheap)} cheap (not spawned): {span}"
+
+
+def _emperor_lines(u: UwsgiInstance) -> list[str]:
+    lines = [f"  uWSGI emperor {u.version or '?'} at {u.address}  pid {u.master_pid}  "
+             f"vassals {len(u.vassals)}"]
+    for v in u.vassals:
+        state = "ready" if v.ready else "not ready"
+        where = f"stats {v.stats}" if v.stats else f"stats ? ({v.stats_note or 'not located'})"
+        lines.append(f"    vassal {v.name}  pid {v.pid or '-'}  {state}  respawns {v.respawns}  "
+                     f"{where}")
+    for warning in u.warnings:
+        lines.append(f"    note: {warning}")
+    return lines
+
+
 def _instance_lines(u: UwsgiInstance) -> list[str]:
+    if u.kind == "emperor":
+        return _emperor_lines(u)
+    cheap = [w for w in u.workers if w.cheap]
     lines = [
         f"  uWSGI {u.version or '?'} at {u.address}  master {u.master_pid}  "
-        f"busy {u.busy_workers}/{len(u.workers)}  "
-        f"listen queue {u.listen_queue}/{u.listen_queue_max}"
+        f"busy {u.busy_workers}/{len(u.workers)}" + (f" ({len(cheap)} cheap)" if cheap else "")
+        + f"  listen queue {u.listen_queue}/{u.listen_queue_max}"
     ]
+    if u.stale_s is not None:
+        lines[0] += f"  STALE {u.stale_s:.0f}s (stats not answering; last good data)"
     for s in u.sockets:
         lines.append(f"    socket {s.name}  queue {s.queue}/{s.max_queue} ({s.source})")
     for w in u.workers:
-        lines.extend(_worker_lines(w))
+        if not w.cheap:
+            lines.extend(_worker_lines(w))
+    if cheap:
+        lines.append(_cheap_line(cheap))
     for warning in u.warnings:
         lines.append(f"    note: {warning}")
     return lines

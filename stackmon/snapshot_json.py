@@ -34,6 +34,7 @@ from stackmon.model import (
     SourceError,
     SystemFds,
     UwsgiInstance,
+    Vassal,
     Worker,
 )
 from stackmon.redact import clean, redact_pair, visible
@@ -60,6 +61,7 @@ def worker_to_dict(w: Worker) -> dict[str, Any]:
         "requests": w.requests, "exceptions": w.exceptions, "harakiri_count": w.harakiri_count,
         "respawn_count": w.respawn_count, "avg_rt_ms": w.avg_rt_ms, "rss": w.rss, "vsz": w.vsz,
         "last_spawn": w.last_spawn, "running_time_s": w.running_time_s, "tx": w.tx,
+        "cheap": w.cheap,
         "cores": [{"id": c.id, "requests": c.requests, "in_request": c.in_request}
                   for c in w.cores],
         "requests_in_flight": [request_to_dict(r) for r in w.requests_in_flight],
@@ -77,7 +79,17 @@ def instance_to_dict(u: UwsgiInstance) -> dict[str, Any]:
                      "max_queue": s.max_queue, "shared": s.shared, "source": s.source}
                     for s in u.sockets],
         "workers": [worker_to_dict(w) for w in u.workers],
+        "stale_s": u.stale_s,
+        "kind": u.kind,
+        **({"vassals": [vassal_to_dict(v) for v in u.vassals]} if u.kind == "emperor" else {}),
     }
+
+
+def vassal_to_dict(v: Vassal) -> dict[str, Any]:
+    return {"name": v.name, "pid": v.pid, "ready": v.ready, "accepting": v.accepting,
+            "respawns": v.respawns, "born": v.born, "last_run": v.last_run, "uid": v.uid,
+            "gid": v.gid, "monitor": visible(v.monitor), "config": visible(v.config),
+            "stats": visible(v.stats) or None, "stats_note": visible(v.stats_note)}
 
 
 def nginx_to_dict(n: NginxStatus) -> dict[str, Any]:
@@ -267,7 +279,20 @@ def _instance(d: dict[str, Any]) -> UwsgiInstance:
                              source="kernel" if s.get("source") == "kernel" else "stats")
                       for s in d.get("sockets", [])),
         workers=tuple(_worker(w) for w in d.get("workers", [])),
+        stale_s=_opt_float(d.get("stale_s")),
+        kind="emperor" if d.get("kind") == "emperor" else "instance",
+        vassals=tuple(_vassal(v) for v in d.get("vassals", []) or []),
     )
+
+
+def _vassal(d: dict[str, Any]) -> Vassal:
+    return Vassal(
+        name=_text(d, "name"), pid=_pid(d.get("pid", 0)), ready=bool(d.get("ready", False)),
+        accepting=bool(d.get("accepting", False)), respawns=_int(d.get("respawns", 0)),
+        born=_float(d.get("born", 0)), last_run=_float(d.get("last_run", 0)),
+        uid=_opt_id(d.get("uid")), gid=_opt_id(d.get("gid")), monitor=_text(d, "monitor"),
+        config=_text(d, "config"), stats=_text(d, "stats") if d.get("stats") else "",
+        stats_note=_text(d, "stats_note"))
 
 
 def host_from_dict(d: dict[str, Any]) -> HostSnapshot:

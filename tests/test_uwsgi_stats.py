@@ -902,7 +902,7 @@ def test_every_field_optional_and_wrong_types_tolerated() -> None:
     parsed = _parse(b'{"workers": [{}, {"cores": [{}, {"in_request": 1}]}]}')
     assert parsed.version == "" and parsed.master_pid == 0 and parsed.sockets == ()
     assert parsed.uid is None and parsed.gid is None
-    assert parsed.workers[0].id == 0 and parsed.workers[0].cores == ()
+    assert parsed.workers[0].id == 1 and parsed.workers[0].cores == ()
     assert parsed.workers[1].cores[1].request is not None
 
     bad = _doc(

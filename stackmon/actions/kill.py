@@ -63,6 +63,16 @@ def confirmed_master(inst: UwsgiInstance, target: ActionTarget) -> ConfirmedMast
     return got
 
 
+def no_process_message(worker: Worker, expect_pid: int = 0) -> str:
+    """Why a worker without a process cannot be signalled: cheaper mode has not spawned it, or
+    it died and the master has not respawned it yet. Worker ids are positions (model.Worker),
+    so "worker 3" here is the row the user chose, even when the document says id 0."""
+    why = "cheap: not spawned" if worker.cheap else f"{worker.status or 'no status'}: dead, " \
+        "waiting for its respawn"
+    was = f"; pid {expect_pid} is gone" if expect_pid else ""
+    return f"worker {worker.id} has no process ({why}){was}; nothing was done"
+
+
 def request_summary(w: Worker) -> list[dict[str, Any]]:
     return [{"core": r.core, "method": r.method, "uri": r.uri, "running_s": r.running_s}
             for r in w.requests_in_flight]
@@ -76,6 +86,8 @@ def verify_worker(inst: UwsgiInstance, target: ActionTarget, worker_id: int, exp
     worker = next((w for w in inst.workers if w.id == worker_id), None)
     if worker is None:
         raise ActionError("not_found", f"{target.address} has no worker {worker_id}")
+    if not worker.spawned:
+        raise ActionError("gone", no_process_message(worker, expect_pid))
     if worker.pid != expect_pid:
         now = f"pid {worker.pid}" if worker.pid else "no process (respawning)"
         raise ActionError("stale", f"worker {worker_id} is now {now}, not pid {expect_pid}: it "

@@ -357,3 +357,29 @@ def ns_pids(pid: int) -> tuple[int, ...] | None:
             except ValueError:
                 return None
     return None
+
+
+def children(pid: int) -> tuple[int, ...]:
+    """The direct children of `pid` (all its threads' children), from
+    /proc/PID/task/TID/children; empty when it is gone or the kernel lacks that file
+    (CONFIG_PROC_CHILDREN), in which case /proc is scanned for processes whose parent it is."""
+    found: set[int] = set()
+    try:
+        tids = os.listdir(f"{PROC}/{pid}/task")
+    except OSError:
+        return ()
+    readable = False
+    for tid in tids:
+        try:
+            data = _read(f"{PROC}/{pid}/task/{tid}/children")
+        except OSError:
+            continue
+        readable = True
+        found.update(int(x) for x in data.split() if x.isdigit())
+    if not readable:
+        try:
+            entries = os.listdir(PROC)
+        except OSError:
+            return ()
+        found = {int(e) for e in entries if e.isdigit() and parent_pid(int(e)) == pid}
+    return tuple(sorted(found))

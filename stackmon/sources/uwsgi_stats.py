@@ -44,7 +44,16 @@ from urllib.parse import urlsplit
 
 from stackmon import redact
 from stackmon.addresses import StatsAddress
-from stackmon.model import Core, Request, Socket, SourceError, Thresholds, UwsgiInstance, Worker
+from stackmon.model import (
+    Core,
+    Request,
+    Socket,
+    SourceError,
+    Thresholds,
+    UwsgiInstance,
+    Vassal,
+    Worker,
+)
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -642,7 +651,9 @@ _worker_ints = operator.itemgetter(*_WORKER_INTS)
 _ALL_INT = (int,) * len(_WORKER_INTS)
 
 
-def _worker(doc: dict[str, Any], now: float, thresholds: Thresholds, issues: _Issues) -> Worker:
+def _worker(doc: dict[str, Any], position: int, now: float, thresholds: Thresholds,
+            issues: _Issues) -> Worker:
+    """One worker; its id is `position` (1-based), see model.Worker for why."""
     get = doc.get
     try:
         n = _worker_ints(doc)
@@ -656,6 +667,12 @@ def _worker(doc: dict[str, Any], now: float, thresholds: Thresholds, issues: _Is
                                                                          strict=True))
     (wid, pid, accepting, requests, exceptions, harakiri, respawns, avg_rt, rss, vsz,
      last_spawn, running_time, tx) = n
+    if wid != position:
+        # 0 or missing: a cheap worker, or a producer without ids; both expected, no warning.
+        if wid:
+            issues.add("workers[].id differs from the worker's position in the list; workers"
+                       " are numbered by position (uWSGI's own order)")
+        wid = position
     if pid > PID_MAX:
         pid = _pid(pid, "workers[].pid", issues)
     status = get("status", "")
@@ -867,7 +884,8 @@ def _parse(
         return SourceError(source, f"{label}: JSON, but not a uWSGI stats document"
                                    f" (no workers, version or pid)")
     get = doc.get
-    if "workers" not in doc:
+    emperor = "workers" not in doc and ("vassals" in doc or "emperor" in doc)
+    if "workers" not in doc and not emperor:
         issues.add("no workers in the document")
     sockets: list[Socket] = []
     for item in _list(get("sockets"), "sockets", issues):
@@ -876,10 +894,11 @@ def _parse(
         else:
             issues.add(f"sockets[]: expected an object, got {_type_name(item)}; skipped")
     workers: list[Worker] = []
-    for item in _list(get("workers"), "workers", issues):
+    for position, item in enumerate(_list(get("workers"), "workers", issues), 1):
         if type(item) is dict:
-            workers.append(_worker(item, now, thresholds, issues))
+            workers.append(_worker(item, position, now, thresholds, issues))
         else:
+            # Skipped, but it keeps its number: the next worker is still uWSGI's next one.
             issues.add(f"workers[]: expected an object, got {_type_name(item)}; skipped")
     master_pid = get("pid", 0)
     if type(master_pid) is not int:
@@ -896,5 +915,34 @@ def _parse(
         gid=_optional_id(doc, "gid", issues),
         cwd=_text(get("cwd", ""), "cwd", issues),
         signal_queue=_count(get("signal_queue", 0), "signal_queue", issues),
+        kind="emperor" if emperor else "instance",
+        vassals=_vassals(get("vassals"), issues) if emperor else (),
         warnings=issues.lines(),
     )
+
+
+def _vassals(raw: object, issues: _Issues) -> tuple[Vassal, ...]:
+    """An emperor's `vassals[]` (uWSGI core/emperor.c emperor_send_stats): `id` is the
+    vassal's config name, `monitor` the scanner argument that found it. Their stats addresses
+    are not in the document: stackmon.collect.locate_vassal_stats finds them in the configs."""
+    out: list[Vassal] = []
+    for item in _list(raw, "vassals", issues):
+        if type(item) is not dict:
+            issues.add(f"vassals[]: expected an object, got {_type_name(item)}; skipped")
+            continue
+        get = item.get
+        pid = get("pid", 0)
+        pid = pid if type(pid) is int else _num(pid, "vassals[].pid", issues)
+        out.append(Vassal(
+            name=_text(get("id", ""), "vassals[].id", issues),
+            pid=_pid(pid, "vassals[].pid", issues),
+            ready=bool(_count(get("ready", 0), "vassals[].ready", issues)),
+            accepting=bool(_count(get("accepting", 0), "vassals[].accepting", issues)),
+            respawns=_count(get("respawns", 0), "vassals[].respawns", issues),
+            born=float(_count(get("born", 0), "vassals[].born", issues)),
+            last_run=float(_count(get("last_run", 0), "vassals[].last_run", issues)),
+            uid=_optional_id(item, "uid", issues),
+            gid=_optional_id(item, "gid", issues),
+            monitor=_text(get("monitor", ""), "vassals[].monitor", issues),
+        ))
+    return tuple(out)
