@@ -342,7 +342,7 @@ async def test_kill_targets_the_instance_shown_when_another_instance_is_down(fre
     host = HostConfig(name="two", uwsgi=(parse_stats_address("127.0.0.1:1"),
                                          parse_stats_address(st.stats_address)))
     audit = AuditLog(tmp_path / "audit.log")
-    app = StackmonApp(Targets(hosts=(host,), settings=Settings(interval=0.3, timeout=0.5)),
+    app = StackmonApp(Targets(hosts=(host,), settings=Settings(interval=0.3, timeout=2.0)),
                       audit=audit)
     async with app.run_test(size=(120, 36)) as pilot:
         await wait_for(pilot, lambda: "/hang/second-instance" in screen_text(app))

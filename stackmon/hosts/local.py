@@ -155,17 +155,17 @@ class LocalHost(Host):
         *uwsgi_results, nginx_result = results
         nginx = nginx_result if isinstance(nginx_result, NginxStatus | SourceError) else None
         errors: list[SourceError] = [r for r in uwsgi_results if isinstance(r, SourceError)]
-        instances = [r for r in uwsgi_results if isinstance(r, UwsgiInstance)]
-        self._last_instances.update((i.index, (i, taken_at)) for i in instances)
-        instances = self._carry_stale(
-            [r for r in uwsgi_results if isinstance(r, UwsgiInstance | SourceError)], taken_at)
+        fresh = [r for r in uwsgi_results if isinstance(r, UwsgiInstance)]
+        self._last_instances.update((i.index, (i, taken_at)) for i in fresh)
         if isinstance(nginx, SourceError):
             errors.append(nginx)
             nginx = None
         if self.probe is not None:
             self.probe.kick()
-        if not instances and nginx is None and errors:
+        if not fresh and nginx is None and errors:  # nothing answered: the host is unreachable
             return self.unreachable(taken_at, errors)
+        instances = self._carry_stale(
+            [r for r in uwsgi_results if isinstance(r, UwsgiInstance | SourceError)], taken_at)
         stale_roles = time.monotonic() - self._nginx_roles_at > NGINX_RESCAN
         facts, logs = await asyncio.to_thread(self._local_facts, instances,
                                               None if stale_roles else self._nginx_roles)
