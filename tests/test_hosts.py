@@ -47,7 +47,9 @@ async def test_a_hung_master_keeps_its_stuck_requests_aging_and_the_kernel_figur
 
     stack = fresh_stack(workers=2, threads=1)
     hang(stack, "/hang/stuck-during-stop", n=1)
-    host = open_host(HostConfig(name="s", uwsgi=(parse_stats_address(stack.stats_address),)),
+    # nginx still answers (the case): the host is partial, not unreachable
+    host = open_host(HostConfig(name="s", uwsgi=(parse_stats_address(stack.stats_address),),
+                                nginx=stack.nginx_status_url),
                      Settings(timeout=0.5, slow=1.0, critical=3.0))
     first = await host.poll()
     ages = [r.running_s for w in first.uwsgi[0].workers for r in w.requests_in_flight]
