@@ -31,6 +31,9 @@ PLUGGED: dict[str, str] = {
     "agent": "stackmon.agent.command",
     "doctor": "stackmon.doctor.command",
     "stack": "stackmon.actions.stack_command",
+    "record": "stackmon.record.record_command",
+    "replay": "stackmon.record.replay_command",
+    "report": "stackmon.record.report_command",
 }
 
 
