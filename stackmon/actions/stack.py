@@ -535,9 +535,13 @@ async def run_py_spy(pid: int, *, nonblocking: bool = True, with_locals: bool = 
 
 
 async def _spawn(argv: list[str], pid: int, env: dict[str, str], timeout: float) -> bytes:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True)
+    except OSError as exc:  # not executable, no memory for a process, too many open files
+        raise ActionError("failed", f"cannot run py-spy ({argv[0]}): "
+                                    f"{exc.strerror or exc}") from None
     try:
         async with asyncio.timeout(timeout):
             (out, too_big), (err, _) = await asyncio.gather(
