@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from stackmon import __version__
 from stackmon.config import ConfigError, Targets, default_hosts_file, load_hosts_file
 from stackmon.config import targets_from_args as _from_args
 
@@ -106,8 +107,10 @@ def resolve_targets(args: argparse.Namespace) -> Targets:
 
 
 def build_parser() -> tuple[_Parser, dict[str, _Parser]]:
-    main = _Parser(prog="stackmon", description="Watch and fix an nginx + uWSGI stack.")
+    main = _Parser(prog="stackmon", description="Watch and fix an nginx + uWSGI stack.",
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
     add_targets(main)
+    main.add_argument("--version", action="version", version=f"stackmon {__version__}")
     main.add_argument("--interval", metavar="D", help="poll interval (default 1s)")
     main.add_argument("--read-only", action="store_true", help="disable every action")
     subs: dict[str, _Parser] = {}
@@ -132,7 +135,20 @@ def build_parser() -> tuple[_Parser, dict[str, _Parser]]:
         sub = _Parser(prog=f"stackmon {name}")
         importlib.import_module(module).configure(name, sub)
         subs[name] = sub
+    main.epilog = _commands_epilog(subs)
     return main, subs
+
+
+def _commands_epilog(subs: dict[str, _Parser]) -> str:
+    """`stackmon --help` names every subcommand (without one, stackmon opens the TUI)."""
+    lines = ["commands (stackmon COMMAND --help for each):"]
+    for name, sub in subs.items():
+        about = (sub.description or "").strip().split("\n", 1)[0].split("; ")[0]
+        about = about.split(" (")[0].rstrip(".")
+        about = about if len(about) <= 66 else about[:65].rstrip() + "…"
+        lines.append(f"  {name:<10} {about}".rstrip())
+    lines.append("  (none)     open the terminal UI on the targets above")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

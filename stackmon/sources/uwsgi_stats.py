@@ -147,6 +147,10 @@ class _Reply(asyncio.Protocol):
             self.done.set_result(outcome)
 
 
+class _SpeaksHttp(Exception):
+    """A plain-mode poll met a stats server that waits for a request: `stats-http = true`."""
+
+
 class _Exchange:
     """What happened so far, so that a timeout can say where it stopped."""
 
@@ -197,16 +201,9 @@ def _http_request(addr: StatsAddress) -> bytes:
             .encode("ascii", "replace"))
 
 
-async def _exchange(addr: StatsAddress, max_bytes: int, state: _Exchange) -> BaseException | None:
-    """Connect, (send the HTTP request when stats-http), read to EOF; returns how it ended."""
+async def _connect(addr: StatsAddress, factory: Callable[[], _Reply]) -> asyncio.Transport:
     loop = asyncio.get_running_loop()
-    request = _http_request(addr) if addr.kind == "http" else b""
-
-    def factory() -> _Reply:
-        state.reply = _Reply(request, max_bytes, loop.create_future())
-        return state.reply
-
-    transport: asyncio.BaseTransport
+    transport: asyncio.Transport
     if addr.kind == "tcp":
         transport, _ = await loop.create_connection(factory, addr.host, addr.port)
     elif addr.kind == "http":
@@ -223,11 +220,71 @@ async def _exchange(addr: StatsAddress, max_bytes: int, state: _Exchange) -> Bas
             transport, _ = await loop.create_unix_connection(factory, f"\0{addr.path}\0")
         except ConnectionRefusedError:
             transport, _ = await loop.create_unix_connection(factory, f"\0{addr.path}")
+    return transport
+
+
+async def _exchange(addr: StatsAddress, max_bytes: int, state: _Exchange,
+                    probe_after: float) -> BaseException | None:
+    """Connect, (send the HTTP request when stats-http), read to EOF; returns how it ended.
+
+    A plain poll that hears nothing for `probe_after` seconds checks whether the server speaks
+    HTTP (`stats-http = true` waits for a request, and a plain poll sends none: it would end as
+    "no answer" with no hint). uWSGI's master serves stats connections one at a time and
+    blocks reading the first one's request, so the silent connection is dropped first; the
+    probe sends a GET on its own connection (never on the plain one: bytes sent there make a
+    plain server reset it once it has written, which can destroy the reply), and when the
+    answer is not HTTP (a slow plain master) a new plain connection gets the rest of the
+    deadline.
+    """
+    loop = asyncio.get_running_loop()
+    request = _http_request(addr) if addr.kind == "http" else b""
+
+    def factory() -> _Reply:
+        state.reply = _Reply(request, max_bytes, loop.create_future())
+        return state.reply
+
+    transport = await _connect(addr, factory)
     try:
         assert state.reply is not None
+        done = state.reply.done
+        if addr.kind == "http":
+            return await done
+        try:
+            return await asyncio.wait_for(asyncio.shield(done), probe_after)
+        except TimeoutError:
+            if state.reply.size:
+                return await done
+    finally:
+        transport.abort()
+    if await _speaks_http(addr):
+        return _SpeaksHttp()
+    transport = await _connect(addr, factory)
+    try:
         return await state.reply.done
     finally:
         transport.abort()
+
+
+async def _speaks_http(addr: StatsAddress) -> bool:
+    """Whether the server at `addr` answers an HTTP request with an HTTP status line."""
+    try:
+        if addr.kind == "tcp":
+            reader, writer = await asyncio.open_connection(addr.host, addr.port)
+        elif addr.kind == "unix":
+            reader, writer = await asyncio.open_unix_connection(addr.path)
+        else:
+            reader, writer = await asyncio.open_unix_connection(f"\0{addr.path}\0")
+    except (OSError, ValueError):
+        return False
+    try:
+        writer.write(b"GET / HTTP/1.0\r\n\r\n")
+        await writer.drain()
+        head = await reader.read(16)
+        return head.startswith(b"HTTP/")
+    except OSError:
+        return False
+    finally:
+        writer.close()
 
 
 async def fetch_stats(
@@ -251,7 +308,7 @@ async def fetch_raw(addr: StatsAddress, timeout: float, max_bytes: int, *, sourc
     state = _Exchange()
     try:
         async with asyncio.timeout(timeout):
-            outcome = await _exchange(addr, max_bytes, state)
+            outcome = await _exchange(addr, max_bytes, state, min(1.0, timeout / 3))
     except TimeoutError:
         return SourceError(source, f"{label}: {state.timeout_message(timeout)}")
     except OSError as exc:
@@ -260,6 +317,8 @@ async def fetch_raw(addr: StatsAddress, timeout: float, max_bytes: int, *, sourc
         return SourceError(source, f"{label}: cannot connect ({exc})")
     reply = state.reply
     assert reply is not None
+    if isinstance(outcome, _SpeaksHttp):
+        return SourceError(source, f"{label}: {_http_hint(addr)}")
     if isinstance(outcome, _TooBig):
         return SourceError(source, f"{label}: reply exceeded {max_bytes} bytes; gave up reading")
     if isinstance(outcome, OSError):
@@ -279,6 +338,16 @@ async def fetch_raw(addr: StatsAddress, timeout: float, max_bytes: int, *, sourc
         return SourceError(source, f"{label}: empty reply (connected, but the server closed the"
                                    f" connection without sending anything)")
     return data
+
+
+def _http_hint(addr: StatsAddress) -> str:
+    """What to do about a stats server that speaks HTTP when polled as a plain one."""
+    if addr.kind != "tcp":
+        return ("this stats server speaks HTTP (stats-http = true), which stackmon reads over"
+                " TCP only: serve the stats on host:port, or drop stats-http")
+    host = f"[{addr.host}]" if ":" in addr.host else addr.host
+    return (f"this stats server speaks HTTP (stats-http = true): use"
+            f" http://{host}:{addr.port}")
 
 
 def _strip_http(data: bytes, source: str, label: str) -> bytes | SourceError:
@@ -755,6 +824,47 @@ def _repair_quotes(text: str) -> tuple[str, int]:
     return _STRING_LINE.sub(fix, text), fixed
 
 
+# `stats-minified` puts the document on one line, so a value cannot be told by its line. uWSGI
+# writes these text fields unescaped (core/master_utils.c, uwsgi_stats_keyval: a plain
+# "%s":"%s") and always in the same order, so each one's value ends at the quote that is
+# followed by what uWSGI writes next: a socket's `name` by `,"proto":"`, `cwd` by the next key
+# of the top-level object, an app's `mountpoint` by `,"startup_time":`, its `chdir` (the app's
+# last field) by `}`. The first such quote ends the value (non-greedy): a value that itself
+# contains `","proto":"` cannot be told apart and stays unreadable.
+_FOLLOWS = {"name": (',"proto":"',), "proto": (',"queue":',),
+            "cwd": (',"daemons":', ',"locks":', ',"emperor":'),
+            "version": (',"listen_queue":', ',"pid":'), "mountpoint": (',"startup_time":',),
+            "chdir": ("}]", "},")}
+
+
+def _repair_minified(text: str) -> tuple[str, int]:
+    """Escape unescaped quotes in the known text fields of a one-line document (above)."""
+    fixed = 0
+    out: list[str] = []
+    pos = 0
+    for m in re.finditer(r'"(name|proto|cwd|version|mountpoint|chdir)":"', text):
+        start = m.end()
+        if start < pos:
+            continue
+        ends = [text.find(f'"{tail}', start) for tail in _FOLLOWS[m.group(1)]]
+        ends = [e for e in ends if e >= 0]
+        if not ends:
+            continue
+        end = min(ends)
+        inner = text[start:end]
+        if '"' not in inner:
+            continue
+        repaired = _JSON_STRING_TOKEN.sub(lambda t: '\\"' if t.group() == '"' else t.group(),
+                                          inner)
+        if repaired != inner:
+            fixed += 1
+            out.append(text[pos:start])
+            out.append(repaired)
+            pos = end
+    out.append(text[pos:])
+    return "".join(out), fixed
+
+
 # orjson, when installed, parses a big document 2-3x faster than the stdlib (json.loads is most
 # of a 512x8 parse). It is strict (no raw control characters, valid UTF-8 only), so it only ever
 # takes documents that json.loads(strict=False) would parse to the same value; anything it
@@ -813,13 +923,17 @@ def _load(text: str, nbytes: int, issues: _Issues) -> Any | str:
             issues.add(f"ignored {len(text) - end} characters after the end of the document")
             return value
     repaired, fixed = _repair_quotes(text)
+    where = "on {} line(s)"
+    if not fixed and "\n" not in text.strip():
+        repaired, fixed = _repair_minified(text)
+        where = "in {} field(s) of the one-line (stats-minified) document"
     if fixed:
         try:
             value = _loads(repaired)
         except (json.JSONDecodeError, RecursionError):
             pass
         else:
-            issues.add(f"repaired unescaped quotes on {fixed} line(s)")
+            issues.add(f"repaired unescaped quotes {where.format(fixed)}")
             return value
     if first.pos >= len(text.rstrip()) or first.msg.startswith("Unterminated string"):
         return (f"reply truncated: the JSON stops at line {first.lineno} col {first.colno}"
