@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from stackmon import __version__
-from stackmon.config import ConfigError, Targets, default_hosts_file, load_hosts_file
+from stackmon.config import (
+    ConfigError,
+    Targets,
+    default_hosts_file,
+    load_hosts_file,
+    select_group,
+)
 from stackmon.config import targets_from_args as _from_args
 
 if TYPE_CHECKING:
@@ -72,6 +78,8 @@ def add_targets(p: argparse.ArgumentParser) -> None:
                    help="uWSGI log, one per --uwsgi in order (default: from its config)")
     p.add_argument("--window", metavar="D",
                    help="how far back log figures reach (default 60s)")
+    p.add_argument("--group", metavar="G",
+                   help="only the hosts of this group (group = \"G\" in the hosts file)")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -86,9 +94,19 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def resolve_targets(args: argparse.Namespace) -> Targets:
-    """Hosts file or --uwsgi/--nginx, never both; the default hosts file when neither."""
+    """Hosts file or --uwsgi/--nginx, never both; the default hosts file when neither;
+    narrowed to one group by --group."""
+    targets = _resolve_all(args)
+    group = getattr(args, "group", None)
+    return select_group(targets, group) if group is not None else targets
+
+
+def _resolve_all(args: argparse.Namespace) -> Targets:
     overrides = _overrides(args)
     if args.uwsgi or args.nginx:
+        if getattr(args, "group", None) is not None:
+            raise ConfigError("--group selects hosts of a hosts file, not --uwsgi/--nginx "
+                              "targets")
         if args.hosts_file:
             raise ConfigError("give either a hosts file or --uwsgi/--nginx targets, not both")
         return _from_args(args.uwsgi, args.nginx, overrides, args.name, health=args.health,

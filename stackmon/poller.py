@@ -67,6 +67,8 @@ class HostPoller:
                  max_backoff: float | None = None, start_delay: float = 0.0) -> None:
         self.index = index
         self.host = host
+        # A host whose group has its own settings ([groups.NAME]) is polled by them.
+        settings = host.settings if host.settings is not None else settings
         self.settings = settings
         self.on_snapshot = on_snapshot
         self.collector = collector or open_host(host, settings)

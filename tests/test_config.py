@@ -308,3 +308,199 @@ def test_health_url_and_uwsgi_log_count_are_checked(tmp_path: Path) -> None:
     f.write_text('[[host]]\nname = "a"\nuwsgi = ["127.0.0.1:1"]\nuwsgi_log = ["/a", "/b"]\n')
     with pytest.raises(ConfigError, match="2 uwsgi_log paths for 1 uwsgi entries"):
         load_hosts_file(f)
+
+
+# --- include = [...] and [groups.NAME] (issue 15: large hosts files) ---------------------------
+
+MAIN = """\
+include = ["hosts.d/*.toml"]
+[defaults]
+slow = "5s"
+critical = "1m"
+
+[groups.api]
+slow = "2s"
+timeout = "1s"
+
+[[host]]
+name = "edge-1"
+uwsgi = ["127.0.0.1:9002"]
+"""
+
+
+def host_toml(name: str, group: str | None = None, port: int = 9002) -> str:
+    grp = f'group = "{group}"\n' if group else ""
+    return f'[[host]]\nname = "{name}"\n{grp}uwsgi = ["127.0.0.1:{port}"]\n'
+
+
+def fleet_dir(tmp_path: Path, main: str = MAIN, **files: str) -> Path:
+    (tmp_path / "hosts.d").mkdir(exist_ok=True)
+    for name, text in files.items():
+        (tmp_path / "hosts.d" / f"{name}.toml").write_text(text)
+    return write(tmp_path, main)
+
+
+def test_include_reads_matches_in_order_relative_to_the_including_file(tmp_path, monkeypatch):
+    path = fleet_dir(tmp_path, b=host_toml("api-2", "api"), a=host_toml("api-1", "api"),
+                     c=host_toml("batch-1", "batch"))
+    (tmp_path / "hosts.d" / "notes.txt").write_text("not toml at all [[[")  # not matched
+    monkeypatch.chdir("/")  # relative to the file, not to the working directory
+    t = load_hosts_file(path)
+    assert [h.name for h in t.hosts] == ["edge-1", "api-1", "api-2", "batch-1"]
+    assert t.hosts[1].group == "api"
+
+
+def test_group_settings_layer_over_defaults_and_under_the_command_line(tmp_path):
+    path = fleet_dir(tmp_path, a=host_toml("api-1", "api"), c=host_toml("batch-1", "batch"))
+    t = load_hosts_file(path, {"timeout": "3s"})
+    edge, api, batch = t.hosts
+    assert t.settings_for(edge).slow == 5.0 and t.settings_for(batch).slow == 5.0
+    api_s = t.settings_for(api)
+    assert (api_s.slow, api_s.critical) == (2.0, 60.0)  # its own, then the file's defaults
+    assert api_s.timeout == 3.0  # the command line wins over the group
+    assert edge.settings is None and api.settings == api_s
+
+
+def test_a_grouped_host_is_polled_and_acted_on_with_its_group_settings(tmp_path):
+    from stackmon.hosts import open_host
+    from stackmon.poller import HostPoller
+
+    path = fleet_dir(tmp_path, a=host_toml("api-1", "api"))
+    t = load_hosts_file(path)
+    api = t.hosts[1]
+    assert open_host(api, t.settings).settings.slow == 2.0
+    assert HostPoller(1, api, t.settings).deadline == 1.0 * 2 + 1  # the group's 1 s timeout
+
+
+@pytest.mark.parametrize(("files", "main", "where", "words"), [
+    ({"a": "[[host]]\nname = \"x\"\nuwsgi = [\"nonsense\"]\n"}, MAIN, "hosts.d/a.toml:3",
+     "unknown address form"),
+    ({"a": host_toml("edge-1")}, MAIN, "hosts.d/a.toml:2", "appears twice (also at "),
+    ({"a": "[defaults]\nslow = \"1s\"\n" + host_toml("a")}, MAIN, "hosts.d/a.toml:1",
+     "[defaults] belongs in the main hosts file"),
+    ({}, MAIN.replace('"hosts.d/*.toml"', '"hosts.d/missing.toml"'), "hosts.toml:1",
+     "include"),
+    ({}, MAIN.replace('["hosts.d/*.toml"]', "3"), "hosts.toml:1",
+     "include must be a list of paths"),
+    ({"a": host_toml("a", "api")}, MAIN.replace('slow = "2s"', 'slow = "soon"'), "hosts.toml:7",
+     "[groups.api]: slow"),
+    ({"a": host_toml("a", "api")}, MAIN.replace('timeout = "1s"', 'colour = "red"'),
+     "hosts.toml:8", "unknown key 'colour'"),
+    ({"a": host_toml("a", "apj")}, MAIN, "hosts.toml:6",
+     "[groups.api] names a group no host is in (groups of the hosts: apj)"),
+    ({"a": host_toml("a", "api") + "[groups.api]\nslow = \"1s\"\n"}, MAIN, "hosts.d/a.toml:5",
+     "[groups.api] is defined twice"),
+])
+def test_include_and_group_errors_name_file_and_line(tmp_path, files, main, where, words):
+    path = fleet_dir(tmp_path, main, **files)
+    with pytest.raises(ConfigError) as info:
+        load_hosts_file(path)
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path}/{where}: "), message
+    assert words in message, message
+
+
+def test_include_cycles_are_refused(tmp_path):
+    path = fleet_dir(tmp_path, MAIN.replace("hosts.d/*.toml", "hosts.d/a.toml"),
+                     a='include = ["b.toml"]\n' + host_toml("a"),
+                     b='include = ["../hosts.toml"]\n' + host_toml("b"))
+    with pytest.raises(ConfigError) as info:
+        load_hosts_file(path)
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path}/hosts.d/b.toml:1: include cycle: "), message
+    assert message.endswith(f"{path} -> {tmp_path}/hosts.d/a.toml -> "
+                            f"{tmp_path}/hosts.d/b.toml -> {path}"), message
+
+
+def test_a_file_included_itself_and_twice(tmp_path):
+    path = fleet_dir(tmp_path, 'include = ["hosts.toml"]\n' + host_toml("a"))
+    with pytest.raises(ConfigError, match=r"hosts.toml:1: include cycle: "):
+        load_hosts_file(path)
+    path = fleet_dir(tmp_path, 'include = ["hosts.d/a.toml", "hosts.d/*.toml"]\n'
+                               + host_toml("m"), a=host_toml("a"))
+    with pytest.raises(ConfigError, match=r"hosts.toml:1: .*a.toml is included twice"):
+        load_hosts_file(path)
+
+
+def test_included_fifo_and_directory_are_refused_without_blocking(tmp_path):
+    import os
+
+    path = fleet_dir(tmp_path)
+    os.mkfifo(tmp_path / "hosts.d" / "pipe.toml")
+    with pytest.raises(ConfigError) as info:
+        load_hosts_file(path)
+    assert str(info.value) == (f"{path}:1: include {tmp_path}/hosts.d/pipe.toml: included file "
+                               "is a FIFO, not a regular file; refusing to read it")
+    (tmp_path / "hosts.d" / "pipe.toml").unlink()
+    (tmp_path / "hosts.d" / "dir.toml").mkdir()
+    with pytest.raises(ConfigError, match=r"dir.toml: included file is a directory"):
+        load_hosts_file(path)
+
+
+def test_include_after_a_table_says_where_it_belongs(tmp_path):
+    path = write(tmp_path, '[defaults]\nslow = "5s"\ninclude = ["x/*.toml"]\n' + host_toml("a"))
+    with pytest.raises(ConfigError, match=r"hosts.toml:1: defaults: include must come before "
+                                          r"the first \[table\]"):
+        load_hosts_file(path)
+
+
+def test_include_bounds_depth_and_file_count(tmp_path, monkeypatch):
+    import stackmon.config as config
+
+    chain = {f"f{i}": f'include = ["f{i + 1}.toml"]\n' for i in range(12)}
+    path = fleet_dir(tmp_path, MAIN.replace("hosts.d/*.toml", "hosts.d/f0.toml"), **chain)
+    (tmp_path / "hosts.d" / "f12.toml").write_text(host_toml("deep"))
+    with pytest.raises(ConfigError, match=rf"includes nested more than "
+                                          rf"{config.MAX_INCLUDE_DEPTH} deep"):
+        load_hosts_file(path)
+    monkeypatch.setattr(config, "MAX_INCLUDE_FILES", 5)
+    files = {f"h{i:02d}": host_toml(f"h{i}") for i in range(8)}
+    path = fleet_dir(tmp_path / "x" if (tmp_path / "x").mkdir() is None else tmp_path, **files)
+    with pytest.raises(ConfigError, match=r"matches 8 files, over the limit of 5|more than 5 "
+                                          r"files included"):
+        load_hosts_file(path)
+
+
+def test_a_fleet_of_500_hosts_in_files_of_one_host_loads(tmp_path):
+    files = {f"web-{i:03d}": host_toml(f"web-{i:03d}", "api" if i % 2 else "batch")
+             for i in range(500)}
+    t = load_hosts_file(fleet_dir(tmp_path, **files))
+    assert len(t.hosts) == 501 and t.hosts[-1].name == "web-499"
+
+
+def test_select_group_and_the_cli_group_option(tmp_path):
+    from stackmon.config import select_group
+
+    path = fleet_dir(tmp_path, a=host_toml("api-1", "api"), c=host_toml("batch-1", "batch"))
+    t = load_hosts_file(path)
+    assert [h.name for h in select_group(t, "api").hosts] == ["api-1"]
+    with pytest.raises(ConfigError, match=r"no host in group 'web' in .*\(groups: api, batch\)"):
+        select_group(t, "web")
+    proc = run_cli("snapshot", str(path), "--group", "nope")
+    assert_one_line_usage_error(proc, "no host in group 'nope'")
+    proc = run_cli("snapshot", "--uwsgi", "127.0.0.1:1", "--group", "api")
+    assert_one_line_usage_error(proc, "--group selects hosts of a hosts file")
+
+
+def test_cli_group_narrows_the_snapshot(tmp_path):
+    import json
+
+    path = fleet_dir(tmp_path, a=host_toml("api-1", "api", port=1),
+                     c=host_toml("batch-1", "batch", port=1))
+    proc = run_cli("snapshot", str(path), "--group", "batch", "--json", "--rate-window", "0",
+                   "--timeout", "0.5s")
+    doc = json.loads(proc.stdout)
+    assert [(h["name"], h["group"]) for h in doc["hosts"]] == [("batch-1", "batch")]
+
+
+def test_an_agent_host_is_grouped_by_the_hosts_file_not_by_its_agent(tmp_path):
+    from stackmon.agent.client import AgentSource
+    from stackmon.config import HostConfig, Settings
+    from stackmon.model import HostSnapshot
+
+    src = AgentSource(HostConfig(name="web-9", agent="http://127.0.0.1:1", group="api"),
+                      Settings())
+    snap = src.to_snapshot({"name": "agent-name", "group": "other", "taken_at": 1.0,
+                            "reachable": True}, 1.0)
+    assert isinstance(snap, HostSnapshot)
+    assert (snap.name, snap.group) == ("web-9", "api")

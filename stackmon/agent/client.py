@@ -192,6 +192,8 @@ class AgentSource:
     def to_snapshot(self, doc: dict[str, Any], received_at: float) -> HostSnapshot | SourceError:
         """The host object as a HostSnapshot under the local name from the hosts file."""
         doc["name"] = self.host.name
+        if self.host.group is not None:  # groups are the hosts file's, like names
+            doc["group"] = self.host.group
         try:
             snap = host_from_dict(doc)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:

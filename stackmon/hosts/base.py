@@ -37,7 +37,8 @@ class Host(ABC):
 
     def __init__(self, config: HostConfig, settings: Settings) -> None:
         self.config = config
-        self.settings = settings
+        # A host whose group has its own [groups.NAME] settings uses them (config.py).
+        self.settings = config.settings if config.settings is not None else settings
         self.last_good: HostSnapshot | None = None
 
     @property
@@ -69,7 +70,7 @@ class Host(ABC):
         """Unreachable: the reason now, and the last good data with its age if there is any."""
         if self.last_good is None:
             return HostSnapshot(name=self.name, taken_at=taken_at, reachable=False,
-                                errors=tuple(errors))
+                                errors=tuple(errors), group=self.config.group)
         return replace(self.last_good, taken_at=taken_at, reachable=False,
                        stale_s=max(0.0, taken_at - self.last_good.taken_at),
                        errors=tuple(errors))
