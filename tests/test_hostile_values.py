@@ -129,7 +129,8 @@ def test_snapshot_json_survives_surrogates_huge_numbers_and_duplicate_ids(stats_
     doc = json.loads(proc.stdout)
     inst = doc["hosts"][0]["uwsgi"][0]
     assert inst["master_pid"] == 0 and inst["uid"] is None
-    assert [(w["id"], w["pid"]) for w in inst["workers"]] == [(1, 4001), (1, 4002), (2, 0)]
+    # uWSGI numbers workers 1..N by position: a document repeating id 1 cannot hide a worker
+    assert [(w["id"], w["pid"]) for w in inst["workers"]] == [(1, 4001), (2, 4002), (3, 0)]
     busy = inst["workers"][1]
     assert busy["requests"] == 0 and busy["last_spawn"] == 0
     request = busy["requests_in_flight"][0]
@@ -178,10 +179,10 @@ async def test_tui_shows_both_workers_that_share_an_id(stats_server):
         workers = app.query_one(WorkerList)
         assert workers.cursor_key == (1, 0)
         await pilot.press("down")
-        assert workers.cursor_key == (1, 1)
+        assert workers.cursor_key == (2, 0)  # numbered by position, as uWSGI numbers them
         pane = app.active_pane()
         selected = pane.selected_worker()
-        assert selected is not None and (selected.id, selected.pid) == (1, 4002)
+        assert selected is not None and (selected.id, selected.pid) == (2, 4002)
         await pilot.press("enter")  # the detail of the second worker 1, not of the first
         await pilot.pause()
         detail = screen_text(app)

@@ -103,6 +103,7 @@ async def test_a_kill_through_the_host_is_an_event_of_that_host(fresh_stack, han
                 break
             await asyncio.sleep(0.25)
         assert ("stackmon", "killed") in kinds and ("uwsgi", "worker_died") in kinds, kinds
+        assert after.logs is not None
         (ours,) = [e for e in after.logs.events if e.source == "stackmon"]
         assert ours.pid == worker.pid and ours.worker == worker.id
     finally:
