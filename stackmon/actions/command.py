@@ -19,6 +19,7 @@ from pathlib import Path
 from stackmon.actions.audit import AuditLog, AuditWriteError
 from stackmon.actions.base import ActionError, ActionResult
 from stackmon.actions.reload_progress import ReloadProgress
+from stackmon.actions.rolling import RollPolicy, RollStep, rolling_reload
 from stackmon.config import (
     ConfigError,
     HostConfig,
@@ -26,6 +27,8 @@ from stackmon.config import (
     Targets,
     default_hosts_file,
     load_hosts_file,
+    parse_duration,
+    select_group,
     targets_from_args,
 )
 from stackmon.hosts import Host, open_host
@@ -36,7 +39,11 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 
 def configure(name: str, p: argparse.ArgumentParser) -> None:
-    p.add_argument("host", metavar="HOST", help="host name from the hosts file")
+    if name == "kill":
+        p.add_argument("host", metavar="HOST", help="host name from the hosts file")
+    else:
+        p.add_argument("host", metavar="HOST", nargs="?",
+                       help="host name from the hosts file (or --group G --rolling)")
     if name == "kill":
         p.description = "Kill one uWSGI worker (it is respawned by its master)."
         p.add_argument("worker_id", metavar="WORKER_ID", type=int, help="worker id (1, 2, ...)")
@@ -54,8 +61,20 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
                        help="chain reload: one worker at a time")
         p.add_argument("--no-follow", action="store_true",
                        help="return once the reload is sent")
-    p.add_argument("--instance", type=int, default=0, metavar="N",
-                   help="index in the host's uwsgi list (default 0)")
+        p.add_argument("--group", metavar="G",
+                       help="with --rolling: every host of group G, in hosts-file order")
+        p.add_argument("--rolling", action="store_true",
+                       help="one host at a time: reload, wait until every worker is replaced, "
+                            "the health check passes and the queues are normal, then the next; "
+                            "stop at the first host that fails")
+        p.add_argument("--max-unavailable", type=int, default=1, metavar="N",
+                       help="with --rolling: hosts reloaded at the same time (default 1)")
+        p.add_argument("--settle-timeout", default="60s", metavar="D",
+                       help="with --rolling: how long a reloaded host may take to be healthy "
+                            "again (default 60s)")
+    p.add_argument("--instance", type=int, default=None, metavar="N",
+                   help="index in the host's uwsgi list (default 0; with --rolling: every "
+                        "instance of each host)")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument("--hosts", metavar="HOSTS.toml", help="hosts file (default: "
                    "$XDG_CONFIG_HOME/stackmon/hosts.toml)")
@@ -97,14 +116,22 @@ def _confirm(question: str) -> bool:
 
 
 def run(name: str, args: argparse.Namespace) -> int:
+    if name == "reload" and (args.rolling or args.group is not None):
+        return _run_rolling(args)
+    if args.host is None:
+        print(f"stackmon {name}: give a HOST (or --group G --rolling)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.instance is None:
+        args.instance = 0
     try:
         targets, host = _resolve(args)
     except ConfigError as exc:
         print(f"stackmon {name}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    settings = targets.settings
-    if args.read_only:
+    settings = targets.settings_for(host)
+    if args.read_only:  # on the host too: a grouped host's own settings would not carry it
         settings = replace(settings, read_only=True)
+        host = replace(host, read_only=True)
     audit = AuditLog(Path(args.audit_log)) if args.audit_log else AuditLog.default()
     try:
         try:
@@ -231,3 +258,106 @@ async def _reload(args: argparse.Namespace, host: Host, audit: AuditLog) -> int:
     progress = await host.follow(args.instance, result, lambda p: _print_progress(p, last),
                                  audit=audit)
     return EXIT_OK if progress.done else EXIT_FAILED
+
+
+# --- stackmon reload --group G --rolling -------------------------------------------------------
+
+
+def _rolling_targets(args: argparse.Namespace) -> Targets:
+    """The group's hosts from the hosts file, with the options checked (ConfigError)."""
+    if not args.rolling:
+        raise ConfigError("--group reloads a whole group: add --rolling (one host at a time)")
+    if args.group is None:
+        raise ConfigError("--rolling needs --group G (the hosts to reload, in hosts-file order)")
+    if args.host is not None:
+        raise ConfigError(f"give HOST ({args.host}) or --group G --rolling, not both")
+    if args.uwsgi or args.no_follow:
+        raise ConfigError("--rolling follows every host to its end and takes its hosts from "
+                          "the hosts file: --uwsgi and --no-follow do not apply")
+    if args.max_unavailable < 1:
+        raise ConfigError(f"--max-unavailable {args.max_unavailable}: must be 1 or more")
+    if args.instance is not None and args.instance < 0:
+        raise ConfigError(f"--instance {args.instance}: must be 0 or more")
+    path = Path(args.hosts).expanduser() if args.hosts else default_hosts_file()
+    targets = select_group(load_hosts_file(path), args.group)
+    if args.read_only:
+        targets = replace(targets, hosts=tuple(replace(h, read_only=True)
+                                               for h in targets.hosts))
+    return targets
+
+
+def _run_rolling(args: argparse.Namespace) -> int:
+    try:
+        targets = _rolling_targets(args)
+        policy = RollPolicy(max_unavailable=args.max_unavailable,
+                            mode="chain" if args.chain else "graceful", instance=args.instance,
+                            settle_timeout=parse_duration(args.settle_timeout,
+                                                          "--settle-timeout"))
+    except ConfigError as exc:
+        print(f"stackmon reload: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    audit = AuditLog(Path(args.audit_log)) if args.audit_log else AuditLog.default()
+    try:
+        return asyncio.run(_roll(args, targets, policy, audit))
+    except ActionError as exc:
+        print(f"stackmon reload: {exc.message}", file=sys.stderr)
+        return EXIT_FAILED
+    except AuditWriteError as exc:
+        print(f"stackmon reload: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except (KeyboardInterrupt, EOFError):
+        print("\nstackmon reload: interrupted (the host being reloaded finishes its reload on "
+              "its own; no further host was started)", file=sys.stderr)
+        return EXIT_FAILED
+
+
+async def _roll(args: argparse.Namespace, targets: Targets, policy: RollPolicy,
+                audit: AuditLog) -> int:
+    hosts = [open_host(h, targets.settings_for(h)) for h in targets.hosts]
+    try:
+        if not args.yes:
+            await _confirm_roll(args, hosts, policy, audit)
+        last: list[str] = []
+        result = await rolling_reload(hosts, audit=audit, policy=policy, group=args.group,
+                                      on_step=lambda s: _print_step(s, last))
+    finally:
+        await asyncio.gather(*(h.aclose() for h in hosts))
+    if result.ok:
+        print(result.message, flush=True)
+        return EXIT_OK
+    print(f"stackmon reload: {result.message}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+async def _confirm_roll(args: argparse.Namespace, hosts: list[Host], policy: RollPolicy,
+                        audit: AuditLog) -> None:
+    """The plan (hosts in order, how each is reached), then one question for the whole roll;
+    a refusal to ask is audited like any other."""
+    at_once = f", {policy.max_unavailable} at a time" if policy.max_unavailable > 1 else ""
+    print(f"Rolling {policy.mode} reload of group {args.group!r}: {len(hosts)} hosts in this "
+          f"order{at_once}:")
+    for i, h in enumerate(hosts, 1):
+        via = f" ({h.via})" if h.via else ""
+        health = f"  health {h.config.health}" if h.config.health else "  (no health URL)"
+        print(f"  {i}. {h.name}{via}{health}")
+    try:
+        ok = _confirm("Start the rolling reload?")
+    except _Refused as refused:
+        audit.record(host=hosts[0].name, action="rolling reload",
+                     outcome=f"refused: {refused.error.kind}", message=refused.error.message,
+                     group=args.group)
+        raise refused.error from None
+    if not ok:
+        raise ActionError("bad_request", "nothing done")
+
+
+def _print_step(step: RollStep, last: list[str]) -> None:
+    """One line per change (draining progress only when its text changes)."""
+    text = f"[{step.position}/{step.total}] {step.message}"
+    if step.reload is not None:
+        text += "".join(f"\n    worker {w.id}: {w.state}" for w in step.reload.workers
+                        if w.state != "replaced")
+    if last and text == last[0]:
+        return
+    last[:] = [text]
+    print(text, flush=True)
