@@ -131,6 +131,9 @@ def build_parser() -> tuple[_Parser, dict[str, _Parser]]:
     main.add_argument("--version", action="version", version=f"stackmon {__version__}")
     main.add_argument("--interval", metavar="D", help="poll interval (default 1s)")
     main.add_argument("--read-only", action="store_true", help="disable every action")
+    main.add_argument("--record", metavar="FILE",
+                      help="also record every poll into FILE (see stackmon replay, report)")
+    main.add_argument("--retain", metavar="D", help="with --record: keep only this much")
     subs: dict[str, _Parser] = {}
 
     snap = _Parser(prog="stackmon snapshot", description="One poll of every host, printed.")
@@ -195,15 +198,22 @@ def _dispatch(command: str, args: argparse.Namespace) -> int:
     if command in PLUGGED:
         return int(importlib.import_module(PLUGGED[command]).run(command, args))
     targets = resolve_targets(args)
-    return open_tui(targets)
+    if args.retain and not args.record:
+        raise UsageError("--retain goes with --record FILE (see stackmon --help)")
+    return open_tui(targets, record=args.record, retain=args.retain)
 
 
-def open_tui(targets: Targets) -> int:
+def open_tui(targets: Targets, record: str | None = None, retain: str | None = None) -> int:
     try:
         from tui.app import run_app
     except ImportError as exc:  # the TUI is an installed part of stackmon; say what is missing
         print(f"stackmon: the terminal UI cannot start ({exc})", file=sys.stderr)
         return EXIT_USAGE
+    if record:  # the flight recorder (stackmon.record): every poll also stored
+        from stackmon.record.record_command import open_recorder
+        from tui.replay_app import run_recording
+
+        return run_recording(targets, open_recorder(record, targets, retain))
     return run_app(targets)
 
 
