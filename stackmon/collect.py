@@ -181,8 +181,8 @@ def _why_unnamed(doc_pid: int, holders: Mapping[int, frozenset[int]] | None) -> 
         return "the stats socket is held by unrelated processes; cannot tell which is the master"
     if os.geteuid() != 0:
         return (f"cannot read which process holds the stats socket (/proc/PID/fd of another "
-                f"user's processes, e.g. the master {doc_pid}): run stackmon as the uWSGI "
-                "user or as root")
+                f"user's processes; the stats name pid {doc_pid} as the master): run stackmon "
+                "as the uWSGI user or as root")
     return "no process on this host holds the stats socket"
 
 
@@ -219,7 +219,8 @@ def resolve_instance(inst: UwsgiInstance, raw: list[kernel.RawListener]
         why = master
     else:
         why = inodes
-    return SourceError("kernel", f"uwsgi {redact.clean(inst.address)}: fd and queue figures "
+    # Source "fds": what is missing is this instance's fd and queue figures, not the kernel.
+    return SourceError("fds", f"uwsgi {redact.clean(inst.address)}: fd and queue figures "
                                  f"unavailable: {why}")
 
 

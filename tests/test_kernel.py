@@ -20,7 +20,16 @@ from typing import Any, TypeVar
 
 import pytest
 
-from stackmon.model import FdReport, KernelCounters, SourceError, SystemFds
+from stackmon.collect import merge_kernel_queues
+from stackmon.model import (
+    FdReport,
+    KernelCounters,
+    Listener,
+    Socket,
+    SourceError,
+    SystemFds,
+    UwsgiInstance,
+)
 from stackmon.sources import kernel
 from stackmon.sources.kernel import RawListener
 from stackmon.sources.procfs import UNLIMITED, parse_max_open_files
@@ -634,3 +643,59 @@ def test_real_uwsgi_master_workers_and_listeners(short_dir: Path) -> None:
             assert got[address].pids == tuple(sorted(roles))
     finally:
         _stop(p, signal.SIGINT, tuple(pid for pid, _ in procs or ()))
+
+
+def _listener(address: str, kind: str = "tcp", queue: int = 0, backlog: int = 100,
+              pids: tuple[int, ...] = (10,), instance: str = "") -> Listener:
+    return Listener(address=address, kind=kind,  # type: ignore[arg-type]
+                    owner="uwsgi", queue=queue, backlog=backlog, pids=pids, instance=instance)
+
+
+def _inst(*names: str, master: int = 10, address: str = "127.0.0.1:9002") -> UwsgiInstance:
+    return UwsgiInstance(address=address, version="2.0.31", master_pid=master, listen_queue=0,
+                         listen_queue_max=0,
+                         sockets=tuple(Socket(name=n, proto="uwsgi", queue=0, max_queue=0)
+                                       for n in names), workers=())
+
+
+@pytest.mark.parametrize(("name", "kernel"), [
+    ("@app", "@app@"),                      # uWSGI binds "\0app\0"; stats say @app
+    ("@app", "@app"),                       # another server's "\0app"
+    ("/run/app.sock", "/run/app.sock"),
+    ("app.sock", "app.sock"),               # relative, as given to bind()
+    (":3031", "0.0.0.0:3031"),
+    ("0.0.0.0:3031", "0.0.0.0:3031"),
+    ("*:3031", "0.0.0.0:3031"),
+    ("[::]:3031", "[::]:3031"),
+    ("127.0.0.1:3031", "127.0.0.1:3031"),
+    ("localhost:3031", "127.0.0.1:3031"),   # a host name: the master's own listener on the port
+])
+def test_every_socket_spelling_takes_the_kernels_figures(name: str, kernel: str) -> None:
+    kind = "unix" if kernel.startswith(("@", "/")) or kernel.endswith(".sock") else "tcp"
+    merged = merge_kernel_queues(_inst(name), (_listener(kernel, kind, 34, 33),))
+    (sock,) = merged.sockets
+    assert (sock.queue, sock.max_queue, sock.source) == (34, 33, "kernel")
+    assert (merged.listen_queue, merged.listen_queue_max) == (34, 33)
+
+
+def test_the_exact_address_wins_over_a_wildcard_and_other_ports_never_match() -> None:
+    listeners = (_listener("0.0.0.0:3031", queue=1), _listener("127.0.0.1:3031", queue=7),
+                 _listener("127.0.0.1:3032", queue=9))
+    (sock,) = merge_kernel_queues(_inst("127.0.0.1:3031"), listeners).sockets
+    assert sock.queue == 7
+    (other,) = merge_kernel_queues(_inst("127.0.0.1:4000"), listeners).sockets
+    assert other.source == "stats"
+    (unix,) = merge_kernel_queues(_inst("@app"), (_listener("@apple@", "unix", 5),)).sockets
+    assert unix.source == "stats"
+
+
+def test_tagged_listeners_belong_to_their_instance_whatever_the_pids() -> None:
+    """gather_local_facts tags each uWSGI listener with its instance's stats address: a
+    container's master (stats pid 1) gets its listener held by host pid 4242, and host pid 1's
+    listeners are never taken for it."""
+    mine = _listener("/run/app.sock", "unix", 3, 64, pids=(4242,), instance="127.0.0.1:9002")
+    init = _listener("/run/app.sock", "unix", 50, 50, pids=(1,), instance="127.0.0.1:9999")
+    merged = merge_kernel_queues(_inst("/run/app.sock", master=1), (init, mine))
+    (sock,) = merged.sockets
+    assert (sock.queue, sock.max_queue) == (3, 64)
+    assert any("another pid namespace" in w and "4242" in w for w in merged.warnings)

@@ -130,3 +130,40 @@ def test_configuration_text_is_written_visible():
     assert doc["name"] == "web\\x1b]52;c;x\\x07\ufffd"
     assert doc["uwsgi"][0]["address"] == "/run/\\x9b2J\ufffd.sock"
     json.dumps(doc, ensure_ascii=False).encode("utf-8")
+
+
+def test_emperor_and_cheap_workers_round_trip():
+    """An emperor is written as kind "emperor" with its vassals (never as an instance with 0
+    workers) and read back as one; cheap workers keep their position ids and their flag."""
+    from stackmon.model import HostSnapshot, UwsgiInstance, Vassal, Worker
+
+    def worker(i: int, pid: int, status: str) -> Worker:
+        return Worker(id=i, pid=pid, status=status, accepting=bool(pid), requests=0,
+                      exceptions=0, harakiri_count=0, respawn_count=0, avg_rt_ms=0.0, rss=0,
+                      vsz=0, last_spawn=0.0, running_time_s=0.0, tx=0)
+
+    cheap = UwsgiInstance(address="/run/a.stats", version="2.0.31", master_pid=10,
+                          listen_queue=0, listen_queue_max=100, sockets=(),
+                          workers=(worker(1, 11, "idle"), worker(2, 0, "cheap"),
+                                   worker(3, 0, "cheap")))
+    emperor = UwsgiInstance(address="/run/emperor.stats", version="2.0.31", master_pid=20,
+                            listen_queue=0, listen_queue_max=0, sockets=(), workers=(),
+                            kind="emperor", index=1,
+                            vassals=(Vassal(name="app1.ini", pid=21, ready=True,
+                                            monitor="/etc/uwsgi/vassals",
+                                            config="/etc/uwsgi/vassals/app1.ini",
+                                            stats="/run/app1.stats"),
+                                     Vassal(name="app2.ini", pid=22,
+                                            stats_note="its config sets no stats server")))
+    host = HostSnapshot(name="h", taken_at=1.0, reachable=True, uwsgi=(cheap, emperor))
+    written = host_to_dict(host)
+    a, e = written["uwsgi"]
+    assert a["kind"] == "instance" and "vassals" not in a
+    assert [(w["id"], w["cheap"]) for w in a["workers"]] == [(1, False), (2, True), (3, True)]
+    assert e["kind"] == "emperor" and e["workers"] == []
+    assert [(v["name"], v["pid"], v["stats"]) for v in e["vassals"]] == \
+        [("app1.ini", 21, "/run/app1.stats"), ("app2.ini", 22, None)]
+    back = host_from_dict(json.loads(json.dumps(written)))
+    assert back.uwsgi[1] == emperor
+    assert back.uwsgi[0].cheap_workers == 2
+    assert host_to_dict(back) == written
