@@ -7,6 +7,7 @@ import re
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import zstandard
 
@@ -17,10 +18,11 @@ from stackmon.record.store import Recorder, Recording
 from tests.test_replay_app import STUCK, T0, make_polls
 
 
-def independent_docs(path: Path) -> list[dict]:
+def independent_docs(path: Path) -> list[dict[str, Any]]:
     """Every poll decoded with sqlite3 and zstandard only (not stackmon's reader)."""
     db = sqlite3.connect(path)
-    docs, previous = [], None
+    docs: list[dict[str, Any]] = []
+    previous = b""
     for kind, data in db.execute("SELECT kind, data FROM poll ORDER BY id"):
         if kind == 0:
             raw = zstandard.ZstdDecompressor().decompress(data)
