@@ -26,10 +26,12 @@ def _pct(used: int, limit: int) -> str:
 
 
 def _worker_lines(w: Worker) -> list[str]:
+    pid = str(w.pid) if w.spawned else "-"
     lines = [
-        f"  worker {w.id:<3} pid {w.pid:<7} {w.status:<6} req {w.requests:<7} "
+        f"  worker {w.id:<3} pid {pid:<7} {w.status:<6} req {w.requests:<7} "
         f"exc {w.exceptions:<3} respawn {w.respawn_count:<3} harakiri {w.harakiri_count:<2} "
         f"avg {w.avg_rt_ms:.0f}ms rss {human_bytes(w.rss)}"
+        + ("" if w.spawned else "  (no process: waiting for its respawn)")
     ]
     for c in w.cores:
         r = c.request
