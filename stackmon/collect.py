@@ -189,13 +189,17 @@ def _why_unnamed(doc_pid: int, holders: Mapping[int, frozenset[int]] | None) -> 
 def _host_pids(inst: UwsgiInstance, master: int) -> dict[int, int]:
     """The document's pid -> this host's pid, for the master and the workers it lists.
 
-    When the master runs in a nested pid namespace, its children are looked up by the
-    innermost pid of their NSpid line; a worker not found among them (respawned since the
-    document was written) is left out for this poll.
+    Workers must be the master's children. When the master runs in a nested pid namespace,
+    its children are looked up by the innermost pid of their NSpid line. A worker not found
+    among them (respawned since the document was written, or not a worker at all) is left out
+    for this poll.
     """
     if master == inst.master_pid:
+        # Only the master's children: a document naming any other process as a worker (a
+        # stats server that lies, or a worker respawned since) gets no figures attributed.
+        children = set(procfs.children(master))
         pids = {inst.master_pid: master}
-        pids.update((w.pid, w.pid) for w in inst.workers if w.pid > 0)
+        pids.update((w.pid, w.pid) for w in inst.workers if w.pid in children)
         return pids
     inner: dict[int, int] = {}
     for child in procfs.children(master):

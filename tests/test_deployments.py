@@ -508,3 +508,48 @@ def test_a_user_who_cannot_read_uwsgis_fds_gets_an_error_entry_not_exit_3(
     assert all("root" in e["message"] for e in fd_errors)
     # Nothing attributed to processes this user could not confirm.
     assert not [p for p in host["fds"]["processes"] if p["role"].startswith("uwsgi")]
+
+
+def test_a_document_naming_an_unrelated_process_as_a_worker_attributes_nothing_to_it(
+        workdir: Path) -> None:
+    """A stats server held by this test process (so its pid is the confirmed master) that
+    names pid 1 and an orphan it started (not its child any more) as its workers: only the
+    master gets an fd row."""
+    out = subprocess.run(["sh", "-c", "sleep 30 >/dev/null 2>&1 & echo $!"],
+                         capture_output=True, text=True, check=True)
+    orphan = int(out.stdout)
+    assert procfs.parent_pid(orphan) != os.getpid()
+    path = str(workdir / "liar.stats")
+    doc = json.dumps({"version": "2.0.31", "pid": os.getpid(), "sockets": [],
+                      "workers": [{"id": 1, "pid": 1, "status": "idle", "cores": []},
+                                  {"id": 2, "pid": orphan, "status": "idle",
+                                   "cores": []}]}).encode()
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen()
+    stop = False
+
+    def serve() -> None:
+        server.settimeout(0.1)
+        while not stop:
+            with contextlib.suppress(OSError):
+                conn, _ = server.accept()
+                with conn:
+                    conn.sendall(doc)
+
+    import threading
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        host = host_poll(path)
+    finally:
+        stop = True
+        thread.join(timeout=2)
+        server.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(orphan, signal.SIGKILL)  # started above
+    roles = {p.pid: p.role for p in host.fds.processes}
+    assert roles.get(os.getpid()) == "uwsgi-master"
+    assert 1 not in roles and orphan not in roles
+    assert len(host.uwsgi[0].workers) == 2  # the document is still shown as it is
