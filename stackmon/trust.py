@@ -159,11 +159,13 @@ def _abstract_listeners(name: str) -> tuple[frozenset[int], str] | Refusal:
     if isinstance(raw, SourceError):
         return Refusal(SOURCE, f"cannot list this host's listeners to confirm @{name}: "
                                f"{raw.message}", "permission")
-    want = "@" + name
-    inodes = frozenset(r.inode for r in raw if r.kind == "unix" and r.address == want)
-    if not inodes:
-        return Refusal(SOURCE, f"nothing on this host listens on {want} any more", "gone")
-    return inodes, want
+    # The stats client dials "\0name\0" first (how uWSGI binds `@name`: sock_diag shows it
+    # as @name@), then "\0name": the listener confirmed is the one the client reached.
+    for want in ("@" + name + "@", "@" + name):
+        inodes = frozenset(r.inode for r in raw if r.kind == "unix" and r.address == want)
+        if inodes:
+            return inodes, want
+    return Refusal(SOURCE, f"nothing on this host listens on @{name} any more", "gone")
 
 
 def listener_inodes(address: StatsAddress) -> tuple[frozenset[int], str] | Refusal:

@@ -553,3 +553,23 @@ def test_a_document_naming_an_unrelated_process_as_a_worker_attributes_nothing_t
     assert roles.get(os.getpid()) == "uwsgi-master"
     assert 1 not in roles and orphan not in roles
     assert len(host.uwsgi[0].workers) == 2  # the document is still shown as it is
+
+
+def test_an_abstract_stats_address_is_confirmed_and_acted_on(workdir: Path, started: Any,
+                                                              tmp_path: Path) -> None:
+    """`stats = @name`: uWSGI binds "\\0name\\0" (the kernel lists @name@), the stats client
+    dials that, and the kernel-confirmed master behind it is the one a kill checks."""
+    binary = require_uwsgi()
+    name = f"smd-stats-{os.getpid()}"
+    proc = configure(binary, workdir, "absstats", f"@{name}", workers=2)
+    started(proc).wait_ready()
+    target = ActionTarget(host="h", address=parse_stats_address(f"@{name}"))
+    inst = asyncio.run(fetch_stats(target.address, 2.0))
+    assert not isinstance(inst, SourceError), inst
+    doc = json.loads(inst)
+    worker = doc["workers"][0]
+    result = asyncio.run(kill_worker(target, 1, worker["pid"], "KILL",
+                                     audit=AuditLog(tmp_path / "audit.log"),
+                                     expect_spawn=worker["last_spawn"]))
+    assert result.ok, result.message
+    assert result.data["new_pid"] not in (None, worker["pid"])
