@@ -68,13 +68,15 @@ async def test_replay_steps_to_the_stuck_request_and_jumps(tmp_path: Path) -> No
         text = screen_text(app)
         assert "REPLAY" in text and "poll 1/30" in text
         assert STUCK not in text
-        for _ in range(10):
+        for _ in range(16):  # the stuck request is past --slow (5 s) from poll 15
             await pilot.press("full_stop")
         await pilot.pause()
-        assert app.timeline.now == T0 + 10
+        assert app.timeline.now == T0 + 16
         assert STUCK in screen_text(app)
-        await pilot.press("comma")
+        for _ in range(7):  # back before it was sent
+            await pilot.press("comma")
         await pilot.pause()
+        assert app.timeline.now == T0 + 9
         assert STUCK not in screen_text(app)
         # the next event: the harakiri, shown on the first poll taken after it
         await pilot.press("n")

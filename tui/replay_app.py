@@ -31,6 +31,7 @@ from stackmon.config import HostConfig, Settings, Targets
 from stackmon.record.replay import TimeError, Timeline, clock_text, parse_time
 from stackmon.record.store import Recording, RecordingError
 from stackmon.redact import visible
+from tui.actions import ACTIONS
 from tui.app import EXIT_SIGNALS, StackmonApp
 
 TICK_S = 0.1
@@ -76,7 +77,9 @@ class ReplayApp(StackmonApp):
     #hosts { height: 1fr; }
     #timeline { height: 2; background: $boost; padding: 0 1; }
     """
-    _DISABLED = frozenset({"doctor"})
+    # The doctor reads the live host; every action that changes a stack is meaningless on
+    # the past: hidden from the Footer and inert, whatever the live app allows.
+    _DISABLED = frozenset({"doctor"} | {spec.name for spec in ACTIONS if spec.mutating})
 
     def __init__(self, recording: Recording, timeline: Timeline,
                  settings: Settings | None = None) -> None:

@@ -39,6 +39,9 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", default="0.25s", metavar="D",
                    help="reuse a poll for this long across clients (default 0.25s)")
     p.add_argument("--access-log", action="store_true", help="log every request to stderr")
+    p.add_argument("--record", metavar="DIR",
+                   help="record every poll into DIR/HOST.stackmon.db (served as /v1/history)")
+    p.add_argument("--retain", metavar="D", help="with --record: keep this much (e.g. 24h)")
 
 
 def pick_host(targets: Targets, name: str | None) -> HostConfig:
@@ -56,6 +59,18 @@ def pick_host(targets: Targets, name: str | None) -> HostConfig:
         raise ConfigError(f"an agent serves one host; {targets.source} has {len(local)} local "
                           f"hosts ({names}): pick one with --name")
     return local[0]
+
+
+def check_record_dir(directory: str, host: str) -> None:
+    """--record DIR must be usable before the socket opens: one line and exit 2 if not."""
+    from stackmon.record.store import Recorder, RecordingError, host_recording
+
+    try:
+        Recorder(host_recording(directory, host)).close()
+    except RecordingError as exc:
+        raise ConfigError(f"--record: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"--record {directory}: {exc.strerror or exc}") from None
 
 
 def run(name: str, args: argparse.Namespace) -> int:
@@ -84,8 +99,14 @@ def run(name: str, args: argparse.Namespace) -> int:
     ssl_context = server_ssl_context(args.tls_cert, args.tls_key) if args.tls_cert else None
     cache = parse_duration(args.cache, "--cache")
     read_only = bool(args.read_only or targets.settings.read_only or host.read_only)
+    retain = parse_duration(args.retain, "--retain") if args.retain else None
+    if retain is not None and not args.record:
+        raise ConfigError("--retain goes with --record DIR")
+    if args.record:
+        check_record_dir(args.record, host.name)
     options = AgentOptions(host=host, settings=targets.settings, token=token,
-                           read_only=read_only, cache_s=cache, audit_path=args.audit_log)
+                           read_only=read_only, cache_s=cache, audit_path=args.audit_log,
+                           record_dir=args.record, retain_s=retain)
 
     logging.basicConfig(level=logging.INFO if args.access_log else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s",

@@ -8,6 +8,8 @@ Routes (DESIGN.md, "Agent API"), every one behind `Authorization: Bearer <token>
     GET  /v1/workers/{uwsgi_index}/{worker_id}/stack?expect_pid=n[&locals=1]
                                                     the worker's Python stack (py-spy)
     GET  /metrics                                   Prometheus text format of the same figures
+    GET  /v1/history?from=T&to=T                    what the agent recorded (--record DIR):
+                                                    polls (host objects), events, actions
 
 Design decisions:
 - Authentication runs before routing is revealed: without the right token every path answers
@@ -101,6 +103,9 @@ class AgentOptions:
     cache_s: float = 0.25
     audit_path: str | None = None  # None: the default audit log of the agent's user
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    # The flight recorder (stackmon.record): every interval's poll stored in this directory.
+    record_dir: str | None = None
+    retain_s: float | None = None
 
 
 def encode_json(data: Any) -> bytes:
@@ -303,11 +308,63 @@ class AgentApp:
             web.get(r"/v1/workers/{uwsgi_index:\d{1,9}}/{worker_id:\d{1,9}}/stack", self.stack),
             web.post(r"/v1/uwsgi/{uwsgi_index:\d{1,9}}/reload", self.reload),
             web.get("/metrics", self.metrics),
+            web.get("/v1/history", self.history),
         ])
         self.app.on_cleanup.append(self._close)
+        self.recorder: Any = None
+        self.record_path: str | None = None
+        if options.record_dir:
+            self._open_recorder(options.record_dir)
 
     async def _close(self, _app: web.Application) -> None:
+        if self.recorder is not None:
+            await asyncio.to_thread(self.recorder.close)
         await self.collector.aclose()
+
+    # --- the flight recorder (--record DIR) -----------------------------------------------
+
+    def _open_recorder(self, directory: str) -> None:
+        """One recording per served host in DIR (created 0700); RecordingError if unusable."""
+        import os
+        from pathlib import Path
+
+        from stackmon.record.record_command import settings_meta
+        from stackmon.record.store import Recorder, ThreadedRecorder, host_recording
+
+        path = host_recording(directory, self.options.host.name)
+        audit = Path(self.options.audit_path) if self.options.audit_path else None
+        if audit is None:
+            from stackmon.actions.audit import default_audit_path
+
+            audit = default_audit_path()
+        self.recorder = ThreadedRecorder(Recorder(
+            path, retain_s=self.options.retain_s,
+            settings=settings_meta(self.options.settings), audit_path=os.fspath(audit)))
+        self.record_path = str(path)
+
+    async def record_loop(self) -> None:
+        """A poll every interval, stored (shared with clients through the cache)."""
+        interval = self.options.settings.interval
+        while True:
+            started = time.monotonic()
+            snap = await self.cache.get()
+            self.recorder.submit(snap)
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+    async def history(self, request: web.Request) -> web.Response:
+        """GET /v1/history?from=&to= (epoch seconds, both optional): the recorded polls of that
+        period, oldest first, at most HISTORY_POLLS of them or HISTORY_BYTES of JSON (then
+        "truncated": true and "next_from" to ask for the rest), with its events and actions."""
+        if self.record_path is None:
+            raise ActionError("not_found", "this agent does not record (start it with "
+                                           "--record DIR)")
+        bounds = []
+        for key in ("from", "to"):
+            value = _finite_field({key: _number(request.query.get(key))}, key,
+                                  "a time in epoch seconds")
+            bounds.append(value)
+        body = await asyncio.to_thread(_read_history, self.record_path, bounds[0], bounds[1])
+        return web.Response(body=body, content_type="application/json", charset="utf-8")
 
     # --- guard: authentication and error shape ------------------------------------------
 
@@ -516,6 +573,50 @@ class AgentApp:
         return json_response({"ok": result.ok, "message": result.message, "data": result.data})
 
 
+HISTORY_POLLS = 3600
+HISTORY_BYTES = 32 * 1024 * 1024
+
+
+def _read_history(path: str, start: float | None, end: float | None) -> bytes:
+    """The /v1/history answer, read from the recording in a thread (decoding is CPU)."""
+    from stackmon.record.store import Recording, RecordingError
+
+    try:
+        recording = Recording.open(path)
+    except RecordingError as exc:
+        raise ActionError("failed", f"the recording cannot be read: {exc}") from None
+    try:
+        refs = recording.polls(start, end)
+        parts: list[bytes] = []
+        size, truncated, next_from = 0, False, None
+        for ref in refs:
+            if len(parts) >= HISTORY_POLLS or size >= HISTORY_BYTES:
+                truncated, next_from = True, ref.taken_at
+                break
+            try:
+                raw = recording.doc_bytes(ref.id)
+            except RecordingError:
+                continue
+            parts.append(raw)
+            size += len(raw)
+        last = refs[-1].taken_at if refs and not truncated else next_from
+        events = [{"host": e.host, "at": e.at, "source": e.source, "kind": e.kind,
+                   "worker": e.worker, "pid": e.pid, "uri": e.uri, "text": e.text}
+                  for e in recording.events(start, last if truncated else end)]
+        actions = [{"host": a.host, "at": a.at, "action": a.action, "outcome": a.outcome,
+                    "user": a.actor, "worker_id": a.worker_id, "target_pid": a.target_pid,
+                    "uri": a.uri, "message": a.message}
+                   for a in recording.actions(start, last if truncated else end)]
+        head = encode_json({"schema": SCHEMA, "from": start, "to": end,
+                            "truncated": truncated, "next_from": next_from,
+                            "problems": recording.problems[:10],
+                            "events": events, "actions": actions})
+    finally:
+        recording.close()
+    # The stored polls are already JSON (host objects): spliced in, not parsed and re-encoded.
+    return head[:-1] + b', "polls": [' + b",".join(parts) + b"]}"
+
+
 # --- aiohttp's own paths: malformed requests and the access log ----------------------------
 
 _bad_requests = RateLimitedLog(log)
@@ -605,6 +706,7 @@ async def serve(options: AgentOptions, listen: tuple[str, int],
             loop.add_signal_handler(sig, stop.set)
             installed.append(sig)
     server: asyncio.Server | None = None
+    recording: asyncio.Task[None] | None = None
     manager = runner.server
 
     def make_inner() -> asyncio.Protocol:
@@ -617,12 +719,18 @@ async def serve(options: AgentOptions, listen: tuple[str, int],
             reuse_address=True, backlog=100,
             ssl_handshake_timeout=limits.header_timeout if ssl_context else None)
         guard.start()
+        if agent.recorder is not None:
+            recording = asyncio.create_task(agent.record_loop(), name="recorder")
         if ready is not None:
             scheme = "https" if ssl_context else "http"
             shown = f"[{host}]" if ":" in host else host
             ready(f"{scheme}://{shown}:{port}")
         await stop.wait()
     finally:
+        if recording is not None:
+            recording.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await recording
         for sig in installed:
             loop.remove_signal_handler(sig)
         if server is not None:

@@ -290,7 +290,9 @@ def _ending(stuck: StuckRequest, events: list[EventRow], actions: list[ActionRow
     """How a stuck request ended, from what happened around its disappearance."""
     if stuck.ended_at is None:
         return "still running"
-    lo, hi = stuck.last_seen - ENDED_WINDOW_S, stuck.ended_at + ENDED_WINDOW_S
+    # From a little before it was last seen (a reload's mercy, a kill's 3 s grace) to just
+    # after the poll that no longer showed it (log lines get the time they were read).
+    lo, hi = stuck.last_seen - ENDED_WINDOW_S, stuck.ended_at + 2.0
 
     def mine(worker: int | None, pid: int | None) -> bool:
         # The worker's number is enough: the log's pid may be another namespace's.
@@ -304,13 +306,13 @@ def _ending(stuck: StuckRequest, events: list[EventRow], actions: list[ActionRow
              and (mine(e.worker, e.pid) or e.kind in ("reload", "chain_reload"))]
     if "harakiri" in kinds:
         return "harakiri"
+    # A reload kills the workers still busy past their mercy: their deaths are the reload's.
+    if "reload" in kinds or "chain_reload" in kinds or any(
+            a.host == stuck.host and lo <= a.at <= hi and "reload" in a.action
+            and _went_ahead(a) for a in actions):
+        return "reload"
     if "killed" in kinds or "worker_died" in kinds or "no_mercy" in kinds:
         return "killed"
-    if "reload" in kinds or "chain_reload" in kinds:
-        return "reload"
-    if any(a.host == stuck.host and lo <= a.at <= hi and "reload" in a.action
-           and _went_ahead(a) for a in actions):
-        return "reload"
     return "finished"
 
 

@@ -101,6 +101,16 @@ def _opt_int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def host_recording(directory: str | os.PathLike[str], host: str) -> Path:
+    """Where an agent started with --record DIR keeps a host's recording (DIR made 0700)."""
+    import re
+
+    folder = Path(directory).expanduser()
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", host)[:100].lstrip(".") or "host"
+    return folder / f"{safe}.stackmon.db"
+
+
 # --- writing ----------------------------------------------------------------------------------
 
 
