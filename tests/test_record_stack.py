@@ -8,6 +8,7 @@ the recorder follows.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import signal
 import sqlite3
@@ -240,7 +241,7 @@ def test_sigkill_loses_at_most_the_last_poll(stack: Any, wait_until: Any, tmp_pa
     assert len(docs) == len(refs) >= 12 and not recording.problems
     # the newest poll stored is at most about one interval (plus the poll's own time) old
     assert killed_at - refs[-1].taken_at < 0.25 * 2 + 0.3
-    gaps = [b.taken_at - a.taken_at for a, b in zip(refs, refs[1:], strict=False)]
+    gaps = [b.taken_at - a.taken_at for a, b in itertools.pairwise(refs)]
     assert max(gaps) < 0.25 * 3  # nothing missing in the middle
     # and the file takes a new recorder after the crash
     done = cli("record", *targets(stack), "--out", str(out), "--duration", "1.5s",
