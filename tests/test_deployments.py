@@ -287,8 +287,13 @@ def test_emperor_is_one_tab_with_an_instance_per_vassal(workdir: Path) -> None:
         doc = wait_until(ready, timeout=30,
                          message=lambda: (workdir / "emperor.log").read_text(errors="replace"))
         host = host_poll(emp_stats)
-        (inst,) = host.uwsgi
+        inst, *vassal_instances = host.uwsgi
         assert inst.kind == "emperor" and inst.workers == ()
+        # The host shows one instance per vassal, polled at the stats address found in its
+        # own config, numbered after the configured ones (what actions name).
+        assert sorted(v.index for v in vassal_instances) == [1, 2]
+        assert {v.master_pid for v in vassal_instances} == {v.pid for v in inst.vassals}
+        assert all(len(v.workers) == 2 for v in vassal_instances)
         by_name = {v.name: v for v in inst.vassals}
         assert {(v["id"], v["pid"]) for v in doc["vassals"]} == \
             {(v.name, v.pid) for v in inst.vassals}
@@ -307,8 +312,9 @@ def test_emperor_is_one_tab_with_an_instance_per_vassal(workdir: Path) -> None:
         text = "\n".join(render_host(host))
         assert "uWSGI emperor" in text and "busy 0/0" not in text
         snap, code, _ = snapshot_cli(emp_stats)
-        u = snap["hosts"][0]["uwsgi"][0]
+        u, *vs = snap["hosts"][0]["uwsgi"]
         assert u["kind"] == "emperor" and u["workers"] == []
+        assert [v["kind"] for v in vs] == ["instance", "instance"]
         assert sorted(os.path.normpath(v["stats"]) for v in u["vassals"]) == \
             sorted(vassal_stats)
         assert code == 0

@@ -14,7 +14,14 @@ from stackmon.actions.kill import fetch_instance, kill_worker
 from stackmon.actions.reload import reload_uwsgi
 from stackmon.actions.reload_progress import ReloadProgress, follow_reload
 from stackmon.actions.stack import StackResult, trace_worker
-from stackmon.collect import NGINX_RESCAN, LocalFacts, gather_local_facts, merge_kernel_queues
+from stackmon.addresses import AddressError, StatsAddress, parse_stats_address
+from stackmon.collect import (
+    NGINX_RESCAN,
+    LocalFacts,
+    gather_local_facts,
+    merge_kernel_queues,
+    vassal_addresses,
+)
 from stackmon.config import HostConfig, Settings
 from stackmon.hosts.base import Host
 from stackmon.hosts.local_logs import nginx_specs, uwsgi_specs
@@ -28,6 +35,8 @@ from stackmon.sources.uwsgi_stats import poll_stats
 # How often the logs' locations are looked up again (a config edited and reloaded names new
 # files); sooner when a master's pid changes.
 LOG_REDISCOVER_S = 60.0
+# An emperor may run many vassals; each found with a stats server is polled as an instance.
+MAX_VASSALS = 256
 
 
 def aged(inst: UwsgiInstance, sampled: float, now: float,
@@ -58,6 +67,7 @@ class LocalHost(Host):
         self._nginx_roles_at = 0.0
         self._last_instances: dict[int, tuple[UwsgiInstance, float]] = {}
         self._pending_events: list[Event] = []
+        self._vassals: dict[StatsAddress, int] = {}  # an emperor's vassals: address -> index
         self._logs: HostLogs | None = None
         self._logs_key: tuple[object, ...] = ()
         self._logs_at = 0.0
@@ -77,7 +87,7 @@ class LocalHost(Host):
             self.previous_nginx = result
         return result
 
-    def _carry_stale(self, results: list[UwsgiInstance | SourceError],
+    def _carry_stale(self, results: list[tuple[int, UwsgiInstance | SourceError]],
                      now: float) -> list[UwsgiInstance]:
         """This poll's instances, with the last good sample standing in for each instance whose
         stats did not answer (a master stopped, busy or hung: exactly when its stuck requests
@@ -85,7 +95,7 @@ class LocalHost(Host):
         growing from their start times, so severity is kept and grows as it would; its master
         and workers are still scanned for fds and queues, which need no stats server."""
         out: list[UwsgiInstance] = []
-        for index, result in enumerate(results):
+        for index, result in results:
             if isinstance(result, UwsgiInstance):
                 out.append(result)
             elif (last := self._last_instances.get(index)) is not None:
@@ -112,7 +122,8 @@ class LocalHost(Host):
                tuple(sorted(p for p, r in nginx_roles.items() if r == "nginx-master")))
         due = time.monotonic() - self._logs_at > LOG_REDISCOVER_S
         if self._logs is None or key != self._logs_key or due:
-            specs = nginx_specs(self.config, nginx_roles) + uwsgi_specs(self.config, instances)
+            specs = nginx_specs(self.config, nginx_roles) + uwsgi_specs(
+                self.config, instances, dict(self._addresses()))
             old = self._logs
             if old is None or [s.path for s in specs] != old.paths:
                 self._logs = HostLogs(specs, window_s=self.settings.window) if specs else None
@@ -139,17 +150,48 @@ class LocalHost(Host):
         self._pending_events.append(Event(at=time.time(), source="stackmon", kind=kind,
                                           worker=worker, pid=pid, uri=uri, text=text))
 
-    async def _uwsgi(self, index: int) -> UwsgiInstance | SourceError:
+    def _addresses(self) -> list[tuple[int, StatsAddress]]:
+        """What to poll: the configured instances, then the vassals of emperors found so far
+        (each keeps the index it was first given, so actions never shift to another one)."""
+        configured = list(enumerate(self.config.uwsgi))
+        return configured + [(i, a) for a, i in self._vassals.items()]
+
+    def _learn_vassals(self, instances: tuple[UwsgiInstance, ...]) -> bool:
+        """Remember the stats addresses of the emperors' vassals; True when there are new
+        ones (an emperor host then shows one instance per vassal)."""
+        known = {str(a) for a in self.config.uwsgi} | {str(a) for a in self._vassals}
+        new = False
+        for inst in instances:
+            if inst.kind != "emperor":
+                continue
+            for text in vassal_addresses(inst):
+                try:
+                    addr = parse_stats_address(text)
+                except AddressError:
+                    continue
+                if str(addr) not in known and len(self._vassals) < MAX_VASSALS:
+                    self._vassals[addr] = len(self.config.uwsgi) + len(self._vassals)
+                    known.add(str(addr))
+                    new = True
+        return new
+
+    async def _uwsgi(self, index: int, address: StatsAddress) -> UwsgiInstance | SourceError:
         # poll_stats parses big documents in a thread and small ones inline (a thread hop
         # costs more than parsing a few workers).
-        got = await poll_stats(self.config.uwsgi[index], self.settings.thresholds,
-                               timeout=self.settings.timeout)
+        got = await poll_stats(address, self.settings.thresholds, timeout=self.settings.timeout)
         return replace(got, index=index) if isinstance(got, UwsgiInstance) and index else got
 
     async def poll(self) -> HostSnapshot:
+        snap, new_vassals = await self._poll_round()
+        if new_vassals:  # an emperor named vassals with stats: show them in this very poll
+            snap, _ = await self._poll_round()
+        return snap
+
+    async def _poll_round(self) -> tuple[HostSnapshot, bool]:
         taken_at = time.time()
+        addresses = self._addresses()
         results = await asyncio.gather(
-            *(self._uwsgi(i) for i in range(len(self.config.uwsgi))),
+            *(self._uwsgi(i, a) for i, a in addresses),
             self.sample_nginx(),
         )
         *uwsgi_results, nginx_result = results
@@ -163,9 +205,10 @@ class LocalHost(Host):
         if self.probe is not None:
             self.probe.kick()
         if not fresh and nginx is None and errors:  # nothing answered: the host is unreachable
-            return self.unreachable(taken_at, errors)
+            return self.unreachable(taken_at, errors), False
         instances = self._carry_stale(
-            [r for r in uwsgi_results if isinstance(r, UwsgiInstance | SourceError)], taken_at)
+            [(i, r) for (i, _), r in zip(addresses, uwsgi_results, strict=True)
+             if isinstance(r, UwsgiInstance | SourceError)], taken_at)
         stale_roles = time.monotonic() - self._nginx_roles_at > NGINX_RESCAN
         facts, logs = await asyncio.to_thread(self._local_facts, instances,
                                               None if stale_roles else self._nginx_roles)
@@ -176,25 +219,28 @@ class LocalHost(Host):
         if logs is not None:  # a log that is "not a file" is a note of the log panel, not a fault
             errors.extend(SourceError(f"{st.kind} log", f"{st.path}: {st.error}")
                           for st in logs.sources if st.error and st.path is not None)
+        merged = tuple(merge_kernel_queues(i, facts.listeners) for i in instances)
         snap = HostSnapshot(
             name=self.name, taken_at=taken_at, reachable=True, stale_s=None,
             errors=tuple(errors),
-            uwsgi=tuple(merge_kernel_queues(i, facts.listeners) for i in instances),
+            uwsgi=merged,
             nginx=nginx, listeners=facts.listeners, fds=facts.fds, kernel=facts.kernel,
             group=self.config.group, logs=logs,
             health=self.probe.state() if self.probe is not None else None,
         )
         self.last_good = snap
-        return snap
+        return snap, self._learn_vassals(merged)
 
     # --- actions ------------------------------------------------------------------------------
 
     def target(self, index: int) -> ActionTarget:
         """Instance `index` as an action target; not_found when the host has no such one."""
-        if not 0 <= index < len(self.config.uwsgi):
+        address = dict(self._addresses()).get(index)
+        if address is None:
+            vassals = f" and {len(self._vassals)} vassals" if self._vassals else ""
             raise ActionError("not_found", f"host {self.name!r} has no uwsgi instance {index} "
-                                           f"(it has {len(self.config.uwsgi)})")
-        return ActionTarget(host=self.name, address=self.config.uwsgi[index], index=index,
+                                           f"(it has {len(self.config.uwsgi)}{vassals})")
+        return ActionTarget(host=self.name, address=address, index=index,
                             read_only=self.read_only, timeout=self.settings.timeout)
 
     async def current_instance(self, index: int) -> UwsgiInstance:

@@ -16,8 +16,9 @@ LogSpec with a reason, which the UI shows instead of zeros.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+from stackmon.addresses import StatsAddress
 from stackmon.bounded_io import BoundedReadError, User, may_read
 from stackmon.config import HostConfig
 from stackmon.logs.discover import LogTarget, nginx_logs, uwsgi_log
@@ -48,8 +49,10 @@ def _spec(target: LogTarget, user: User | None, label: str | None = None) -> Log
     return LogSpec.from_target(target, label)
 
 
-def uwsgi_specs(config: HostConfig, instances: Sequence[UwsgiInstance]) -> list[LogSpec]:
-    """One spec per instance: the hosts file's `uwsgi_log` entry, else its master's config."""
+def uwsgi_specs(config: HostConfig, instances: Sequence[UwsgiInstance],
+                addresses: Mapping[int, StatsAddress]) -> list[LogSpec]:
+    """One spec per instance: the hosts file's `uwsgi_log` entry, else its master's config.
+    `addresses`: each instance's stats address by its index (configured ones and vassals)."""
     specs = []
     for inst in instances:
         label = str(inst.index)
@@ -57,7 +60,10 @@ def uwsgi_specs(config: HostConfig, instances: Sequence[UwsgiInstance]) -> list[
             specs.append(LogSpec(kind="uwsgi", path=config.uwsgi_log[inst.index],
                                  where="hosts file", label=label))
             continue
-        master = confirm_master(config.uwsgi[inst.index], inst.master_pid)
+        address = addresses.get(inst.index)
+        if address is None:
+            continue
+        master = confirm_master(address, inst.master_pid)
         if isinstance(master, Refusal):
             specs.append(LogSpec(kind="uwsgi", path=None, label=label, where="uWSGI master",
                                  not_file=f"not looked up: {master.message}"))
