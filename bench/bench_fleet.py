@@ -1,19 +1,35 @@
-"""Benchmark: one stackmon polling a fleet of agents (default 100 hosts at 1 s).
+"""Benchmark: one stackmon polling a fleet of agents (issue 15: 500 hosts at 1 s).
 
-    .venv/bin/python bench/bench_fleet.py [--hosts 100] [--seconds 30] [--interval 1]
-                                          [--doc FILE] [--servers 2]
+    .venv/bin/python bench/bench_fleet.py [--hosts 500] [--seconds 30] [--interval 1]
+                                          [--doc FILE] [--servers 1] [--profile FILE]
 
 The hosts are agent stand-ins on loopback: child processes (not measured) serve a recorded
 host object (tests/fixtures/snapshots/demo-hangs.json: 8 workers, requests in flight, nginx,
-listeners, fds; ~25 KB of JSON) on one port per host, behind the same bearer-token check as the
-agent, with a fresh taken_at on every answer. The measured process is what a user runs: the
-poller Fleet (one HostPoller per host, each with its own keep-alive pool, the real
+listeners, fds; ~27 KB of JSON) on one port per host, behind the same bearer-token check as the
+agent, with a fresh taken_at on every answer; a bare asyncio protocol, so that the stand-ins
+take little of the cores the measured process shares. The measured process is what a user
+runs: the poller Fleet (one HostPoller per host, each with its own keep-alive pool, the real
 AgentSource -> host_from_dict path), exactly what the TUI's pollers do minus rendering.
+--profile FILE writes a cProfile of the measured process (pstats).
 
 Reported: the CPU the polling process uses (% of one core: process time / wall time over the
 measured window, after a warm-up), and the age of the oldest host's data (now - taken_at of
 each host's latest snapshot, sampled every 100 ms; max and p99 over the window).
-Targets: < 30 % of one core, every host < 1.5 s old. Exit status 1 when a target is missed.
+Targets: < 60 % of one core, every host < 1.5 s old. Exit status 1 when a target is missed.
+
+Figures (2-CPU VM shared with other work, Python 3.11, 500 hosts, 20 s):
+- before: 82 % CPU and hosts going unreachable ("poll gave no answer within 5 s"; 464 polls/s
+  of 500, oldest data 13 s): httpx built a fresh SSL context from the system store for every
+  http:// client (25 ms each, again after each reconnect), and the JSON depth check walked
+  every value through a generator (0.4 ms per document);
+- after (shared http:// SSL context, a level-by-level depth walk, memoised text cleaning in
+  snapshot_json, no task per poll or per sleep in the poller): every host polled each
+  second (500 polls/s, median age 1.0 s, p99 1.6-1.9 s), 76-85 % of one core: MISSED.
+- where the rest goes, per poll (~1.5 ms): httpx's request/response machinery ~0.6 ms,
+  host_from_dict ~0.25 ms, json.loads + depth ~0.15 ms, the poller ~0.15 ms. The next step
+  is a lean HTTP/1.1 keep-alive client for GET /v1/snapshot (or aiohttp's C parser) in
+  AgentSource.fetch: tests/test_agent_client.py injects an httpx MockTransport there, so the
+  change needs those tests moved to a real socket.
 """
 
 from __future__ import annotations
@@ -44,32 +60,45 @@ DEFAULT_DOC = ROOT / "tests" / "fixtures" / "snapshots" / "demo-hangs.json"
 
 
 def _serve(ports: list[int], token: str, doc_path: str, ready: Any, stop: Any) -> None:
-    """A child process: one aiohttp site per port, all serving the recorded host object."""
-    from aiohttp import web
-
+    """A child process: one listening socket per port, all serving the recorded host object
+    over keep-alive HTTP/1.1 with a fresh taken_at, behind the same bearer-token check as the
+    agent. A bare asyncio protocol, not a web framework: the stand-ins share this machine's
+    cores with the process measured, and what they cost is not what is being measured."""
     doc = json.loads(Path(doc_path).read_text())
     host = doc["hosts"][0] if "hosts" in doc else doc
     host = dict(host, taken_at="@@TAKEN@@", schema=1)
     head, _, tail = json.dumps(host).encode().partition(b'"@@TAKEN@@"')
-    expected = f"Bearer {token}"
+    expected = f"authorization: bearer {token}".encode()
+    denied = (b"HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\n"
+              b"Content-Length: 43\r\n\r\n"
+              b'{"error": "unauthorized", "message": "tok"}')
 
-    async def snapshot(request: web.Request) -> web.Response:
-        if request.headers.get("Authorization") != expected:
-            return web.json_response({"error": "unauthorized", "message": "token"}, status=401)
-        body = head + repr(time.time()).encode() + tail
-        return web.Response(body=body, content_type="application/json")
+    class Agent(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+            self.buffer = b""
+
+        def data_received(self, data: bytes) -> None:
+            self.buffer += data
+            while b"\r\n\r\n" in self.buffer:
+                request, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+                if expected not in request.lower():
+                    self.transport.write(denied)
+                    continue
+                body = head + repr(time.time()).encode() + tail
+                self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                     b"Content-Length: " + str(len(body)).encode()
+                                     + b"\r\n\r\n" + body)
 
     async def main() -> None:
-        app = web.Application()
-        app.router.add_get("/v1/snapshot", snapshot)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        for port in ports:
-            await web.TCPSite(runner, "127.0.0.1", port, backlog=256).start()
+        loop = asyncio.get_running_loop()
+        servers = [await loop.create_server(Agent, "127.0.0.1", port, backlog=256)
+                   for port in ports]
         ready.set()
         while not stop.is_set():
             await asyncio.sleep(0.2)
-        await runner.cleanup()
+        for server in servers:
+            server.close()
 
     asyncio.run(main())
 
@@ -133,13 +162,15 @@ async def _measure(targets: Targets, seconds: float, warmup: float) -> dict[str,
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--hosts", type=int, default=100)
+    ap.add_argument("--hosts", type=int, default=500)
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--warmup", type=float, default=5.0)
     ap.add_argument("--interval", type=float, default=1.0)
     ap.add_argument("--timeout", type=float, default=2.0)
-    ap.add_argument("--servers", type=int, default=2, help="serving processes")
+    ap.add_argument("--servers", type=int, default=1, help="serving processes")
     ap.add_argument("--doc", default=str(DEFAULT_DOC), help="recorded snapshot JSON")
+    ap.add_argument("--profile", metavar="FILE",
+                    help="cProfile the polling process into FILE (pstats; slower while on)")
     args = ap.parse_args()
 
     from stackmon.config import HostConfig, Settings, Targets
@@ -173,7 +204,14 @@ def main() -> int:
               f"{Path(args.doc).name} (~{size // 1024} KB), {args.seconds:g} s measured after "
               f"{args.warmup:g} s warm-up; Python {sys.version.split()[0]}, "
               f"{os.cpu_count()} CPUs")
-        r = asyncio.run(_measure(targets, args.seconds, args.warmup))
+        if args.profile:
+            import cProfile
+
+            with cProfile.Profile() as prof:
+                r = asyncio.run(_measure(targets, args.seconds, args.warmup))
+            prof.dump_stats(args.profile)
+        else:
+            r = asyncio.run(_measure(targets, args.seconds, args.warmup))
     finally:
         stop.set()
         for p, _ in procs:
@@ -182,10 +220,10 @@ def main() -> int:
                 p.terminate()
         token_file.unlink(missing_ok=True)
         tmp.rmdir()
-    ok_cpu = r["cpu_pct"] < 30.0
+    ok_cpu = r["cpu_pct"] < 60.0
     ok_age = r["age_max"] < 1.5
     print(f"  CPU of the polling process: {r['cpu_pct']:.1f} % of one core "
-          f"(target < 30 %: {'ok' if ok_cpu else 'MISSED'})")
+          f"(target < 60 %: {'ok' if ok_cpu else 'MISSED'})")
     print(f"  oldest host's data: max {r['age_max']:.2f} s, p99 {r['age_p99']:.2f} s, median "
           f"{r['age_median']:.2f} s (target < 1.5 s: {'ok' if ok_age else 'MISSED'})")
     print(f"  polls: {r['polls_per_s']:.1f}/s; hosts unreachable at any sample: "

@@ -43,6 +43,11 @@ def backoff_cap(interval: float) -> float:
     return max(interval, min(4 * interval, BACKOFF_CAP_S))
 
 
+def _settle(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 class _Latest:
     """A one-slot mailbox: a slow reader gets the newest item, never a backlog."""
 
@@ -82,6 +87,7 @@ class HostPoller:
         self._running = asyncio.Event()
         self._running.set()
         self._wake = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
         self._retry_at = 0.0
         self._last_errors: tuple[SourceError, ...] = ()
         self._mailboxes: list[_Latest] = []
@@ -99,12 +105,12 @@ class HostPoller:
     def resume(self) -> None:
         if self.paused:
             self._running.set()
-            self._wake.set()
+            self._wake_up()
 
     def poll_now(self) -> None:
         """Poll at once, even while backing off (ignored while paused)."""
         self._retry_at = 0.0
-        self._wake.set()
+        self._wake_up()
 
     def backoff_delay(self) -> float:
         """Seconds to wait after the current run of failures before trying again."""
@@ -154,7 +160,9 @@ class HostPoller:
         started = time.monotonic()
         self.polls += 1
         try:
-            snap = await asyncio.wait_for(self.collector.poll(), self.deadline)
+            # asyncio.timeout, not wait_for: no extra task per poll (500 hosts: 500 a second)
+            async with asyncio.timeout(self.deadline):
+                snap = await self.collector.poll()
         except TimeoutError:
             snap = self.collector.timed_out(taken_at, self.deadline)
         except Exception as exc:  # a bug in a source must not end this host's polling
@@ -171,15 +179,31 @@ class HostPoller:
         return snap
 
     async def _sleep_until(self, when: float) -> None:
+        """Sleep until `when` or until woken (poll_now, resume). A bare future and a timer
+        handle: wait_for(Event.wait()) cost a task per sleep, a tenth of a core for 500 hosts."""
         delay = when - time.monotonic()
-        if delay <= 0:
+        if delay <= 0 or self._wake.is_set():
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), delay)
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        timer = loop.call_later(delay, _settle, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+    def _wake_up(self) -> None:
+        self._wake.set()
+        if self._waiter is not None:
+            _settle(self._waiter)
 
     async def _poll_reporting(self) -> HostSnapshot:
         """poll_once(), while telling every interval that a failing host is still failing
-        (a retry that hangs until its deadline must not freeze the host's age)."""
+        (a retry that hangs until its deadline must not freeze the host's age). A host that
+        is not failing has nothing to tell meanwhile: polled directly, without a task."""
+        if self.failures <= 0:
+            return await self.poll_once()
         task = asyncio.ensure_future(self.poll_once())
         try:
             while True:

@@ -200,11 +200,24 @@ def _opt_id(value: Any) -> int | None:
 
 
 def _text(d: dict[str, Any], key: str) -> str:
-    """d[key] as text fit to show, "" when absent or null."""
+    """d[key] as text fit to show, "" when absent or null. Memoised like _vars below (by
+    hash, never by the text): statuses, methods, URIs and addresses repeat poll after poll,
+    and cleaning each again was a tenth of a fleet client's CPU (bench/bench_fleet.py)."""
     value = d.get(key)
     if value is None:
         return ""
-    return clean(value if type(value) is str else str(value))
+    if type(value) is not str:
+        value = str(value)
+    h = hash(value)
+    shown = _TEXT_MEMO.get(h)
+    if shown is None:
+        if len(_TEXT_MEMO) >= _PAIR_MEMO_CAP:
+            _TEXT_MEMO.clear()
+        shown = _TEXT_MEMO[h] = clean(value)
+    return shown
+
+
+_TEXT_MEMO: dict[int, str] = {}
 
 
 # Shown request variables memoised by hash((key, value)), never by the text (an older or

@@ -19,8 +19,10 @@ black-holed host then holds only its own connections, never a slot another host 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
+import ssl
 import time
 from typing import TYPE_CHECKING, Any, get_args
 
@@ -69,15 +71,22 @@ async def _read_body(resp: httpx.Response, limit: int = MAX_REPLY_BYTES) -> byte
 
 
 def _json_depth(value: Any) -> int:
-    """Nesting depth of a decoded document, walked without recursion."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack and deepest <= MAX_JSON_DEPTH:
-        item, depth = stack.pop()
-        deepest = max(deepest, depth)
-        children = item.values() if isinstance(item, dict) else item
-        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
-    return deepest
+    """Nesting depth of a decoded document (up to MAX_JSON_DEPTH + 1), walked level by level
+    without recursion. On the poll path of every agent host: exact type checks and one list
+    per level, ~7x cheaper than a stack of (item, depth) pairs (bench/bench_fleet.py)."""
+    depth = 0
+    level = [value] if type(value) in (dict, list) else []
+    while level and depth <= MAX_JSON_DEPTH:
+        depth += 1
+        deeper: list[Any] = []
+        add = deeper.append
+        for item in level:
+            for child in (item.values() if type(item) is dict else item):
+                kind = type(child)
+                if kind is dict or kind is list:
+                    add(child)
+        level = deeper
+    return max(depth, 1)
 
 
 def decode_json(body: bytes) -> Any:
@@ -106,10 +115,18 @@ def _reason(exc: BaseException) -> str:
     return redact.clean(text) if text else type(exc).__name__
 
 
+@functools.cache
+def _plain_context() -> ssl.SSLContext:
+    """One default context for every http:// client (see new_http_client)."""
+    return ssl.create_default_context()
+
+
 def new_http_client(url: str, timeout: float, *, pool: int = 2) -> httpx.AsyncClient:
     """An HTTP client for one agent: no proxy from the environment (a monitor must reach the
     host it names), TLS verified against the system CAs plus $STACKMON_AGENT_CA."""
-    verify: Any = client_ssl_context() if url.startswith("https://") else True
+    # An http:// client never uses its SSL context, but httpx builds one from the system store
+    # for verify=True (~25 ms each: 12 s of CPU for 500 agents): hand it a shared one instead.
+    verify: Any = client_ssl_context() if url.startswith("https://") else _plain_context()
     return httpx.AsyncClient(
         trust_env=False, verify=verify, timeout=httpx.Timeout(timeout),
         limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
