@@ -123,9 +123,10 @@ class Incident:
                        f"({', '.join(f'{n} {k}' for k, n in ends.items())}); the longest, "
                        f"{worst.method} {worst.uri} on worker {worst.worker}, ran "
                        f"{_duration(worst.longest_s)}.")
-        if self.actions:
-            out.append(f"{len(self.actions)} action(s) by stackmon: " + ", ".join(
-                f"{a.action} {a.outcome} at {_clock(a.at)}" for a in self.actions[:6]) + ".")
+        done = [a for a in self.actions if a.outcome != "started"]  # its outcome follows
+        if done:
+            out.append(f"{len(done)} action(s) by stackmon: " + ", ".join(
+                f"{a.action} {a.outcome} at {_clock(a.at)}" for a in done[:6]) + ".")
         if self.problems:
             out.append(f"The recording is damaged: {len(self.problems)} problem(s); the "
                        "figures cover what could be read.")
