@@ -622,3 +622,38 @@ def test_kill_refuses_non_finite_spawn_times_and_boolean_pids(start_agent):
     resp = agent.post("/v1/workers/0/1/kill", {"signal": "TERM", "expect_pid": 5,
                                                "expect_spawn": 1_700_000_000.5})
     assert resp.status_code != 400, resp.text
+
+
+def test_a_kill_through_an_agent_keeps_where_the_worker_was_stuck(fresh_stack, hang,
+                                                                  start_agent, tmp_path):
+    """The caller's audit record carries the whole stack; the agent's gets the marked thread's
+    innermost frame (bodies are capped at 16 KB, a kill is never refused for its evidence)."""
+    from stackmon.actions.audit import AuditLog
+    from stackmon.hosts import open_host
+
+    stack = fresh_stack(workers=2, threads=1)
+    agent = start_agent(stack)
+    hang(stack, "/hang/evidence", n=1)
+    local_audit = AuditLog(tmp_path / "local-audit.log")
+    summary = {"threads": [{"name": "uWSGIWorker1Core0", "marked": True, "core": 0,
+                            "frames": ["wait_for_ledger_lock (/srv/app.py:12)", "handler"]}]}
+
+    async def go() -> Any:
+        host = open_host(agent.host(), Settings())
+        try:
+            snap = await host.poll()
+            (w,) = [w for w in snap.uwsgi[0].workers if w.requests_in_flight]
+            return w, await host.kill(0, w.id, w.pid, "KILL", audit=local_audit,
+                                      expect_spawn=w.last_spawn, stack=summary)
+        finally:
+            await host.aclose()
+
+    worker, result = asyncio.run(go())
+    assert result.ok, result.message
+    (mine,) = [e for e in local_audit.entries() if e["outcome"] == "started"]
+    assert mine["stack"] == summary
+    theirs = [json.loads(line) for line in
+              Path(agent.options.audit_path).read_text().splitlines()]
+    (started,) = [e for e in theirs if e["outcome"] == "started"]
+    assert started["target_pid"] == worker.pid
+    assert started["stack"] == {"stuck_in": "wait_for_ledger_lock (/srv/app.py:12)"}

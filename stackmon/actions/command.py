@@ -15,6 +15,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from stackmon.actions.audit import AuditLog, AuditWriteError
 from stackmon.actions.base import ActionError, ActionResult
@@ -186,8 +187,11 @@ async def _kill(args: argparse.Namespace, host: Host, audit: AuditLog) -> int:
     if worker is None:
         raise _Refused(ActionError("not_found", f"{inst.address} on {host.name} has no worker "
                                                 f"{args.worker_id}"))
-    if getattr(args, "stack", False):
-        await _capture_stack(host, args, worker, audit)
+    if not worker.spawned:  # nothing to confirm: there is no process to kill
+        from stackmon.actions.kill import no_process_message
+
+        raise _Refused(ActionError("gone", no_process_message(worker)))
+    stack = await _capture_stack(host, args, worker) if getattr(args, "stack", False) else None
     if not args.yes:
         print(f"{_where(host, inst)}  worker {worker.id}  pid {worker.pid}  {worker.status}")
         for r in worker.requests_in_flight:
@@ -200,23 +204,24 @@ async def _kill(args: argparse.Namespace, host: Host, audit: AuditLog) -> int:
             print("nothing done")
             return EXIT_FAILED
     result = await host.kill(args.instance, worker.id, worker.pid, args.signal,
-                             expect_spawn=worker.last_spawn, usr2_first=args.usr2, audit=audit)
+                             expect_spawn=worker.last_spawn, usr2_first=args.usr2, audit=audit,
+                             stack=stack)
     print(result.message)
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
-async def _capture_stack(host: Host, args: argparse.Namespace, worker: Worker,
-                         audit: AuditLog) -> None:
-    """`kill --stack`: the stack before the kill destroys it, printed and audited (a record
-    "stack before kill" just before the kill's own); a stack that cannot be read is said and
-    audited, and the kill goes on: it is what ends the outage."""
-    from stackmon.actions.stack import capture_before_kill, render_stack
+async def _capture_stack(host: Host, args: argparse.Namespace,
+                         worker: Worker) -> dict[str, Any]:
+    """`kill --stack`: the stack before the kill destroys it, printed, and returned for the
+    kill's own audit record; a stack that cannot be read is said (and recorded as such), and
+    the kill goes on: it is what ends the outage."""
+    from stackmon.actions.stack import capture_for_kill, render_stack
 
-    stack, message = await capture_before_kill(host, args.instance, worker.id, worker.pid,
-                                               audit=audit,
-                                               expect_spawn=worker.last_spawn or None)
+    stack, message = await capture_for_kill(host, args.instance, worker.id, worker.pid,
+                                            expect_spawn=worker.last_spawn or None)
     print(render_stack(stack) if stack is not None else message, flush=True)
     print(flush=True)
+    return stack.summary() if stack is not None else {"not_captured": message}
 
 
 def _print_progress(p: ReloadProgress, last: list[str]) -> None:

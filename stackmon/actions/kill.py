@@ -165,7 +165,8 @@ async def _wait_respawn(target: ActionTarget, worker_id: int, old_pid: int,
 async def kill_worker(target: ActionTarget, worker_id: int, expect_pid: int,
                       signal: Signal = "TERM", *, expect_spawn: float | None = None,
                       usr2_first: bool = False, audit: AuditLog | None = None,
-                      actor: str = "", grace: float = TERM_GRACE) -> ActionResult:
+                      actor: str = "", grace: float = TERM_GRACE,
+                      stack: dict[str, Any] | None = None) -> ActionResult:
     """Kill worker `worker_id` of `target` if it still is `expect_pid`; wait for its respawn."""
     audit = audit if audit is not None else AuditLog.default()
     actor = actor or current_actor()
@@ -185,8 +186,11 @@ async def kill_worker(target: ActionTarget, worker_id: int, expect_pid: int,
         raise
     requests = request_summary(worker)
     # Recorded before acting: an action that cannot be audited is not carried out.
+    # `stack`: where the worker was stuck, captured just before (kill --stack, the TUI's
+    # "capture first"): the kill destroys it, the post-mortem needs it in this very record.
+    evidence: dict[str, Any] = {"stack": stack} if stack else {}
     audit.record(**base, outcome="started", request=requests[0] if requests else None,
-                 requests=requests)
+                 requests=requests, **evidence)
     sent: list[str] = []
     started = time.monotonic()
     try:

@@ -51,7 +51,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stackmon.actions.audit import AuditLog
 from stackmon.actions.base import ActionError, ActionTarget
 from stackmon.actions.kill import fetch_instance, verify_worker
 from stackmon.bounded_io import BoundedReadError, read_file
@@ -601,7 +600,7 @@ async def trace_worker(target: ActionTarget, worker_id: int, expect_pid: int, *,
     """The stack of worker `worker_id` of `target` if it still is `expect_pid` (the same
     checks as a kill: see the module docstring); ActionError with a kind and a sentence else.
     Nothing is audited: reading a stack changes nothing (a kill that captures one records it,
-    see `capture_before_kill`)."""
+    see `capture_for_kill`)."""
     inst = await fetch_instance(target)
     problem = ptrace_problem(expect_pid)
     if problem is not None:  # said first: the checks below would fail on it less clearly
@@ -638,30 +637,23 @@ async def trace_worker(target: ActionTarget, worker_id: int, expect_pid: int, *,
 # ------------------------------------------------------------------ for the kill flow
 
 
-async def capture_before_kill(host: Host, index: int, worker_id: int, expect_pid: int, *,
-                              audit: AuditLog, expect_spawn: float | None = None,
-                              ) -> tuple[StackResult | None, str]:
-    """The kill flow's "capture the stack first": trace the worker, and append an audit
-    record (action "stack before kill") carrying where each thread was, so the post-mortem
-    knows where the worker was stuck even though the kill destroys it.
+async def capture_for_kill(host: Host, index: int, worker_id: int, expect_pid: int, *,
+                           expect_spawn: float | None = None,
+                           ) -> tuple[StackResult | None, str]:
+    """The kill flow's "capture the stack first": trace the worker so that the kill's own
+    audit record (Host.kill(stack=result.summary())) says where it was stuck, even though
+    the kill destroys it.
 
     Never raises ActionError: a stack that cannot be read must not stop the kill that ends the
-    outage; the reason is returned (and audited) instead. (AuditWriteError does propagate:
-    the caller decides whether to kill without the record.) Returns (stack or None, message).
-    """
-    base: dict[str, Any] = {"host": host.name, "action": "stack before kill",
-                            "worker_id": worker_id, "target_pid": expect_pid}
+    outage; the reason is returned instead. Returns (stack or None, message)."""
     try:
         result = await host.trace(index, worker_id, expect_pid, with_locals=False,
                                   expect_spawn=expect_spawn)
     except ActionError as exc:
-        audit.record(**base, outcome=f"not captured: {exc.kind}", message=exc.message)
         return None, f"stack not captured: {exc.message}"
     inner = result.innermost()
     where = f" (marked thread in {inner.function}, {inner.file}:{inner.line})" if inner else ""
-    message = f"stack of pid {expect_pid} captured{where}"
-    audit.record(**base, outcome="captured", message=message, stack=result.summary())
-    return result, message
+    return result, f"stack of pid {expect_pid} captured{where}"
 
 
 # ------------------------------------------------------------------ text

@@ -331,8 +331,10 @@ async def remote_kill(host: HostConfig, uwsgi_index: int, worker_id: int, expect
                       signal: str = "TERM", *, expect_spawn: float | None = None,
                       usr2_first: bool = False, timeout: float = 2.0,
                       action_timeout: float = ACTION_TIMEOUT, actor: str = "",
-                      client: httpx.AsyncClient | None = None) -> ActionResult:
+                      client: httpx.AsyncClient | None = None,
+                      stuck_in: str | None = None) -> ActionResult:
     """Kill worker `worker_id` of instance `uwsgi_index` on `host` through its agent.
+    `stuck_in`: where the worker's stack was captured stuck (for the agent's audit record).
 
     Refusals raise ActionError with the agent's kind (stale, not_worker, gone, read_only, ...);
     an unreachable agent raises kind "gone" (nothing was done), a lost answer kind "failed".
@@ -342,6 +344,8 @@ async def remote_kill(host: HostConfig, uwsgi_index: int, worker_id: int, expect
         body["expect_spawn"] = expect_spawn
     if usr2_first:
         body["usr2"] = True
+    if stuck_in:
+        body["stuck_in"] = stuck_in
     return await _post(host, f"/v1/workers/{uwsgi_index}/{worker_id}/kill", body,
                        timeout=timeout, action_timeout=action_timeout, actor=actor,
                        client=client)

@@ -490,6 +490,9 @@ class AgentApp:
         usr2 = body.get("usr2", False)
         if not isinstance(usr2, bool):
             raise ActionError("bad_request", "usr2 must be true or false")
+        stuck_in = body.get("stuck_in")
+        if stuck_in is not None and not isinstance(stuck_in, str):
+            raise ActionError("bad_request", "stuck_in must be a string")
         target = self._target(request)
         worker_id = int(request.match_info["worker_id"])
         remembered = None
@@ -502,7 +505,9 @@ class AgentApp:
             result = await kill_worker(target, worker_id, expect_pid, sig,
                                        expect_spawn=spawn if spawn is not None else remembered,
                                        usr2_first=usr2, audit=audit,
-                                       actor=self._actor(request))
+                                       actor=self._actor(request),
+                                       stack={"stuck_in": redact.clean(stuck_in[:300])}
+                                       if stuck_in else None)
         except ActionError as exc:
             if remembered is not None and exc.kind == "stale":
                 raise ActionError("stale", f"{exc.message} (this agent served pid {expect_pid} "

@@ -24,6 +24,16 @@ if TYPE_CHECKING:
     from stackmon.actions.stack import StackResult
 
 
+def stuck_in(stack: dict[str, Any] | None) -> str | None:
+    """The marked thread's innermost frame, for the agent's own audit record: the whole stack
+    stays in this side's record (an agent caps request bodies at 16 KB; a kill must never be
+    refused for the size of its evidence)."""
+    for thread in (stack or {}).get("threads", []):
+        if thread.get("marked") and thread.get("frames"):
+            return str(thread["frames"][0])[:300]
+    return None
+
+
 class AgentHost(Host):
     """Polls GET /v1/snapshot of the host's agent and acts through its POST routes."""
 
@@ -89,13 +99,16 @@ class AgentHost(Host):
 
     async def kill(self, index: int, worker_id: int, expect_pid: int, signal: str, *,
                    audit: AuditLog, expect_spawn: float | None = None,
-                   usr2_first: bool = False) -> ActionResult:
+                   usr2_first: bool = False,
+                   stack: dict[str, Any] | None = None) -> ActionResult:
         base: dict[str, Any] = {"host": self.name, "action": f"kill {signal} via agent",
                                 "worker_id": worker_id, "target_pid": expect_pid,
-                                "agent": clean(self.source.url)}
+                                "agent": clean(self.source.url),
+                                **({"stack": stack} if stack else {})}
         return await self._audited(audit, base, "ok", lambda: remote_kill(
             self.config, index, worker_id, expect_pid, signal, expect_spawn=expect_spawn,
-            usr2_first=usr2_first, timeout=self.settings.timeout, actor=current_actor()))
+            usr2_first=usr2_first, timeout=self.settings.timeout, actor=current_actor(),
+            stuck_in=stuck_in(stack)))
 
     async def reload(self, index: int, mode: str, *, audit: AuditLog,
                      expect_master: int | None = None) -> ActionResult:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from stackmon.actions.audit import AuditLog
 from stackmon.actions.base import ActionError, ActionResult
@@ -89,8 +89,10 @@ class Host(ABC):
     @abstractmethod
     async def kill(self, index: int, worker_id: int, expect_pid: int, signal: str, *,
                    audit: AuditLog, expect_spawn: float | None = None,
-                   usr2_first: bool = False) -> ActionResult:
-        """Kill worker `worker_id` of instance `index` if it still is `expect_pid`."""
+                   usr2_first: bool = False,
+                   stack: dict[str, Any] | None = None) -> ActionResult:
+        """Kill worker `worker_id` of instance `index` if it still is `expect_pid`; `stack`
+        (StackResult.summary() of a capture just before) goes into the kill's audit record."""
 
     @abstractmethod
     async def reload(self, index: int, mode: str, *, audit: AuditLog,

@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from stackmon.actions.audit import AuditLog
 from stackmon.actions.base import ActionError, ActionResult, ActionTarget
@@ -248,10 +249,12 @@ class LocalHost(Host):
 
     async def kill(self, index: int, worker_id: int, expect_pid: int, signal: str, *,
                    audit: AuditLog, expect_spawn: float | None = None,
-                   usr2_first: bool = False) -> ActionResult:
+                   usr2_first: bool = False,
+                   stack: dict[str, Any] | None = None) -> ActionResult:
         result = await kill_worker(self.target(index), worker_id, expect_pid,
                                    signal,  # type: ignore[arg-type]  # checked by kill_worker
-                                   expect_spawn=expect_spawn, usr2_first=usr2_first, audit=audit)
+                                   expect_spawn=expect_spawn, usr2_first=usr2_first, audit=audit,
+                                   stack=stack)
         self.record_event("killed", result.message, worker=worker_id, pid=expect_pid)
         return result
 
