@@ -15,7 +15,8 @@ from widgets.worker_list import WorkerList
 
 
 def with_uri(host: HostSnapshot, uri: str) -> HostSnapshot:
-    """The recorded host with the first request in flight given another URI."""
+    """The recorded host with the first request in flight given another URI (and an age
+    past the thresholds, so that it has a line of its own)."""
     inst = host.uwsgi[0]
     workers = []
     done = False
@@ -23,7 +24,9 @@ def with_uri(host: HostSnapshot, uri: str) -> HostSnapshot:
         cores = []
         for c in w.cores:
             if c.request is not None and not done:
-                c = replace(c, request=replace(c.request, uri=uri))
+                c = replace(c, request=replace(c.request, uri=uri, level="critical",
+                                                   started_at=host.taken_at - 30.0,
+                                                   running_s=30.0))
                 done = True
             cores.append(c)
         workers.append(replace(w, cores=tuple(cores)))
@@ -63,6 +66,8 @@ async def test_move_between_workers_and_open_detail_with_redacted_vars():
         await pilot.pause()
         workers = app.query_one(WorkerList)
         assert workers.has_focus
+        assert workers.cursor_worker_id == 4  # the worst worker: its request is the oldest
+        await pilot.press("home")
         assert workers.cursor_worker_id == 1
         await pilot.press("j", "j", "j")
         assert workers.cursor_worker_id == 4
@@ -155,7 +160,7 @@ async def test_request_text_is_shown_literally_never_as_markup():
         feed(app, host)
         await pilot.pause()
         assert "/x/[b]y[/b]/[red]z" in screen_text(app)
-        await pilot.press("enter")  # worker 1 holds the edited request
+        await pilot.press("home", "enter")  # worker 1 holds the edited request
         await pilot.pause()
         assert isinstance(app.screen, WorkerDetailScreen)
         assert "/x/[b]y[/b]/[red]z" in screen_text(app)
@@ -170,7 +175,8 @@ async def test_many_workers_scroll_at_80x24():
                running_time_s=0, tx=0,
                cores=tuple(Core(id=c, requests=0, in_request=True, request=Request(
                    core=c, method="GET", uri=f"/w{i}/c{c}", remote_addr="127.0.0.1", host="h",
-                   started_at=now - c, running_s=float(c), level="ok")) for c in range(8)))
+                   started_at=now - 10 - c, running_s=10.0 + c, level="slow"))
+                   for c in range(8)))
         for i in range(1, 65))
     inst = UwsgiInstance(address="127.0.0.1:9002", version="2.0.31", master_pid=999,
                          listen_queue=0, listen_queue_max=100, sockets=(), workers=workers)
@@ -204,7 +210,8 @@ async def test_live_app_on_the_real_stack_shows_a_hung_request(stack, hang):
     hang(stack, "/hang/live-tui?id=5", n=1)
     host = HostConfig(name="live", uwsgi=(parse_stats_address(stack.stats_address),),
                       nginx=stack.nginx_status_url)
-    app = StackmonApp(Targets(hosts=(host,), settings=Settings(interval=0.3)))
+    # slow 1 s: the request gets its line (younger ones are a count in the worker's row).
+    app = StackmonApp(Targets(hosts=(host,), settings=Settings(interval=0.3, slow=1.0)))
     async with app.run_test(size=(120, 36)) as pilot:
         await wait_for(pilot, lambda: all(s in screen_text(app) for s in (
             "/hang/live-tui?id=5", "active", "uwsgi workers")))
@@ -373,7 +380,7 @@ async def test_odd_text_from_the_stack_never_breaks_the_screens():
         text = screen_text(app)
         assert "api [/] [b]x" in text
         assert "bad [red]reply\\x1b[2J" in text
-        await pilot.press("enter")
+        await pilot.press("home", "enter")
         await pilot.pause()
         assert isinstance(app.screen, WorkerDetailScreen)
         text = screen_text(app)

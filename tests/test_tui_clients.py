@@ -211,7 +211,7 @@ async def test_events_screen_newest_first_filtered_and_live() -> None:
     host = quiet_host()
     logs = summary(host.taken_at, events=EVENTS)
     app = app_for(host)
-    async with app.run_test(size=(120, 36)) as pilot:
+    async with app.run_test(size=(140, 36)) as pilot:  # wide enough for the whole Footer
         app.show_snapshot(0, replace(host, logs=logs))
         await pilot.pause()
         assert "e Events" in screen_text(app)  # from the one registry, in the Footer

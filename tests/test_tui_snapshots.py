@@ -10,6 +10,8 @@ import os
 import time
 from dataclasses import replace
 
+from typing import Any
+
 import pytest
 
 from tests.tui_support import (
@@ -24,7 +26,7 @@ from tests.tui_support import (
 os.environ["TZ"] = "UTC"  # the detail screen shows wall-clock start times
 time.tzset()
 
-SIZES = [(80, 24), (160, 48), (200, 60)]
+SIZES = [(80, 24), (120, 36), (200, 50)]
 
 
 def _hosts():
@@ -47,9 +49,13 @@ SCREENS = {
 }
 
 
-def _snap(snap_compare, keys: tuple[str, ...], size: tuple[int, int]) -> bool:
+def _snap(snap_compare, keys: tuple[str, ...], size: tuple[int, int], *,
+          read_only: bool = False, stale: bool = False) -> bool:
     hosts = _hosts()
-    app = app_for(*hosts)
+    if stale:  # web-1's stats stopped answering 12 s ago: its last good workers stay
+        inst = hosts[0].uwsgi[0]
+        hosts = (replace(hosts[0], uwsgi=(replace(inst, stale_s=12.0),)), *hosts[1:])
+    app = app_for(*hosts, read_only=read_only)
 
     async def run_before(pilot):
         feed(app, *hosts)
@@ -67,6 +73,56 @@ def test_screen(snap_compare, screen, size):
 
 def test_help(snap_compare):
     assert _snap(snap_compare, ("question_mark",), (100, 30))
+
+
+# States that must show at 80x24, where space is shortest: PAUSED after p, READ-ONLY (K then
+# says why in a notification), an instance whose stats stopped answering (STALE 12s), and
+# NO_COLOR (CRIT in reverse video, the most visible state).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "paused": dict(keys=("p",)),
+    "read_only": dict(keys=("K",), read_only=True),
+    "stale": dict(keys=(), stale=True),
+    "no_color": dict(keys=()),
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_main_view_states(snap_compare, variant, monkeypatch):
+    if variant == "no_color":
+        monkeypatch.setenv("NO_COLOR", "1")
+    spec = dict(VARIANTS[variant])
+    keys = spec.pop("keys")
+    assert _snap(snap_compare, keys, (80, 24), **spec)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_reload_no_worker_serving(snap_compare, size):
+    """A graceful reload held by one stuck request: three workers exited, none serving."""
+    from stackmon.actions.reload_progress import ReloadProgress, WorkerReload
+    from tui.screens.reload_view import ReloadScreen
+
+    hangs = recorded("demo-hangs.json", host_name="web-1")
+    stuck = hangs.uwsgi[0].workers[3].requests_in_flight[0]
+    progress = ReloadProgress(
+        "graceful", 15.0, 12.0,
+        (WorkerReload(1, 101, 0, "exited"), WorkerReload(2, 102, 0, "exited"),
+         WorkerReload(3, 103, 0, "exited"),
+         WorkerReload(4, 104, 104, "draining", request=stuck, countdown=3.5)),
+        stats_available=True, done=False,
+        message="graceful reload: 0/4 workers replaced; 1 finishing a request, mercy runs "
+                "out in 4 s")
+    app = app_for(hangs)
+
+    async def run_before(pilot):
+        feed(app, hangs)
+        screen = ReloadScreen("web-1", "web-1/127.0.0.1:9002", replace(progress, elapsed=2.0),
+                              host_index=0, address=hangs.uwsgi[0].address)
+        await app.push_screen(screen)
+        screen.set_progress(progress)
+        screen.set_host(hangs)
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=size, run_before=run_before)
 
 
 def _clients_snap(snap_compare, keys: tuple[str, ...], size: tuple[int, int]) -> bool:

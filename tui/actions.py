@@ -3,7 +3,13 @@
 Every action is declared here once, with its id, default key and description. The App's
 BINDINGS, the Footer, the help screen and the command palette are all generated from this list,
 so a key can never be documented in one place and bound differently in another. Actions that
-change a running system are marked `mutating` and disappear entirely in read-only mode.
+change a running system are marked `mutating`: in read-only mode they leave the Footer, the help
+and the palette, and their key only says why nothing happens (a silent key reads as a broken
+one).
+
+The Footer cannot show every key at 80 columns: `narrow` marks the ones it keeps there (what a
+3 a.m. triage needs: the detail, the worst worker, kill, reload, pause, help, quit), the rest
+stay bound and listed by `?`.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ class ActionSpec:
     footer: bool = True
     mutating: bool = False
     key_display: str | None = None
-
+    narrow: bool = False  # kept in the Footer on a narrow terminal
     @property
     def name(self) -> str:
         """The action's name without arguments (for check_action and keymaps)."""
@@ -30,16 +36,24 @@ class ActionSpec:
 
 
 ACTIONS: tuple[ActionSpec, ...] = (
-    ActionSpec("help", "question_mark", "Help", "Show every key and what it does.",
-               key_display="?"),
     ActionSpec("open_worker", "enter", "Detail", "Open the selected worker: every request "
-               "variable of its requests in flight (secrets redacted)."),
+               "variable of its requests in flight (secrets redacted).", footer=False),
+    ActionSpec("worst", "w", "Worst", "Go to the worst worker (the oldest request past a "
+               "threshold); again: the next worst. On the worst, the cursor follows it.",
+               narrow=True),
+    ActionSpec("kill_worker", "K", "Kill", "Kill the selected worker (asks first: SIGTERM, "
+               "SIGKILL, or SIGUSR2 then SIGTERM); its master respawns it.", mutating=True,
+               key_display="K", narrow=True),
+    ActionSpec("reload('graceful')", "R", "Reload", "Graceful reload of this uWSGI instance, "
+               "then watch it drain worker by worker against its mercy.", mutating=True,
+               key_display="R", narrow=True),
     ActionSpec("cycle_sort", "s", "Sort", "Sort workers by id, by the age of their oldest "
                "request, or by requests served."),
     ActionSpec("filter", "slash", "Filter", "Show only workers whose status, pid, method, URI "
                "or client matches a text.", key_display="/"),
     ActionSpec("toggle_pause", "p", "Pause", "Freeze the screen (polling continues; the "
-               "latest data is shown on resume)."),
+               "latest data is shown on resume). PAUSED shows in the header meanwhile.",
+               narrow=True),
     ActionSpec("next_host", "right_square_bracket", "Next host", "Switch to the next host "
                "tab.", key_display="]"),
     ActionSpec("prev_host", "left_square_bracket", "Prev host", "Switch to the previous host "
@@ -51,27 +65,28 @@ ACTIONS: tuple[ActionSpec, ...] = (
                "kills, each with its time, worker, pid and request; / filters."),
     ActionSpec("doctor", "d", "Doctor", "Diagnose this host's tuning: listen vs somaxconn, "
                "timeouts vs the load balancer's, reload mercy vs the health check, fds."),
-    ActionSpec("kill_worker", "K", "Kill", "Kill the selected worker (asks first: SIGTERM, "
-               "SIGKILL, or SIGUSR2 then SIGTERM); its master respawns it.", mutating=True,
-               key_display="K"),
-    ActionSpec("reload('graceful')", "R", "Reload", "Graceful reload of this uWSGI instance, "
-               "then watch it drain worker by worker against its mercy.", mutating=True,
-               key_display="R"),
     ActionSpec("reload('chain')", "C", "Chain reload", "Chain reload: one worker at a time.",
                mutating=True, footer=False, key_display="C"),
-    ActionSpec("quit", "q", "Quit", "Leave stackmon (the monitored stack is not touched)."),
+    ActionSpec("help", "question_mark", "Help", "Show every key and what it does.",
+               key_display="?", narrow=True),
+    ActionSpec("quit", "q", "Quit", "Leave stackmon (the monitored stack is not touched).",
+               narrow=True),
 )
 
 
-def bindings(read_only: bool = False) -> list[Binding]:
-    """Textual bindings for the registry (mutating actions left out when read-only)."""
-    out: list[Binding] = []
-    for spec in ACTIONS:
-        if read_only and spec.mutating:
-            continue
-        out.append(Binding(spec.keys, spec.id, spec.description, show=spec.footer,
-                           key_display=spec.key_display, id=spec.name))
-    return out
+def shown(spec: ActionSpec, read_only: bool, narrow: bool) -> bool:
+    """Whether the Footer lists this action (read-only: no mutating action)."""
+    if read_only and spec.mutating:
+        return False
+    return spec.footer and (spec.narrow or not narrow)
+
+
+def bindings(read_only: bool = False, narrow: bool = False) -> list[Binding]:
+    """Textual bindings for the registry. Read-only keeps the mutating actions' keys (they say
+    why they do nothing) out of the Footer; `narrow` keeps only the `narrow` ones there."""
+    return [Binding(spec.keys, spec.id, spec.description, show=shown(spec, read_only, narrow),
+                    key_display=spec.key_display, id=spec.name)
+            for spec in ACTIONS]
 
 
 def key_label(spec: ActionSpec) -> str:

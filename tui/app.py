@@ -9,6 +9,7 @@ worst state, so the sick host shows from any tab.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 import time
 from collections.abc import Callable, Iterable
@@ -28,7 +29,7 @@ from stackmon.hosts import Host, open_host
 from stackmon.model import HostSnapshot, Worker
 from stackmon.poller import Fleet
 from stackmon.redact import visible
-from tui.actions import ACTIONS, bindings
+from tui.actions import ACTIONS, bindings, shown
 from tui.host_pane import HostPane
 from tui.messages import ActionFinished, DoctorDone, HostPolled, ReloadProgressed
 from tui.screens.confirm import KillChoice, KillConfirm, ReloadChoice, ReloadConfirm
@@ -42,6 +43,9 @@ from widgets.worker_list import WorkerList
 BADGE_STYLE: dict[Severity, str] = {"ok": "green", "warn": "bold yellow",
                                     "critical": "bold red", "unknown": "dim"}
 BADGE_ICON: dict[Severity, str] = {"ok": "●", "warn": "▲", "critical": "✖", "unknown": "…"}
+
+# Below this width the Footer keeps only the triage keys (tui.actions, `narrow`).
+FOOTER_FULL_WIDTH = 132
 
 # Signals that end the TUI the way `q` does (exit status 128 + n, as a shell reports it).
 EXIT_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
@@ -92,6 +96,7 @@ class StackmonApp(App[int]):
         self._states: dict[int, tuple[str, Severity] | None] = {}
         self._reload_views: set[str] = set()
         self.paused = False
+        self._narrow_footer: bool | None = None
         for b in bindings(self.read_only):
             self.bind(b.key, b.action, description=b.description, show=b.show,
                       key_display=b.key_display)
@@ -159,6 +164,8 @@ class StackmonApp(App[int]):
             self._tabs.get_tab(f"host-{index}").label = tab_label(
                 self.targets.hosts[index].name, state)
         screen = self.screen
+        if isinstance(screen, ReloadScreen) and screen.host_index == index:
+            screen.set_host(snap)
         if isinstance(screen, WorkerDetailScreen) and screen.host_index == index:
             screen.set_worker(pane.find_worker(screen.worker_id, screen.address,
                                                nth=screen.worker_nth), self.clock())
@@ -168,15 +175,14 @@ class StackmonApp(App[int]):
     # --- helpers ----------------------------------------------------------------------------
 
     _MAIN_ONLY = frozenset({"open_worker", "cycle_sort", "filter", "next_host", "prev_host",
-                            "next_instance", "kill_worker", "reload", "doctor", "events"})
-    _MUTATING = frozenset(spec.name for spec in ACTIONS if spec.mutating)
+                            "next_instance", "kill_worker", "reload", "doctor", "events",
+                            "worst"})
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Actions on the host view are hidden (and inert) while a detail or help screen is
-        on top, so the Footer only lists keys that do something there; read-only removes the
-        mutating ones everywhere."""
-        if action in self._MUTATING and self.read_only:
-            return False
+        on top, so the Footer only lists keys that do something there (a screen that offers
+        one, like the detail's K, binds it itself). Read-only keeps the mutating keys, out of
+        the Footer, so that they can say why they do nothing."""
         return not (action in self._MAIN_ONLY and len(self.screen_stack) > 1)
 
     @property
@@ -196,6 +202,23 @@ class StackmonApp(App[int]):
     def on_resize(self, event: events.Resize) -> None:
         self.set_class(event.size.width < 110, "-narrow")
         self.set_class(event.size.width >= 180, "-wide")
+        self.set_class(event.size.height >= 34, "-tall")
+        self._footer_for(event.size.width)
+
+    def _footer_for(self, width: int) -> None:
+        """At 80 columns the Footer was cut after `d`: K, R and q were off screen. Below
+        FOOTER_FULL_WIDTH it lists only the registry's `narrow` keys; the others still work."""
+        narrow = width < FOOTER_FULL_WIDTH
+        if narrow == self._narrow_footer:
+            return
+        self._narrow_footer = narrow
+        registry = {(key, spec.id): shown(spec, self.read_only, narrow)
+                    for spec in ACTIONS for key in spec.keys.split(",")}
+        keymap = self._bindings.key_to_bindings
+        for key, keyed in keymap.items():
+            keymap[key] = [dataclasses.replace(b, show=registry[key, b.action])
+                           if (key, b.action) in registry else b for b in keyed]
+        self.refresh_bindings()
 
     @on(WorkerList.Selected)
     def _worker_selected(self, event: WorkerList.Selected) -> None:
@@ -218,13 +241,14 @@ class StackmonApp(App[int]):
         pane = self.active_pane()
         worker = pane.selected_worker()
         if worker is None:
-            self.notify("No worker selected.", severity="warning")
+            self.notify(pane.why_no_worker() or "No worker selected.", severity="warning")
             return
         inst = pane.current_instance()
         key = pane.selected_key()
         self.push_screen(WorkerDetailScreen(pane.index, pane.host.name, worker,
                                             inst.address if inst else "",
-                                            self.clock(), nth=key[1] if key else 0))
+                                            self.clock(), nth=key[1] if key else 0,
+                                            read_only=self.read_only or pane.host.read_only))
 
     def action_cycle_sort(self) -> None:
         key = self.active_pane().cycle_sort()
@@ -240,6 +264,16 @@ class StackmonApp(App[int]):
             pane.set_paused(self.paused)
         if not self.paused:
             self.active_pane().show_latest()
+        self.notify("Paused: the screen is frozen, polling goes on (p resumes)." if self.paused
+                    else "Resumed: showing the latest poll.", timeout=3)
+
+    def action_worst(self) -> None:
+        pane = self.active_pane()
+        if pane.jump_worst() is None:
+            why = pane.why_no_worker()
+            s = self.targets.settings
+            self.notify(why or f"No request past the slow threshold ({s.slow:g}s) on this "
+                        "instance.", timeout=3)
 
     def _switch(self, step: int) -> None:
         n = len(self.targets.hosts)
@@ -283,19 +317,33 @@ class StackmonApp(App[int]):
 
     def _actionable(self, pane: HostPane) -> bool:
         if self.read_only or pane.host.read_only:
-            self.notify("Read-only: actions are disabled.", severity="warning")
+            where = "--read-only" if self.read_only else \
+                f"read_only = true for {visible(pane.host.name)} in the hosts file"
+            self.notify(f"Read-only ({where}): stackmon does not kill or reload here.",
+                        severity="warning", markup=False)
             return False
         return True
 
     def action_kill_worker(self) -> None:
         pane = self.active_pane()
-        worker = pane.selected_worker()
-        if worker is None:
-            self.notify("No worker selected.", severity="warning")
-            return
+        self.confirm_kill(pane, pane.selected_worker())
+
+    def confirm_kill(self, pane: HostPane, worker: Worker | None,
+                     address: str | None = None) -> None:
+        """Ask, then kill `worker` of the instance at `address` (default: the one shown).
+        Every way this can not happen says why, in a notification."""
         if not self._actionable(pane):
             return
-        inst = pane.current_instance()
+        if worker is None:
+            self.notify(pane.why_no_worker() or "No worker selected.", severity="warning",
+                        markup=False)
+            return
+        if not worker.spawned:
+            what = "cheap (not spawned)" if worker.cheap else "dead, waiting for its respawn"
+            self.notify(f"Worker {worker.id} has no process to kill: {what}.",
+                        severity="warning")
+            return
+        inst = pane.instance_at(address)
         if inst is None:
             self.notify("No uWSGI data for this host yet.", severity="warning")
             return
@@ -393,7 +441,9 @@ class StackmonApp(App[int]):
             # The first sample opens the view; closing it leaves the reload running.
             self._reload_views.add(message.instance)
             host = self.targets.hosts[message.host_index].name
-            self.push_screen(ReloadScreen(host, message.instance, progress))
+            address = message.instance.removeprefix(f"{host}/")
+            self.push_screen(ReloadScreen(host, message.instance, progress,
+                                          host_index=message.host_index, address=address))
         if message.final:
             self._reload_views.discard(message.instance)
 

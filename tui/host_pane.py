@@ -23,6 +23,8 @@ from stackmon.config import HostConfig, Settings
 from stackmon.health import assess
 from stackmon.model import HostSnapshot, UwsgiInstance, Worker
 from stackmon.redact import visible
+from stackmon.render_text import human_age
+from tui.screens.events import KIND_STYLE, event_fields
 from widgets.clients_panel import CauseHistory, ClientsPanel
 from widgets.gauge import GaugeList, fd_items, listen_queue_items
 from widgets.history import History
@@ -55,8 +57,22 @@ class Line(Static):
 
     def show(self, content: Text | str) -> None:
         if content != self._shown:
+            # A layout pass costs a whole-screen arrange: only when the height can change
+            # (the number of lines, or the widget grows with its text).
+            layout = self._height(content) != self._height(self._shown)
             self._shown = content
-            self.update(content)
+            self.update(content, layout=layout)
+
+    def _height(self, content: Text | str) -> int:
+        """Lines the content takes at the current width (1 for a one-line widget)."""
+        height = self.styles.height
+        if height is not None and height.is_cells:
+            return int(height.value)
+        width = self.content_region.width
+        text = content if isinstance(content, Text) else Text(content)
+        if width <= 0 or not self.is_attached:
+            return text.plain.count("\n") + 1
+        return len(text.wrap(self.app.console, width))
 
 
 def uwsgi_rate(prev: HostSnapshot | None, snap: HostSnapshot) -> float | None:
@@ -74,6 +90,36 @@ def uwsgi_rate(prev: HostSnapshot | None, snap: HostSnapshot) -> float | None:
             return None
         done += delta
     return done / dt if dt > 0 else None
+
+
+RECENT_EVENTS = 8
+
+
+def recent_events(snap: HostSnapshot) -> Text:
+    """The newest events under the workers, on a tall terminal (the `e` screen has them all):
+    what just happened to which worker, where the lower half of the screen was empty."""
+    text = Text("Recent events", style="bold", end="")
+    logs = snap.logs
+    if logs is None:
+        text.append("  no log source: harakiri, deaths, respawns and reloads come from "
+                    "uWSGI's log", "dim")
+        return text
+    if not logs.events:
+        text.append(f"  none in the last {logs.window_s:.0f} s (e: events screen)", "dim")
+        return text
+    text.append(f"  newest first, {len(logs.events)} in {logs.window_s:.0f} s (e: all)", "dim")
+    for e in logs.events[:RECENT_EVENTS]:
+        clock, _source, kind, worker, pid, uri, words = event_fields(e)
+        text.append(f"\n{clock} ", "dim")
+        text.append(f"{kind:<12} ", KIND_STYLE.get(e.kind, "bold"))
+        if worker != "-":
+            text.append(f"worker {worker} ")
+        if pid != "-":
+            text.append(f"pid {pid} ", "dim")
+        if uri != "-":
+            text.append(f"{uri} ")
+        text.append(words, "dim")
+    return text
 
 
 class HostPane(TabPane):
@@ -113,13 +159,16 @@ class HostPane(TabPane):
                 yield Line(id="notice")
                 yield WorkerList(thresholds=self.settings.thresholds, id="workers")
                 yield FilterInput(placeholder="filter workers (Esc clears)", id="filter")
+                yield Line(id="recent")
+            # The gauges first: a few lines each, and at 80x24 somaxconn and every queue and
+            # fd figure must be on screen without scrolling; the clients' figures follow.
             with VerticalScroll(id="side"):
-                yield Line("Clients", classes="section", id="clients-title")
-                yield ClientsPanel(id="clients")
                 yield Line("Listen queues", classes="section", id="queues-title")
                 yield GaugeList(id="queues", empty_text="no listener seen")
                 yield Static("File descriptors", classes="section")
                 yield GaugeList(id="fds", empty_text="no process seen")
+                yield Line("Clients", classes="section", id="clients-title")
+                yield ClientsPanel(id="clients")
                 yield Static("nginx", classes="section")
                 yield NginxPanel(id="nginx")
                 yield Static("History", classes="section")
@@ -128,6 +177,7 @@ class HostPane(TabPane):
     def on_mount(self) -> None:
         self.query_one("#filter", FilterInput).display = False
         self.query_one("#reading", Line).display = False
+        self._show_flags(None)
 
     # --- data in ----------------------------------------------------------------------------
 
@@ -148,6 +198,20 @@ class HostPane(TabPane):
 
     def set_paused(self, paused: bool) -> None:
         self._paused = paused
+        self._show_flags(self._shown if paused else self.latest)
+
+    def _show_flags(self, snap: HostSnapshot | None) -> None:
+        """PAUSED, READ-ONLY and STALE in the header for as long as they are true."""
+        flags: list[str] = []
+        if self._paused:
+            flags.append("PAUSED")
+        if self.settings.read_only or self.host.read_only:
+            flags.append("READ-ONLY")
+        inst = self._current_instance(snap) if snap is not None else None
+        if inst is not None and inst.stale_s is not None:
+            flags.append(f"STALE {human_age(inst.stale_s)}")
+        if self.is_mounted:
+            self.query_one(HostHeader).set_flags(tuple(flags))
 
     def show_latest(self) -> None:
         snap = self.latest
@@ -160,6 +224,7 @@ class HostPane(TabPane):
         now = self.clock()
         state = assess(snap)
         self.query_one(HostHeader).set_snapshot(snap, self._rps, state)
+        self._show_flags(snap)
         reading = self.query_one("#reading", Line)
         reading_text = host_reading(state)
         if reading.display != bool(reading_text.plain):
@@ -189,6 +254,7 @@ class HostPane(TabPane):
             self.query_one(NginxPanel).set_status(None)
         self.query_one(History).set_series(self._queue_hist, self._busy_hist, self._rps_hist)
         self._draw_clients(snap)
+        self.query_one("#recent", Line).show(recent_events(snap))
 
     def _draw_clients(self, snap: HostSnapshot) -> None:
         logs = snap.logs
@@ -270,6 +336,36 @@ class HostPane(TabPane):
         """The instance on screen (actions name what the user saw, even while paused)."""
         snap = self.on_screen
         return self._current_instance(snap) if snap else None
+
+    def instance_at(self, address: str | None) -> UwsgiInstance | None:
+        """The instance at `address` in what is on screen (None: the one shown)."""
+        if address is None:
+            return self.current_instance()
+        snap = self.on_screen
+        return next((u for u in snap.uwsgi if u.address == address), None) if snap else None
+
+    def why_no_worker(self) -> str | None:
+        """Why there is no worker under the cursor, in words (None: there is one)."""
+        snap = self.on_screen
+        name = visible(self.host.name)
+        if snap is None:
+            return f"{name}: no data yet (connecting)."
+        if not snap.reachable:
+            why = snap.errors[0].message if snap.errors else "no answer"
+            return f"{name} is unreachable: {visible(why)}. No worker to act on."
+        inst = self._current_instance(snap)
+        if inst is None:
+            return f"{name}: no uWSGI stats, so no worker to act on."
+        workers = self.query_one(WorkerList)
+        if not inst.workers or workers.cheap_count == len(inst.workers):
+            return f"{name}: this instance has no spawned worker."
+        if workers.filter_text and workers.cursor_key is None:
+            return "No worker matches the filter (Esc clears it)."
+        return None if workers.cursor_key is not None else "No worker selected."
+
+    def jump_worst(self) -> WorkerKey | None:
+        """The cursor to the worst worker, then the next worst (WorkerList.jump_worst)."""
+        return self.query_one(WorkerList).jump_worst()
 
     def find_worker(self, worker_id: int, address: str | None = None,
                     latest: bool = False, nth: int = 0) -> Worker | None:

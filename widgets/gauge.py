@@ -32,7 +32,7 @@ from widgets._styles import StyleMemo
 
 GaugeKind = Literal["queue", "fd"]
 MAX_LABEL_WIDTH = 28
-MIN_LABEL_WIDTH = 12
+MIN_LABEL_WIDTH = 14  # "uwsgi workers", "system file-nr" whole at 80 columns
 NUMBERS_WIDTH = 11  # "value/limit", right-aligned: 12345/65536
 PCT_WIDTH = 4  # " 93%"
 MAX_NOTE_WIDTH = 16
@@ -444,10 +444,9 @@ def fd_items(fds: FdReport) -> list[GaugeItem]:
         procs = by_role[role]
         worst = max(procs, key=lambda p: (_fd_ratio(p), p.open))
         label = _ROLE_LABELS.get(role, role)
-        if len(procs) > 1:
-            label += " max"
-        items.append(GaugeItem(f"fd:{role}", label, worst.open, worst.limit,
-                               f"pid {worst.pid}", kind="fd"))
+        # Several processes: the fullest one's figures (the note says which, room allowing).
+        note = f"max: pid {worst.pid}" if len(procs) > 1 else f"pid {worst.pid}"
+        items.append(GaugeItem(f"fd:{role}", label, worst.open, worst.limit, note, kind="fd"))
     if fds.system is not None:
         items.append(GaugeItem("fd:system", "system file-nr", fds.system.open, fds.system.max,
                                "file-max", kind="fd"))

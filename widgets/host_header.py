@@ -18,6 +18,7 @@ from stackmon.health import HostState, assess
 from stackmon.model import HostSnapshot
 from widgets._fmt import Severity, fmt_rate, plain
 from widgets._styles import StyleMemo
+from widgets.worker_list import is_cheap
 
 # Reasons the host's notice already spells out in full (which sources failed, unreachable,
 # stale): the reading is for what the clients and the workers are going through.
@@ -55,6 +56,7 @@ class HostHeader(StyleMemo, Widget):
         "host-header--warn",
         "host-header--critical",
         "host-header--unknown",
+        "host-header--flag",
     }
     """
     | Class | What |
@@ -62,6 +64,7 @@ class HostHeader(StyleMemo, Widget):
     | `host-header--name` | the host name |
     | `host-header--label` | field names |
     | `host-header--ok` / `--warn` / `--critical` / `--unknown` | the state badge |
+    | `host-header--flag` | PAUSED, READ-ONLY, STALE 12s: states of the screen itself |
     """
 
     DEFAULT_CSS = """
@@ -75,6 +78,7 @@ class HostHeader(StyleMemo, Widget):
         & > .host-header--warn { color: $warning; text-style: bold reverse; }
         & > .host-header--critical { color: $error; text-style: bold reverse; }
         & > .host-header--unknown { color: $text-muted; text-style: bold reverse; }
+        & > .host-header--flag { color: $accent; text-style: bold reverse; }
     }
     """
 
@@ -89,6 +93,7 @@ class HostHeader(StyleMemo, Widget):
     ) -> None:
         super().__init__(name=name, id=id, classes=classes)
         self._fields: tuple[str, ...] = ()
+        self._flags: tuple[str, ...] = ()
         self._severity: Severity = "unknown"
         self.add_class("-unknown")
         if host is not None:
@@ -98,6 +103,19 @@ class HostHeader(StyleMemo, Widget):
     def severity(self) -> Severity:
         return self._severity
 
+    @property
+    def flags(self) -> tuple[str, ...]:
+        return self._flags
+
+    def set_flags(self, flags: tuple[str, ...]) -> None:
+        """States of what the screen shows, not of the host: PAUSED (a frozen screen looks
+        live otherwise), READ-ONLY (K and R are not there), STALE 12s (an instance whose
+        stats stopped answering). Shown right after the host's badge, where they are never
+        cut, as long as they are true."""
+        if flags != self._flags:
+            self._flags = flags
+            self.refresh()
+
     def set_snapshot(self, host: HostSnapshot, rps: float | None,
                      state: HostState | None = None) -> None:
         """Show this poll of the host; `rps`: requests per second (nginx's, or None); `state`:
@@ -106,15 +124,17 @@ class HostHeader(StyleMemo, Widget):
         label, severity = plain(state.label), state.severity
         versions = sorted({u.version or "?" for u in host.uwsgi})
         masters = [str(u.master_pid) for u in host.uwsgi]
-        busy = sum(u.busy_workers for u in host.uwsgi)
-        total = sum(len(u.workers) for u in host.uwsgi)
+        # Counted as the worker list shows them: cheap workers (not spawned) are not rows.
+        cheap = sum(1 for u in host.uwsgi for w in u.workers if is_cheap(w))
+        busy = sum(1 for u in host.uwsgi for w in u.workers if w.busy and not is_cheap(w))
+        total = sum(len(u.workers) for u in host.uwsgi) - cheap
         fields = (
             plain(host.name),
             label,
             severity,
             ",".join(plain(v) for v in versions) if versions else "-",
             ",".join(masters) if masters else "-",
-            f"{busy}/{total}" if host.uwsgi else "-",
+            (f"{busy}/{total}" + (f" +{cheap} cheap" if cheap else "")) if host.uwsgi else "-",
             fmt_rate(rps),
         )
         if fields == self._fields:
@@ -136,6 +156,10 @@ class HostHeader(StyleMemo, Widget):
         text.append(name, style("host-header--name", partial=True))
         text.append("  ")
         text.append(f" {label} ", style(f"host-header--{severity}", partial=True))
+        flag_style = style("host-header--flag", partial=True)
+        for flag in self._flags:
+            text.append(" ")
+            text.append(f" {plain(flag)} ", flag_style)
         for caption, value in (("uWSGI", version), ("master", master), ("busy", busy),
                                ("req/s", rps)):
             text.append(f"  {caption} ", field)

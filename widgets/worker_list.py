@@ -12,6 +12,16 @@ crossed a whole second; its cached Strips are dropped and only its lines are ref
 nothing changed the call returns without touching the screen. The layout (which line belongs
 to which worker) is rebuilt only when the order, the filter or a block's height changed.
 
+Rows keep their place: a request gets a line of its own only once it is past the slow threshold
+(its level is not "ok"); younger ones are counted in their worker's row (`2 short`). Short
+requests come and go several times a second under normal traffic, and a line per request made
+every worker below jump up and down (a row changed line in 39 % of frames on the demo), which
+is exactly what makes the stuck worker hard to follow. Cheap workers (cheaper mode, not
+spawned) are one summary line at the end, not rows.
+
+The cursor starts on the worst worker (the oldest request past a threshold) and follows it
+until the user moves it; `jump_worst()` goes to the worst, then the next worst.
+
 Untrusted text (method, URI, remote address, status) is appended to `rich.text.Text` as plain
 strings with control characters made visible; nothing is ever parsed as markup.
 """
@@ -43,13 +53,20 @@ WorkerKey = tuple[int, int]
 SORT_KEYS: tuple[SortKey, ...] = ("id", "age", "requests")
 
 NOT_CAPTURED = "(request details not captured)"
-LEVEL_LABELS: dict[Level, str] = {"ok": "    ", "slow": "SLOW", "critical": "CRIT"}
+# A glyph and a word: the labels read without colour (NO_COLOR, a paste into a ticket).
+LEVEL_LABELS: dict[Level, str] = {"ok": "      ", "slow": "▲ SLOW", "critical": "✖ CRIT"}
 CURSOR_MARK = "▶ "
 NO_MARK = "  "
 FROM = "  from "
 NARROW_WIDTH = 64  # below this, request lines drop the core column and the indent
 MIN_URI_WIDTH = 20
 MAX_REFRESH_REGIONS = 8
+# Request lines are laid out in at most this many cells, so that on a wide terminal the client
+# column sits near the end of the worker rows instead of 60 columns to their right.
+REQUEST_SPAN = 112
+HOST_COLUMN_MIN_SPAN = 110  # from this width on, request lines also show the Host header
+HOST_WIDTH = 20
+SHORT_WORDS_WIDTH = 70  # narrower lists count short requests as `+2`, not `2 short`
 
 
 class _RequestLine(NamedTuple):
@@ -63,6 +80,7 @@ class _RequestLine(NamedTuple):
     remote_addr: str
     age: int | None
     level: Level
+    host: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,10 +93,16 @@ class _Block:
     level: Level  # worst level of its requests
     max_age: int  # longest running request in whole seconds, -1 when none
     haystack: str  # lower-cased text the filter searches
+    short: int = 0  # requests in flight too young for a line of their own (a count instead)
 
     @property
     def height(self) -> int:
         return 1 + len(self.requests)
+
+
+def is_cheap(w: Worker) -> bool:
+    """A worker cheaper mode has not spawned: listed by uWSGI, no process behind it."""
+    return bool(getattr(w, "cheap", False)) or (w.status == "cheap" and w.pid == 0)
 
 
 def _worst(a: Level, b: Level) -> Level:
@@ -105,32 +129,37 @@ def _ages(worker: Worker, now: float) -> tuple[int | None, ...]:
 
 def _request_lines(
     worker: Worker, now: float, thresholds: Thresholds | None
-) -> tuple[_RequestLine, ...]:
+) -> tuple[list[_RequestLine], int]:
+    """The lines a worker's requests get (those past the slow threshold), and how many are
+    too young for one (counted in the worker's row so that rows do not move)."""
     lines: list[_RequestLine] = []
+    short = 0
     for core in worker.cores:
         r = core.request
         if r is None:
             if core.in_request:
-                # in_request with empty vars: the stats copy raced the request.
-                lines.append(_RequestLine(core.id, "", "", "", None, "ok"))
+                short += 1  # in_request with empty vars: the stats copy raced the request.
             continue
         age_f = _age(r, now)
         level = r.level
         if thresholds is not None:
             # Ages keep growing between polls; the level must follow them.
             level = _worst(level, thresholds.level(age_f))
+        if level == "ok":
+            short += 1
+            continue
         age = int(age_f) if age_f is not None else None
-        lines.append(_RequestLine(r.core, r.method, r.uri, r.remote_addr, age, level))
-    if not lines and worker.status == "busy" and worker.pid:
-        # Busy but no per-core detail (stats-no-cores, or a race): say so rather than nothing.
-        lines.append(_RequestLine(-1, "", "", "", None, "ok"))
-    return tuple(lines)
+        lines.append(_RequestLine(r.core, r.method, r.uri, r.remote_addr, age, level, r.host))
+    if not lines and not short and worker.status == "busy" and worker.pid:
+        # Busy but no per-core detail (stats-no-cores, or a race): still one in flight.
+        short = 1
+    return lines, short
 
 
 def _make_block(
     worker: Worker, ages: tuple[int | None, ...], now: float, thresholds: Thresholds | None
 ) -> _Block:
-    requests = _request_lines(worker, now, thresholds)
+    requests, short = _request_lines(worker, now, thresholds)
     level: Level = "ok"
     max_age = -1
     parts = [str(worker.id), str(worker.pid), worker.status]
@@ -140,8 +169,27 @@ def _make_block(
         level = _worst(level, line.level)
         if line.age is not None:
             max_age = max(max_age, line.age)
-        parts += (line.method, line.uri, line.remote_addr)
-    return _Block(worker, ages, requests, level, max_age, "\x00".join(parts).lower())
+    for r in worker.requests_in_flight:  # the filter finds short requests too
+        parts += (r.method, r.uri, r.remote_addr)
+    return _Block(worker, ages, tuple(requests), level, max_age, "\x00".join(parts).lower(),
+                  short)
+
+
+def _short_field(short: int, width: int) -> str:
+    """The count of requests too young for a line: `2 short`, or `+2` in a narrow list; blank
+    (of the same width) when none, so that the columns after it never move."""
+    if width >= SHORT_WORDS_WIDTH:
+        return f"{short:>2} short " if short else " " * 9
+    return f"+{short:<2} " if short else " " * 4
+
+
+UNKNOWN = "?"  # a figure the stats did not give (rss 0: uWSGI without memory-report)
+
+
+def respawns(w: Worker) -> int:
+    """Times the worker was respawned: uWSGI's respawn_count counts the first spawn too, so a
+    worker never respawned says 1."""
+    return max(0, w.respawn_count - 1)
 
 
 class WorkerList(ScrollView, can_focus=True):
@@ -170,7 +218,7 @@ class WorkerList(ScrollView, can_focus=True):
         Binding("pageup", "cursor_page_up", "Page up", show=False, id="worker-list.page-up"),
         Binding("pagedown", "cursor_page_down", "Page down", show=False,
                 id="worker-list.page-down"),
-        Binding("enter", "select_cursor", "Worker actions", id="worker-list.select"),
+        Binding("enter", "select_cursor", "Detail", id="worker-list.select"),
     ]
 
     COMPONENT_CLASSES: ClassVar[set[str]] = {
@@ -304,6 +352,9 @@ class WorkerList(ScrollView, can_focus=True):
         self._strips: dict[WorkerKey, dict[tuple[int, bool], Strip]] = {}
         self._strip_width = -1
         self._styles: dict[str, Style] = {}
+        self._cheap = 0  # workers cheaper mode has not spawned: one summary line, no rows
+        # The cursor follows the worst worker until the user moves it (jump_worst resumes).
+        self._follow_worst = True
 
     # ----------------------------------------------------------------------------- public API
 
@@ -325,8 +376,10 @@ class WorkerList(ScrollView, can_focus=True):
 
     @cursor_key.setter
     def cursor_key(self, key: WorkerKey | None) -> None:
-        """Move the cursor to a worker (ignored when that worker is not shown)."""
+        """Move the cursor to a worker (ignored when that worker is not shown); it then stays
+        there rather than following the worst worker."""
         if key in self._first_line:
+            self._follow_worst = False
             self._move_cursor(key)
 
     @property
@@ -345,8 +398,48 @@ class WorkerList(ScrollView, can_focus=True):
 
     @property
     def line_count(self) -> int:
-        """Lines of content (worker headers + request lines; 1 for the "no workers" line)."""
-        return max(1, len(self._lines))
+        """Lines of content (worker headers + request lines; 1 for the "no workers" line),
+        plus the cheap workers' summary line."""
+        return max(1, len(self._lines)) + (1 if self._cheap else 0)
+
+    @property
+    def cheap_count(self) -> int:
+        """Workers not spawned by cheaper mode (shown as one summary line)."""
+        return self._cheap
+
+    @property
+    def following_worst(self) -> bool:
+        """Whether the cursor follows the worst worker (until the user moves it)."""
+        return self._follow_worst
+
+    def worst_keys(self) -> list[WorkerKey]:
+        """Shown workers with a request past a threshold, worst first: critical before slow,
+        then the oldest request first."""
+        blocks = self._blocks
+        bad = [k for k in self._order if blocks[k].level != "ok"]
+        bad.sort(key=lambda k: (-LEVELS.index(blocks[k].level), -blocks[k].max_age, k))
+        return bad
+
+    def jump_worst(self) -> WorkerKey | None:
+        """Move to the worst worker; from there, to the next worst (and round). On the worst
+        the cursor follows it across polls; anywhere else it stays put. None: no worker has a
+        request past a threshold (the cursor does not move)."""
+        worst = self.worst_keys()
+        if not worst:
+            return None
+        index = worst.index(self._cursor) if self._cursor in worst else -1
+        if index >= 0 and not self._follow_worst and index == 0:
+            index = -1  # on the worst but not following: this key means "follow it"
+        target = worst[(index + 1) % len(worst)]
+        self._follow_worst = target == worst[0]
+        self._move_cursor(target)
+        return target
+
+    def _follow(self) -> None:
+        if self._follow_worst:
+            worst = self.worst_keys()
+            if worst and worst[0] != self._cursor:
+                self._move_cursor(worst[0], scroll=self.is_mounted)
 
     def set_workers(self, workers: Sequence[Worker], now: float) -> None:
         """Show these workers; `now` (epoch seconds) is what request ages are measured from.
@@ -359,7 +452,11 @@ class WorkerList(ScrollView, can_focus=True):
         changed: list[WorkerKey] = []
         strips = self._strips
         seen: dict[int, int] = {}
+        cheap = 0
         for worker in workers:
+            if is_cheap(worker):
+                cheap += 1
+                continue
             nth = seen.get(worker.id, 0)
             seen[worker.id] = nth + 1
             key = (worker.id, nth)
@@ -378,17 +475,23 @@ class WorkerList(ScrollView, can_focus=True):
                 changed.append(key)
                 cached = strips.get(key)
                 if cached is not None:
-                    keep_header = previous.level == block.level
+                    keep_header = (previous.level, previous.short) == (block.level,
+                                                                        block.short)
                     for line in [k for k in cached if k[0] > 0 or not keep_header]:
                         del cached[line]
             new[key] = block
         removed = [wid for wid in old if wid not in new]
+        if cheap != self._cheap:
+            self._cheap = cheap
+            self.virtual_size = Size(0, self.line_count)
+            self.refresh()
         if not changed and not removed:
             return
         self._blocks = new
         for wid in removed:
             strips.pop(wid, None)
         self._relayout(changed)
+        self._follow()
 
     def sort_by(self, key: SortKey) -> None:
         """Order workers by id, by their longest running request ("age", longest first), or by
@@ -398,6 +501,7 @@ class WorkerList(ScrollView, can_focus=True):
         if key != self._sort:
             self._sort = key
             self._relayout(None, follow_cursor=True)
+            self._follow()
 
     def set_filter(self, text: str) -> None:
         """Show only workers where `text` (case-insensitive) occurs in a URI, method, client
@@ -406,6 +510,7 @@ class WorkerList(ScrollView, can_focus=True):
         if text != self._filter:
             self._filter = text
             self._relayout(None, follow_cursor=True)
+            self._follow()
 
     # ------------------------------------------------------------------------------- layout
 
@@ -506,6 +611,8 @@ class WorkerList(ScrollView, can_focus=True):
         return self._order.index(self._cursor) if self._cursor in self._first_line else -1
 
     def _move_index(self, index: int) -> None:
+        """A move asked for by the user: the cursor stops following the worst worker."""
+        self._follow_worst = False
         if self._order:
             self._move_cursor(self._order[max(0, min(index, len(self._order) - 1))])
 
@@ -539,6 +646,7 @@ class WorkerList(ScrollView, can_focus=True):
         if worker_id == self._cursor:  # one block taller than the page: go to the neighbour
             self._move_index(self._cursor_index() + direction)
         else:
+            self._follow_worst = False
             self._move_cursor(worker_id)
 
     def action_cursor_page_up(self) -> None:
@@ -558,6 +666,7 @@ class WorkerList(ScrollView, can_focus=True):
         worker_id = self._worker_at_line(offset.y + round(self.scroll_y))
         if worker_id is None:
             return
+        self._follow_worst = False
         self._move_cursor(worker_id, scroll=False)
         if event.chain >= 2:
             self.post_message(self.Selected(self, worker_id[0], worker_id))
@@ -584,8 +693,11 @@ class WorkerList(ScrollView, can_focus=True):
             self._strip_width = width
         line_no = round(self.scroll_y) + y
         if line_no >= len(self._lines):
-            if line_no == 0:
+            content_lines = max(1, len(self._lines))
+            if line_no == 0 and not self._lines:
                 return self._to_strip(self._empty_text(), width, False)
+            if self._cheap and line_no == content_lines:
+                return self._to_strip(self._cheap_text(), width, False)
             return Strip.blank(width, self._line_style(False))
         wid, sub = self._lines[line_no]
         is_cursor = sub == 0 and wid == self._cursor
@@ -594,7 +706,8 @@ class WorkerList(ScrollView, can_focus=True):
         if strip is None:
             block = self._blocks[wid]
             if sub == 0:
-                text = self._header_text(block.worker, block.level, is_cursor, width)
+                text = self._header_text(block.worker, block.level, is_cursor, width,
+                                         block.short)
             else:
                 text = self._request_text(block.requests[sub - 1], width)
             strip = cache[(sub, is_cursor)] = self._to_strip(text, width, is_cursor)
@@ -620,16 +733,25 @@ class WorkerList(ScrollView, can_focus=True):
         text.truncate(width, overflow="ellipsis", pad=True)
         return Strip(text.render(self.app.console, end=""), width)
 
+    def _cheap_text(self) -> Text:
+        text = Text(no_wrap=True, end="")
+        text.append(f"  {self._cheap} cheap", self._style("idle"))
+        text.append(" (not spawned: cheaper mode starts them under load)", self._style("muted"))
+        return text
+
     def _empty_text(self) -> Text:
         text = Text(no_wrap=True, end="")
-        if self._blocks and self._filter:
+        if self._cheap and not self._blocks:
+            text.append("  no spawned worker", self._style("muted"))
+        elif self._blocks and self._filter:
             text.append("  no worker matches ", self._style("muted"))
             text.append(plain(self._filter), self._style("muted"))
         else:
             text.append("  no workers", self._style("muted"))
         return text
 
-    def _header_text(self, w: Worker, level: Level, is_cursor: bool, width: int) -> Text:
+    def _header_text(self, w: Worker, level: Level, is_cursor: bool, width: int,
+                     short: int = 0) -> Text:
         label = self._style("label")
         alert = self._style("alert")
         status = plain(w.status)
@@ -648,18 +770,20 @@ class WorkerList(ScrollView, can_focus=True):
         no_style = Style()
         # (drop rank, caption, value, value style): when the line is narrower than the fields,
         # the highest ranks go first, so that a narrow pane still shows what matters.
-        fields: list[tuple[int, str, str, Style]] = [
+        fields: list[tuple[float, str, str, Style]] = [
             (0, "", CURSOR_MARK if is_cursor else NO_MARK, no_style),
             (0, "", f"#{w.id:<3} ", self._style("id")),
             (0, "", status + " " * (7 - cell_len(status)), status_style),
             (0, "pid ", f"{w.pid:<7} " if w.pid else "-       ",
              no_style if w.pid else status_style),
+            # Requests younger than the slow threshold: a count, so rows do not move.
+            (1.5, "", _short_field(short, width), self._style("busy")),
             (4, "req ", f"{w.requests:<6} ", no_style),
             (2, "exc ", f"{w.exceptions:<3} ", alert if w.exceptions else no_style),
             (1, "hk ", f"{w.harakiri_count:<2} ", alert if w.harakiri_count else no_style),
-            (6, "resp ", f"{w.respawn_count:<2} ", no_style),
+            (6, "resp ", f"{respawns(w):<2} ", no_style),
             (3, "avg ", f"{fmt_ms(w.avg_rt_ms):>5} ", no_style),
-            (5, "rss ", human_bytes(w.rss) if w.rss else "-", no_style),
+            (5, "rss ", human_bytes(w.rss) if w.rss else UNKNOWN, no_style),
         ]
         total = sum(len(caption) + cell_len(value) for _, caption, value, _ in fields)
         while total > width and fields[-1][0] > 0:
@@ -677,7 +801,10 @@ class WorkerList(ScrollView, can_focus=True):
         return text
 
     def _request_text(self, r: _RequestLine, width: int) -> Text:
+        """`  ✖ CRIT    31s c0  GET     /hang/report?id=42        host  from 10.0.0.7`, laid
+        out in at most REQUEST_SPAN cells so that columns line up with the worker rows."""
         narrow = width < NARROW_WIDTH
+        span = min(width, REQUEST_SPAN)
         line_style = self._style(r.level) if r.level != "ok" else Style()
         text = Text(no_wrap=True, end="")
         text.append(" " if narrow else "  ")
@@ -693,15 +820,18 @@ class WorkerList(ScrollView, can_focus=True):
         method = ellipsize(plain(r.method), 7)
         method_width = (cell_len(method) + 1 if narrow else 8) if captured else 0
         remote = ellipsize(plain(r.remote_addr), 24)
+        host = ellipsize(plain(r.host), HOST_WIDTH) if span >= HOST_COLUMN_MIN_SPAN else ""
+        host = host + " " * (HOST_WIDTH - cell_len(host)) if host else ""
+        host_width = HOST_WIDTH + 2 if host else 0
         tail_width = len(FROM) + cell_len(remote) if remote else 0
-        room = width - text.cell_len
-        uri_room = room - tail_width - method_width
+        room = span - text.cell_len
+        uri_room = room - tail_width - host_width - method_width
         uri_len = cell_len(plain(r.uri)) if captured else len(NOT_CAPTURED)
         if uri_room < min(uri_len, MIN_URI_WIDTH):
-            # The URI says what is stuck; the client address gives way first.
-            tail_width = 0
-            remote = ""
-        what_width = room - tail_width - method_width
+            # The URI says what is stuck; the host and client address give way first.
+            tail_width = host_width = 0
+            remote = host = ""
+        what_width = room - tail_width - host_width - method_width
         if captured:
             text.append(method + " " * (method_width - cell_len(method)), line_style)
             what = ellipsize(plain(r.uri), what_width)
@@ -709,9 +839,13 @@ class WorkerList(ScrollView, can_focus=True):
         else:
             what = ellipsize(NOT_CAPTURED, what_width)
             text.append(what, self._style("muted"))
-        if remote:
-            # Client addresses line up at the right edge, where the eye finds them.
+        if remote or host:
+            # Host and client line up in columns at the end of the span.
             text.append(" " * max(0, what_width - cell_len(what)))
+        if host:
+            text.append("  ")
+            text.append(host, self._style("label"))
+        if remote:
             text.append(FROM, self._style("label"))
             text.append(remote, line_style)
         return text

@@ -3,7 +3,13 @@
 Fed ReloadProgress values (from stackmon.actions.reload_progress) by the app's worker that
 follows the reload; this screen only renders them. Each worker shows replaced (old pid -> new),
 draining (the request it is finishing and its age, with a countdown bar), about to be killed,
-exited (waiting for respawn) or waiting its turn (chain); then the outcome and how long it took.
+exited or waiting its turn (chain); then the outcome and how long it took.
+
+Above the table, what the clients get, from the stats and the kernel: how many workers serve
+new requests right now, "NO WORKER SERVING for 12 s" when none does (a graceful reload respawns
+nothing until the last old worker has exited: one stuck request keeps the whole instance from
+serving until mercy, and nginx meanwhile gets no answer), the listen queue and whether it is
+growing, and the requests that mercy will cut.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from stackmon.actions.reload_progress import ReloadProgress, WorkerReload
+from stackmon.model import HostSnapshot
 from stackmon.redact import visible
 from stackmon.render_text import human_age
 
@@ -24,7 +31,7 @@ STATE_STYLE = {
     "replaced": ("replaced", "bold green"),
     "draining": ("draining", "bold yellow"),
     "killing": ("KILL SOON", "bold white on red"),
-    "exited": ("exited, respawning", "cyan"),
+    "exited": ("exited", "cyan"),
     "waiting": ("waiting its turn", "dim"),
     "gone": ("not in stats", "dim"),
 }
@@ -40,8 +47,25 @@ def _bar(countdown: float | None, mercy: float, width: int = 20) -> Text:
                          f" {left:4.0f}s")
 
 
-def _row(w: WorkerReload, mercy: float) -> tuple[Text, Text, Text, Text, Text]:
+# What an exited worker waits for: graceful respawns all workers once the last has exited
+# (uWSGI re-forks them together), chain respawns each one at once.
+EXITED_NOTE = {"graceful": "no respawn until the last exits", "chain": "respawning"}
+
+
+def serving(p: ReloadProgress) -> int:
+    """Workers that take new requests now: the new ones (replaced, with a pid), and in a chain
+    reload the old ones still waiting their turn. A draining worker finishes its request and
+    takes no other; an exited one has no process."""
+    return sum(1 for w in p.workers
+               if (w.state == "replaced" and w.pid) or (p.mode == "chain" and
+                                                         w.state == "waiting"))
+
+
+def _row(w: WorkerReload, mercy: float, mode: str = "graceful"
+         ) -> tuple[Text, Text, Text, Text, Text]:
     label, style = STATE_STYLE.get(w.state, (w.state, ""))
+    if w.state == "exited":
+        label = f"exited, {EXITED_NOTE.get(mode, 'respawning')}"
     pids = Text(f"{w.old_pid} → {w.pid}" if w.state == "replaced" else str(w.pid or w.old_pid))
     what = Text()
     if w.request is not None:
@@ -54,19 +78,59 @@ def _row(w: WorkerReload, mercy: float) -> tuple[Text, Text, Text, Text, Text]:
     return Text(str(w.id)), Text(label, style=style), pids, what, _bar(w.countdown, mercy)
 
 
-def render_progress(host: str, instance: str, p: ReloadProgress) -> Table:
+QueueFigures = tuple[int, int, int | None]  # depth, backlog, the previous depth
+
+
+def clients_text(p: ReloadProgress, none_for: float | None,
+                 queue: QueueFigures | None) -> Text:
+    """`serving now 0/4  NO WORKER SERVING for 12 s  listen queue 31/100 growing` and the
+    requests mercy will cut."""
+    n = serving(p)
+    text = Text()
+    text.append("serving now ", "dim")
+    text.append(f"{n}/{len(p.workers)}", "bold")
+    if not p.done and n == 0:
+        text.append("  ")
+        since = f" for {none_for:.0f} s" if none_for is not None else ""
+        text.append(f" NO WORKER SERVING{since} ", "bold reverse red")
+        text.append("  nginx gets no answer", "bold")
+    if queue is not None:
+        depth, backlog, before = queue
+        text.append("   listen queue ", "dim")
+        full = backlog > 0 and depth >= backlog
+        text.append(f"{depth}/{backlog or '?'}", "bold reverse red" if full else "bold")
+        if before is not None and depth > before:
+            text.append(" growing", "bold yellow")
+    cut = [w for w in p.workers if w.state in ("draining", "killing") and w.request]
+    for w in cut:
+        assert w.request is not None
+        text.append("\n")
+        when = f"in {max(0.0, w.countdown or 0):.0f} s" if w.countdown is not None else "soon"
+        text.append(f"cut at mercy {when}: ", "bold yellow")
+        text.append(f"worker {w.id} ")
+        text.append(visible(w.request.method or "?"), "bold")
+        text.append(" ")
+        text.append(visible(w.request.uri or "(not captured)"))
+        text.append(f"  {human_age(w.request.running_s)}", "bold")
+    return text
+
+
+def render_progress(host: str, instance: str, p: ReloadProgress,
+                    none_for: float | None = None, queue: QueueFigures | None = None) -> Table:
     """The whole view as one renderable (pure: the screen and tests use it)."""
     table = Table(expand=True, box=None, header_style="bold", pad_edge=False)
     table.add_column("worker", no_wrap=True, width=6)
-    table.add_column("state", no_wrap=True, width=18)
+    table.add_column("state", no_wrap=True, width=36)
     table.add_column("pid", no_wrap=True, width=15)
     table.add_column("finishing", ratio=1, overflow="ellipsis", no_wrap=True)
     table.add_column("mercy left", no_wrap=True, width=26)
     for w in p.workers:
-        table.add_row(*_row(w, p.mercy))
+        table.add_row(*_row(w, p.mercy, p.mode))
     title = Text.assemble((f"{p.mode.capitalize()} reload ", "bold"), "of ",
                           (visible(instance), "bold"), " on ", (visible(host), "bold"),
-                          f"   elapsed {p.elapsed:.0f} s   worker-reload-mercy {p.mercy:g} s")
+                          f"   elapsed {p.elapsed:.0f} s   worker-reload-mercy {p.mercy:g} s\n")
+    title.append_text(clients_text(p, none_for, queue))
+    title.justify = "left"
     status_style = "bold green" if p.done else ("bold yellow" if p.stats_available else
                                                 "bold cyan")
     table.title = title
@@ -80,20 +144,58 @@ class ReloadScreen(Screen[None]):
     """
     BINDINGS = [Binding("escape,q", "close", "Back (the reload goes on)")]
 
-    def __init__(self, host: str, instance: str, start: ReloadProgress) -> None:
+    def __init__(self, host: str, instance: str, start: ReloadProgress,
+                 host_index: int = -1, address: str = "") -> None:
         super().__init__()
         self.host, self.instance, self.progress = host, instance, start
+        self.host_index, self.address = host_index, address
+        self._none_since: float | None = None  # elapsed when the last serving worker went
+        self._queue: QueueFigures | None = None
+        self._track(start)
 
     def compose(self) -> ComposeResult:
         with VerticalScroll():
-            yield Static(render_progress(self.host, self.instance, self.progress), id="reload")
+            yield Static(self._view(), id="reload")
         yield Footer()
+
+    def _track(self, progress: ReloadProgress) -> None:
+        if serving(progress) or progress.done:
+            self._none_since = None
+        elif self._none_since is None:
+            self._none_since = progress.elapsed
+
+    def _view(self) -> Table:
+        p = self.progress
+        none_for = None if self._none_since is None else p.elapsed - self._none_since
+        return render_progress(self.host, self.instance, p, none_for, self._queue)
 
     def set_progress(self, progress: ReloadProgress) -> None:
         self.progress = progress
+        self._track(progress)
+        self._redraw()
+
+    def set_host(self, snap: HostSnapshot) -> None:
+        """A poll of the host: the instance's listen queue, from the stats or the kernel
+        (which keeps answering while the master re-executes)."""
+        depth = backlog = -1
+        for inst in snap.uwsgi:
+            if inst.address == self.address:
+                for sock in inst.sockets:
+                    if sock.queue > depth:
+                        depth, backlog = sock.queue, sock.max_queue
+        if depth < 0:
+            for li in snap.listeners:
+                if li.instance == self.address and li.queue > depth:
+                    depth, backlog = li.queue, li.backlog
+        if depth < 0:
+            return
+        before = self._queue[0] if self._queue is not None else None
+        self._queue = (depth, backlog, before)
+        self._redraw()
+
+    def _redraw(self) -> None:
         if self.is_mounted:
-            self.query_one("#reload", Static).update(
-                render_progress(self.host, self.instance, progress))
+            self.query_one("#reload", Static).update(self._view())
 
     def action_close(self) -> None:
         self.dismiss(None)

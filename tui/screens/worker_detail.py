@@ -22,6 +22,7 @@ from textual.widgets import Footer, Static
 from stackmon.model import Worker
 from stackmon.redact import visible
 from stackmon.render_text import human_age, human_bytes
+from widgets.worker_list import UNKNOWN, respawns
 
 LEVEL_STYLE = {"ok": "", "slow": "bold black on yellow", "critical": "bold white on red"}
 LEVEL_LABEL = {"ok": "", "slow": " SLOW ", "critical": " CRIT "}
@@ -49,8 +50,9 @@ def render_worker_detail(host: str, worker: Worker | None, worker_id: int, now: 
     rows = (
         ("pid", str(worker.pid), "status", worker.status),
         ("requests", str(worker.requests), "exceptions", str(worker.exceptions)),
-        ("respawns", str(worker.respawn_count), "harakiri", str(worker.harakiri_count)),
-        ("avg rt", f"{worker.avg_rt_ms:.0f} ms", "rss", human_bytes(worker.rss)),
+        ("respawns", str(respawns(worker)), "harakiri", str(worker.harakiri_count)),
+        ("avg rt", f"{worker.avg_rt_ms:.0f} ms", "rss",
+         human_bytes(worker.rss) if worker.rss else UNKNOWN),
         ("spawned", _when(worker.last_spawn), "accepting", "yes" if worker.accepting else "no"),
     )
     for row in rows:  # Text cells: a str cell would be parsed as markup (status is open-ended)
@@ -88,7 +90,7 @@ class WorkerDetailScreen(Screen[None]):
     BINDINGS = [Binding("escape,q", "close", "Back")]
 
     def __init__(self, host_index: int, host_name: str, worker: Worker, address: str,
-                 now: float, nth: int = 0) -> None:
+                 now: float, nth: int = 0, read_only: bool = False) -> None:
         super().__init__()
         self.host_index = host_index
         self.host_name = host_name
@@ -98,14 +100,13 @@ class WorkerDetailScreen(Screen[None]):
         self.first_pid = worker.pid
         self.worker: Worker | None = worker
         self._now = now
+        # K kills this worker; read-only keeps the key (it says why) out of the Footer.
+        self._bindings.bind("K", "kill", "Kill", show=not read_only, key_display="K")
 
     def compose(self) -> ComposeResult:
         with VerticalScroll():
             yield Static(id="detail")
         yield Footer()
-
-    def on_mount(self) -> None:
-        self._refresh()
 
     def set_worker(self, worker: Worker | None, now: float) -> None:
         if worker == self.worker and int(now) == int(self._now):
@@ -120,3 +121,18 @@ class WorkerDetailScreen(Screen[None]):
 
     def action_close(self) -> None:
         self.dismiss(None)
+
+    def action_kill(self) -> None:
+        """K here kills the worker this screen shows (as it is now: the app asks, names the
+        pid, and refuses a worker without a process)."""
+        from tui.app import StackmonApp
+
+        app = self.app
+        if self.worker is None:
+            self.notify("This worker is no longer in the stats: nothing to kill.",
+                        severity="warning")
+        elif isinstance(app, StackmonApp):
+            app.confirm_kill(app.panes[self.host_index], self.worker, self.address)
+
+    def on_mount(self) -> None:
+        self._refresh()
