@@ -46,6 +46,30 @@ class SourceError:
     message: str
 
 
+DeadlineName = Literal["harakiri", "nginx_read_timeout", "lb_idle_timeout"]
+DEADLINE_NAMES: tuple[DeadlineName, ...] = ("harakiri", "nginx_read_timeout", "lb_idle_timeout")
+
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """A limit a request in flight runs into (stackmon.deadlines computes them).
+
+    `after_s`: seconds from the snapshot until the request hits it, negative once past (a
+    request past nginx's read timeout is one whose client already has a 504). `limit_s`: the
+    configured limit; `source`: where it was set ("uwsgi.ini:12", "nginx.conf:40"), "default"
+    when nothing sets it, or "settings" for the hosts file's lb_idle_timeout.
+    """
+
+    name: DeadlineName
+    after_s: float
+    limit_s: float
+    source: str = "default"
+
+    @property
+    def past(self) -> bool:
+        return self.after_s < 0
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
     """A request in flight on one core of one worker (from the stats document's vars)."""
@@ -60,6 +84,8 @@ class Request:
     level: Level
     # Every KEY=VALUE the stats server sent, secrets already redacted, in its order.
     vars: tuple[tuple[str, str], ...] = ()
+    # The deadlines it runs into, soonest first (empty until stackmon.deadlines.annotate).
+    deadlines: tuple[Deadline, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

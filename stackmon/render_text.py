@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 
+from stackmon.deadlines import describe, nearest
 from stackmon.health import CAUSE_WORDS, assess
 from stackmon.model import HostSnapshot, Snapshot, Thresholds, UwsgiInstance, Worker
 from stackmon.redact import visible
@@ -39,8 +40,10 @@ def _worker_lines(w: Worker) -> list[str]:
             continue
         mark = {"ok": "", "slow": "  SLOW", "critical": "  CRITICAL"}[r.level]
         what = f"{r.method} {r.uri}".strip() or "(request details not captured)"
+        soonest = nearest(r.deadlines)
+        due = f"  · {describe(soonest)}" if soonest is not None else ""
         lines.append(f"      core {r.core}: {what}  from {r.remote_addr or '?'}  "
-                     f"running {human_age(r.running_s)}{mark}")
+                     f"running {human_age(r.running_s)}{mark}{due}")
     return lines
 
 

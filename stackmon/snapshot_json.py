@@ -21,7 +21,9 @@ from stackmon.logs.host import LogSummary, SourceStatus
 from stackmon.logs.nginx_errors import UpstreamError
 from stackmon.logs.uwsgi_events import Event
 from stackmon.model import (
+    DEADLINE_NAMES,
     Core,
+    Deadline,
     FdReport,
     HostSnapshot,
     KernelCounters,
@@ -52,7 +54,14 @@ def request_to_dict(r: Request) -> dict[str, Any]:
         "core": r.core, "method": r.method, "uri": r.uri, "remote_addr": r.remote_addr,
         "host": r.host, "started_at": r.started_at, "running_s": r.running_s, "level": r.level,
         "vars": [[k, v] for k, v in r.vars],
+        "deadlines": [deadline_to_dict(d) for d in r.deadlines],
     }
+
+
+def deadline_to_dict(d: Deadline) -> dict[str, Any]:
+    """DESIGN's {"name", "after_s"}, plus the limit and where it was set."""
+    return {"name": d.name, "after_s": round(d.after_s, 3), "limit_s": d.limit_s,
+            "source": visible(d.source)}
 
 
 def worker_to_dict(w: Worker) -> dict[str, Any]:
@@ -254,7 +263,32 @@ def _request(d: dict[str, Any]) -> Request:
         started_at=_opt_float(d.get("started_at")), running_s=_opt_float(d.get("running_s")),
         level=d.get("level", "ok") if d.get("level") in ("ok", "slow", "critical") else "ok",
         vars=_vars(d.get("vars", ())),
+        deadlines=_deadlines(d.get("deadlines")),
     )
+
+
+_MAX_DEADLINES = 8  # three kinds today; a hostile document gets no more than this
+
+
+def _deadlines(raw: Any) -> tuple[Deadline, ...]:
+    """A request's deadlines read back; entries with an unknown name or a non-finite time are
+    skipped (a newer agent may add kinds this version cannot describe)."""
+    if not isinstance(raw, list):
+        return ()
+    out = []
+    for d in raw[:_MAX_DEADLINES]:
+        if not isinstance(d, dict):
+            continue
+        name = next((n for n in DEADLINE_NAMES if n == d.get("name")), None)
+        try:
+            after, limit = _opt_float(d.get("after_s")), _opt_float(d.get("limit_s", 0))
+        except (TypeError, ValueError):
+            continue
+        if name is None or after is None:
+            continue
+        out.append(Deadline(name=name, after_s=after, limit_s=limit or 0.0,
+                            source=_text(d, "source") or "default"))
+    return tuple(sorted(out, key=lambda x: x.after_s))
 
 
 def _worker(d: dict[str, Any]) -> Worker:

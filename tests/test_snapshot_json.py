@@ -167,3 +167,38 @@ def test_emperor_and_cheap_workers_round_trip():
     assert back.uwsgi[1] == emperor
     assert back.uwsgi[0].cheap_workers == 2
     assert host_to_dict(back) == written
+
+
+def test_deadlines_round_trip_and_a_foreign_list_is_bounded():
+    """Each request's deadlines are written as DESIGN's {"name", "after_s"} (plus limit and
+    source) and read back equal; unknown names, non-numbers and absurd lists are dropped."""
+    from stackmon.model import Deadline
+
+    doc = hostile_document()
+    req = doc["uwsgi"][0]["workers"][0]["requests_in_flight"][0]
+    req["deadlines"] = [
+        {"name": "nginx_read_timeout", "after_s": -2.5, "limit_s": 20.0,
+         "source": f"/etc/nginx/nginx.conf:12{ESC}"},
+        {"name": "harakiri", "after_s": 20.0, "limit_s": 30.0, "source": "/srv/u.ini:3"},
+        {"name": "lb_idle_timeout", "after_s": 50.0},  # DESIGN's minimum: name and after_s
+        {"name": "coffee_break", "after_s": 1.0},
+        {"name": "harakiri", "after_s": "soon"},
+        {"name": "harakiri", "after_s": float("nan")},
+        "not an object",
+    ]
+    (r,) = host_from_dict(doc).uwsgi[0].workers[0].requests_in_flight
+    assert r.deadlines == (
+        Deadline("nginx_read_timeout", -2.5, 20.0, f"/etc/nginx/nginx.conf:12{SHOWN}"),
+        Deadline("harakiri", 20.0, 30.0, "/srv/u.ini:3"),
+        Deadline("lb_idle_timeout", 50.0, 0.0, "default"))
+    written = host_to_dict(host_from_dict(doc))
+    out = written["uwsgi"][0]["workers"][0]["requests_in_flight"][0]["deadlines"]
+    assert [(d["name"], d["after_s"]) for d in out] == [
+        ("nginx_read_timeout", -2.5), ("harakiri", 20.0), ("lb_idle_timeout", 50.0)]
+    back = host_from_dict(json.loads(json.dumps(written)))
+    assert back.uwsgi[0].workers[0].requests_in_flight[0].deadlines == r.deadlines
+    req["deadlines"] = [{"name": "harakiri", "after_s": float(i)} for i in range(10_000)]
+    (r,) = host_from_dict(doc).uwsgi[0].workers[0].requests_in_flight
+    assert len(r.deadlines) == 8
+    req["deadlines"] = {"name": "harakiri"}
+    assert host_from_dict(doc).uwsgi[0].workers[0].requests_in_flight[0].deadlines == ()
