@@ -70,7 +70,8 @@ def main() -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="stackmon-bench-"))
     stack = Stack.start(workdir, workers=8, threads=2, listen=32, mercy=5, name="bench")
-    traffic = TrafficThread(stack.base_url, capacity=stack.capacity, listen=32).start() \
+    traffic = TrafficThread(stack.base_url, capacity=stack.capacity, listen=32,
+                            stats_address=stack.stats_address).start() \
         if stack.base_url else None
     programs = {
         "stackmon": f"{BIN}/stackmon --uwsgi {stack.stats_address} --nginx "

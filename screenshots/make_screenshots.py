@@ -65,6 +65,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="stackmon-shots-"))
     stack = Stack.start(workdir, workers=4, threads=2, listen=32, mercy=15, name="demo")
     traffic = TrafficThread(stack.base_url, capacity=stack.capacity, listen=32,
+                            stats_address=stack.stats_address,
                             first_burst=18.0, seed=7).start() if stack.base_url else None
     try:
         time.sleep(22)  # stuck requests past "slow", and the first queue burst under way

@@ -79,7 +79,8 @@ def run_demo(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         base = stack.base_url
         if base:
-            traffic = TrafficThread(base, capacity=stack.capacity, listen=DEMO_LISTEN).start()
+            traffic = TrafficThread(base, capacity=stack.capacity, listen=DEMO_LISTEN,
+                                    stats_address=stack.stats_address).start()
         targets = demo_targets(stack, args)
         if args.no_ui:
             print(f"uwsgi stats: {stack.stats_address}")

@@ -3,7 +3,13 @@
 Three loops share one stop event:
 - steady traffic, a few requests per second (/, /fast, /healthz, some /slow, a rare /error);
 - a couple of stuck requests always in flight, with realistic URIs (/hang/report?id=42,
-  /hang/export.csv) and the headers that redaction must hide (Cookie, Authorization);
+  /hang/export.csv) and the headers that redaction must hide (Cookie, Authorization). The demo
+  is how new users learn the tool, so a stuck request must be there whenever they look: one
+  that ends (finished, or its worker killed from stackmon, or cut by a reload's mercy) is sent
+  again within a couple of seconds. nginx gives up on a hang after uwsgi_read_timeout (504)
+  while the worker keeps sleeping; from then on the client cannot see the worker, so with the
+  stats address each slot looks for its own request (tagged X-Demo-Hang) in the stats, and
+  re-sends as soon as it is gone; without it, the slot waits for the hang's own duration;
 - now and then a burst: every core gets a /slow?s=5, then more connections than there are
   cores pile up behind them, so the listen queue fills for a few seconds (and overflows into
   502s when the burst is bigger than the backlog).
@@ -26,6 +32,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from stackmon.addresses import AddressError, StatsAddress, parse_stats_address
+from stackmon.model import SourceError, Thresholds
+from stackmon.sources.uwsgi_stats import poll_stats
+
 # Deliberately fake secrets: the UI must show them as redacted.
 DEMO_HEADERS: dict[str, str] = {
     "Cookie": "sessionid=demo-not-a-secret; theme=dark",
@@ -39,6 +49,11 @@ HANG_PATHS: tuple[str, ...] = (
     "/hang/api/v1/orders?page=7&sort=created",
     "/hang/search?q=invoices+2024",
 )
+
+HANG_TAG = "X-Demo-Hang"  # which slot's which hang: found again in the stats' request vars
+HANG_TAG_VAR = "HTTP_X_DEMO_HANG"
+RESEND_AFTER = (0.5, 2.0)  # seconds before a hang that ended is sent again
+WATCH_EVERY = 2.0  # seconds between looks at the stats for a hang nginx gave up on
 
 # (path, weight) for steady traffic; /slow durations are filled in per request.
 STEADY_MIX: tuple[tuple[str, int], ...] = (
@@ -60,6 +75,7 @@ class TrafficStats:
     errors: Counter[str] = field(default_factory=Counter)
     skipped: int = 0  # steady requests not sent because the concurrency bound was reached
     hangs_started: int = 0
+    hangs_resent_early: int = 0  # ended before their time (killed, mercy), then sent again
     bursts: int = 0
 
     def record(self, status: int | None = None, error: BaseException | None = None) -> None:
@@ -146,6 +162,26 @@ async def _steady(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+class HangWatch:
+    """Whether a tagged hang is still running on a worker, from the uWSGI stats (None: the
+    stats cannot tell, e.g. no address or no answer)."""
+
+    def __init__(self, stats_address: str | None) -> None:
+        self.address: StatsAddress | None = None
+        if stats_address:
+            with contextlib.suppress(AddressError):
+                self.address = parse_stats_address(stats_address)
+
+    async def running(self, tag: str) -> bool | None:
+        if self.address is None:
+            return None
+        got = await poll_stats(self.address, Thresholds(), timeout=2.0)
+        if isinstance(got, SourceError):
+            return None
+        return any((HANG_TAG_VAR, tag) in r.vars for w in got.workers
+                   for r in w.requests_in_flight)
+
+
 async def _hang_slot(
     client: httpx.AsyncClient,
     base: str,
@@ -153,25 +189,26 @@ async def _hang_slot(
     stats: TrafficStats,
     rng: random.Random,
     hang_seconds: tuple[float, float],
-    hang_every: float,
+    slot: int = 0,
+    watch: HangWatch | None = None,
 ) -> None:
-    """Keep one stuck request in flight. nginx gives up on it after uwsgi_read_timeout (504)
-    while the worker keeps sleeping, so the next one is only sent once the previous one has
-    ended on the server too: stuck cores stay at one per slot, never creeping up."""
+    """Keep one stuck request in flight, and only one: the next is sent once the previous
+    has ended on the server too (stuck cores stay at one per slot, never creeping up), and
+    as soon as it has (a kill or a reload's mercy ends it early: re-sent within seconds)."""
     loop = asyncio.get_running_loop()
+    watch = watch or HangWatch(None)
+    seq = 0
     while not stop_event.is_set():
+        seq += 1
+        tag = f"{slot}-{seq}"
         seconds = rng.uniform(*hang_seconds)
         started = loop.time()
         stats.hangs_started += 1
-        headers = {**DEMO_HEADERS, "X-Hang-Seconds": f"{seconds:.0f}"}
+        headers = {**DEMO_HEADERS, "X-Hang-Seconds": f"{seconds:.0f}", HANG_TAG: tag}
+        status: list[int] = []
         request = asyncio.create_task(
-            _get(
-                client,
-                base + rng.choice(HANG_PATHS),
-                stats,
-                headers=headers,
-                timeout=seconds + 15.0,
-            )
+            _hang_get(client, base + rng.choice(HANG_PATHS), stats, headers, seconds + 15.0,
+                      status)
         )
         stop_wait = asyncio.create_task(stop_event.wait())
         await asyncio.wait({request, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
@@ -180,9 +217,40 @@ async def _hang_slot(
             request.cancel()
             await asyncio.gather(request, return_exceptions=True)
             return
-        server_done = started + seconds
-        if await _sleep(stop_event, server_done - loop.time() + rng.uniform(0, hang_every)):
+        # 504: nginx gave up; the worker may still be on it: wait until it is not.
+        if status == [504] and await _wait_server_side(stop_event, watch, tag,
+                                                       started + seconds, loop):
             return
+        if loop.time() < started + seconds - 1.0:
+            stats.hangs_resent_early += 1
+        if await _sleep(stop_event, rng.uniform(*RESEND_AFTER)):
+            return
+
+
+async def _hang_get(client: httpx.AsyncClient, url: str, stats: TrafficStats,
+                    headers: dict[str, str], timeout: float, status: list[int]) -> None:
+    """_get, keeping the status (504: nginx timed out; the worker may still run it)."""
+    stats.sent += 1
+    try:
+        resp = await client.get(url, headers=headers, timeout=timeout)
+        stats.record(status=resp.status_code)
+        status.append(resp.status_code)
+    except httpx.HTTPError as exc:
+        stats.record(error=exc)
+
+
+async def _wait_server_side(stop_event: asyncio.Event, watch: HangWatch, tag: str,
+                            server_done: float, loop: asyncio.AbstractEventLoop) -> bool:
+    """Wait until the tagged hang is no longer on a worker (stats), or, when the stats cannot
+    tell, until its duration is over. True if we should stop."""
+    while loop.time() < server_done:
+        running = await watch.running(tag)
+        if running is False:
+            return stop_event.is_set()
+        wait = WATCH_EVERY if running else server_done - loop.time()
+        if await _sleep(stop_event, min(wait, server_done - loop.time())):
+            return True
+    return stop_event.is_set()
 
 
 async def _burst(
@@ -245,6 +313,7 @@ async def run_traffic(
     hang_in_flight: int = 2,
     hang_seconds: tuple[float, float] = (90.0, 240.0),
     hang_every: float = 10.0,
+    stats_address: str | None = None,
     burst_every: tuple[float, float] | None = (30.0, 60.0),
     first_burst: float | None = 15.0,
     capacity: int = 8,
@@ -258,7 +327,9 @@ async def run_traffic(
     """Generate demo traffic against `base_url` (loopback only) until `stop_event` is set.
 
     rate: steady requests per second (Poisson). hang_in_flight: stuck requests kept in flight,
-    each lasting uniform(hang_seconds) on the server, then a pause of up to hang_every.
+    each lasting uniform(hang_seconds) on the server, sent again RESEND_AFTER seconds after it
+    ended (hang_every: ignored, kept for callers). stats_address: the uWSGI stats server, to
+    see a hang end after nginx gave up on it (a kill, a reload); see the module docstring.
     burst_every: (min, max) seconds between bursts, None for none; the first comes after
     first_burst. capacity: the stack's workers x threads. A burst is capacity + listen + 4
     connections unless burst_size says otherwise, so the backlog really fills (and a few
@@ -292,11 +363,12 @@ async def run_traffic(
             _steady(steady_client, base, stop_event, stats, rng, rate, max_concurrency)
         )
     ]
+    watch = HangWatch(stats_address)
     tasks += [
         asyncio.create_task(
-            _hang_slot(hang_client, base, stop_event, stats, rng, hang_seconds, hang_every)
+            _hang_slot(hang_client, base, stop_event, stats, rng, hang_seconds, slot, watch)
         )
-        for _ in range(hang_in_flight)
+        for slot in range(hang_in_flight)
     ]
     if burst_every is not None:
         tasks.append(
