@@ -17,6 +17,7 @@ from stackmon.deadlines import describe, nearest
 from stackmon.health import CAUSE_WORDS, assess
 from stackmon.model import HostSnapshot, Snapshot, Thresholds, UwsgiInstance, Worker
 from stackmon.redact import visible
+from stackmon.stuck import group_stuck
 from stackmon.units import human_age, human_bytes
 
 __all__ = ["human_age", "human_bytes", "render_host", "render_snapshot"]
@@ -144,6 +145,7 @@ def render_host(h: HostSnapshot) -> list[str]:
         head += f"  group {h.group}"
     lines = [head]
     lines.extend(f"  ! {r.text}" for r in state.reasons if r.severity in ("warn", "critical"))
+    lines.extend(f"  stuck together: {g.text()}" for g in group_stuck(h, min_count=2))
     for e in h.errors:
         lines.append(f"  error: {e.source}: {e.message}")
     for u in h.uwsgi:
