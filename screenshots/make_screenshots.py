@@ -7,11 +7,17 @@ then drives the app headless (Textual's Pilot) and saves SVG screenshots: the ma
 worker's detail, and an unreachable host (a second tab pointed at a closed port). With
 `rsvg-convert` installed (Debian: librsvg2-bin, fonts-firacode) each SVG is also turned into a
 PNG. Everything started is stopped at the end.
+
+Textual's SVG writes every space as &#160; in runs of <text> with a textLength; rsvg-convert
+drew a segment's leading no-break spaces with no width, so the PNGs lost the spaces between
+segments (`web-1CRIT 2`, `2.0.31master`). The SVG is given plain spaces under
+xml:space="preserve" before it is converted, which renders as the terminal shows it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import subprocess
 import sys
@@ -41,14 +47,7 @@ async def shoot(stack: Stack) -> list[Path]:
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause(8)  # a few polls: history, rates
         out.append(Path(app.save_screenshot("main.svg", str(HERE))))
-        pane = app.active_pane()
-        inst = pane.current_instance()
-        stuck = max((w for w in inst.workers if w.requests_in_flight),
-                    key=lambda w: max(r.running_s or 0 for r in w.requests_in_flight),
-                    default=None) if inst else None
-        if stuck is not None:
-            while pane.selected_worker() and pane.selected_worker().id != stuck.id:
-                await pilot.press("j")
+        await pilot.press("w")  # the worst worker (the cursor starts there, w makes sure)
         await pilot.press("enter")
         await pilot.pause(1.5)
         out.append(Path(app.save_screenshot("worker-detail.svg", str(HERE))))
@@ -59,6 +58,13 @@ async def shoot(stack: Stack) -> list[Path]:
         await pilot.pause(0.5)
         out.append(Path(app.save_screenshot("help.svg", str(HERE))))
     return out
+
+
+def keep_spaces(svg: Path) -> None:
+    """No-break spaces to plain spaces that the renderer must keep (see the docstring)."""
+    text = svg.read_text(encoding="utf-8").replace("&#160;", " ")
+    text = re.sub(r"<svg\b(?![^>]*xml:space)", '<svg xml:space="preserve"', text, count=1)
+    svg.write_text(text, encoding="utf-8")
 
 
 def main() -> int:
@@ -77,6 +83,7 @@ def main() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     converter = shutil.which("rsvg-convert")
     for svg in svgs:
+        keep_spaces(svg)
         if converter:
             png = svg.with_suffix(".png")
             subprocess.run([converter, "-o", str(png), str(svg)], check=True)

@@ -29,7 +29,7 @@ async def _hangs(address: str) -> dict[str, int]:
             for key, value in r.vars if key == HANG_TAG_VAR}
 
 
-async def _until(predicate, timeout: float):  # type: ignore[no-untyped-def]
+async def _until(predicate, timeout: float):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = await predicate()
