@@ -422,7 +422,8 @@ class DeadlinePlan:
         """Whether to call plan_for again: REFRESH_S passed (configs change on reload), a
         uWSGI master or the nginx master is not the one this plan read."""
         now = time.monotonic() if now is None else now
-        pids = frozenset(i.master_pid for i in instances if i.kind == "instance")
+        pids = frozenset(i.master_pid for i in instances
+                         if i.kind == "instance" and i.master_pid > 0)
         return (now - self.made_at >= REFRESH_S or not pids <= self.masters
                 or nginx_master_pid != self.nginx_pid)
 

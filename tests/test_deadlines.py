@@ -348,6 +348,8 @@ def test_plan_is_due_when_a_master_changes_or_it_is_old() -> None:
     assert p.due(snapshot_with(request(1.0), master_pid=101).uwsgi, None)
     assert p.due(snap.uwsgi, 4242)  # an nginx master appeared
     assert p.due(snap.uwsgi, None, now=p.made_at + REFRESH_S)
+    # a stats document without a master pid is no reason to read every config each poll
+    assert not p.due(snap.uwsgi + snapshot_with(request(1.0), master_pid=0).uwsgi, None)
 
 
 def test_plan_for_notes_what_it_could_not_read() -> None:
