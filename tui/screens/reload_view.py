@@ -120,7 +120,7 @@ def render_progress(host: str, instance: str, p: ReloadProgress,
     """The whole view as one renderable (pure: the screen and tests use it)."""
     table = Table(expand=True, box=None, header_style="bold", pad_edge=False)
     table.add_column("worker", no_wrap=True, width=6)
-    table.add_column("state", no_wrap=True, width=36)
+    table.add_column("state", no_wrap=True, width=40)
     table.add_column("pid", no_wrap=True, width=15)
     table.add_column("finishing", ratio=1, overflow="ellipsis", no_wrap=True)
     table.add_column("mercy left", no_wrap=True, width=26)

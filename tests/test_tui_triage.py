@@ -1,0 +1,254 @@
+"""Pilot tests for the 3 a.m. screen (issue 12): the worst worker one key away, rows that keep
+their place, states that cannot be missed, and keys that act or say why."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from stackmon.actions.reload_progress import ReloadProgress, WorkerReload
+from stackmon.model import Core, HostSnapshot, Request, Worker
+from tests.tui_support import app_for, feed, recorded, screen_text, unreachable
+from tui.screens.confirm import KillConfirm
+from tui.screens.reload_view import render_progress, serving
+from tui.screens.worker_detail import WorkerDetailScreen
+from widgets.worker_list import WorkerList
+
+
+def _request(host: HostSnapshot, core: int, uri: str, age: float) -> Request:
+    return Request(core=core, method="GET", uri=uri, remote_addr="10.0.0.9", host="h",
+                   started_at=host.taken_at - age, running_s=age, level="ok")
+
+
+def _with_requests(host: HostSnapshot, requests: dict[int, list[tuple[str, float]]]
+                   ) -> HostSnapshot:
+    """The recorded host with each worker (by id) running exactly these (uri, age)."""
+    inst = host.uwsgi[0]
+    workers = []
+    for w in inst.workers:
+        mine = requests.get(w.id, [])
+        cores = tuple(Core(id=i, requests=1, in_request=True,
+                           request=_request(host, i, uri, age)) for i, (uri, age) in
+                      enumerate(mine))
+        workers.append(replace(w, status="busy" if mine else "idle", cores=cores))
+    return replace(host, uwsgi=(replace(inst, workers=tuple(workers)),))
+
+
+def _notes(app) -> str:
+    """Every notification's text (toasts wrap: the screen text splits them)."""
+    return "\n".join(n.message for n in app._notifications)
+
+
+def _line_of(app, worker_id: int) -> int:
+    """The screen line of a worker's row."""
+    for y, line in enumerate(screen_text(app).splitlines()):
+        if f"#{worker_id} " in line and "pid" in line:
+            return y
+    raise AssertionError(f"worker {worker_id} not on screen")
+
+
+async def test_cursor_starts_on_the_worst_and_w_goes_to_the_next_worst():
+    base = recorded()
+    host = _with_requests(base, {1: [("/a", 1.0)], 2: [("/slowish", 8.0)],
+                                 3: [("/oldest", 90.0)], 4: [("/stuck", 40.0)]})
+    app = app_for(host)  # slow 5 s, critical 20 s
+    async with app.run_test(size=(120, 36)) as pilot:
+        feed(app, host)
+        await pilot.pause()
+        workers = app.query_one(WorkerList)
+        assert workers.cursor_worker_id == 3  # critical, and the oldest
+        await pilot.press("w")
+        assert workers.cursor_worker_id == 4  # the next worst (critical, younger)
+        await pilot.press("w")
+        assert workers.cursor_worker_id == 2  # slow
+        await pilot.press("w")
+        assert workers.cursor_worker_id == 3 and workers.following_worst
+        # Following: when worker 4's request becomes the oldest, the cursor goes with it.
+        later = _with_requests(base, {3: [("/new", 1.0)], 4: [("/stuck", 95.0)]})
+        app.show_snapshot(0, later)
+        await pilot.pause()
+        assert workers.cursor_worker_id == 4
+        # A key press of the user's own stops the following.
+        await pilot.press("home")
+        app.show_snapshot(0, host)
+        await pilot.pause()
+        assert workers.cursor_worker_id == 1 and not workers.following_worst
+
+
+async def test_w_without_a_slow_request_says_so():
+    host = _with_requests(recorded(), {1: [("/a", 1.0)]})
+    app = app_for(host)
+    async with app.run_test(size=(120, 36)) as pilot:
+        feed(app, host)
+        await pilot.pause()
+        await pilot.press("w")
+        await pilot.pause()
+        assert "No request past the slow threshold (5s)" in _notes(app)
+
+
+async def test_the_worst_workers_row_keeps_its_line_across_30_polls():
+    """Short requests come and go on the workers above it; its line must not move."""
+    base = recorded()
+    app = app_for(base)
+    async with app.run_test(size=(120, 36)) as pilot:
+        lines = set()
+        for i in range(30):
+            short = {w: [(f"/fast/{i}", 0.2)] * (((i + w) % 2) * w) for w in (1, 2, 3)}
+            poll = _with_requests(base, {**short, 4: [("/hang/report", 60.0 + i)]})
+            app.show_snapshot(0, replace(poll, taken_at=base.taken_at))
+            await pilot.pause()
+            lines.add(_line_of(app, 4))
+            assert app.query_one(WorkerList).cursor_worker_id == 4
+        assert len(lines) == 1, lines
+
+
+async def test_footer_at_80x24_keeps_the_triage_keys():
+    host = recorded()
+    app = app_for(host)
+    async with app.run_test(size=(80, 24)) as pilot:
+        feed(app, host)
+        await pilot.pause()
+        footer = screen_text(app).splitlines()[-1]
+        for key in ("⏎ Detail", "w Worst", "K Kill", "R Reload", "p Pause", "? Help", "q Quit"):
+            assert key in footer, (key, footer)
+        assert "Worker actions" not in footer
+
+
+async def test_paused_is_on_screen_while_true():
+    host = recorded()
+    app = app_for(host)
+    async with app.run_test(size=(80, 24)) as pilot:
+        feed(app, host)
+        await pilot.pause()
+        assert "PAUSED" not in screen_text(app).splitlines()[2]
+        await pilot.press("p")
+        await pilot.pause()
+        assert " PAUSED " in screen_text(app).splitlines()[2]  # the host's header line
+        await pilot.press("p")
+        await pilot.pause()
+        assert "PAUSED" not in screen_text(app).splitlines()[2]
+
+
+async def test_read_only_badge_and_K_says_why():
+    host = recorded()
+    app = app_for(host, read_only=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        feed(app, host)
+        await pilot.pause()
+        text = screen_text(app)
+        assert " READ-ONLY " in text.splitlines()[2]
+        assert "K Kill" not in text.splitlines()[-1]
+        await pilot.press("K")
+        await pilot.pause()
+        assert "Read-only (--read-only)" in _notes(app)
+        assert not isinstance(app.screen, KillConfirm)
+
+
+async def test_K_on_an_unreachable_host_says_it_is_unreachable():
+    dead = unreachable("web-3", recorded().taken_at)
+    app = app_for(dead)
+    async with app.run_test(size=(120, 36)) as pilot:
+        feed(app, dead)
+        await pilot.pause()
+        await pilot.press("K")
+        await pilot.pause()
+        notes = _notes(app)
+        assert "web-3 is unreachable: no answer within 2 s" in notes
+        assert "No worker selected" not in notes
+
+
+async def test_K_in_the_detail_screen_asks_to_kill_that_worker():
+    host = recorded()
+    app = app_for(host)
+    async with app.run_test(size=(120, 36)) as pilot:
+        feed(app, host)
+        await pilot.pause()
+        await pilot.press("home", "j", "enter")
+        await pilot.pause()
+        assert isinstance(app.screen, WorkerDetailScreen)
+        assert "K Kill" in screen_text(app).splitlines()[-1]
+        await pilot.press("K")
+        await pilot.pause()
+        assert isinstance(app.screen, KillConfirm)
+        worker2 = host.uwsgi[0].workers[1]
+        assert f"pid {worker2.pid}" in screen_text(app) or str(worker2.pid) in screen_text(app)
+
+
+async def test_no_color_makes_crit_the_most_visible(monkeypatch):
+    monkeypatch.setenv("NO_COLOR", "1")
+    host = recorded()
+    app = app_for(host)
+    async with app.run_test(size=(120, 36)) as pilot:
+        feed(app, host)
+        await pilot.pause()
+        wl = app.query_one(WorkerList)
+        crit = wl.get_component_rich_style("worker-list--critical-label")
+        slow = wl.get_component_rich_style("worker-list--slow-label")
+        assert crit.reverse and crit.bold and not slow.reverse
+        # Reverse video in the foreground's own (brightest) shade, not dark red turned grey.
+        assert crit.color is not None and crit.bgcolor is not None
+        fg = crit.color.get_truecolor()
+        bg = crit.bgcolor.get_truecolor()
+        assert sum(fg) > 3 * 180 and sum(bg) < 3 * 80
+        assert "✖ CRIT" in screen_text(app)
+
+
+async def test_cheap_workers_are_one_line_and_busy_counts_the_rows():
+    base = recorded()
+    inst = base.uwsgi[0]
+    cheap = [replace(w, pid=0, status="cheap", cores=()) for w in inst.workers[2:]]
+    host = replace(base, uwsgi=(replace(inst, workers=(*inst.workers[:2], *cheap)),))
+    app = app_for(host)
+    async with app.run_test(size=(120, 36)) as pilot:
+        feed(app, host)
+        await pilot.pause()
+        text = screen_text(app)
+        assert "2 cheap (not spawned" in text
+        assert "#3 " not in text and "#4 " not in text
+        busy = sum(1 for w in inst.workers[:2] if w.busy)
+        assert f"busy {busy}/2 +2 cheap" in text
+
+
+async def test_a_stale_instance_keeps_its_workers_and_says_stale():
+    base = recorded()
+    host = replace(base, uwsgi=(replace(base.uwsgi[0], stale_s=12.0),))
+    app = app_for(host)
+    async with app.run_test(size=(80, 24)) as pilot:
+        feed(app, host)
+        await pilot.pause()
+        text = screen_text(app)
+        assert " STALE 12s " in text.splitlines()[2]
+        assert "/hang/report" in text and "#4 " in text
+
+
+def test_reload_view_says_no_worker_serving_and_what_mercy_will_cut():
+    stuck = recorded().uwsgi[0].workers[3].requests_in_flight[0]
+    p = ReloadProgress("graceful", 15.0, 12.0, (
+        WorkerReload(1, 101, 0, "exited"), WorkerReload(2, 102, 0, "exited"),
+        WorkerReload(3, 103, 103, "draining", request=stuck, countdown=3.0)),
+        stats_available=True, done=False, message="graceful reload: 0/3 workers replaced")
+    assert serving(p) == 0
+    from rich.console import Console
+
+    console = Console(width=140, record=True, color_system=None)
+    console.print(render_progress("web-1", "web-1/127.0.0.1:9002", p, none_for=9.0,
+                                  queue=(31, 100, 20)))
+    text = console.export_text()
+    assert "NO WORKER SERVING for 9 s" in text
+    assert "exited, no respawn until the last exits" in text
+    assert "exited, respawning" not in text
+    assert "listen queue 31/100 growing" in text
+    assert f"cut at mercy in 3 s: worker 3 GET {stuck.uri}" in text
+    replaced = replace(p, workers=(WorkerReload(1, 101, 201, "replaced"), *p.workers[1:]))
+    assert serving(replaced) == 1
+    console = Console(width=140, record=True, color_system=None)
+    console.print(render_progress("web-1", "i", replaced))
+    assert "NO WORKER SERVING" not in console.export_text()
+
+
+def test_never_respawned_workers_show_no_respawn():
+    from widgets.worker_list import respawns
+
+    w = Worker(id=1, pid=10, status="idle", accepting=True, requests=0, exceptions=0,
+               harakiri_count=0, respawn_count=1, avg_rt_ms=0, rss=0, vsz=0, last_spawn=0,
+               running_time_s=0, tx=0)
+    assert respawns(w) == 0 and respawns(replace(w, respawn_count=3)) == 2
