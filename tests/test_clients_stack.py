@@ -101,3 +101,18 @@ def test_the_same_figures_arrive_through_an_agent(fresh_stack, hang, start_agent
         assert [(e.cause, e.count) for e in snap.logs.upstream_errors] == [("queue_full", truth)]
     assert remote.logs is not None and local.logs is not None
     assert {s.kind for s in remote.logs.sources} == {s.kind for s in local.logs.sources}
+
+
+def test_snapshot_json_carries_each_requests_deadlines(fresh_stack, hang) -> None:
+    """The host layer plans the deadlines from the running configs and every poll carries
+    them: DESIGN's `deadlines` in `snapshot --json`, through the real CLI."""
+    stack = fresh_stack(workers=2, threads=1, harakiri=30,
+                        extra_nginx=["uwsgi_read_timeout 20s;"])
+    hang(stack, "/hang/deadline-json", via="nginx")
+    _, host = snapshot_json(stack)
+    (req,) = [r for w in host["uwsgi"][0]["workers"] for r in w["requests_in_flight"]]
+    got = {d["name"]: d for d in req["deadlines"]}
+    assert set(got) == {"harakiri", "nginx_read_timeout", "lb_idle_timeout"}
+    assert got["harakiri"]["limit_s"] == 30 and got["nginx_read_timeout"]["limit_s"] == 20
+    age = req["running_s"]
+    assert abs(got["nginx_read_timeout"]["after_s"] - (20 - age)) < 0.01

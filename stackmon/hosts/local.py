@@ -24,6 +24,7 @@ from stackmon.collect import (
     vassal_addresses,
 )
 from stackmon.config import HostConfig, Settings
+from stackmon.deadlines import DeadlinePlan, annotate, plan_for
 from stackmon.hosts.base import Host
 from stackmon.hosts.local_logs import nginx_specs, uwsgi_specs
 from stackmon.logs.host import HostLogs, LogSummary
@@ -68,6 +69,7 @@ class LocalHost(Host):
         self._nginx_roles_at = 0.0
         self._last_instances: dict[int, tuple[UwsgiInstance, float]] = {}
         self._pending_events: list[Event] = []
+        self._deadline_plan: DeadlinePlan | None = None
         self._vassals: dict[StatsAddress, int] = {}  # an emperor's vassals: address -> index
         self._logs: HostLogs | None = None
         self._logs_key: tuple[object, ...] = ()
@@ -139,8 +141,21 @@ class LocalHost(Host):
 
     def _local_facts(self, instances: list[UwsgiInstance],
                      roles: dict[int, str] | None) -> tuple[LocalFacts, LogSummary | None]:
+        """Everything of a poll that reads files (in the poll's worker thread): the kernel's
+        facts, the logs, and (refreshed when due) what the deadlines need from the configs."""
         facts = gather_local_facts(instances, self.config.nginx, roles)
-        return facts, self._follow_logs(instances, facts.nginx_roles or {})
+        nginx_roles = facts.nginx_roles or {}
+        self._plan_deadlines(instances, nginx_roles)
+        return facts, self._follow_logs(instances, nginx_roles)
+
+    def _plan_deadlines(self, instances: list[UwsgiInstance],
+                        nginx_roles: dict[int, str]) -> None:
+        masters = sorted(p for p, r in nginx_roles.items() if r == "nginx-master")
+        nginx_master = masters[0] if masters else None
+        plan = self._deadline_plan
+        if plan is None or plan.due(instances, nginx_master):
+            self._deadline_plan = plan_for(self.config, self.settings, instances, nginx_master,
+                                           addresses=dict(self._addresses()), previous=plan)
 
     def record_event(self, kind: str, text: str, *, worker: int | None = None,
                      pid: int | None = None, uri: str | None = None) -> None:
@@ -229,6 +244,8 @@ class LocalHost(Host):
             group=self.config.group, logs=logs,
             health=self.probe.state() if self.probe is not None else None,
         )
+        if self._deadline_plan is not None:
+            snap = annotate(snap, self._deadline_plan)
         self.last_good = snap
         return snap, self._learn_vassals(merged)
 
