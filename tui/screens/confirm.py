@@ -20,6 +20,7 @@ from textual.widgets import Static
 from stackmon.model import UwsgiInstance, Worker
 from stackmon.redact import visible
 from stackmon.render_text import human_age
+from widgets.worker_list import respawns
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +90,7 @@ class KillConfirm(ModalScreen[KillChoice | None]):
         title = Text.assemble("Kill worker ", (str(w.id), "bold"), " (pid ", (str(w.pid), "bold"),
                               ") of ", (self.host, "bold"), "?")
         sub = Text(f"uWSGI {self.instance}   status {w.status}   requests served {w.requests}   "
-                   f"respawns {w.respawn_count}", style="dim")
+                   f"respawns {respawns(w)}", style="dim")
         with Vertical():
             yield Static(title, classes="title")
             yield Static(sub)
