@@ -31,8 +31,10 @@ def _worker_lines(w: Worker) -> list[str]:
     pid = str(w.pid) if w.spawned else "-"
     lines = [
         f"  worker {w.id:<3} pid {pid:<7} {w.status:<6} req {w.requests:<7} "
-        f"exc {w.exceptions:<3} respawn {w.respawn_count:<3} harakiri {w.harakiri_count:<2} "
-        f"avg {w.avg_rt_ms:.0f}ms rss {human_bytes(w.rss)}"
+        f"exc {w.exceptions:<3} respawn {max(0, w.respawn_count - 1):<3} "
+        f"harakiri {w.harakiri_count:<2} avg {w.avg_rt_ms:.0f}ms "
+        # rss 0: uWSGI reports memory only with memory-report on: unknown, not zero
+        f"rss {human_bytes(w.rss) if w.rss else '?'}"
         + ("" if w.spawned else "  (no process: waiting for its respawn)")
     ]
     for c in w.cores:

@@ -225,6 +225,7 @@ async def kill_worker(target: ActionTarget, worker_id: int, expect_pid: int,
         audit.record(**base, outcome="killed, no respawn seen", message=msg, **data)
         return ActionResult(ok=False, message=msg, data={"worker_id": worker_id, **data})
     msg = (f"worker {worker_id}: pid {expect_pid} killed with {'+'.join(sent)}, respawned as "
-           f"pid {new.pid} (respawn #{new.respawn_count}) in {took:.1f} s")
+           # uWSGI's respawn_count counts the first spawn too: this is respawn #(count - 1)
+           f"pid {new.pid} (respawn #{max(1, new.respawn_count - 1)}) in {took:.1f} s")
     audit.record(**base, outcome="ok", message=msg, **data)
     return ActionResult(ok=True, message=msg, data={"worker_id": worker_id, **data})
