@@ -12,27 +12,36 @@
 - `fetch_remote_snapshot()`: one snapshot, for confirmations and reload progress
   (stackmon.actions.dispatch, used by the CLI's kill/reload and the TUI).
 
-Each AgentSource owns its own HTTP connection pool (keep-alive to its one agent): a
-black-holed host then holds only its own connections, never a slot another host needs.
+Each AgentSource owns its own connections (keep-alive to its one agent): a black-holed host
+then holds only its own connections, never a slot another host needs. Polls go through
+`SnapshotClient`, a lean HTTP/1.1 client on asyncio streams (a fleet of 500 agents polled every
+second could not afford httpx's per-request cost, bench/bench_fleet.py); the actions, rare and
+varied, keep httpx.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import os
 import ssl
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, get_args
+from urllib.parse import quote, urlsplit
 
 import httpx
+import orjson
 
 from stackmon import __version__, redact
 from stackmon.actions.base import ActionError, ActionResult, RefusalKind
+from stackmon.addresses import parse_agent_url
 from stackmon.agent.security import client_ssl_context, read_token_file
 from stackmon.config import ConfigError, HostConfig, Settings
 from stackmon.model import HostSnapshot, SourceError
+from stackmon.redact import visible
 from stackmon.snapshot_json import host_from_dict
 
 if TYPE_CHECKING:
@@ -89,15 +98,28 @@ def _json_depth(value: Any) -> int:
     return max(depth, 1)
 
 
-def decode_json(body: bytes) -> Any:
-    """json.loads with nesting bounded: the decoder recurses per level, so [[[[... 100,000
-    deep would be a RecursionError (a traceback) instead of a reason."""
+def _loads(body: bytes) -> Any:
+    """orjson first (half json.loads's time on a snapshot, paid on every poll of every agent
+    host). It is stricter (UTF-8 only, no NaN, no lone surrogates, 64-bit integers, 1024
+    levels), so what it takes json.loads would decode to the same value, and what it refuses
+    gets json.loads's own verdict."""
     try:
-        value = json.loads(body)
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(body)
     except RecursionError:
         raise ReplyError("the answer is JSON nested too deeply") from None
     except ValueError:
         raise ReplyError("the answer is not valid JSON") from None
+
+
+def decode_json(body: bytes) -> Any:
+    """The decoded JSON with nesting bounded: json.loads recurses per level, so [[[[... 100,000
+    deep would be a RecursionError (a traceback) instead of a reason, and what reads the
+    document must not meet more than MAX_JSON_DEPTH levels."""
+    value = _loads(body)
     if _json_depth(value) > MAX_JSON_DEPTH:
         raise ReplyError(f"the answer is JSON nested more than {MAX_JSON_DEPTH} deep")
     return value
@@ -135,6 +157,244 @@ def new_http_client(url: str, timeout: float, *, pool: int = 2) -> httpx.AsyncCl
     )
 
 
+# --- the poll path: a lean keep-alive HTTP/1.1 client -----------------------------------------
+
+# A reply's status line and headers (and each chunk-size line) are read up to this many bytes.
+MAX_HEAD_BYTES = 64 * 1024
+# Idle keep-alive connections kept per agent (a poll and an action's fresh snapshot may overlap).
+KEEP_ALIVE = 2
+_HEX = b"0123456789abcdefABCDEF"
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One HTTP answer, read whole (within the caller's byte limit)."""
+
+    status_code: int
+    reason_phrase: str
+    content: bytes
+
+
+class _Closed(ConnectionError):
+    """The agent closed the connection before its answer was complete."""
+
+
+class _Stale(_Closed):
+    """A kept-alive connection the agent had closed while idle: the GET is retried anew."""
+
+
+class _Conn:
+    __slots__ = ("reader", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    def usable(self) -> bool:
+        return not self.writer.is_closing() and not self.reader.at_eof()
+
+
+class SnapshotClient:
+    """GETs from one agent over keep-alive HTTP/1.1 on asyncio streams: the poll path.
+
+    Why not httpx here: polling 500 agents every second spent ~0.6 ms of CPU per poll in its
+    request/response machinery, the largest share of the fleet's budget (bench/bench_fleet.py);
+    the one exchange a poll needs costs a fraction of that here. Same guarantees: the status
+    line and headers are read up to MAX_HEAD_BYTES, the body up to a limit whether it has a
+    Content-Length, is chunked or runs to the close; no proxy from the environment; TLS
+    verified like every agent client (system CAs plus $STACKMON_AGENT_CA, hostname checked);
+    no compression asked for or accepted (a compressed body could inflate a thousandfold past
+    the cap). The deadline of the whole exchange is the caller's (asyncio.timeout): whatever
+    interrupts an exchange drops its connection, whose state is then unknown.
+    """
+
+    def __init__(self, url: str) -> None:
+        parse_agent_url(url)  # AddressError (a ValueError) saying why a URL is not usable
+        parts = urlsplit(url)
+        assert parts.hostname is not None  # checked by parse_agent_url
+        self.tls = parts.scheme == "https"
+        self.host = parts.hostname
+        self.port = parts.port or (443 if self.tls else 80)
+        self.authority = parts.netloc
+        self.prefix = quote(parts.path.rstrip("/"), safe=_PATH_SAFE)
+        self._idle: list[_Conn] = []
+        self._closed = False
+        self._requests: dict[tuple[str, tuple[tuple[str, str], ...]], bytes] = {}
+
+    def _request(self, path: str, headers: dict[str, str]) -> bytes:
+        """The request's bytes, built once per path and headers (the token rarely changes)."""
+        key = (path, tuple(headers.items()))
+        data = self._requests.get(key)
+        if data is None:
+            lines = [f"GET {self.prefix}{quote(path, safe=_PATH_SAFE)} HTTP/1.1",
+                     f"Host: {self.authority}", f"User-Agent: stackmon/{__version__}",
+                     "Accept: application/json", "Accept-Encoding: identity",
+                     *(f"{name}: {value}" for name, value in headers.items())]
+            if any("\r" in line or "\n" in line for line in lines):
+                raise ValueError("a request header holds a line break")
+            data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+            if len(self._requests) >= 8:
+                self._requests.clear()
+            self._requests[key] = data
+        return data
+
+    async def get(self, path: str, headers: dict[str, str],
+                  limit: int = MAX_REPLY_BYTES) -> Reply:
+        """GET `path` (after the URL's own path). OSError when the agent cannot be reached or
+        drops the connection, ReplyError for an answer too large or not HTTP/1.x."""
+        request = self._request(path, headers)
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.usable():
+                conn.writer.transport.abort()
+                continue
+            with contextlib.suppress(_Stale):
+                return await self._exchange(conn, request, limit, reused=True)
+        return await self._exchange(await self._connect(), request, limit, reused=False)
+
+    async def _connect(self) -> _Conn:
+        try:
+            reader, writer = await asyncio.open_connection(
+                self.host, self.port, limit=MAX_HEAD_BYTES,
+                ssl=client_ssl_context() if self.tls else None,
+                server_hostname=self.host if self.tls else None)
+        except ssl.SSLError:
+            raise
+        except OSError as exc:
+            if exc.errno:  # asyncio says "Connect call failed (address)": say why instead
+                raise type(exc)(exc.errno, os.strerror(exc.errno)) from None
+            raise
+        return _Conn(reader, writer)
+
+    async def _exchange(self, conn: _Conn, request: bytes, limit: int, *,
+                        reused: bool) -> Reply:
+        try:
+            conn.writer.write(request)
+            reply, keep = await _read_reply(conn.reader, limit, reused)
+        except BaseException:
+            conn.writer.transport.abort()  # timeout, cancellation, a bad answer: state unknown
+            raise
+        if keep and not self._closed and len(self._idle) < KEEP_ALIVE:
+            self._idle.append(conn)
+        else:
+            conn.writer.close()
+        return reply
+
+    async def aclose(self) -> None:
+        self._closed = True  # an exchange still under way closes its own connection
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.writer.close()
+        for conn in idle:  # a TLS close waits for the peer: not forever
+            with contextlib.suppress(OSError, TimeoutError):
+                async with asyncio.timeout(1):
+                    await conn.writer.wait_closed()
+
+
+async def _read_reply(reader: asyncio.StreamReader, limit: int,
+                      reused: bool) -> tuple[Reply, bool]:
+    """One answer and whether its connection may carry another."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, ConnectionError) as exc:
+        if reused:
+            raise _Stale() from None
+        if isinstance(exc, ConnectionError):
+            raise
+        raise _Closed("the agent closed the connection without answering") from None
+    except asyncio.LimitOverrunError:
+        raise ReplyError(f"the answer's headers are over {MAX_HEAD_BYTES} bytes") from None
+    http11, status, reason, fields = _parse_head(head)
+    keep = http11 and b"close" not in fields.get(b"connection", b"").lower()
+    coding = fields.get(b"content-encoding", b"identity").lower()
+    if coding != b"identity":
+        raise ReplyError(f"the answer is compressed ({visible(coding.decode('latin-1'))}), "
+                         "which was not asked for")
+    try:
+        if status in (204, 304):
+            body = b""
+        elif b"transfer-encoding" in fields:
+            if fields[b"transfer-encoding"].lower() != b"chunked":
+                raise ReplyError("the answer has a Transfer-Encoding other than chunked")
+            body = await _read_chunked(reader, limit)
+            keep = keep and b"content-length" not in fields
+        elif b"content-length" in fields:
+            body = await reader.readexactly(_declared_length(fields[b"content-length"], limit))
+        else:
+            body = await _read_to_close(reader, limit)
+            keep = False
+    except asyncio.IncompleteReadError:
+        raise _Closed("the agent closed the connection in the middle of its answer") from None
+    except asyncio.LimitOverrunError:
+        raise ReplyError("the answer's chunked encoding is broken") from None
+    return Reply(status, reason, body), keep
+
+
+def _parse_head(head: bytes) -> tuple[bool, int, str, dict[bytes, bytes]]:
+    """(HTTP/1.1?, status, reason, fields by lower-case name; repeated ones joined by ',')."""
+    lines = head[:-4].split(b"\r\n")
+    version, _, rest = lines[0].partition(b" ")
+    code, _, reason = rest.partition(b" ")
+    if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit():
+        raise ReplyError(f"the answer is not HTTP/1.x ({visible(lines[0][:60].decode('latin-1'))})")
+    status = int(code)
+    if status < 200:
+        raise ReplyError(f"the answer is an unexpected {status}")
+    fields: dict[bytes, bytes] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not name or name[-1:] in b" \t" or line[:1] in b" \t":
+            raise ReplyError("the answer has a malformed header line")
+        key, value = name.lower(), value.strip(b" \t")
+        fields[key] = fields[key] + b"," + value if key in fields else value
+    return version == b"HTTP/1.1", status, reason.decode("latin-1"), fields
+
+
+def _declared_length(value: bytes, limit: int) -> int:
+    """A Content-Length (repeated copies must agree), refused past `limit` before reading."""
+    values = {v.strip(b" \t") for v in value.split(b",")}
+    text = values.pop() if len(values) == 1 else b""
+    if not text.isdigit():
+        raise ReplyError("the answer has a bad Content-Length")
+    if len(text) > 18:
+        raise ReplyError(f"the answer declares a {len(text)}-digit size, over the {limit}-byte "
+                         "limit")
+    if int(text) > limit:
+        raise ReplyError(f"the answer is {int(text)} bytes, over the {limit}-byte limit")
+    return int(text)
+
+
+async def _read_chunked(reader: asyncio.StreamReader, limit: int) -> bytes:
+    body = bytearray()
+    while True:
+        size = (await reader.readuntil(b"\r\n"))[:-2].split(b";", 1)[0].strip(b" \t")
+        if not size or len(size) > 16 or size.strip(_HEX):
+            raise ReplyError("the answer's chunked encoding is broken")
+        n = int(size, 16)
+        if n == 0:
+            break
+        if len(body) + n > limit:
+            raise ReplyError(f"the answer is over the {limit}-byte limit")
+        body += await reader.readexactly(n)
+        if await reader.readexactly(2) != b"\r\n":
+            raise ReplyError("the answer's chunked encoding is broken")
+    trailers = 0
+    while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
+        trailers += len(line)
+        if trailers > MAX_HEAD_BYTES:
+            raise ReplyError(f"the answer's trailers are over {MAX_HEAD_BYTES} bytes")
+    return bytes(body)
+
+
+async def _read_to_close(reader: asyncio.StreamReader, limit: int) -> bytes:
+    body = bytearray()
+    while chunk := await reader.read(MAX_HEAD_BYTES):
+        body += chunk
+        if len(body) > limit:
+            raise ReplyError(f"the answer is over the {limit}-byte limit")
+    return bytes(body)
+
+
 class AgentSource:
     """Polls one agent's GET /v1/snapshot (one per AgentHost)."""
 
@@ -148,7 +408,7 @@ class AgentSource:
         # user:password@, this is the second line of defence for a HostConfig built in code).
         self.source = f"agent {redact.clean(self.url)}"
         self._token: str | None = None
-        self._client: httpx.AsyncClient | None = None
+        self._client: SnapshotClient | None = None
 
     def token(self) -> str | None:
         """The token, read from token_file on first use (and again after a failure, so a
@@ -163,9 +423,10 @@ class AgentSource:
         return {"Authorization": f"Bearer {token}"} if token else {}
 
     @property
-    def http(self) -> httpx.AsyncClient:
+    def http(self) -> SnapshotClient:
+        """The agent's keep-alive connections; AddressError (a ValueError) for a bad URL."""
         if self._client is None:
-            self._client = new_http_client(self.url, self.settings.timeout)
+            self._client = SnapshotClient(self.url)
         return self._client
 
     async def aclose(self) -> None:
@@ -177,29 +438,27 @@ class AgentSource:
         """The agent's host object, or a SourceError saying why not."""
         try:
             headers = self.headers()
-        except ConfigError as exc:
+            http = self.http
+        except (ConfigError, ValueError) as exc:  # a token file, a URL (both say which)
             return SourceError(self.source, str(exc))
-        # httpx's timeout is per phase (connect, each read); the whole exchange gets twice
-        # that, enough for an agent whose own source just waited out its timeout.
+        # Twice the timeout for the whole exchange (connect, TLS, request, answer): enough for
+        # an agent whose own source just waited out its timeout, and a trickle ends there.
         limit = self.settings.timeout * 2
         try:
-            async with asyncio.timeout(limit), \
-                    self.http.stream("GET", self.url + SNAPSHOT_PATH, headers=headers) as resp:
-                body = await _read_body(resp)
-        except (TimeoutError, httpx.TimeoutException):
+            async with asyncio.timeout(limit):
+                resp = await http.get(SNAPSHOT_PATH, headers)
+        except TimeoutError:
             return SourceError(self.source, f"no answer within {limit:g} s")
         except ReplyError as exc:
             return SourceError(self.source, f"refused the agent's answer: {exc}")
-        except httpx.HTTPError as exc:
+        except OSError as exc:  # refused, reset, unknown name, TLS verification
             return SourceError(self.source, f"cannot connect: {_reason(exc)}")
-        except (httpx.InvalidURL, ValueError) as exc:
-            # Not HTTPError subclasses: a URL httpx cannot use (the hosts file checks what it
-            # can, a HostConfig built in code is not checked) must be a reason, not a traceback.
-            return SourceError(self.source, f"bad agent URL: {_reason(exc)}")
+        except (ConfigError, ValueError) as exc:  # $STACKMON_AGENT_CA unusable, a bad header
+            return SourceError(self.source, str(exc))
         if resp.status_code != 200:
-            return SourceError(self.source, _http_problem(resp, body, self.host))
+            return SourceError(self.source, _http_problem(resp, resp.content, self.host))
         try:
-            doc = decode_json(body)
+            doc = decode_json(resp.content)
         except ReplyError as exc:
             return SourceError(self.source, f"refused the agent's answer: {exc}")
         if not isinstance(doc, dict) or "name" not in doc:
@@ -229,7 +488,7 @@ def _with_error(snap: HostSnapshot, err: SourceError) -> HostSnapshot:
     return replace(snap, errors=(*snap.errors, err))
 
 
-def _error_body(resp: httpx.Response, content: bytes) -> tuple[str, str]:
+def _error_body(resp: httpx.Response | Reply, content: bytes) -> tuple[str, str]:
     """(kind, message) from an agent's JSON error, or from the status line.
 
     Both are the far side's text, shown in the TUI, on stderr and in the audit log: cleaned
@@ -244,7 +503,7 @@ def _error_body(resp: httpx.Response, content: bytes) -> tuple[str, str]:
     return "", redact.clean(f"HTTP {resp.status_code} {resp.reason_phrase}".strip())
 
 
-def _http_problem(resp: httpx.Response, content: bytes, host: HostConfig) -> str:
+def _http_problem(resp: Reply, content: bytes, host: HostConfig) -> str:
     if resp.status_code == 401:
         where = f"in {host.token_file}" if host.token_file else "(no token_file configured)"
         return f"the agent refused the token {where} (401)"
