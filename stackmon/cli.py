@@ -1,4 +1,4 @@
-"""The `stackmon` command line (DESIGN.md's contract): parse, resolve targets, dispatch.
+"""The `stackmon` command line (docs/contracts.md): parse, resolve targets, dispatch.
 
 Usage errors are one line on stderr and exit 2; nothing a user types or a server sends ends in a
 traceback. The TUI is imported only when it is opened, so `snapshot` and the agent run on hosts

@@ -76,8 +76,9 @@ class Settings:
     critical: float = 60.0
     timeout: float = 2.0
     read_only: bool = False
-    # The load balancer in front (DESIGN's hosts file; ELB defaults): its idle timeout is a
-    # deadline of every request, its health check decides whether the host gets traffic.
+    # The load balancer in front (hosts file keys, docs/contracts.md; ELB defaults): its idle
+    # timeout is a deadline of every request, its health check decides whether the host gets
+    # traffic.
     lb_idle_timeout: float = 60.0
     health_timeout: float = 5.0
     health_interval: float = 30.0

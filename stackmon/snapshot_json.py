@@ -1,4 +1,4 @@
-"""The snapshot JSON contract (DESIGN.md, schema 1), both ways.
+"""The snapshot JSON contract (docs/contracts.md, schema 1), both ways.
 
 `stackmon snapshot --json`, the agent's GET /v1/snapshot and recorded fixtures all go through
 here, so the names in the contract live in exactly one place. Fields may be added, never
@@ -59,7 +59,8 @@ def request_to_dict(r: Request) -> dict[str, Any]:
 
 
 def deadline_to_dict(d: Deadline) -> dict[str, Any]:
-    """DESIGN's {"name", "after_s"}, plus the limit and where it was set."""
+    """The contract's {"name", "after_s"} (docs/contracts.md), plus the limit and where it
+    was set."""
     return {"name": d.name, "after_s": round(d.after_s, 3), "limit_s": d.limit_s,
             "source": visible(d.source)}
 
@@ -119,7 +120,7 @@ def health_to_dict(c: HealthCheck) -> dict[str, Any]:
 
 
 def clients_to_dict(h: HostSnapshot) -> dict[str, Any]:
-    """DESIGN's `http`, `upstream_errors`, `events` (from the logs), `log_sources` and
+    """The contract's `http`, `upstream_errors`, `events` (from the logs), `log_sources` and
     `health` (the LB probe); every key present, null or empty when there is no source."""
     out: dict[str, Any] = {"http": None, "upstream_errors": [], "events": [],
                            "log_sources": []}

@@ -105,7 +105,7 @@ def test_the_same_figures_arrive_through_an_agent(fresh_stack, hang, start_agent
 
 def test_snapshot_json_carries_each_requests_deadlines(fresh_stack, hang) -> None:
     """The host layer plans the deadlines from the running configs and every poll carries
-    them: DESIGN's `deadlines` in `snapshot --json`, through the real CLI."""
+    them: the contract's `deadlines` in `snapshot --json`, through the real CLI."""
     stack = fresh_stack(workers=2, threads=1, harakiri=30,
                         extra_nginx=["uwsgi_read_timeout 20s;"])
     hang(stack, "/hang/deadline-json", via="nginx")

@@ -56,7 +56,7 @@ def test_stats_reports_configured_workers_and_sockets(stack: Stack) -> None:
     assert {w["pid"] for w in workers} == set(stack.worker_pids())
     sockets = {s["name"]: s for s in doc["sockets"]}
     assert set(sockets) == {str(stack.uwsgi_socket_path), stack.uwsgi_tcp_address}
-    # Only the TCP socket reports its backlog (REFERENCE §1: unix sockets always show 0).
+    # Only the TCP socket reports its backlog (docs/reference.md §1: unix sockets always show 0).
     assert sockets[stack.uwsgi_tcp_address]["max_queue"] == 100
     assert stack.stats_http_address is None
     assert stat.S_ISFIFO(stack.fifo_path.stat().st_mode)
@@ -319,7 +319,7 @@ def test_traffic_reaches_the_stack_and_stops_promptly(fresh_stack) -> None:
 
 def test_burst_fills_the_listen_queue(fresh_stack) -> None:
     """With a burst larger than capacity + backlog, the unix socket's queue overflows:
-    nginx answers 502 at once (REFERENCE §4), and the TCP-free unix queue is what filled."""
+    nginx answers 502 at once (docs/reference.md §4), and the TCP-free unix queue is what filled."""
     s = fresh_stack(workers=1, threads=2, listen=8, mercy=1)
 
     async def go():

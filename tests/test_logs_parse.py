@@ -1,5 +1,5 @@
 """Log parsing and reduction on real log lines (captured from the real stack, and nginx's and
-uWSGI's exact texts from shared/REFERENCE.md §6): formats, causes, events, windows."""
+uWSGI's exact texts from docs/reference.md §5): formats, causes, events, windows."""
 
 from __future__ import annotations
 

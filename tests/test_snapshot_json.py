@@ -170,8 +170,9 @@ def test_emperor_and_cheap_workers_round_trip():
 
 
 def test_deadlines_round_trip_and_a_foreign_list_is_bounded():
-    """Each request's deadlines are written as DESIGN's {"name", "after_s"} (plus limit and
-    source) and read back equal; unknown names, non-numbers and absurd lists are dropped."""
+    """Each request's deadlines are written as the contract's {"name", "after_s"}
+    (docs/contracts.md), plus limit and source, and read back equal; unknown names,
+    non-numbers and absurd lists are dropped."""
     from stackmon.model import Deadline
 
     doc = hostile_document()
@@ -180,7 +181,7 @@ def test_deadlines_round_trip_and_a_foreign_list_is_bounded():
         {"name": "nginx_read_timeout", "after_s": -2.5, "limit_s": 20.0,
          "source": f"/etc/nginx/nginx.conf:12{ESC}"},
         {"name": "harakiri", "after_s": 20.0, "limit_s": 30.0, "source": "/srv/u.ini:3"},
-        {"name": "lb_idle_timeout", "after_s": 50.0},  # DESIGN's minimum: name and after_s
+        {"name": "lb_idle_timeout", "after_s": 50.0},  # the contract's minimum: name and after_s
         {"name": "coffee_break", "after_s": 1.0},
         {"name": "harakiri", "after_s": "soon"},
         {"name": "harakiri", "after_s": float("nan")},

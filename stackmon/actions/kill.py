@@ -1,6 +1,6 @@
 """Kill one stuck uWSGI worker, safely, and wait for the master to respawn it.
 
-The order of checks is the point (REFERENCE.md section 2):
+The order of checks is the point (docs/reference.md §2):
 1. read-only callers are refused before anything is read;
 2. a fresh stats sample must still show the worker with the pid the user saw (a respawned
    worker has a new pid: killing "worker 3" blindly would abort an innocent request);

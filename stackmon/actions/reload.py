@@ -1,7 +1,7 @@
 """Graceful and chain reloads of one uWSGI instance.
 
 The instance's own configuration decides how: its master FIFO when it has one (found from the
-master's command line and ini, REFERENCE.md section 2), else a signal to the master (SIGHUP is
+master's command line and ini, docs/reference.md §2), else a signal to the master (SIGHUP is
 a graceful reload; a chain reload has no signal, so it needs the FIFO or a
 touch-chain-reload file). The reload parameters the progress view needs (worker-reload-mercy)
 come from the same place, since the stats do not carry them.

@@ -1,6 +1,6 @@
 """Following a reload worker by worker, from successive stats samples.
 
-uWSGI has no "reloading" flag in its stats (REFERENCE.md section 2): what a reload looks like
+uWSGI has no "reloading" flag in its stats (docs/reference.md §2): what a reload looks like
 from outside is workers changing pid. Graceful (`r`): idle workers exit at once (pid 0), busy
 ones keep their pid and request until they finish or worker-reload-mercy runs out ("NO MERCY"
 SIGKILL), then all come back with new pids; the master re-execs, so the stats server may vanish

@@ -12,7 +12,7 @@ Modules:
   stackmon.hosts.AgentHost), `remote_kill()` / `remote_reload()` (actions through an agent).
 - `command`: the `stackmon agent` subcommand (configure/run for stackmon.cli.PLUGGED).
 
-The agent API and the snapshot JSON are contracts (DESIGN.md); the names live in
+The agent API and the snapshot JSON are contracts (docs/contracts.md); the names live in
 stackmon.snapshot_json, never here.
 """
 

@@ -24,7 +24,7 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
     from stackmon.cli import add_targets
 
     p.description = ("Serve this host's snapshot, metrics and actions over HTTP to remote "
-                     "stackmons (DESIGN.md, agent API).")
+                     "stackmons (docs/contracts.md, agent API).")
     add_targets(p)
     p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
                    help=f"address to bind (default {DEFAULT_LISTEN}; any other than loopback "

@@ -1,6 +1,6 @@
 """The agent's HTTP server (aiohttp): one host's snapshot, metrics and actions, behind a token.
 
-Routes (DESIGN.md, "Agent API"), every one behind `Authorization: Bearer <token>`:
+Routes (docs/contracts.md, "Agent API"), every one behind `Authorization: Bearer <token>`:
 
     GET  /v1/snapshot                               the host object of the snapshot JSON
     POST /v1/workers/{uwsgi_index}/{worker_id}/kill {"signal": "TERM"|"KILL", "expect_pid": n}

@@ -21,7 +21,7 @@ SEVERITIES: tuple[Severity, ...] = ("critical", "warn", "info")
 
 @dataclass(frozen=True)
 class LbSettings:
-    """The load balancer in front (AWS ELB/ALB defaults, REFERENCE.md §5)."""
+    """The load balancer in front (AWS ELB/ALB defaults, docs/reference.md §7)."""
 
     idle_timeout: float = 60.0
     health_timeout: float = 5.0

@@ -2,10 +2,10 @@
 
 Each rule is registered with its id and yields zero or more findings; none does I/O, so a test
 builds a Facts (real files parsed, or objects by hand) and calls one rule. The facts behind each
-rule, and the wording of its "why", come from REFERENCE.md §2-5: the kernel caps every backlog
-at somaxconn; uWSGI refuses to start above it; the LB's idle timeout must be shorter than
-nginx's keep-alive and longer than uwsgi_read_timeout, which must be longer than harakiri;
-a graceful reload holds the listen queue for worker-reload-mercy; and so on.
+rule, and the wording of its "why", come from docs/reference.md §2-4 and §7: the kernel caps
+every backlog at somaxconn; uWSGI refuses to start above it; the LB's idle timeout must be
+shorter than nginx's keep-alive and longer than uwsgi_read_timeout, which must be longer than
+harakiri; a graceful reload holds the listen queue for worker-reload-mercy; and so on.
 
 Where a directive is unset, its documented default is used and the evidence says so ("not set:
 nginx default"), because the default is what the running server does.

@@ -24,7 +24,7 @@ The API, in the order a host's poller uses it (no Textual, no asyncio; every res
     summary.sources           # SourceStatus per log: error (unreadable, not a file...),
                               #   skipped_bytes, cut_lines, notes (rotations)
     summary.errors()          # [(source, message)] for the host's `errors`
-    summary.as_json()         # DESIGN's `http`, `upstream_errors`, `events` (+ `log_sources`)
+    summary.as_json()         # the JSON's `http`, `upstream_errors`, `events` (+ `log_sources`)
     logs.close()
 
 Modules (each documents its rules):

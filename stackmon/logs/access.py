@@ -78,7 +78,7 @@ class EndpointStat:
 
 @dataclass(frozen=True, slots=True)
 class HttpSummary:
-    """The access log's figures over the last `window_s` seconds (DESIGN's `http`).
+    """The access log's figures over the last `window_s` seconds (docs/contracts.md: `http`).
 
     per_s divides by the part of the window actually covered (`covered_s`: shorter just after
     start when the log held less history). `upstream_ms` is None when the format logs no

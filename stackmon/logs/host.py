@@ -86,7 +86,8 @@ class LogSummary:
                 for s in self.sources if s.error]
 
     def as_json(self) -> dict[str, Any]:
-        """The DESIGN snapshot keys `http`, `upstream_errors`, `events`, plus `log_sources`."""
+        """The snapshot JSON keys (docs/contracts.md) `http`, `upstream_errors`, `events`, plus
+        `log_sources`."""
         http = self.http
         return {
             "http": None if http is None else {

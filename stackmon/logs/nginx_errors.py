@@ -1,6 +1,6 @@
 """nginx error-log lines classified by why the upstream failed, per upstream, over a window.
 
-An access log says "502"; only the error log says why. The exact texts (shared/REFERENCE.md §6,
+An access log says "502"; only the error log says why. The exact texts (docs/reference.md §5,
 from nginx's sources) map to causes:
 
 - queue_full: `connect() to unix:... failed (11: Resource temporarily unavailable) while
@@ -70,7 +70,8 @@ class ErrorLine:
 
 @dataclass(frozen=True, slots=True)
 class UpstreamError:
-    """DESIGN's `upstream_errors` entry: a cause at one upstream in the window."""
+    """The JSON's `upstream_errors` entry (docs/contracts.md): a cause at one upstream in the
+    window."""
 
     cause: str
     upstream: str

@@ -1,6 +1,6 @@
 """uWSGI log lines turned into events: harakiri, worker deaths and respawns, NO MERCY, reloads,
 chain reload steps and full TCP listen queues (texts from uWSGI 2.0's core/master*.c,
-shared/REFERENCE.md §6).
+docs/reference.md §5).
 
 - harakiri: `*** HARAKIRI ON WORKER N (pid: P, try: T[, graceful: ...]) ***`, then `HARAKIRI
   [core C] IP - METHOD URI since EPOCH` and/or `HARAKIRI: --- uWSGI worker N [core C] (pid: P)
@@ -67,7 +67,8 @@ _TRIGGERS = ("HARAKIRI", "DAMN !", "Respawned", "NO MERCY", "listen queue", "cha
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """DESIGN's `events` entry. worker/pid/uri are None when the line does not say."""
+    """The JSON's `events` entry (docs/contracts.md). worker/pid/uri are None when the line does
+    not say."""
 
     at: float
     source: str

@@ -1,6 +1,6 @@
 """nginx stub_status: fetch, parse the exact format, and derive the request rate.
 
-The page is four fixed lines (REFERENCE.md section 4). Anything else (an HTML error page, a
+The page is four fixed lines (docs/reference.md §4). Anything else (an HTML error page, a
 proxy's login page, a truncated body) is reported as "not a stub_status page" rather than
 guessed at, because a wrong number here would send the on-call engineer down the wrong path.
 """
