@@ -648,3 +648,38 @@ def test_unit_sets_a_descriptor_limit():
     unit = (Path(__file__).parent.parent / "deploy" / "stackmon-agent.service").read_text()
     limit = next(line for line in unit.splitlines() if line.startswith("LimitNOFILE="))
     assert int(limit.split("=", 1)[1]) >= 8192
+
+
+def test_a_client_that_has_sent_its_request_is_not_the_one_evicted() -> None:
+    """Eviction picks a silent connection, not one whose request already waits in the kernel
+    (a flood from the client's own address is accepted in a batch before anything is read)."""
+    import socket as socketlib
+
+    from stackmon.agent.security import _has_pending_bytes
+
+    server = socketlib.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    talker = socketlib.create_connection(server.getsockname())
+    silent = socketlib.create_connection(server.getsockname())
+    try:
+        a, _ = server.accept()
+        b, _ = server.accept()
+        talker.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        time.sleep(0.1)
+
+        class T:
+            def __init__(self, s: socketlib.socket) -> None:
+                self.s = s
+
+            def get_extra_info(self, name: str) -> Any:
+                return self.s if name == "socket" else None
+
+        assert _has_pending_bytes(T(a)) is True
+        assert _has_pending_bytes(T(b)) is False
+        assert a.recv(100).startswith(b"GET /")  # peeking consumed nothing
+        a.close()
+        b.close()
+    finally:
+        for s in (talker, silent, server):
+            s.close()

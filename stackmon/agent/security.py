@@ -297,6 +297,20 @@ class ConnectionLimits:
         return min(self.total, max(16, fd_limit - FD_RESERVE))
 
 
+def _has_pending_bytes(transport: asyncio.BaseTransport) -> bool:
+    """Whether the peer has sent bytes this process has not read yet (MSG_PEEK: nothing is
+    consumed). False when the socket cannot be asked (a test's fake transport, a closed one)."""
+    wrapped = transport.get_extra_info("socket")
+    if wrapped is None:
+        return False
+    try:
+        # a dup of the descriptor: asyncio's socket wrapper deprecates recv()
+        with socket.fromfd(wrapped.fileno(), wrapped.family, wrapped.type) as sock:
+            return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:  # BlockingIOError: nothing sent; others: closed, not a socket
+        return False
+
+
 class _Conn:
     """Book-keeping for one admitted connection."""
 
@@ -388,15 +402,22 @@ class ConnectionGuard:
         return any(self._evict_from(client) for client in by_size)
 
     def _evict_from(self, client: str) -> bool:
-        """Drop the oldest connection of `client` not serving a request; False if none."""
-        for conn in self._by_client.get(client, {}):
-            if not conn.busy:
-                self.evicted += 1
-                self.note("evicted", f"connection cap reached: dropping idle connections "
-                                     f"(from {client} first)")
-                self._close(conn, abort=True)
-                return True
-        return False
+        """Drop the oldest connection of `client` not serving a request; False if none.
+
+        Silent ones go first: a connection whose request is already waiting in the kernel is a
+        client talking, not an attacker holding a slot. During a flood from the client's own
+        address (localhost, a NAT) the loop accepts a whole batch of connections before it
+        reads any of them, so "not read yet" is not "silent": the socket is peeked."""
+        idle = [conn for conn in self._by_client.get(client, {}) if not conn.busy]
+        victim = next((c for c in idle if not _has_pending_bytes(c.transport)),
+                      idle[0] if idle else None)
+        if victim is None:
+            return False
+        self.evicted += 1
+        self.note("evicted", f"connection cap reached: dropping idle connections "
+                             f"(from {client} first)")
+        self._close(victim, abort=True)
+        return True
 
     # --- events from the protocol and the server -----------------------------------------
 
