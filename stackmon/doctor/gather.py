@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 
-from stackmon.bounded_io import BoundedReadError, read_file
+from stackmon.bounded_io import BoundedReadError, User, read_file
 from stackmon.config import HostConfig, Settings
 from stackmon.doctor.facts import (
     HostFacts,
@@ -305,10 +305,12 @@ def live_host_facts(host: HostConfig, live: LiveFacts, *,
                                 error=path.message))
         else:
             try:
-                nginx.append(NginxFacts(conf=load_nginx(path), master_pid=pid,
+                # read with the rights of the master that runs it, never as a reading proxy
+                user = User.of_process(pid)
+                nginx.append(NginxFacts(conf=load_nginx(path, as_user=user), master_pid=pid,
                                         discovered=True))
                 inputs.append(Input("nginx-conf", path, host=host.name))
-            except NginxConfError as exc:
+            except (NginxConfError, BoundedReadError) as exc:
                 inputs.append(Input("nginx-conf", path, host=host.name, error=str(exc)))
     return HostFacts(name=host.name, uwsgi=tuple(uwsgi), nginx=tuple(nginx), live=live), inputs
 
