@@ -606,7 +606,7 @@ async def test_slow_endless_output_hits_the_deadline() -> None:
         elapsed = time.monotonic() - t0
     assert isinstance(err, SourceError)
     assert "reply not finished within 0.5 s" in err.message
-    assert elapsed < 0.5 + 0.5
+    assert elapsed < 0.5 + 2.0  # cut at its deadline (the margin is for a loaded CI)
 
 
 async def test_server_that_accepts_and_never_answers() -> None:
