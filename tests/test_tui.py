@@ -111,7 +111,8 @@ async def test_detail_follows_a_respawn():
 async def test_sort_filter_and_help():
     host = recorded()
     app = app_for(host)
-    async with app.run_test(size=(120, 36)) as pilot:
+    # 40 rows: the help lists every key of the registry (the fleet's too) and its legend.
+    async with app.run_test(size=(120, 40)) as pilot:
         feed(app, host)
         await pilot.pause()
         workers = app.query_one(WorkerList)

@@ -159,3 +159,62 @@ EVENTS = (
     event(900.0, "reload", "graceful reload started"),
 )
 """Events as the core reports them, newest first (times are seconds after the epoch)."""
+
+
+# --------------------------------------------------------------- fleets (the overview)
+
+def healthy(host: HostSnapshot, name: str) -> HostSnapshot:
+    """`host` with every request finished and every queue empty: a host the health model
+    calls ok (with its LB health check passing)."""
+    from stackmon.model import Core
+
+    uwsgi = tuple(replace(inst, listen_queue=0, sockets=tuple(replace(s, queue=0)
+                                                              for s in inst.sockets),
+                          workers=tuple(replace(w, status="idle", cores=tuple(
+                              Core(c.id, c.requests, False, None) for c in w.cores))
+                              for w in inst.workers))
+                  for inst in host.uwsgi)
+    return replace(host, name=name, uwsgi=uwsgi,
+                   listeners=tuple(replace(li, queue=0) for li in host.listeners),
+                   health=check(checked_at=host.taken_at))
+
+
+FLEET_GROUPS = ("api", "web", "batch")
+
+
+def fleet_name(i: int) -> str:
+    return f"{FLEET_GROUPS[i % 3]}-{i:03d}"
+
+
+def fleet_snapshots(n: int) -> list[HostSnapshot]:
+    """n hosts in three groups (api, web, batch by i % 3): mostly ok; every 50th from the 7th
+    critical (stuck requests, a full queue), every 50th from the 13th unreachable, every 25th
+    from the 4th warning (its LB health check failed once)."""
+    base = recorded("demo-hangs.json")
+    ok = healthy(base, "x")
+    out = []
+    for i in range(n):
+        name = fleet_name(i)
+        if i % 50 == 7:
+            snap = replace(base, name=name)
+        elif i % 50 == 13:
+            snap = unreachable(name, base.taken_at)
+        elif i % 25 == 4:
+            snap = replace(ok, name=name, health=check(ok=False, failures_in_row=1,
+                                                       last_error="HTTP 502",
+                                                       checked_at=base.taken_at))
+        else:
+            snap = replace(ok, name=name)
+        out.append(replace(snap, group=FLEET_GROUPS[i % 3]))
+    return out
+
+
+def fleet_app(snaps: list[HostSnapshot], *, read_only: bool = False) -> StackmonApp:
+    """An app (no polling, frozen clock) whose hosts are `snaps`' names, each in its group."""
+    configs = tuple(HostConfig(name=h.name, group=h.group,
+                               uwsgi=(parse_stats_address("127.0.0.1:9002"),))
+                    for h in snaps)
+    frozen = snaps[0].taken_at + 3.0
+    targets = Targets(hosts=configs, settings=Settings(slow=5.0, critical=20.0,
+                                                       read_only=read_only))
+    return StackmonApp(targets, poll=False, clock=lambda: frozen)

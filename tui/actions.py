@@ -67,6 +67,13 @@ ACTIONS: tuple[ActionSpec, ...] = (
                "timeouts vs the load balancer's, reload mercy vs the health check, fds."),
     ActionSpec("reload('chain')", "C", "Chain reload", "Chain reload: one worker at a time.",
                mutating=True, footer=False, key_display="C"),
+    ActionSpec("rolling_reload", "R", "Roll group", "On the overview: rolling reload of the "
+               "selected host's group, host by host (asks first).", mutating=True,
+               key_display="R", narrow=True),
+    ActionSpec("overview", "o", "Overview", "Every host on one line, worst first; / filters, "
+               "Enter opens one.", footer=False),
+    ActionSpec("close_tab", "ctrl+w", "Close tab", "Close a host's tab opened from the "
+               "overview.", footer=False, key_display="^w"),
     ActionSpec("help", "question_mark", "Help", "Show every key and what it does.",
                key_display="?", narrow=True),
     ActionSpec("quit", "q", "Quit", "Leave stackmon (the monitored stack is not touched).",

@@ -4,6 +4,12 @@ Data flows one way. Each host has an async worker that polls (stackmon.collect, 
 where it costs CPU) and only posts HostPolled; the app routes the snapshot to that host's pane,
 which keeps it and re-renders only when it is the visible tab. Tab titles carry each host's
 worst state, so the sick host shows from any tab.
+
+A fleet (FLEET_MIN_HOSTS hosts or more) starts on the overview (tui.screens.fleet): one line per
+host, worst first. A tab bar of 100 names answers nothing, so only the overview, hosts in alarm
+(critical; at most MAX_ALARM_TABS) and hosts the user opened (Enter on the overview, or the
+command palette, which finds any host by name) take a tab; a host pane is built only then. With
+fewer hosts every host keeps its tab as before and `o` adds the overview.
 """
 
 from __future__ import annotations
@@ -19,25 +25,31 @@ from textual import events, on
 from textual.app import App, ComposeResult, SystemCommand
 from textual.screen import Screen
 from textual.widgets import Footer, TabbedContent
+from textual.worker import Worker as TaskWorker
+from textual.worker import WorkerState
 
 from stackmon.actions.audit import AuditLog
 from stackmon.actions.base import ActionError
 from stackmon.actions.reload_progress import ReloadProgress
+from stackmon.actions.rolling import RollPolicy, RollResult, RollStep, rolling_reload
 from stackmon.config import Targets
-from stackmon.health import Severity, assess
+from stackmon.health import HostState, Severity, assess
 from stackmon.hosts import Host, open_host
 from stackmon.model import HostSnapshot, Worker
 from stackmon.poller import Fleet
 from stackmon.redact import visible
 from tui.actions import ACTIONS, bindings, shown
+from tui.commands import HostCommands
 from tui.host_pane import HostPane
 from tui.messages import ActionFinished, DoctorDone, HostPolled, ReloadProgressed
 from tui.screens.confirm import KillChoice, KillConfirm, ReloadChoice, ReloadConfirm
 from tui.screens.doctor import DoctorScreen
 from tui.screens.events import EventsScreen
+from tui.screens.fleet import PANE_ID, FleetPane, RollConfirm, RollProgressed
 from tui.screens.help import HelpScreen
 from tui.screens.reload_view import ReloadScreen
 from tui.screens.worker_detail import WorkerDetailScreen
+from widgets.fleet_table import FleetTable
 from widgets.worker_list import WorkerList
 
 BADGE_STYLE: dict[Severity, str] = {"ok": "green", "warn": "bold yellow",
@@ -46,6 +58,12 @@ BADGE_ICON: dict[Severity, str] = {"ok": "●", "warn": "▲", "critical": "✖"
 
 # Below this width the Footer keeps only the triage keys (tui.actions, `narrow`).
 FOOTER_FULL_WIDTH = 132
+
+# From this many hosts on, the overview is the first tab and only some hosts take a tab.
+FLEET_MIN_HOSTS = 4
+# Hosts that take a tab of their own because they are critical (a fleet-wide outage must not
+# build 500 host panes); the overview lists every one of them anyway.
+MAX_ALARM_TABS = 8
 
 # Signals that end the TUI the way `q` does (exit status 128 + n, as a shell reports it).
 EXIT_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
@@ -84,6 +102,10 @@ class StackmonApp(App[int]):
     TITLE = "stackmon"
     CSS_PATH = "app.tcss"
     ENABLE_COMMAND_PALETTE = True
+    COMMANDS = App.COMMANDS | {HostCommands}
+    # An alarm tab goes this long after its host stopped being critical (a flapping host must
+    # not build and tear down a pane every poll); tests set it to 0.
+    ALARM_LINGER_S = 30.0
 
     def __init__(self, targets: Targets, *, poll: bool = True,
                  clock: Callable[[], float] = time.time, audit: AuditLog | None = None) -> None:
@@ -95,6 +117,17 @@ class StackmonApp(App[int]):
         self._poll = poll
         self._states: dict[int, tuple[str, Severity] | None] = {}
         self._reload_views: set[str] = set()
+        self.fleet_mode = len(targets.hosts) >= FLEET_MIN_HOSTS
+        self.panes: dict[int, HostPane] = {}
+        self.overview: FleetPane | None = None
+        self._latest: dict[int, HostSnapshot] = {}
+        self._assessed: dict[int, HostState] = {}
+        self._opened: set[int] = set()  # hosts the user opened (they keep their tab)
+        self._alarm: dict[int, float | None] = {}  # alarm tab -> when it calmed (monotonic)
+        self._dismissed: set[int] = set()  # alarm tabs the user closed while still critical
+        self._pane_lock = asyncio.Lock()  # tabs are added and removed one at a time
+        self._tabbed: TabbedContent | None = None
+        self._roll_members: list[int] | None = None
         self.paused = False
         self._narrow_footer: bool | None = None
         for b in bindings(self.read_only):
@@ -104,19 +137,27 @@ class StackmonApp(App[int]):
     # --- layout ---------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
-        self.panes = [HostPane(i, host, self.targets.settings, self.clock, id=f"host-{i}")
-                      for i, host in enumerate(self.targets.hosts)]
+        if self.fleet_mode:
+            self.overview = FleetPane(self.targets.hosts)
+        else:
+            self.panes = {i: self._new_pane(i) for i in range(len(self.targets.hosts))}
         with TabbedContent(id="hosts"):
-            yield from self.panes
+            if self.overview is not None:
+                yield self.overview
+            yield from self.panes.values()
         yield Footer()
+
+    def _new_pane(self, index: int) -> HostPane:
+        return HostPane(index, self.targets.hosts[index], self.targets.settings, self.clock,
+                        id=f"host-{index}")
 
     def on_load(self) -> None:
         self._catch_exit_signals()
 
     def on_mount(self) -> None:
         tabs = self._tabs
-        for i, host in enumerate(self.targets.hosts):
-            tabs.get_tab(f"host-{i}").label = tab_label(host.name, None)
+        for i in self.panes:
+            tabs.get_tab(f"host-{i}").label = tab_label(self.targets.hosts[i].name, None)
         if self._poll:
             # One task per host (stackmon.poller): deadlines and backoff keep a dead host from
             # delaying the others; each snapshot arrives here as a message.
@@ -154,15 +195,25 @@ class StackmonApp(App[int]):
             self.show_snapshot(message.index, message.snapshot)
 
     def show_snapshot(self, index: int, snap: HostSnapshot) -> None:
-        """Route a snapshot to its pane and badge; public so tests can feed recorded data."""
-        pane = self.panes[index]
-        pane.set_snapshot(snap, visible=not self.paused and self._active_index() == index)
-        assessed = assess(snap)
+        """Route a snapshot to its pane, badge and overview line; public so tests can feed
+        recorded data. A host without a tab costs its assessment and its overview line."""
+        self._latest[index] = snap
+        assessed = self._assessed[index] = assess(snap)
+        pane = self.panes.get(index)
+        if pane is not None:
+            pane.set_snapshot(snap, visible=not self.paused and self._active_index() == index)
         state = (assessed.label, assessed.severity)
         if self._states.get(index) != state:
             self._states[index] = state
-            self._tabs.get_tab(f"host-{index}").label = tab_label(
-                self.targets.hosts[index].name, state)
+            if pane is not None:
+                self._tabs.get_tab(f"host-{index}").label = tab_label(
+                    self.targets.hosts[index].name, state)
+        if self.overview is not None and not self.paused:
+            self.overview.set_host(index, snap, assessed)
+        if self.fleet_mode:
+            self._alarm_tab(index, assessed.critical)
+        if pane is None:
+            return
         screen = self.screen
         if isinstance(screen, ReloadScreen) and screen.host_index == index:
             screen.set_host(snap)
@@ -183,21 +234,65 @@ class StackmonApp(App[int]):
         on top, so the Footer only lists keys that do something there (a screen that offers
         one, like the detail's K, binds it itself). Read-only keeps the mutating keys, out of
         the Footer, so that they can say why they do nothing."""
+        fleet = self._fleet_check(action)
+        if fleet is not None:
+            return fleet
         return not (action in self._MAIN_ONLY and len(self.screen_stack) > 1)
+
+    # Keys of one host's view: inert on the overview, whose own keys reuse some (R there is
+    # the rolling reload); and the overview's own keys, inert elsewhere and under a screen.
+    _HOST_ONLY = frozenset({"open_worker", "cycle_sort", "next_instance", "kill_worker",
+                            "reload", "doctor", "events", "worst", "trace_worker"})
+    _FLEET_ONLY = frozenset({"rolling_reload"})
+    _TAB_KEYS = frozenset({"rolling_reload", "overview", "close_tab"})
+
+    def _fleet_check(self, action: str) -> bool | None:
+        """check_action's answer for the overview and its keys; None: not decided here."""
+        if action in self._TAB_KEYS and len(self.screen_stack) > 1:
+            return False
+        if action in self._FLEET_ONLY:
+            return self._on_overview()
+        if action in self._HOST_ONLY and self._on_overview():
+            return False
+        return None
 
     @property
     def _tabs(self) -> TabbedContent:
-        return self.screen_stack[0].query_one(TabbedContent)
+        if self._tabbed is None:
+            self._tabbed = self.screen_stack[0].query_one(TabbedContent)
+        return self._tabbed
 
-    def _active_index(self) -> int:
+    def _on_overview(self) -> bool:
+        return self.overview is not None and self._tabs.active == PANE_ID
+
+    def _active_index(self) -> int | None:
+        """The host whose tab is shown; None on the overview."""
         active = self._tabs.active
-        return int(active.split("-")[1]) if active else 0
+        if active == PANE_ID:
+            return None
+        return int(active.split("-")[1]) if active else min(self.panes, default=0)
 
     def active_pane(self) -> HostPane:
-        return self.panes[self._active_index()]
+        """The host tab shown (the overview has no host: host actions are inert there)."""
+        index = self._active_index()
+        if index is None or index not in self.panes:
+            raise LookupError("the overview is shown, not a host")
+        return self.panes[index]
+
+    def _active_host_pane(self) -> HostPane | None:
+        index = self._active_index()
+        return self.panes.get(index) if index is not None else None
+
+    def host_state(self, index: int) -> tuple[str, Severity] | None:
+        """A host's (label, severity) from its latest poll (None before it), for the palette."""
+        return self._states.get(index)
 
     def _focus_workers(self) -> None:
-        self.active_pane().focus_workers()
+        pane = self._active_host_pane()
+        if pane is not None:
+            pane.focus_workers()
+        elif self.overview is not None:
+            self.overview.table.focus()
 
     def on_resize(self, event: events.Resize) -> None:
         self.set_class(event.size.width < 110, "-narrow")
@@ -226,10 +321,11 @@ class StackmonApp(App[int]):
 
     @on(TabbedContent.TabActivated)
     def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
-        pane = self.active_pane()
-        if not self.paused:
+        pane = self._active_host_pane()
+        if pane is not None and not self.paused:
             pane.show_latest()
-        pane.focus_workers()
+        self._focus_workers()
+        self.refresh_bindings()  # the overview and a host's tab have keys of their own
 
     # --- actions (declared in tui.actions) --------------------------------------------------
 
@@ -255,15 +351,23 @@ class StackmonApp(App[int]):
         self.notify(f"Workers sorted by {key}.", timeout=2)
 
     def action_filter(self) -> None:
+        if self._on_overview() and self.overview is not None:
+            self.overview.open_filter()
+            return
         self.active_pane().open_filter()
 
     def action_toggle_pause(self) -> None:
         self.paused = not self.paused
         self.sub_title = "PAUSED" if self.paused else ""
-        for pane in self.panes:
+        for pane in self.panes.values():
             pane.set_paused(self.paused)
         if not self.paused:
-            self.active_pane().show_latest()
+            active = self._active_host_pane()
+            if active is not None:
+                active.show_latest()
+            if self.overview is not None:
+                for index, snap in self._latest.items():
+                    self.overview.set_host(index, snap, self._assessed[index])
         self.notify("Paused: the screen is frozen, polling goes on (p resumes)." if self.paused
                     else "Resumed: showing the latest poll.", timeout=3)
 
@@ -275,9 +379,16 @@ class StackmonApp(App[int]):
             self.notify(why or f"No request past the slow threshold ({s.slow:g}s) on this "
                         "instance.", timeout=3)
 
+    def _tab_ids(self) -> list[str]:
+        """The tabs in their order: the overview, then hosts in hosts-file order."""
+        return ([PANE_ID] if self.overview is not None else []) + [
+            f"host-{i}" for i in sorted(self.panes)]
+
     def _switch(self, step: int) -> None:
-        n = len(self.targets.hosts)
-        self._tabs.active = f"host-{(self._active_index() + step) % n}"
+        ids = self._tab_ids()
+        active = self._tabs.active
+        at = ids.index(active) if active in ids else 0
+        self._tabs.active = ids[(at + step) % len(ids)]
 
     def action_next_host(self) -> None:
         self._switch(1)
@@ -434,6 +545,8 @@ class StackmonApp(App[int]):
     def _reload_progressed(self, message: ReloadProgressed) -> None:
         progress = message.progress
         assert isinstance(progress, ReloadProgress)
+        if self.overview is not None:
+            self.overview.reload_progress(message.host_index, progress, message.final)
         screen = self.screen
         if isinstance(screen, ReloadScreen) and screen.instance == message.instance:
             screen.set_progress(progress)
@@ -452,6 +565,185 @@ class StackmonApp(App[int]):
         # The text can quote a server's error, a URI or a host name: never markup, never raw.
         self.notify(visible(message.text), title=visible(message.title), markup=False,
                     severity="information" if message.ok else "error", timeout=8)
+
+    # --- the fleet: the overview, tabs for hosts in alarm or opened, the rolling reload -----
+
+    def open_host(self, index: int) -> None:
+        """Show a host in its tab, building the tab when it has none (Enter on the overview,
+        the palette); the host keeps its tab until closed (ctrl+w)."""
+        self.call_later(self._open_host, index)
+
+    async def _open_host(self, index: int) -> None:
+        self._opened.add(index)
+        self._dismissed.discard(index)
+        pane = await self._ensure_pane(index)
+        self._tabs.active = pane.id or ""
+
+    async def _ensure_pane(self, index: int) -> HostPane:
+        """The host's pane, mounted in hosts-file order after the overview, and given the
+        host's latest poll (its history starts there)."""
+        async with self._pane_lock:
+            pane = self.panes.get(index)
+            if pane is not None:
+                return pane
+            pane = self._new_pane(index)
+            later = [i for i in sorted(self.panes) if i > index]
+            await self._tabs.add_pane(pane, before=f"host-{later[0]}" if later else None)
+            self.panes[index] = pane
+            self._tabs.get_tab(pane).label = tab_label(self.targets.hosts[index].name,
+                                                       self._states.get(index))
+            pane.set_paused(self.paused)
+            snap = self._latest.get(index)
+            if snap is not None:
+                pane.set_snapshot(snap, visible=False)
+            return pane
+
+    async def _drop_pane(self, index: int) -> None:
+        async with self._pane_lock:
+            pane = self.panes.pop(index, None)
+            if pane is None:
+                return
+            if self._tabs.active == pane.id and self.overview is not None:
+                self._tabs.active = PANE_ID
+            await self._tabs.remove_pane(pane.id or "")
+
+    def _alarm_tab(self, index: int, critical: bool) -> None:
+        """A critical host takes a tab (up to MAX_ALARM_TABS); the tab goes ALARM_LINGER_S
+        after the host calmed down, unless the user opened it or is looking at it."""
+        if critical:
+            if index in self._alarm:
+                self._alarm[index] = None
+            elif (index not in self.panes and index not in self._dismissed
+                  and len(self._alarm) < MAX_ALARM_TABS):
+                self._alarm[index] = None
+                self.call_later(self._ensure_pane, index)
+            return
+        self._dismissed.discard(index)
+        if index not in self._alarm:
+            return
+        calm = self._alarm[index]
+        now = time.monotonic()
+        if calm is None:
+            self._alarm[index] = calm = now
+        if now - calm >= self.ALARM_LINGER_S and index not in self._opened \
+                and self._active_index() != index:
+            del self._alarm[index]
+            self.call_later(self._drop_pane, index)
+
+    @on(FleetTable.Selected)
+    def _fleet_selected(self, event: FleetTable.Selected) -> None:
+        self.open_host(event.index)
+
+    async def action_overview(self) -> None:
+        """Show the overview; with a few hosts (no overview yet) it is added as first tab."""
+        if self.overview is None:
+            self.overview = FleetPane(self.targets.hosts)
+            first = f"host-{min(self.panes)}" if self.panes else None
+            await self._tabs.add_pane(self.overview, before=first)
+            for index, snap in self._latest.items():
+                self.overview.set_host(index, snap, self._assessed[index])
+        self._tabs.active = PANE_ID
+
+    async def action_close_tab(self) -> None:
+        index = self._active_index()
+        if index is None or not self.fleet_mode:
+            self.notify("Only a host's tab opened from the overview closes (with "
+                        f"{FLEET_MIN_HOSTS - 1} hosts or fewer every host keeps its tab).",
+                        timeout=4)
+            return
+        self._opened.discard(index)
+        self._alarm.pop(index, None)
+        state = self._states.get(index)
+        if state is not None and state[1] == "critical":
+            self._dismissed.add(index)  # not reopened while it stays critical
+        await self._drop_pane(index)
+
+    def action_rolling_reload(self) -> None:
+        """R on the overview: a rolling reload of the selected host's group, after a
+        confirmation that names the group and every host in order."""
+        overview = self.overview
+        index = overview.table.cursor_index if overview is not None else None
+        if overview is None or index is None:
+            self.notify("No host selected.", severity="warning")
+            return
+        host = self.targets.hosts[index]
+        if host.group is None:
+            self.notify(f"{visible(host.name)} is in no group: a rolling reload reloads a "
+                        'group (group = "NAME" in the hosts file).', severity="warning",
+                        markup=False)
+            return
+        members = [i for i, h in enumerate(self.targets.hosts) if h.group == host.group]
+        hosts = [self.targets.hosts[i] for i in members]
+        locked = [h.name for h in hosts if h.read_only]
+        if self.read_only or locked:
+            where = "--read-only" if self.read_only else \
+                f"read_only = true for {visible(', '.join(locked))} in the hosts file"
+            self.notify(f"Read-only ({where}): stackmon does not reload group "
+                        f"{visible(host.group)}.", severity="warning", markup=False)
+            return
+        if self._roll_members is not None:
+            self.notify("A rolling reload is already running (its progress is on the "
+                        "overview).", severity="warning")
+            return
+        group = host.group
+        policy = RollPolicy()
+
+        def chosen(start: bool | None) -> None:
+            if start and self._roll_members is None:
+                self._roll_members = members
+                overview.roll_started(group, members)
+                self.run_worker(self._roll(group, members, policy), group="roll",
+                                name=f"rolling reload {group}", exit_on_error=False)
+
+        self.push_screen(RollConfirm(group, hosts, policy.mode, policy.settle_timeout),
+                         chosen)
+
+    async def _roll(self, group: str, members: list[int], policy: RollPolicy) -> RollResult:
+        """The roll through the pollers' own Host objects (what it does shows among each
+        host's events); hosts opened only for it are closed after."""
+        own = getattr(self, "fleet", None) is None
+        hosts = [self._host(i) for i in members]
+
+        def stepped(step: RollStep) -> None:
+            self.post_message(RollProgressed(members[step.position - 1], step))
+            if step.phase in ("done", "failed"):
+                self._poll_now(members[step.position - 1])
+
+        try:
+            return await rolling_reload(hosts, audit=self.audit, policy=policy, group=group,
+                                        on_step=stepped)
+        finally:
+            if own:
+                await asyncio.gather(*(h.aclose() for h in hosts), return_exceptions=True)
+
+    @on(RollProgressed)
+    def _roll_progressed(self, message: RollProgressed) -> None:
+        if self.overview is not None:
+            self.overview.roll_step(message.host_index, message.step)
+
+    @on(TaskWorker.StateChanged)
+    def _roll_ended(self, event: TaskWorker.StateChanged) -> None:
+        """The roll's outcome (or why it could not run: a refusal, an audit log that cannot
+        be written, a bug) on the overview and in a notification."""
+        worker = event.worker
+        if worker.group != "roll" or event.state not in (
+                WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED):
+            return
+        members, self._roll_members = self._roll_members or [], None
+        result = worker.result if event.state == WorkerState.SUCCESS else None
+        if isinstance(result, RollResult):
+            error = None
+            ok, text = result.ok, result.message
+        else:
+            exc = worker.error
+            error = exc.message if isinstance(exc, ActionError) else (
+                str(exc) or type(exc).__name__ if exc is not None else "cancelled")
+            ok, text = False, f"rolling reload failed: {error}"
+        if self.overview is not None:
+            self.overview.roll_finished(members, result if isinstance(result, RollResult)
+                                        else None, error)
+        self.notify(visible(text), title="Rolling reload", markup=False,
+                    severity="information" if ok else "error", timeout=10)
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         """The palette lists the same registry as the keys (plus Textual's own commands)."""
