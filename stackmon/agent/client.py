@@ -30,7 +30,6 @@ import ssl
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, get_args
-from urllib.parse import quote, urlsplit
 
 import httpx
 import orjson
@@ -45,6 +44,9 @@ from stackmon.redact import visible
 from stackmon.snapshot_json import host_from_dict
 
 if TYPE_CHECKING:
+    import aiohttp
+    import yarl
+
     from stackmon.actions.stack import StackResult
 
 ACTOR_HEADER = "X-Stackmon-Actor"
@@ -157,14 +159,16 @@ def new_http_client(url: str, timeout: float, *, pool: int = 2) -> httpx.AsyncCl
     )
 
 
-# --- the poll path: a lean keep-alive HTTP/1.1 client -----------------------------------------
+# --- the poll path: aiohttp, one session per agent ---------------------------------------------
 
-# A reply's status line and headers (and each chunk-size line) are read up to this many bytes.
-MAX_HEAD_BYTES = 64 * 1024
-# Idle keep-alive connections kept per agent (a poll and an action's fresh snapshot may overlap).
+# Connections per agent, kept alive between polls (a poll and an action's fresh snapshot may
+# overlap; a third exchange waits for one of them, within its caller's deadline).
 KEEP_ALIVE = 2
-_HEX = b"0123456789abcdefABCDEF"
-_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+# An answer's status line and each header line are read up to this many bytes, and at most
+# MAX_HEADERS lines: its head stays under ~512 KiB whatever the far side sends. The agent's own
+# heads are a few hundred bytes.
+MAX_LINE_BYTES = 8190
+MAX_HEADERS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,219 +184,151 @@ class _Closed(ConnectionError):
     """The agent closed the connection before its answer was complete."""
 
 
-class _Stale(_Closed):
-    """A kept-alive connection the agent had closed while idle: the GET is retried anew."""
-
-
-class _Conn:
-    __slots__ = ("reader", "writer")
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    def usable(self) -> bool:
-        return not self.writer.is_closing() and not self.reader.at_eof()
-
-
 class SnapshotClient:
-    """GETs from one agent over keep-alive HTTP/1.1 on asyncio streams: the poll path.
+    """GETs from one agent over keep-alive HTTP/1.1 through aiohttp: the poll path.
 
-    Why not httpx here: polling 500 agents every second spent ~0.6 ms of CPU per poll in its
-    request/response machinery, the largest share of the fleet's budget (bench/bench_fleet.py);
-    the one exchange a poll needs costs a fraction of that here. Same guarantees: the status
-    line and headers are read up to MAX_HEAD_BYTES, the body up to a limit whether it has a
-    Content-Length, is chunked or runs to the close; no proxy from the environment; TLS
-    verified like every agent client (system CAs plus $STACKMON_AGENT_CA, hostname checked);
-    no compression asked for or accepted (a compressed body could inflate a thousandfold past
-    the cap). The deadline of the whole exchange is the caller's (asyncio.timeout): whatever
-    interrupts an exchange drops its connection, whose state is then unknown.
+    Why aiohttp (already the agent server's library) rather than httpx, which the actions use:
+    polling 500 agents every second, httpx's request machinery cost ~0.55 ms of CPU per poll,
+    aiohttp's ~0.12 ms (its C parser), which keeps a fleet of 500 within its CPU budget
+    (bench/bench_fleet.py). The guarantees are set here, not left to defaults: one session and
+    a KEEP_ALIVE-connection pool per agent (a black-holed agent holds only its own); no proxy
+    from the environment (a monitor must reach the host it names), no cookies, no redirects;
+    TLS verified like every agent client (system CAs plus $STACKMON_AGENT_CA, hostname
+    checked); status and header lines bounded (MAX_LINE_BYTES, MAX_HEADERS); the body read up
+    to the caller's limit whether it has a Content-Length (refused before reading when it
+    declares more), is chunked or runs to the close; no compression asked for or accepted (a
+    compressed body could inflate a thousandfold past the cap). The deadline of the whole
+    exchange is the caller's (asyncio.timeout): whatever interrupts an exchange drops its
+    connection, whose state is then unknown. aiohttp sends an idempotent GET again, once, when
+    the agent closed a connection instead of answering (a kept-alive one it had closed while
+    idle, usually). Its exceptions leave here as the OSError / ReplyError / ValueError that
+    AgentSource.fetch turns into reasons.
     """
 
     def __init__(self, url: str) -> None:
-        parse_agent_url(url)  # AddressError (a ValueError) saying why a URL is not usable
-        parts = urlsplit(url)
-        assert parts.hostname is not None  # checked by parse_agent_url
-        self.tls = parts.scheme == "https"
-        self.host = parts.hostname
-        self.port = parts.port or (443 if self.tls else 80)
-        self.authority = parts.netloc
-        self.prefix = quote(parts.path.rstrip("/"), safe=_PATH_SAFE)
-        self._idle: list[_Conn] = []
+        base = parse_agent_url(url)  # AddressError (a ValueError) saying why it is not usable
+        self.tls = base.startswith("https://")
+        self.base = base
+        self._urls: dict[str, yarl.URL] = {}
+        self._session: aiohttp.ClientSession | None = None
         self._closed = False
-        self._requests: dict[tuple[str, tuple[tuple[str, str], ...]], bytes] = {}
 
-    def _request(self, path: str, headers: dict[str, str]) -> bytes:
-        """The request's bytes, built once per path and headers (the token rarely changes)."""
-        key = (path, tuple(headers.items()))
-        data = self._requests.get(key)
-        if data is None:
-            lines = [f"GET {self.prefix}{quote(path, safe=_PATH_SAFE)} HTTP/1.1",
-                     f"Host: {self.authority}", f"User-Agent: stackmon/{__version__}",
-                     "Accept: application/json", "Accept-Encoding: identity",
-                     *(f"{name}: {value}" for name, value in headers.items())]
-            if any("\r" in line or "\n" in line for line in lines):
-                raise ValueError("a request header holds a line break")
-            data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-            if len(self._requests) >= 8:
-                self._requests.clear()
-            self._requests[key] = data
-        return data
+    def _url(self, path: str) -> yarl.URL:
+        """The URL of `path` (after the agent URL's own path), built once per path."""
+        url = self._urls.get(path)
+        if url is None:
+            import yarl
+
+            if len(self._urls) >= 8:
+                self._urls.clear()
+            url = self._urls[path] = yarl.URL(self.base + path)
+        return url
+
+    def _open(self) -> aiohttp.ClientSession:
+        """The agent's session, made on first use (in the running loop): ConfigError when
+        $STACKMON_AGENT_CA cannot be loaded, and then again at the next poll."""
+        if self._closed:
+            raise _Closed("the client is closed")
+        if self._session is None:
+            import aiohttp  # on the first poll: ~0.3 s to import, not paid by local-only runs
+
+            ctx: ssl.SSLContext | bool = client_ssl_context() if self.tls else False
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=KEEP_ALIVE, ssl=ctx),
+                headers={"User-Agent": f"stackmon/{__version__}", "Accept": "application/json",
+                         "Accept-Encoding": "identity"},
+                auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False,
+                # No timeout of aiohttp's own: the whole exchange's deadline is the caller's.
+                timeout=aiohttp.ClientTimeout(total=None, connect=None, sock_read=None,
+                                              sock_connect=None),
+                max_line_size=MAX_LINE_BYTES,
+                max_field_size=MAX_LINE_BYTES, max_headers=MAX_HEADERS)
+        return self._session
 
     async def get(self, path: str, headers: dict[str, str],
                   limit: int = MAX_REPLY_BYTES) -> Reply:
         """GET `path` (after the URL's own path). OSError when the agent cannot be reached or
         drops the connection, ReplyError for an answer too large or not HTTP/1.x."""
-        request = self._request(path, headers)
-        while self._idle:
-            conn = self._idle.pop()
-            if not conn.usable():
-                conn.writer.transport.abort()
-                continue
-            with contextlib.suppress(_Stale):
-                return await self._exchange(conn, request, limit, reused=True)
-        return await self._exchange(await self._connect(), request, limit, reused=False)
+        session = self._open()
+        import aiohttp
 
-    async def _connect(self) -> _Conn:
         try:
-            reader, writer = await asyncio.open_connection(
-                self.host, self.port, limit=MAX_HEAD_BYTES,
-                ssl=client_ssl_context() if self.tls else None,
-                server_hostname=self.host if self.tls else None)
-        except ssl.SSLError:
-            raise
-        except OSError as exc:
-            if exc.errno:  # asyncio says "Connect call failed (address)": say why instead
-                raise type(exc)(exc.errno, os.strerror(exc.errno)) from None
-            raise
-        return _Conn(reader, writer)
-
-    async def _exchange(self, conn: _Conn, request: bytes, limit: int, *,
-                        reused: bool) -> Reply:
-        try:
-            conn.writer.write(request)
-            reply, keep = await _read_reply(conn.reader, limit, reused)
-        except BaseException:
-            conn.writer.transport.abort()  # timeout, cancellation, a bad answer: state unknown
-            raise
-        if keep and not self._closed and len(self._idle) < KEEP_ALIVE:
-            self._idle.append(conn)
-        else:
-            conn.writer.close()
-        return reply
+            async with session.get(self._url(path), headers=headers,
+                                   allow_redirects=False) as resp:
+                try:
+                    return await _read_answer(resp, limit)
+                except BaseException:
+                    resp.close()  # a bad answer, a timeout, a cancellation: state unknown
+                    raise
+        except aiohttp.ClientError as exc:
+            raise _translated(exc) from None
 
     async def aclose(self) -> None:
-        self._closed = True  # an exchange still under way closes its own connection
-        idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.writer.close()
-        for conn in idle:  # a TLS close waits for the peer: not forever
-            with contextlib.suppress(OSError, TimeoutError):
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None:
+            with contextlib.suppress(OSError, TimeoutError):  # a TLS close waits for the peer
                 async with asyncio.timeout(1):
-                    await conn.writer.wait_closed()
+                    await session.close()
 
 
-async def _read_reply(reader: asyncio.StreamReader, limit: int,
-                      reused: bool) -> tuple[Reply, bool]:
-    """One answer and whether its connection may carry another."""
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except (asyncio.IncompleteReadError, ConnectionError) as exc:
-        if reused:
-            raise _Stale() from None
-        if isinstance(exc, ConnectionError):
-            raise
-        raise _Closed("the agent closed the connection without answering") from None
-    except asyncio.LimitOverrunError:
-        raise ReplyError(f"the answer's headers are over {MAX_HEAD_BYTES} bytes") from None
-    http11, status, reason, fields = _parse_head(head)
-    keep = http11 and b"close" not in fields.get(b"connection", b"").lower()
-    coding = fields.get(b"content-encoding", b"identity").lower()
-    if coding != b"identity":
-        raise ReplyError(f"the answer is compressed ({visible(coding.decode('latin-1'))}), "
-                         "which was not asked for")
-    try:
-        if status in (204, 304):
-            body = b""
-        elif b"transfer-encoding" in fields:
-            if fields[b"transfer-encoding"].lower() != b"chunked":
-                raise ReplyError("the answer has a Transfer-Encoding other than chunked")
-            body = await _read_chunked(reader, limit)
-            keep = keep and b"content-length" not in fields
-        elif b"content-length" in fields:
-            body = await reader.readexactly(_declared_length(fields[b"content-length"], limit))
-        else:
-            body = await _read_to_close(reader, limit)
-            keep = False
-    except asyncio.IncompleteReadError:
-        raise _Closed("the agent closed the connection in the middle of its answer") from None
-    except asyncio.LimitOverrunError:
-        raise ReplyError("the answer's chunked encoding is broken") from None
-    return Reply(status, reason, body), keep
-
-
-def _parse_head(head: bytes) -> tuple[bool, int, str, dict[bytes, bytes]]:
-    """(HTTP/1.1?, status, reason, fields by lower-case name; repeated ones joined by ',')."""
-    lines = head[:-4].split(b"\r\n")
-    version, _, rest = lines[0].partition(b" ")
-    code, _, reason = rest.partition(b" ")
-    if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit():
-        raise ReplyError(f"the answer is not HTTP/1.x ({visible(lines[0][:60].decode('latin-1'))})")
-    status = int(code)
-    if status < 200:
-        raise ReplyError(f"the answer is an unexpected {status}")
-    fields: dict[bytes, bytes] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep or not name or name[-1:] in b" \t" or line[:1] in b" \t":
-            raise ReplyError("the answer has a malformed header line")
-        key, value = name.lower(), value.strip(b" \t")
-        fields[key] = fields[key] + b"," + value if key in fields else value
-    return version == b"HTTP/1.1", status, reason.decode("latin-1"), fields
-
-
-def _declared_length(value: bytes, limit: int) -> int:
-    """A Content-Length (repeated copies must agree), refused past `limit` before reading."""
-    values = {v.strip(b" \t") for v in value.split(b",")}
-    text = values.pop() if len(values) == 1 else b""
-    if not text.isdigit():
-        raise ReplyError("the answer has a bad Content-Length")
-    if len(text) > 18:
-        raise ReplyError(f"the answer declares a {len(text)}-digit size, over the {limit}-byte "
-                         "limit")
-    if int(text) > limit:
-        raise ReplyError(f"the answer is {int(text)} bytes, over the {limit}-byte limit")
-    return int(text)
-
-
-async def _read_chunked(reader: asyncio.StreamReader, limit: int) -> bytes:
+async def _read_answer(resp: aiohttp.ClientResponse, limit: int) -> Reply:
+    """The answer whole: refused when compressed, or as soon as it is known to pass `limit`."""
+    coding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+    if coding != "identity":
+        raise ReplyError(f"the answer is compressed ({visible(coding)}), which was not asked for")
+    framing = resp.headers.get("Transfer-Encoding")
+    if framing is not None and framing.strip().lower() != "chunked":
+        raise ReplyError("the answer has a Transfer-Encoding other than chunked")
+    declared = resp.content_length
+    if declared is not None and declared > limit:
+        raise ReplyError(f"the answer is {declared} bytes, over the {limit}-byte limit")
     body = bytearray()
-    while True:
-        size = (await reader.readuntil(b"\r\n"))[:-2].split(b";", 1)[0].strip(b" \t")
-        if not size or len(size) > 16 or size.strip(_HEX):
-            raise ReplyError("the answer's chunked encoding is broken")
-        n = int(size, 16)
-        if n == 0:
-            break
-        if len(body) + n > limit:
-            raise ReplyError(f"the answer is over the {limit}-byte limit")
-        body += await reader.readexactly(n)
-        if await reader.readexactly(2) != b"\r\n":
-            raise ReplyError("the answer's chunked encoding is broken")
-    trailers = 0
-    while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
-        trailers += len(line)
-        if trailers > MAX_HEAD_BYTES:
-            raise ReplyError(f"the answer's trailers are over {MAX_HEAD_BYTES} bytes")
-    return bytes(body)
-
-
-async def _read_to_close(reader: asyncio.StreamReader, limit: int) -> bytes:
-    body = bytearray()
-    while chunk := await reader.read(MAX_HEAD_BYTES):
+    async for chunk in resp.content.iter_any():
         body += chunk
         if len(body) > limit:
             raise ReplyError(f"the answer is over the {limit}-byte limit")
-    return bytes(body)
+    return Reply(resp.status, resp.reason or "", bytes(body))
+
+
+def _translated(exc: aiohttp.ClientError) -> Exception:
+    """aiohttp's exception as what AgentSource.fetch gives a reason for."""
+    import aiohttp
+
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        os_error = exc.os_error
+        if isinstance(os_error, ssl.SSLError) or not os_error.errno:
+            return os_error
+        # asyncio says "Connect call failed (address)": say why instead
+        return OSError(os_error.errno, os.strerror(os_error.errno))
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return _Closed("the agent closed the connection without answering")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return _Closed("the agent closed the connection in the middle of its answer")
+    if isinstance(exc, aiohttp.ClientResponseError):  # what aiohttp's parser refused
+        return ReplyError(_parser_reason(exc))
+    if isinstance(exc, OSError):
+        return OSError(exc.errno, exc.strerror or os.strerror(exc.errno or 0)) \
+            if exc.errno else _Closed(redact.clean(str(exc) or type(exc).__name__))
+    if isinstance(exc, ValueError):  # InvalidURL
+        return ValueError(f"bad agent URL: {redact.clean(str(exc))}")
+    return _Closed(redact.clean(str(exc) or type(exc).__name__))
+
+
+def _parser_reason(exc: aiohttp.ClientResponseError) -> str:
+    """Why aiohttp's parser refused an answer, in words: the first line of its message (the
+    rest points at the far side's bytes), cleaned."""
+    from aiohttp.http_exceptions import LineTooLong
+
+    seen: BaseException | None = exc
+    while seen is not None and not isinstance(seen, LineTooLong):
+        seen = seen.__cause__
+    if seen is not None:
+        return f"the answer has a line over {MAX_LINE_BYTES} bytes"
+    message = (exc.message or type(exc).__name__).splitlines()[0].rstrip(":. ")
+    if message == "Too many headers received":
+        return f"the answer has over {MAX_HEADERS} header lines"
+    return f"the answer is not HTTP/1.x ({redact.clean(message)})"
 
 
 class AgentSource:
