@@ -41,6 +41,8 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("worst", "w", "Worst", "Go to the worst worker (the oldest request past a "
                "threshold); again: the next worst. On the worst, the cursor follows it.",
                narrow=True),
+    ActionSpec("trace_worker", "t", "Stack", "The worker's Python stack, now (py-spy), in "
+               "its detail; l adds locals."),
     ActionSpec("kill_worker", "K", "Kill", "Kill the selected worker (asks first: SIGTERM, "
                "SIGKILL, or SIGUSR2 then SIGTERM); its master respawns it.", mutating=True,
                key_display="K", narrow=True),

@@ -32,6 +32,7 @@ from stackmon.actions.audit import AuditLog
 from stackmon.actions.base import ActionError
 from stackmon.actions.reload_progress import ReloadProgress
 from stackmon.actions.rolling import RollPolicy, RollResult, RollStep, rolling_reload
+from stackmon.actions.stack import StackResult, capture_for_kill, find_py_spy
 from stackmon.config import Targets
 from stackmon.health import HostState, Severity, assess
 from stackmon.hosts import Host, open_host
@@ -48,7 +49,8 @@ from tui.screens.events import EventsScreen
 from tui.screens.fleet import PANE_ID, FleetPane, RollConfirm, RollProgressed
 from tui.screens.help import HelpScreen
 from tui.screens.reload_view import ReloadScreen
-from tui.screens.worker_detail import WorkerDetailScreen
+from tui.screens.stack import StackCaptured, StackScreen
+from tui.screens.worker_detail import Tracer, WorkerDetailScreen
 from widgets.fleet_table import FleetTable
 from widgets.worker_list import WorkerList
 
@@ -58,6 +60,10 @@ BADGE_ICON: dict[Severity, str] = {"ok": "●", "warn": "▲", "critical": "✖"
 
 # Below this width the Footer keeps only the triage keys (tui.actions, `narrow`).
 FOOTER_FULL_WIDTH = 132
+
+# How long a kill waits for its stack capture before it kills without it (the kill ends an
+# outage; py-spy itself may take up to stackmon.actions.stack.DUMP_TIMEOUT).
+CAPTURE_TIMEOUT = 3.0
 
 # From this many hosts on, the overview is the first tab and only some hosts take a tab.
 FLEET_MIN_HOSTS = 4
@@ -227,7 +233,7 @@ class StackmonApp(App[int]):
 
     _MAIN_ONLY = frozenset({"open_worker", "cycle_sort", "filter", "next_host", "prev_host",
                             "next_instance", "kill_worker", "reload", "doctor", "events",
-                            "worst"})
+                            "worst", "trace_worker"})
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Actions on the host view are hidden (and inert) while a detail or help screen is
@@ -237,6 +243,12 @@ class StackmonApp(App[int]):
         fleet = self._fleet_check(action)
         if fleet is not None:
             return fleet
+        if action == "trace_worker":
+            try:
+                if not self._traceable(self.active_pane()):
+                    return False
+            except LookupError:  # no host shown
+                return False
         return not (action in self._MAIN_ONLY and len(self.screen_stack) > 1)
 
     # Keys of one host's view: inert on the overview, whose own keys reuse some (R there is
@@ -333,7 +345,7 @@ class StackmonApp(App[int]):
         s = self.targets.settings
         self.push_screen(HelpScreen(self.read_only, (s.slow, s.critical)))
 
-    def action_open_worker(self) -> None:
+    def action_open_worker(self, trace: bool = False) -> None:
         pane = self.active_pane()
         worker = pane.selected_worker()
         if worker is None:
@@ -341,10 +353,42 @@ class StackmonApp(App[int]):
             return
         inst = pane.current_instance()
         key = pane.selected_key()
-        self.push_screen(WorkerDetailScreen(pane.index, pane.host.name, worker,
-                                            inst.address if inst else "",
-                                            self.clock(), nth=key[1] if key else 0,
-                                            read_only=self.read_only or pane.host.read_only))
+        address = inst.address if inst else ""
+        screen = WorkerDetailScreen(pane.index, pane.host.name, worker, address,
+                                    self.clock(), nth=key[1] if key else 0,
+                                    read_only=self.read_only or pane.host.read_only,
+                                    tracer=self._tracer(pane, address))
+        self.push_screen(screen)
+        if trace:
+            screen.call_after_refresh(screen.action_trace)
+
+    def action_trace_worker(self) -> None:
+        """t: the worker's detail, its stack being read (issue 13)."""
+        self.action_open_worker(trace=True)
+
+    @staticmethod
+    def _traceable(pane: HostPane) -> bool:
+        """A host with uWSGI stats (or an agent) has workers to trace; a recording does not."""
+        return bool(pane.host.uwsgi or pane.host.agent)
+
+    def _tracer(self, pane: HostPane, address: str) -> Tracer | None:
+        """How the detail screen reads a worker's stack: through the poller's Host, for the
+        instance at `address` as it is on screen; each stack also feeds the pane's "stuck
+        together" line."""
+        if not self._traceable(pane):
+            return None
+
+        async def trace(worker: Worker, with_locals: bool) -> StackResult:
+            inst = pane.instance_at(address or None)
+            if inst is None:
+                raise ActionError("gone", "no uWSGI data for this instance now")
+            result = await self._host(pane.index).trace(
+                inst.index, worker.id, worker.pid, with_locals=with_locals,
+                expect_spawn=worker.last_spawn)
+            pane.remember_stack(result)
+            return result
+
+        return trace
 
     def action_cycle_sort(self) -> None:
         key = self.active_pane().cycle_sort()
@@ -462,24 +506,69 @@ class StackmonApp(App[int]):
 
         def chosen(choice: KillChoice | None) -> None:
             if choice is not None:
-                self.run_worker(self._kill(index, instance, worker, choice), group="actions",
-                                exit_on_error=False)
+                self.run_worker(self._kill(index, instance, worker, choice, address),
+                                group="actions", exit_on_error=False)
 
-        self.push_screen(KillConfirm(pane.host.name, address, worker, self.clock()), chosen)
+        logs = pane.latest.logs if pane.latest is not None else None
+        uwsgi_log = next((s.path for s in (logs.sources if logs else ()) if s.kind == "uwsgi"
+                          and s.path and s.label in (None, str(instance))), None)
+        # Capturing is on by default where py-spy can run: here, or on an agent's host.
+        capture = bool(pane.host.agent) or find_py_spy() is not None
+        self.push_screen(KillConfirm(pane.host.name, address, worker, self.clock(),
+                                     capture=capture, uwsgi_log=uwsgi_log,
+                                     events=logs.events if logs else ()), chosen)
 
     async def _kill(self, index: int, instance: int, worker: Worker,
-                    choice: KillChoice) -> None:
+                    choice: KillChoice, address: str = "") -> None:
+        host = self._host(index)
+        stack: StackResult | None = None
+        summary: dict[str, object] | None = None
+        captured = ""
+        if choice.capture:  # before the kill destroys it; never a reason not to kill
+            try:
+                async with asyncio.timeout(CAPTURE_TIMEOUT):
+                    stack, captured = await capture_for_kill(
+                        host, instance, worker.id, worker.pid, expect_spawn=worker.last_spawn)
+            except TimeoutError:
+                captured = f"stack not captured: no dump within {CAPTURE_TIMEOUT:g} s"
+            summary = stack.summary() if stack is not None else {"not_captured": captured}
         try:
-            result = await self._host(index).kill(
+            result = await host.kill(
                 instance, worker.id, worker.pid, choice.signal, expect_spawn=worker.last_spawn,
-                usr2_first=choice.usr2_first, audit=self.audit)
+                usr2_first=choice.usr2_first, audit=self.audit, stack=summary)
         except ActionError as exc:
             self.post_message(ActionFinished("Kill refused", exc.message, ok=False))
+            outcome = f"kill refused: {exc.message}"
         except OSError as exc:
             self.post_message(ActionFinished("Kill not done", f"audit log: {exc}", ok=False))
+            outcome = f"kill not done: audit log: {exc}"
         else:
-            self.post_message(ActionFinished("Worker killed", result.message, ok=result.ok))
+            text = result.message + (f"; {captured}" if captured else "")
+            if choice.usr2_first:
+                text += "; SIGUSR2's output is in the uWSGI log (e: events)"
+            self.post_message(ActionFinished("Worker killed", text, ok=result.ok))
+            outcome = result.message
+        if stack is not None:
+            self.post_message(StackCaptured(index, address, worker.id, stack, outcome))
         self._poll_now(index)
+
+    @on(StackCaptured)
+    def _stack_captured(self, message: StackCaptured) -> None:
+        """A kill's capture: the pane's "stuck together" line learns it; the detail showing
+        that worker shows it, else (from the list) a screen does: the kill destroyed it."""
+        result = message.result
+        try:
+            pane = self.panes[message.host_index]
+        except LookupError:  # its tab was closed meanwhile
+            return
+        pane.remember_stack(result)
+        screen = self.screen
+        if (isinstance(screen, WorkerDetailScreen) and screen.host_index == message.host_index
+                and screen.worker_id == message.worker_id):
+            screen.show_stack(result, note=f"Captured before the kill ({message.outcome}).")
+        elif len(self.screen_stack) == 1:
+            self.push_screen(StackScreen(pane.host.name, result, message.outcome,
+                                         self.clock()))
 
     def action_reload(self, mode: str = "graceful") -> None:
         pane = self.active_pane()

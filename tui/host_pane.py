@@ -8,7 +8,7 @@ nothing but the poll.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from itertools import islice
 
 from rich.text import Text
@@ -19,11 +19,13 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.content import Content
 from textual.widgets import Input, Static, TabPane
 
+from stackmon.actions.stack import StackResult
 from stackmon.config import HostConfig, Settings
 from stackmon.health import assess
 from stackmon.model import HostSnapshot, UwsgiInstance, Worker
 from stackmon.redact import visible
 from stackmon.render_text import human_age
+from stackmon.stuck import group_stuck
 from tui.screens.events import KIND_STYLE, event_fields
 from widgets.clients_panel import CauseHistory, ClientsPanel
 from widgets.gauge import GaugeList, fd_items, listen_queue_items
@@ -93,6 +95,24 @@ def uwsgi_rate(prev: HostSnapshot | None, snap: HostSnapshot) -> float | None:
 
 
 RECENT_EVENTS = 8
+MAX_STACKS = 256  # stacks kept per host (one per worker; the newest wins)
+
+
+def stuck_line(snap: HostSnapshot, stacks: Iterable[StackResult]) -> Text:
+    """"Stuck together: 3 workers in db.acquire_lock (GET /report/:id), oldest 48 s": the
+    biggest group of 2+ stuck requests sharing an innermost application frame (from stacks
+    read this session) or an endpoint (stackmon.stuck); empty when there is none."""
+    groups = group_stuck(snap, stacks, min_count=2)
+    text = Text(end="")
+    if not groups:
+        return text
+    text.append("Stuck together: ", "bold")
+    text.append(visible(groups[0].text()), "bold yellow")
+    if len(groups) > 1:
+        more = len(groups) - 1
+        text.append(f"  (+{more} more group{'s' if more > 1 else ''}: "
+                    f"{visible(groups[1].text())})", "dim")
+    return text
 
 
 def recent_events(snap: HostSnapshot) -> Text:
@@ -125,6 +145,7 @@ def recent_events(snap: HostSnapshot) -> Text:
 class HostPane(TabPane):
     DEFAULT_CSS = """
     HostPane { padding: 0; }
+    HostPane #stuck { height: 1; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis; }
     """
     BINDINGS = [Binding("escape", "clear_filter", "Clear filter", show=False)]
 
@@ -149,10 +170,14 @@ class HostPane(TabPane):
         self._busy_hist: deque[int] = deque(maxlen=HISTORY)
         self._rps_hist: deque[float | None] = deque(maxlen=HISTORY)
         self._causes = CauseHistory(HISTORY)
+        # Stacks read this session ((instance index, worker id) -> the newest), for the
+        # "stuck together" line: stackmon.stuck uses one only for its own pid and request.
+        self.stacks: dict[tuple[int, int], StackResult] = {}
 
     def compose(self) -> ComposeResult:
         yield HostHeader(id="header")
         yield Line(id="reading")
+        yield Line(id="stuck")
         with Horizontal(id="body"):
             with Vertical(id="main"):
                 yield Line(Text("connecting…", style="dim"), id="instance-title")
@@ -177,6 +202,7 @@ class HostPane(TabPane):
     def on_mount(self) -> None:
         self.query_one("#filter", FilterInput).display = False
         self.query_one("#reading", Line).display = False
+        self.query_one("#stuck", Line).display = False
         self._show_flags(None)
 
     # --- data in ----------------------------------------------------------------------------
@@ -230,6 +256,7 @@ class HostPane(TabPane):
         if reading.display != bool(reading_text.plain):
             reading.display = bool(reading_text.plain)
         reading.show(reading_text)
+        self._draw_stuck(snap)
         inst = self._current_instance(snap)
         workers = self.query_one(WorkerList)
         self.query_one("#instance-title", Line).show(self._instance_title(snap, inst))
@@ -255,6 +282,23 @@ class HostPane(TabPane):
         self.query_one(History).set_series(self._queue_hist, self._busy_hist, self._rps_hist)
         self._draw_clients(snap)
         self.query_one("#recent", Line).show(recent_events(snap))
+
+    def _draw_stuck(self, snap: HostSnapshot) -> None:
+        stuck = self.query_one("#stuck", Line)
+        text = stuck_line(snap, self.stacks.values()) if snap.reachable else Text()
+        if stuck.display != bool(text.plain):
+            stuck.display = bool(text.plain)
+        stuck.show(text)
+
+    def remember_stack(self, result: StackResult) -> None:
+        """A stack read of one of this host's workers (`t`, a kill's capture): it names where
+        the stuck requests are from now on."""
+        self.stacks.pop((result.instance, result.worker_id), None)
+        self.stacks[(result.instance, result.worker_id)] = result
+        while len(self.stacks) > MAX_STACKS:
+            self.stacks.pop(next(iter(self.stacks)))
+        if self._shown is not None and self.is_mounted:
+            self._draw_stuck(self._shown)
 
     def _draw_clients(self, snap: HostSnapshot) -> None:
         logs = snap.logs

@@ -43,7 +43,8 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from stackmon.model import LEVELS, Level, Request, Thresholds, Worker
+from stackmon.deadlines import describe, nearest
+from stackmon.model import LEVELS, Deadline, Level, Request, Thresholds, Worker
 from stackmon.render_text import human_age, human_bytes
 from widgets._fmt import ellipsize, fmt_ms, plain
 
@@ -81,6 +82,7 @@ class _RequestLine(NamedTuple):
     age: int | None
     level: Level
     host: str = ""
+    deadline: Deadline | None = None  # the nearest one, live (see live_deadlines)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +115,44 @@ def _age(r: Request, now: float) -> float | None:
     if r.started_at is not None:
         return max(0.0, now - r.started_at)
     return r.running_s
+
+
+def live_deadlines(r: Request, age: float | None) -> tuple[Deadline, ...]:
+    """The request's deadlines measured from its age now, not from the poll: ages keep
+    growing between polls and "nginx 504 in 2 s" must count down with them. Every deadline
+    is its limit minus the age (stackmon.deadlines.deadlines_for); whole seconds in the list,
+    so that a line changes once a second like its age."""
+    if age is None or not r.deadlines:
+        return r.deadlines
+    return tuple(sorted((Deadline(d.name, d.limit_s - age, d.limit_s, d.source)
+                         for d in r.deadlines), key=lambda d: d.after_s))
+
+
+CLIENT_FACING = ("nginx_read_timeout", "lb_idle_timeout")
+_SHORT_WHAT = {"harakiri": "hk", "nginx_read_timeout": "504", "lb_idle_timeout": "LB"}
+DEADLINE_SHORT = 11  # cells of the deadline column below NARROW_WIDTH
+DEADLINE_MEDIUM = 18  # ... below DEADLINE_FULL_WIDTH
+DEADLINE_FULL_WIDTH = 130  # from this width on, a past deadline is said in full
+
+
+def client_gone(d: Deadline) -> bool:
+    """Past nginx's read timeout or the LB's idle timeout: the client already has a 504 and
+    the worker works for nobody (killing it loses nothing a client waits for)."""
+    return d.past and d.name in CLIENT_FACING
+
+
+def deadline_text(d: Deadline, width: int) -> str:
+    """The nearest deadline in the words that fit a list of `width` cells: `504 in 2s` /
+    `CLIENT GONE` (narrow), `nginx 504 in 2 s` / `client has a 504`, and from
+    DEADLINE_FULL_WIDTH on the core's whole sentence (stackmon.deadlines.describe)."""
+    if width < NARROW_WIDTH:
+        if d.past:
+            return "CLIENT GONE" if client_gone(d) else "hk overdue"
+        left = "<1s" if d.after_s < 1 else f"{int(d.after_s)}s"
+        return f"{_SHORT_WHAT[d.name]} in {left}"
+    if width >= DEADLINE_FULL_WIDTH or not d.past:
+        return describe(d)
+    return "client has a 504" if client_gone(d) else "past harakiri"
 
 
 def _ages(worker: Worker, now: float) -> tuple[int | None, ...]:
@@ -149,7 +189,8 @@ def _request_lines(
             short += 1
             continue
         age = int(age_f) if age_f is not None else None
-        lines.append(_RequestLine(r.core, r.method, r.uri, r.remote_addr, age, level, r.host))
+        lines.append(_RequestLine(r.core, r.method, r.uri, r.remote_addr, age, level, r.host,
+                                  nearest(live_deadlines(r, age))))
     if not lines and not short and worker.status == "busy" and worker.pid:
         # Busy but no per-core detail (stats-no-cores, or a race): still one in flight.
         short = 1
@@ -800,11 +841,29 @@ class WorkerList(ScrollView, can_focus=True):
             text.stylize(self._style("dead"))
         return text
 
+    def _deadline_text(self, text: Text, d: Deadline, width: int) -> None:
+        """`· nginx 504 in 2 s` in a column of its own; a client already gone (past nginx's
+        or the LB's timeout) in the critical label's style: it changes what the user does."""
+        narrow = width < NARROW_WIDTH
+        words = deadline_text(d, width)
+        if client_gone(d):
+            style = self._style("critical-label")
+        elif d.past:
+            style = self._style("critical")
+        else:
+            style = self._style("slow") if d.after_s < 5 else self._style("label")
+        if not narrow:
+            text.append("· ", self._style("label"))
+        text.append(words, style)
+        column = DEADLINE_SHORT if narrow else DEADLINE_MEDIUM
+        text.append(" " * max(1, column - cell_len(words) + 1))
+
     def _request_text(self, r: _RequestLine, width: int) -> Text:
         """`  ✖ CRIT    31s c0  GET     /hang/report?id=42        host  from 10.0.0.7`, laid
         out in at most REQUEST_SPAN cells so that columns line up with the worker rows."""
         narrow = width < NARROW_WIDTH
-        span = min(width, REQUEST_SPAN)
+        wide = r.deadline is not None and width >= DEADLINE_FULL_WIDTH
+        span = min(width, REQUEST_SPAN + (DEADLINE_MEDIUM + 2 if wide else 0))
         line_style = self._style(r.level) if r.level != "ok" else Style()
         text = Text(no_wrap=True, end="")
         text.append(" " if narrow else "  ")
@@ -813,6 +872,8 @@ class WorkerList(ScrollView, can_focus=True):
         else:
             text.append(LEVEL_LABELS[r.level], self._style(f"{r.level}-label"))
         text.append(f" {human_age(r.age):>6} ", line_style + Style(bold=True))
+        if r.deadline is not None:
+            self._deadline_text(text, r.deadline, width)
         if not narrow:  # the core matters less than the URI when space is short
             core = f"c{r.core}" if r.core >= 0 else "c?"
             text.append(f"{core:<3} ", self._style("label"))

@@ -1,0 +1,65 @@
+"""The stack a kill captured, shown after the kill from the worker list.
+
+Why a screen: the user asked to capture the stack because the kill destroys it; once the worker
+is gone this is the only place (with the kill's audit record) that says where it was stuck.
+From the worker detail the stack shows in the detail's own section instead. The message that
+carries a capture into the UI is here too: pollers and action workers only post messages.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Footer, Static
+
+from stackmon.actions.stack import StackResult
+from stackmon.redact import visible
+from widgets.stack_view import StackView
+
+
+class StackCaptured(Message):
+    """A stack read just before a kill (`result`), and how the kill went (`outcome`)."""
+
+    def __init__(self, host_index: int, address: str, worker_id: int, result: StackResult,
+                 outcome: str) -> None:
+        super().__init__()
+        self.host_index = host_index
+        self.address = address
+        self.worker_id = worker_id
+        self.result = result
+        self.outcome = outcome
+
+
+class StackScreen(Screen[None]):
+    DEFAULT_CSS = """
+    StackScreen > VerticalScroll { padding: 0 1; }
+    StackScreen #stack-head { margin-bottom: 1; }
+    """
+    BINDINGS = [Binding("escape,q", "close", "Back")]
+
+    def __init__(self, host: str, result: StackResult, outcome: str, now: float) -> None:
+        super().__init__()
+        self.host, self.result, self.outcome, self.now = host, result, outcome, now
+
+    def compose(self) -> ComposeResult:
+        r = self.result
+        head = Text.assemble(("Host ", "dim"), (visible(self.host), "bold"),
+                             ("  worker ", "dim"), (str(r.worker_id), "bold"),
+                             ("  stack captured before the kill", "bold"), "\n")
+        head.append(visible(self.outcome))
+        head.append("\nThe kill's audit record carries where each thread was (no locals).",
+                    "dim")
+        with VerticalScroll():
+            yield Static(head, id="stack-head")
+            yield StackView(id="stack")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(StackView).show_stack(self.result, now=self.now)
+
+    def action_close(self) -> None:
+        self.dismiss(None)
