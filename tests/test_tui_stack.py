@@ -212,9 +212,10 @@ async def test_detail_lists_every_deadline_with_its_source() -> None:
         await pilot.pause()
         text = screen_text(app)
     assert "past nginx's 60 s: the client already has a 504" in text
-    assert "nginx uwsgi_read_timeout 60 s" in text and NGINX_CONF in text
+    assert f"nginx uwsgi_read_timeout 60 s · {NGINX_CONF}" in text
     assert "harakiri in 2 s" in text and INI in text
-    assert "LB 504 in 287 s" in text and "hosts file (lb_idle_timeout)" in text
+    assert "LB 504 in 287 s" in text
+    assert "LB idle timeout 350 s · hosts file (lb_idle_timeout)" in text
     assert "The client is gone: nginx gave it a 504 3 s ago" in text
 
 

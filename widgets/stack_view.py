@@ -104,7 +104,9 @@ def render_stack(result: StackResult, width: int, now: float | None = None,
     if result.with_locals:
         head.append(" · locals (redacted)", "dim")
     out.append_text(head)
-    for line in (note, result.marked_reason, *result.notes):
+    # The core's sentence names the CLI's `>>` marker; here the marked thread has `▶`.
+    reason = result.marked_reason.replace("(>>)", "(▶)")
+    for line in (note, reason, *result.notes):
         if line:
             out.append("\n")
             out.append(visible(line), "italic")

@@ -87,14 +87,13 @@ def deadlines_table(r: Request, now: float) -> RenderableType | None:
     table = Table.grid(padding=(0, 2))
     table.add_column(no_wrap=True)  # "deadlines"
     table.add_column(no_wrap=True)  # "nginx 504 in 2 s"
-    table.add_column(no_wrap=True)  # "nginx uwsgi_read_timeout 60 s"
-    table.add_column(overflow="fold")  # "/etc/nginx/sites-enabled/app:40"
+    # "nginx uwsgi_read_timeout 60 s · /etc/nginx/sites-enabled/app:40": folds at 80 columns
+    table.add_column(overflow="fold")
     for i, d in enumerate(deadlines):
         style = "bold reverse" if client_gone(d) else ("bold" if d.past else "")
         table.add_row(Text("  deadlines" if i == 0 else "", style="dim"),
                       Text(describe(d), style=style),
-                      Text(f"{_SETTING[d.name]} {d.limit_s:g} s", style="dim"),
-                      Text(_source(d), style="dim"))
+                      Text(f"{_SETTING[d.name]} {d.limit_s:g} s · {_source(d)}", style="dim"))
     return table
 
 
