@@ -2,7 +2,6 @@
 
     .venv/bin/python bench/bench_fleet.py [--hosts 500] [--seconds 30] [--interval 1]
                                           [--doc FILE] [--servers 1] [--profile FILE]
-                                          [--client stackmon|aiohttp]
 
 The hosts are agent stand-ins on loopback: child processes (not measured) serve a recorded
 host object (tests/fixtures/snapshots/demo-hangs.json: 8 workers, requests in flight, nginx,
@@ -12,9 +11,7 @@ protocol, so that the stand-ins take little of the cores the measured process sh
 measured process is what a user runs: the poller Fleet (one HostPoller per host, each with its
 own keep-alive connections, the real AgentSource -> host_from_dict path), exactly what the
 TUI's pollers do minus rendering.
---profile FILE writes a cProfile of the measured process (pstats). --client aiohttp swaps
-AgentSource's poll client (stackmon.agent.client.SnapshotClient) for aiohttp's, with the same
-caps, to weigh the library against it.
+--profile FILE writes a cProfile of the measured process (pstats).
 
 Reported: the CPU the polling process uses (% of one core: process time / wall time over the
 measured window, after a warm-up), the CPU per poll (steadier than the percentage when the
@@ -22,8 +19,7 @@ shared machine is busy), and the age of the oldest host's data (now - taken_at o
 latest snapshot, sampled every 100 ms; max and p99 over the window).
 Targets: < 60 % of one core, every host < 1.5 s old. Exit status 1 when a target is missed.
 
-Figures (2-CPU VM shared with other engineers' work, load average 1-6 during the runs, Python
-3.11, 500 hosts, 20 s each; runs of the three clients interleaved, 3-6 rounds):
+Figures (2-CPU VM shared with other engineers' work, Python 3.11, 500 hosts, 20 s each):
 - first: 82 % CPU and hosts going unreachable ("poll gave no answer within 5 s"; 464 polls/s
   of 500, oldest data 13 s): httpx built a fresh SSL context from the system store for every
   http:// client (25 ms each, again after each reconnect), and the JSON depth check walked
@@ -31,20 +27,22 @@ Figures (2-CPU VM shared with other engineers' work, load average 1-6 during the
 - then (shared http:// SSL context, a level-by-level depth walk, memoised text cleaning in
   snapshot_json, no task per poll or per sleep in the poller): every host polled each
   second, 70-85 % of one core (~1.4-1.5 ms per poll, ~0.55 of it in httpx): MISSED;
-- now (polls through SnapshotClient, a keep-alive HTTP/1.1 client on asyncio streams; JSON
-  through orjson first): 30.5-38.0 % of one core, 0.61-0.76 ms per poll, 500 polls/s, median
-  age 1.00 s, p99 1.06-1.24 s, max 1.08-1.31 s: both targets met in 6 runs of 6. The httpx
-  client in the same rounds: 69.7-74.0 %, or starved (302 polls/s, data 3.6 s old) when the
-  machine was busiest;
-- aiohttp's client instead (--client aiohttp, same rounds): 36.6-47.9 %, 0.74-0.97 ms per
-  poll (0.12-0.27 ms more), p99 1.07-1.72 s, max 1.10-1.94 s (the age target missed in 2 runs
-  of 6, on a busy machine). Measured apart (50 agents, each client polling as fast as it can
-  on one keep-alive connection per agent): ~0.05 ms of CPU per request for SnapshotClient,
-  ~0.12 ms for aiohttp, ~0.55 ms for httpx;
-- where a poll's ~0.65 ms goes now: host_from_dict ~0.18 ms (of which request variables,
-  _vars, ~0.08 ms), orjson ~0.05 ms, the depth check ~0.045 ms (a byte-level alternative was
-  8x slower), the HTTP exchange ~0.05-0.1 ms, the rest the event loop's wake-ups, timers and
-  the poller.
+- then (polls through a hand-written keep-alive HTTP/1.1 client on asyncio streams; JSON
+  through orjson first): 30.5-38.0 % of one core, 0.61-0.76 ms per poll, p99 age 1.06-1.24 s
+  (6 rounds, load average 1-6), against 36.6-47.9 % and 0.74-0.97 ms for aiohttp's client;
+- now (SnapshotClient on aiohttp: one session per agent, the caps of stackmon.agent.client;
+  the hand-written client deleted, a library preferred for ~0.2 ms per poll): 8 runs, load
+  average 1.2-5.1: 37.9-50.5 % of one core, 0.76-1.01 ms per
+  poll, 500 polls/s, median age 1.00 s, p99 1.08-1.18 s, max 1.11-1.21 s: both targets met
+  in 8 runs of 8. The deleted client, interleaved with 3 of those runs (load average 2.8-4.3):
+  31.5-33.2 %, 0.63-0.66 ms per poll, against 40.0-44.9 %, 0.80-0.90 ms for aiohttp. Measured
+  apart (50 agents, each client polling as fast as it can on one keep-alive connection per
+  agent): ~0.05 ms of CPU per request for the hand-written client, ~0.12 ms for aiohttp,
+  ~0.55 ms for httpx;
+- where a poll's ~0.65 ms went with the hand-written client: host_from_dict ~0.18 ms (of
+  which request variables, _vars, ~0.08 ms), orjson ~0.05 ms, the depth check ~0.045 ms (a
+  byte-level alternative was 8x slower), the HTTP exchange ~0.05-0.1 ms, the rest the event
+  loop's wake-ups, timers and the poller; aiohttp's exchange adds ~0.2 ms to that.
 """
 
 from __future__ import annotations
@@ -118,47 +116,6 @@ def _serve(ports: list[int], token: str, doc_path: str, ready: Any, stop: Any) -
     asyncio.run(main())
 
 
-class _AiohttpSnapshotClient:
-    """--client aiohttp: AgentSource's poll client as aiohttp would do it (its C parser, one
-    session and a 2-connection pool per agent, no decompression, the same caps), to measure the
-    library against stackmon.agent.client.SnapshotClient. Measurement only."""
-
-    def __init__(self, url: str) -> None:
-        from stackmon.addresses import parse_agent_url
-
-        self.url = parse_agent_url(url)
-        self._session: Any = None
-
-    async def get(self, path: str, headers: dict[str, str], limit: int = 64 << 20) -> Any:
-        import aiohttp
-
-        from stackmon.agent import client
-
-        if self._session is None:
-            ctx = client.client_ssl_context() if self.url.startswith("https:") else False
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=client.KEEP_ALIVE, ssl=ctx),
-                auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
-                headers={"Accept-Encoding": "identity"},
-                timeout=aiohttp.ClientTimeout(total=None))  # AgentSource.fetch's deadline
-        async with self._session.get(self.url + path, headers=headers,
-                                     allow_redirects=False) as resp:
-            if resp.headers.get("Content-Encoding", "identity") != "identity":
-                raise client.ReplyError("compressed")
-            if (resp.content_length or 0) > limit:
-                raise client.ReplyError("over the limit")
-            body = bytearray()
-            async for chunk in resp.content.iter_any():
-                body += chunk
-                if len(body) > limit:
-                    raise client.ReplyError("over the limit")
-            return client.Reply(resp.status, resp.reason or "", bytes(body))
-
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-
 def _free_ports(n: int) -> list[int]:
     import socket
 
@@ -225,16 +182,9 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=2.0)
     ap.add_argument("--servers", type=int, default=1, help="serving processes")
     ap.add_argument("--doc", default=str(DEFAULT_DOC), help="recorded snapshot JSON")
-    ap.add_argument("--client", choices=("stackmon", "aiohttp"), default="stackmon",
-                    help="the poll client: stackmon's own (what users run) or aiohttp's")
     ap.add_argument("--profile", metavar="FILE",
                     help="cProfile the polling process into FILE (pstats; slower while on)")
     args = ap.parse_args()
-    if args.client == "aiohttp":
-        from stackmon.agent import client
-
-        client.SnapshotClient = _AiohttpSnapshotClient  # type: ignore[misc, assignment]
-
     from stackmon.config import HostConfig, Settings, Targets
 
     token = secrets.token_hex(24)
@@ -265,7 +215,7 @@ def main() -> int:
         print(f"bench_fleet: {args.hosts} agent hosts at {args.interval:g} s, recorded document "
               f"{Path(args.doc).name} (~{size // 1024} KB), {args.seconds:g} s measured after "
               f"{args.warmup:g} s warm-up; Python {sys.version.split()[0]}, "
-              f"{os.cpu_count()} CPUs; {args.client} poll client")
+              f"{os.cpu_count()} CPUs")
         if args.profile:
             import cProfile
 
