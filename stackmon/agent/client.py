@@ -14,9 +14,9 @@
 
 Each AgentSource owns its own connections (keep-alive to its one agent): a black-holed host
 then holds only its own connections, never a slot another host needs. Polls go through
-`SnapshotClient`, a lean HTTP/1.1 client on asyncio streams (a fleet of 500 agents polled every
-second could not afford httpx's per-request cost, bench/bench_fleet.py); the actions, rare and
-varied, keep httpx.
+`SnapshotClient`, an aiohttp session per agent (a fleet of 500 agents polled every second could
+not afford httpx's per-request cost, bench/bench_fleet.py); the actions, rare and varied, keep
+httpx.
 """
 
 from __future__ import annotations
@@ -249,9 +249,9 @@ class SnapshotClient:
                   limit: int = MAX_REPLY_BYTES) -> Reply:
         """GET `path` (after the URL's own path). OSError when the agent cannot be reached or
         drops the connection, ReplyError for an answer too large or not HTTP/1.x."""
-        session = self._open()
         import aiohttp
 
+        session = self._open()
         try:
             async with session.get(self._url(path), headers=headers,
                                    allow_redirects=False) as resp:
