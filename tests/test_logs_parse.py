@@ -282,3 +282,15 @@ def test_host_logs_report_an_unreadable_log_and_still_count_the_others(tmp_path:
     assert "directory" in errors["nginx_error log"]
     assert errors["uwsgi log"] == "not a file: stderr -> /dev/pts/0"
     assert summary.as_json()["http"]["status"]["502"] == 3
+
+
+def test_sigusr2_names_the_request_the_worker_was_running() -> None:
+    """The line a real uWSGI 2.0.31 worker wrote on SIGUSR2 (after its C backtrace)."""
+    from stackmon.logs.uwsgi_events import parse_uwsgi_line
+
+    line = ("SIGUSR2: --- uWSGI worker 1 (pid: 8981) is managing request "
+            "/hang/usr2?x=1&token=abc123 since Fri Nov 27 07:48:25 2026 ---")
+    ev = parse_uwsgi_line(line, 1000.0)
+    assert ev is not None and (ev.kind, ev.worker, ev.pid) == ("usr2", 1, 8981)
+    assert ev.uri is not None and ev.uri.startswith("/hang/usr2?x=1")
+    assert "abc123" not in ev.uri and "abc123" not in ev.text

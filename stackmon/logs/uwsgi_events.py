@@ -8,6 +8,8 @@ docs/reference.md §5).
 - worker_died: `DAMN ! worker N (pid: P) died[, killed by signal S] :( trying respawn ...`
   (also `MISTERIOUSLY killed by signal S`);
 - respawn: `Respawned uWSGI worker N (new pid: P)`;
+- usr2: `SIGUSR2: --- uWSGI worker N (pid: P) is managing request URI since DATE ---` (what a
+  worker writes after its C backtrace when sent SIGUSR2: the kill's "SIGUSR2 first");
 - no_mercy: `worker N (pid: P) is taking too much time to die...NO MERCY !!!`;
 - reload: `...gracefully killing workers...` (start), `...brutally killing workers...`,
   `gracefully (RE)spawned uWSGI master process (pid: P)` (end);
@@ -46,6 +48,9 @@ _HARAKIRI_WAS = re.compile(r"HARAKIRI: --- uWSGI worker (\d+)(?: core \d+)? \(pi
                            r"managing request (.*) since ")
 _DIED = re.compile(r"DAMN ! worker (\d+) \(pid: (\d+)\) (?:died|MISTERIOUSLY)"
                    r"(?:.*?killed by signal (\d+))?")
+# What a worker writes on SIGUSR2 (seen, 2.0.31): a C backtrace, then this line.
+_USR2 = re.compile(r"SIGUSR2: --- uWSGI worker (\d+)(?: core \d+)? \(pid: (\d+)\) is managing "
+                   r"request (.*?) since .* ---")
 _RESPAWN = re.compile(r"Respawned uWSGI worker (\d+) \(new pid: (\d+)\)")
 _NO_MERCY = re.compile(r"worker (\d+) \(pid: (\d+)\) is taking too much time to die\.\.\.NO MERCY")
 _QUEUE = re.compile(r'listen queue of socket "([^"]*)" \(fd: \d+\) full !!! \((\d+)/(\d+)\)')
@@ -61,7 +66,7 @@ _PLAIN = (
     ("chain reloading complete", "chain_reload", "chain reload complete"),
 )
 # Substrings that must be present for any event: one cheap test skips request-log lines.
-_TRIGGERS = ("HARAKIRI", "DAMN !", "Respawned", "NO MERCY", "listen queue", "chain",
+_TRIGGERS = ("HARAKIRI", "SIGUSR2", "DAMN !", "Respawned", "NO MERCY", "listen queue", "chain",
              "killing workers", "(RE)spawned")
 
 
@@ -98,6 +103,10 @@ def parse_uwsgi_line(line: str, at: float) -> Event | None:
     if m:
         return Event(at, "uwsgi", "harakiri", int(m.group(1)), int(m.group(2)),
                      clean(m.group(3)), text)
+    m = _USR2.search(line)
+    if m:  # the request a worker was running when asked (kill's "SIGUSR2 first")
+        return Event(at, "uwsgi", "usr2", int(m.group(1)), int(m.group(2)), clean(m.group(3)),
+                     text)
     m = _DIED.search(line)
     if m:
         return Event(at, "uwsgi", "worker_died", int(m.group(1)), int(m.group(2)), None, text)
