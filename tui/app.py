@@ -336,8 +336,9 @@ class StackmonApp(App[int]):
         pane = self._active_host_pane()
         if pane is not None and not self.paused:
             pane.show_latest()
+        # The focus moves with the tab, and with it Textual refreshes the Footer's keys (the
+        # overview's and a host's differ); another refresh_bindings() here rebuilt it twice.
         self._focus_workers()
-        self.refresh_bindings()  # the overview and a host's tab have keys of their own
 
     # --- actions (declared in tui.actions) --------------------------------------------------
 
