@@ -33,7 +33,8 @@ from tests.tui_support import (
 )
 from tui.app import StackmonApp
 from tui.screens.events import EventsScreen
-from widgets.clients_panel import CauseHistory, ClientsPanel, new_errors
+from widgets.clients_panel import CauseHistory, new_errors
+from widgets.side_panel import SidePanel
 
 
 def quiet_host(name: str = "web-1") -> HostSnapshot:
@@ -52,7 +53,7 @@ def quiet_host(name: str = "web-1") -> HostSnapshot:
 
 def panel_text(app: StackmonApp) -> str:
     """The clients panel's lines before the terminal wraps them."""
-    return str(app.query_one(ClientsPanel).render().plain)
+    return app.query_one(SidePanel).section_text("clients")
 
 
 # ------------------------------------------------------------------ 5xx/s from the summaries
@@ -120,9 +121,8 @@ async def test_badge_reading_and_panel_show_the_502s_by_cause() -> None:
                      and "×" not in line)
         assert spark.rstrip().endswith(" 30")  # 30 new 502s in the last second
         assert "█" in spark and "▁" in spark  # 2/s and 5/s earlier, scaled to 30/s
-        panel = app.query_one(ClientsPanel)
-        assert panel.size.height == panel.get_content_height(panel.size, panel.size,
-                                                             panel.size.width)
+        side = app.query_one(SidePanel)  # every line of the side column can be scrolled to
+        assert side.virtual_size.height == side.line_count
 
 
 async def test_no_timing_says_what_to_add_and_each_log_says_what_is_wrong() -> None:

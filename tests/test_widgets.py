@@ -11,9 +11,11 @@ import pytest
 from rich.cells import cell_len
 from rich.segment import Segment
 from rich.style import Style
+from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.message import Message
 from textual.widget import Widget
+from textual.widgets import TabbedContent, TabPane
 
 from stackmon.health import assess
 from stackmon.model import (
@@ -34,6 +36,7 @@ from stackmon.model import (
     Worker,
 )
 from stackmon.render_text import human_bytes
+from tui.host_pane import relabel_tab
 from widgets import (
     Gauge,
     GaugeItem,
@@ -48,6 +51,7 @@ from widgets import (
 )
 from widgets.gauge import gauge_layout, gauge_percent
 from widgets.history import sparkline
+from widgets.side_panel import SideData, SidePanel, side_data
 from widgets.worker_list import NOT_CAPTURED
 
 NOW = 1_700_000_000.0
@@ -1009,3 +1013,160 @@ def test_listen_queue_items_with_reuseport_listeners_have_unique_keys() -> None:
     items = listen_queue_items(h)
     assert len({i.key for i in items}) == len(items) == 4
     assert [i.value for i in items] == [0, 1, 0, 3]
+
+
+# ============================================================================ SidePanel
+
+SIDE_HOST = host(
+    uwsgi=(instance(sockets=[Socket("/run/app.sock", "uwsgi", 93, 100, source="kernel")],
+                    queue=93),),
+    listeners=(Listener("0.0.0.0:80", "tcp", "nginx", 2, 511),),
+    fds=FdReport(SystemFds(3104, 9223372036854775807),
+                 (ProcessFds(4300, "uwsgi-worker", 37, 1024),
+                  ProcessFds(4242, "uwsgi-master", 18, 1024))),
+    kernel=KernelCounters(4096, 0, 0),
+)
+
+
+def side_for(snap: HostSnapshot, *, queue: int = 93, nginx_status: NginxStatus | None = None,
+             history: tuple[list[int], list[int], list[float | None]] = ([], [], [])
+             ) -> SideData:
+    return side_data(queues=listen_queue_items(replace(snap, uwsgi=(replace(
+        snap.uwsgi[0], sockets=(replace(snap.uwsgi[0].sockets[0], queue=queue),)),))),
+        somaxconn=4096, fds=fd_items(snap.fds), nginx=nginx_status, history=history)
+
+
+def side_lines(side: SidePanel) -> list[str]:
+    return [strip_text(side.render_line(y)).rstrip()
+            for y in range(side.scrollable_content_region.height)]
+
+
+class LayoutCounter:
+    """Counts the screen's layout passes (the cost the side panel exists to avoid)."""
+
+    def __init__(self, app: App[None]) -> None:
+        self.count = 0
+        screen = app.screen
+        original = screen._refresh_layout
+
+        def counted(*args: object, **kwargs: object) -> None:
+            self.count += 1
+            original(*args, **kwargs)  # type: ignore[arg-type]
+
+        screen._refresh_layout = counted  # type: ignore[method-assign]
+
+
+async def test_side_panel_shows_every_section_as_the_widgets_did() -> None:
+    side = SidePanel()
+    app = WidgetApp(side)
+    async with app.run_test(size=(60, 40)) as pilot:
+        side.show(side_for(SIDE_HOST, nginx_status=nginx(dropped=3),
+                           history=([1, 5, 93], [2, 3, 4], [None, 40.0, 41.5])))
+        await pilot.pause()
+        lines = side_lines(side)
+        assert lines[0] == "Listen queues · somaxconn 4096"
+        queue = next(line for line in lines if line.startswith("uwsgi app.sock"))
+        assert "93/100" in queue and "93%" in queue and "(kernel)" in queue
+        assert any(line.startswith("nginx :80") and "2/511" in line for line in lines)
+        fd_title = lines.index("File descriptors")
+        assert lines[fd_title - 1] == ""  # a blank line between sections
+        assert lines[fd_title + 1].startswith("uwsgi master") and "18/1024" in lines[
+            fd_title + 1]
+        assert any(line.startswith("system file-nr") and "3104/9.2E" in line
+                   for line in lines)
+        assert "Clients" in lines and "no log found" in lines
+        assert "LB health check: no health URL" in lines
+        assert "nginx" in lines and "dropped 3" in screen_text(app)
+        history = lines.index("History")
+        assert lines[history + 1].startswith("queue") and lines[history + 1].endswith(
+            "93  max 93")
+        assert lines[history + 3].startswith("req/s")
+        assert lines[history + 3].endswith("42  max 42")  # 41.5 as History shows it
+        # the bars line up, as in a GaugeList
+        gauges = [line for line in lines if "/" in line and "%" in line]
+        assert len({min(line.find(c) % 999 for c in "█░") for line in gauges[:2]}) == 1
+        # the styles are the widgets' own component classes: a critical queue is reversed
+        seg = next(s for s in side.render_line(1) if "93%" in s.text)
+        assert seg.style is not None and seg.style.reverse and seg.style.bold
+
+
+async def test_side_panel_redraws_only_changed_lines_without_a_layout() -> None:
+    side = SidePanel()
+    app = WidgetApp(side)
+    async with app.run_test(size=(44, 40)) as pilot:
+        side.show(side_for(SIDE_HOST, nginx_status=nginx()))
+        await pilot.pause()
+        before = [side.render_line(y) for y in range(side.line_count)]
+        count = side.line_count
+        layouts = LayoutCounter(app)
+        refreshed: list[tuple[int, int]] = []
+        original = side.refresh_lines
+
+        def spy(y: int, n: int = 1) -> None:
+            refreshed.append((y, n))
+            original(y, n)
+
+        side.refresh_lines = spy  # type: ignore[method-assign,assignment]
+        side.show(side_for(SIDE_HOST, queue=7, nginx_status=nginx()))  # one figure moved
+        await pilot.pause()
+        assert refreshed == [(1, 1)]  # the queue's line, nothing else
+        after = [side.render_line(y) for y in range(side.line_count)]
+        assert "7/100" in strip_text(after[1])
+        assert all(a is b for y, (a, b) in enumerate(zip(before, after, strict=True))
+                   if y != 1)  # the other lines' strips are kept, not rendered again
+        assert side.line_count == count and layouts.count == 0
+        # the same data again: nothing at all
+        side.show(side_for(SIDE_HOST, queue=7, nginx_status=nginx()))
+        await pilot.pause()
+        assert refreshed == [(1, 1)]
+
+
+async def test_side_panel_taller_than_the_screen_scrolls_to_its_last_line() -> None:
+    side = SidePanel()
+    app = WidgetApp(side)
+    async with app.run_test(size=(44, 12)) as pilot:
+        side.show(side_for(SIDE_HOST))
+        await pilot.pause()
+        layouts = LayoutCounter(app)
+        # nginx comes: more lines, the scrollbar stays, no layout of the screen
+        side.show(side_for(SIDE_HOST, nginx_status=nginx(), history=([1], [1], [1.0])))
+        await pilot.pause()
+        assert side.virtual_size.height == side.line_count > 12
+        assert layouts.count == 0
+        side.scroll_end(animate=False, immediate=True)
+        await pilot.pause()
+        assert side_lines(side)[-1].startswith("req/s")
+
+
+async def test_side_panel_shows_untrusted_text_literally() -> None:
+    side = SidePanel()
+    app = WidgetApp(side)
+    async with app.run_test(size=(44, 24)) as pilot:
+        side.show(side_data(queues=[GaugeItem("k", "[b]x[/b]\x1b[31m", 1, 10)],
+                            nginx_error="[red]refused[/red]\nsecond line"))
+        await pilot.pause()
+        text = "\n".join(side_lines(side))
+        assert "[b]x[/b]" in text and "\x1b" not in text
+        assert "[red]refused[/red]" in text and "no listener" not in text
+        assert side.section_text("fds") == "no process seen"
+
+
+async def test_relabel_tab_repaints_without_a_layout_when_the_width_is_the_same() -> None:
+    class Tabs(App[None]):
+        def compose(self) -> ComposeResult:
+            with TabbedContent():
+                yield TabPane("web-1", id="host-0")
+
+    app = Tabs()
+    async with app.run_test(size=(60, 10)) as pilot:
+        tab = app.query_one(TabbedContent).get_tab("host-0")
+        relabel_tab(tab, Text("✖ web-1 502 0.5/s"))
+        await pilot.pause()
+        layouts = LayoutCounter(app)
+        relabel_tab(tab, Text("✖ web-1 502 0.6/s"))  # the rate moved: same width
+        await pilot.pause()
+        assert layouts.count == 0
+        assert tab.label.plain == "✖ web-1 502 0.6/s" and "502 0.6/s" in screen_text(app)
+        relabel_tab(tab, Text("✖ web-1 502 12/s"))  # narrower: the tabs are laid out
+        await pilot.pause()
+        assert layouts.count >= 1 and "502 12/s" in screen_text(app)

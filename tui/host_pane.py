@@ -15,9 +15,9 @@ from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, Vertical
 from textual.content import Content
-from textual.widgets import Input, Static, TabPane
+from textual.widgets import Input, Static, Tab, TabPane
 
 from stackmon.actions.stack import StackResult
 from stackmon.config import HostConfig, Settings
@@ -27,11 +27,10 @@ from stackmon.redact import visible
 from stackmon.render_text import human_age
 from stackmon.stuck import group_stuck
 from tui.screens.events import KIND_STYLE, event_fields
-from widgets.clients_panel import CauseHistory, ClientsPanel
-from widgets.gauge import GaugeList, fd_items, listen_queue_items
-from widgets.history import History
+from widgets.clients_panel import CauseHistory
+from widgets.gauge import fd_items, listen_queue_items
 from widgets.host_header import HostHeader, host_reading
-from widgets.nginx_panel import NginxPanel
+from widgets.side_panel import SidePanel, side_data
 from widgets.worker_list import WorkerKey, WorkerList
 
 SORTS = ("id", "age", "requests")
@@ -75,6 +74,19 @@ class Line(Static):
         if width <= 0 or not self.is_attached:
             return text.plain.count("\n") + 1
         return len(text.wrap(self.app.console, width))
+
+
+def relabel_tab(tab: Tab, label: Text) -> None:
+    """A host tab's new title. `Tab.label =` lays out the whole screen (the tab's width may
+    change), the most expensive thing a poll can do; a badge whose rate moved ("502 0.5/s",
+    then "0.6/s") keeps its width, and then repainting the tab is enough."""
+    content = Content.from_text(label)
+    if tab.is_mounted and content.cell_length == tab.label.cell_length:
+        if content != tab.label:
+            tab._label = content  # what Tab.label returns (its setter would lay out)
+            Static.update(tab, content, layout=False)
+    else:
+        tab.label = content
 
 
 def uwsgi_rate(prev: HostSnapshot | None, snap: HostSnapshot) -> float | None:
@@ -187,17 +199,8 @@ class HostPane(TabPane):
                 yield Line(id="recent")
             # The gauges first: a few lines each, and at 80x24 somaxconn and every queue and
             # fd figure must be on screen without scrolling; the clients' figures follow.
-            with VerticalScroll(id="side"):
-                yield Line("Listen queues", classes="section", id="queues-title")
-                yield GaugeList(id="queues", empty_text="no listener seen")
-                yield Static("File descriptors", classes="section")
-                yield GaugeList(id="fds", empty_text="no process seen")
-                yield Line("Clients", classes="section", id="clients-title")
-                yield ClientsPanel(id="clients")
-                yield Static("nginx", classes="section")
-                yield NginxPanel(id="nginx")
-                yield Static("History", classes="section")
-                yield History(HISTORY, id="history")
+            # One line-API widget: a poll redraws only the lines whose figures changed.
+            yield SidePanel(id="side")
 
     def on_mount(self) -> None:
         self.query_one("#filter", FilterInput).display = False
@@ -266,21 +269,7 @@ class HostPane(TabPane):
             notice.display = bool(notice_text.plain)
         notice.show(notice_text)
         workers.set_workers(inst.workers if inst else (), now)
-        somax = snap.kernel.somaxconn
-        self.query_one("#queues-title", Line).show(
-            f"Listen queues · somaxconn {somax}" if somax else "Listen queues")
-        self.query_one("#queues", GaugeList).set_items(listen_queue_items(snap))
-        self.query_one("#fds", GaugeList).set_items(fd_items(snap.fds))
-        nginx_error = next((e.message for e in snap.errors if e.source.startswith("nginx")),
-                           None)
-        if not snap.reachable and self.host.nginx:
-            self.query_one(NginxPanel).set_status(snap.nginx, "no data: host unreachable")
-        elif self.host.nginx or snap.nginx:
-            self.query_one(NginxPanel).set_status(snap.nginx, nginx_error)
-        else:
-            self.query_one(NginxPanel).set_status(None)
-        self.query_one(History).set_series(self._queue_hist, self._busy_hist, self._rps_hist)
-        self._draw_clients(snap)
+        self._draw_side(snap)
         self.query_one("#recent", Line).show(recent_events(snap))
 
     def _draw_stuck(self, snap: HostSnapshot) -> None:
@@ -300,13 +289,18 @@ class HostPane(TabPane):
         if self._shown is not None and self.is_mounted:
             self._draw_stuck(self._shown)
 
-    def _draw_clients(self, snap: HostSnapshot) -> None:
-        logs = snap.logs
-        title = "Clients"
-        if logs is not None:
-            title += f" · last {logs.window_s:.0f} s"
-        self.query_one("#clients-title", Line).show(title)
-        self.query_one(ClientsPanel).set_data(logs, snap.health, self._causes.series())
+    def _draw_side(self, snap: HostSnapshot) -> None:
+        nginx_error = next((e.message for e in snap.errors if e.source.startswith("nginx")),
+                           None)
+        if not snap.reachable and self.host.nginx:
+            nginx_error = "no data: host unreachable"
+        elif not (self.host.nginx or snap.nginx):
+            nginx_error = None  # not monitored here: "nginx: not configured"
+        self.query_one(SidePanel).show(side_data(
+            queues=listen_queue_items(snap), somaxconn=snap.kernel.somaxconn or 0,
+            fds=fd_items(snap.fds), logs=snap.logs, health=snap.health,
+            causes=self._causes.series(), nginx=snap.nginx, nginx_error=nginx_error,
+            history=(self._queue_hist, self._busy_hist, self._rps_hist)))
 
     def _current_instance(self, snap: HostSnapshot) -> UwsgiInstance | None:
         if not snap.uwsgi:

@@ -8,9 +8,14 @@ drop it only when Textual says their styles changed (classes, theme, parent's ba
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from rich.style import Style
+
+# A component class name ("gauge--label") to its style, partial (only what the CSS sets): how
+# the text builders shared by a widget and the side panel get their styles without a widget.
+StyleGetter = Callable[[str], Style]
 
 
 class StyleMemo:
@@ -29,6 +34,10 @@ class StyleMemo:
             style = memo[key] = super().get_component_rich_style(  # type: ignore[misc]
                 *names, partial=partial, default=default)
         return style
+
+    def component_style(self, name: str) -> Style:
+        """The partial style of one component class (a StyleGetter)."""
+        return self.get_component_rich_style(name, partial=True)
 
     def notify_style_update(self) -> None:
         self.__dict__.pop("_style_memo", None)

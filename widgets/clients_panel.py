@@ -31,7 +31,7 @@ from stackmon.logs.host import LogSummary, SourceStatus
 from stackmon.logs.nginx_errors import UpstreamError
 from stackmon.sources.lb_probe import HealthCheck
 from widgets._fmt import fmt_count, fmt_ms, fmt_rate, plain
-from widgets._styles import StyleMemo
+from widgets._styles import StyleGetter, StyleMemo
 from widgets.history import sparkline
 
 DEFAULT_SAMPLES = 60
@@ -106,7 +106,35 @@ class CauseHistory:
 
 # ------------------------------------------------------------------------------ the panel
 
-_Shown = tuple[LogSummary | None, HealthCheck | None, tuple[tuple[str, tuple[float, ...]], ...]]
+ClientsShown = tuple[LogSummary | None, HealthCheck | None,
+                     tuple[tuple[str, tuple[float, ...]], ...]]
+
+
+def clients_shown(logs: LogSummary | None, health: HealthCheck | None,
+                  causes: Mapping[str, Sequence[float]] | None) -> ClientsShown:
+    """What the clients panel shows, comparable from one poll to the next."""
+    return (logs, health, tuple((c, tuple(v)) for c, v in (causes or {}).items()))
+
+
+CLIENTS_CLASSES = frozenset({
+    "clients-panel--label",
+    "clients-panel--heading",
+    "clients-panel--bad",
+    "clients-panel--warn",
+    "clients-panel--ok",
+    "clients-panel--muted",
+    "clients-panel--spark",
+})
+# The component rules, nested in a widget's DEFAULT_CSS (ClientsPanel's and the side panel's).
+CLIENTS_STYLES = """
+        & > .clients-panel--label { color: $text-muted; }
+        & > .clients-panel--heading { color: $text-muted; text-style: underline; }
+        & > .clients-panel--bad { color: $error; text-style: bold reverse; }
+        & > .clients-panel--warn { color: $text-warning; text-style: bold; }
+        & > .clients-panel--ok { color: $text-success; text-style: bold; }
+        & > .clients-panel--muted { color: $text-muted; text-style: italic; }
+        & > .clients-panel--spark { color: $text-error; }
+"""
 
 
 class ClientsPanel(StyleMemo, Widget):
@@ -115,15 +143,7 @@ class ClientsPanel(StyleMemo, Widget):
 
     `set_data(logs, health, causes)` every poll; repaints only when what it shows changed."""
 
-    COMPONENT_CLASSES: ClassVar[set[str]] = {
-        "clients-panel--label",
-        "clients-panel--heading",
-        "clients-panel--bad",
-        "clients-panel--warn",
-        "clients-panel--ok",
-        "clients-panel--muted",
-        "clients-panel--spark",
-    }
+    COMPONENT_CLASSES: ClassVar[set[str]] = set(CLIENTS_CLASSES)
     """
     | Class | What |
     | :- | :- |
@@ -136,18 +156,12 @@ class ClientsPanel(StyleMemo, Widget):
     | `clients-panel--spark` | the sparklines |
     """
 
-    DEFAULT_CSS = """
-    ClientsPanel {
+    DEFAULT_CSS = f"""
+    ClientsPanel {{
         height: auto;
         width: 1fr;
-        & > .clients-panel--label { color: $text-muted; }
-        & > .clients-panel--heading { color: $text-muted; text-style: underline; }
-        & > .clients-panel--bad { color: $error; text-style: bold reverse; }
-        & > .clients-panel--warn { color: $text-warning; text-style: bold; }
-        & > .clients-panel--ok { color: $text-success; text-style: bold; }
-        & > .clients-panel--muted { color: $text-muted; text-style: italic; }
-        & > .clients-panel--spark { color: $text-error; }
-    }
+        {CLIENTS_STYLES}
+    }}
     """
 
     def __init__(
@@ -161,12 +175,12 @@ class ClientsPanel(StyleMemo, Widget):
         classes: str | None = None,
     ) -> None:
         super().__init__(name=name, id=id, classes=classes)
-        self._shown: _Shown = self._key(logs, health, causes)
+        self._shown: ClientsShown = self._key(logs, health, causes)
 
     @staticmethod
     def _key(logs: LogSummary | None, health: HealthCheck | None,
-             causes: Mapping[str, Sequence[float]] | None) -> _Shown:
-        return (logs, health, tuple((c, tuple(v)) for c, v in (causes or {}).items()))
+             causes: Mapping[str, Sequence[float]] | None) -> ClientsShown:
+        return clients_shown(logs, health, causes)
 
     def set_data(self, logs: LogSummary | None, health: HealthCheck | None,
                  causes: Mapping[str, Sequence[float]] | None = None) -> None:
@@ -191,13 +205,24 @@ class ClientsPanel(StyleMemo, Widget):
     def render(self) -> Text:
         return self._build(self.content_region.width)
 
-    # --- building the text ------------------------------------------------------------------
+    def _build(self, width: int) -> Text:
+        return ClientsText(self.component_style).build(self._shown, width)
+
+
+class ClientsText:
+    """Builds the clients panel's text with a widget's styles (ClientsPanel's, or the side
+    panel's, which shows the same lines)."""
+
+    def __init__(self, get: StyleGetter) -> None:
+        self._get = get
 
     def _style(self, name: str) -> Style:
-        return self.get_component_rich_style(f"clients-panel--{name}", partial=True)
+        return self._get(f"clients-panel--{name}")
 
-    def _build(self, width: int) -> Text:
-        logs, health, causes = self._shown
+    def build(self, shown: ClientsShown, width: int) -> Text:
+        """The panel's text for what it shows, flowed into `width` cells (lines longer than
+        that are left to the caller's wrapping: errors and paths are shown whole)."""
+        logs, health, causes = shown
         lines: list[Text] = []
         if logs is None:
             lines.append(Text("no log found", self._style("muted")))

@@ -28,7 +28,7 @@ from textual.widgets import Static
 from stackmon.health import fd_severity, queue_severity
 from stackmon.model import FdReport, HostSnapshot, ProcessFds
 from widgets._fmt import Severity, ellipsize, fmt_count, plain
-from widgets._styles import StyleMemo
+from widgets._styles import StyleGetter, StyleMemo
 
 GaugeKind = Literal["queue", "fd"]
 MAX_LABEL_WIDTH = 28
@@ -61,18 +61,32 @@ def gauge_percent(value: int, limit: int) -> int | None:
 _GaugeState = tuple[str, int, int, str, int | None, int | None]
 
 
+GAUGE_CLASSES = frozenset({
+    "gauge--label",
+    "gauge--ok",
+    "gauge--warn",
+    "gauge--critical",
+    "gauge--unknown",
+    "gauge--empty",
+    "gauge--note",
+})
+# The component rules, nested in a widget's DEFAULT_CSS (Gauge's, and the side panel's, which
+# draws the same lines).
+GAUGE_STYLES = """
+        & > .gauge--label { color: $foreground; }
+        & > .gauge--ok { color: $text-success; }
+        & > .gauge--warn { color: $text-warning; text-style: bold; }
+        & > .gauge--critical { color: $text-error; text-style: bold reverse; }
+        & > .gauge--unknown { color: $text-muted; }
+        & > .gauge--empty { color: $text-muted; }
+        & > .gauge--note { color: $text-muted; }
+"""
+
+
 class Gauge(StyleMemo, Widget):
     """One line: `label  ████░░░░  value/limit  pct%  note`, coloured by severity."""
 
-    COMPONENT_CLASSES: ClassVar[set[str]] = {
-        "gauge--label",
-        "gauge--ok",
-        "gauge--warn",
-        "gauge--critical",
-        "gauge--unknown",
-        "gauge--empty",
-        "gauge--note",
-    }
+    COMPONENT_CLASSES: ClassVar[set[str]] = set(GAUGE_CLASSES)
     """
     | Class | What |
     | :- | :- |
@@ -82,18 +96,12 @@ class Gauge(StyleMemo, Widget):
     | `gauge--note` | the note after the numbers |
     """
 
-    DEFAULT_CSS = """
-    Gauge {
+    DEFAULT_CSS = f"""
+    Gauge {{
         height: 1;
         width: 1fr;
-        & > .gauge--label { color: $foreground; }
-        & > .gauge--ok { color: $text-success; }
-        & > .gauge--warn { color: $text-warning; text-style: bold; }
-        & > .gauge--critical { color: $text-error; text-style: bold reverse; }
-        & > .gauge--unknown { color: $text-muted; }
-        & > .gauge--empty { color: $text-muted; }
-        & > .gauge--note { color: $text-muted; }
-    }
+        {GAUGE_STYLES}
+    }}
     """
 
     def __init__(
@@ -167,43 +175,44 @@ class Gauge(StyleMemo, Widget):
         self.refresh()
 
     def render(self) -> Text:
-        label, value, limit, note, label_width, note_width = self._state
-        severity = self._severity
-        get = self.get_component_rich_style
-        sev_style = get(f"gauge--{severity}", partial=True)
-        width = self.content_region.width
+        return gauge_text(self._state, self._severity, self.content_region.width,
+                          self.component_style)
 
-        label = plain(label)
-        note = plain(note)
-        pct = gauge_percent(value, limit)
-        numbers = f"{fmt_count(value)}/{fmt_count(limit) if limit > 0 else '?'}"
-        pct_text = f"{pct:>3}%" if pct is not None else "   ?"
-        label_w, bar_w, numbers_w, show_note = gauge_layout(
-            width,
-            cell_len(label) if label_width is None else label_width,
-            cell_len(note) if note_width is None else note_width,
-            len(numbers),
-        )
 
-        text = Text(no_wrap=True, end="")
-        text.append(ellipsize(label, label_w).ljust(label_w),
-                    get("gauge--label", partial=True))
+def gauge_text(state: _GaugeState, severity: Severity, width: int, get: StyleGetter) -> Text:
+    """One gauge line in `width` cells (Gauge's, and a line of the side panel)."""
+    label, value, limit, note, label_width, note_width = state
+    sev_style = get(f"gauge--{severity}")
+    label = plain(label)
+    note = plain(note)
+    pct = gauge_percent(value, limit)
+    numbers = f"{fmt_count(value)}/{fmt_count(limit) if limit > 0 else '?'}"
+    pct_text = f"{pct:>3}%" if pct is not None else "   ?"
+    label_w, bar_w, numbers_w, show_note = gauge_layout(
+        width,
+        cell_len(label) if label_width is None else label_width,
+        cell_len(note) if note_width is None else note_width,
+        len(numbers),
+    )
+
+    text = Text(no_wrap=True, end="")
+    text.append(ellipsize(label, label_w).ljust(label_w), get("gauge--label"))
+    text.append(" ")
+    if bar_w:
+        filled = 0
+        if pct is not None and value > 0:
+            filled = max(1, min(bar_w, round(bar_w * value / limit)))
+        text.append(BAR_FULL * filled, Style(color=sev_style.color))
+        text.append(BAR_EMPTY * (bar_w - filled), get("gauge--empty"))
         text.append(" ")
-        if bar_w:
-            filled = 0
-            if pct is not None and value > 0:
-                filled = max(1, min(bar_w, round(bar_w * value / limit)))
-            text.append(BAR_FULL * filled, Style(color=sev_style.color))
-            text.append(BAR_EMPTY * (bar_w - filled), get("gauge--empty", partial=True))
-            text.append(" ")
-        text.append(numbers.rjust(numbers_w), sev_style if severity != "ok" else "")
-        text.append(" ")
-        text.append(pct_text, sev_style)
-        if note and show_note:
-            text.append("  ")
-            text.append(note, get("gauge--note", partial=True))
-        text.truncate(width, overflow="ellipsis")
-        return text
+    text.append(numbers.rjust(numbers_w), sev_style if severity != "ok" else "")
+    text.append(" ")
+    text.append(pct_text, sev_style)
+    if note and show_note:
+        text.append("  ")
+        text.append(note, get("gauge--note"))
+    text.truncate(width, overflow="ellipsis")
+    return text
 
 
 def gauge_layout(
@@ -253,6 +262,13 @@ def _note_width(items: Sequence[GaugeItem]) -> int:
 def _widths(items: Sequence[GaugeItem]) -> tuple[int, int]:
     """Label and note widths shared by a list's gauges, so that their bars line up."""
     return _label_width(items), _note_width(items)
+
+
+def gauge_lines(items: Sequence[GaugeItem], width: int, get: StyleGetter) -> list[Text]:
+    """The lines a GaugeList of these items shows, bars aligned (the side panel's gauges)."""
+    label_w, note_w = _widths(items)
+    return [gauge_text((i.label, i.value, i.limit, i.note, label_w, note_w),
+                       gauge_severity(i.value, i.limit, i.kind), width, get) for i in items]
 
 
 class GaugeList(Widget):

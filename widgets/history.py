@@ -19,7 +19,7 @@ from rich.text import Text
 from textual.widget import Widget
 
 from widgets._fmt import fmt_count, fmt_rate
-from widgets._styles import StyleMemo
+from widgets._styles import StyleGetter, StyleMemo
 
 BLOCKS = " ▁▂▃▄▅▆▇█"
 UNKNOWN = "·"
@@ -41,24 +41,27 @@ def sparkline(values: Iterable[float | None], maximum: float) -> str:
     return "".join(out)
 
 
+HISTORY_CLASSES = frozenset({"history--label", "history--spark", "history--value"})
+# The component rules, nested in a widget's DEFAULT_CSS (History's and the side panel's).
+HISTORY_STYLES = """
+        & > .history--label { color: $text-muted; }
+        & > .history--spark { color: $text-accent; }
+        & > .history--value { text-style: bold; }
+"""
+
+
 class History(StyleMemo, Widget):
     """Three lines: `queue`, `busy`, `req/s`, each a sparkline then the current value and the
     window's maximum. Feed it with `push()` once per poll."""
 
-    COMPONENT_CLASSES: ClassVar[set[str]] = {
-        "history--label",
-        "history--spark",
-        "history--value",
-    }
+    COMPONENT_CLASSES: ClassVar[set[str]] = set(HISTORY_CLASSES)
 
-    DEFAULT_CSS = """
-    History {
+    DEFAULT_CSS = f"""
+    History {{
         height: 3;
         width: 1fr;
-        & > .history--label { color: $text-muted; }
-        & > .history--spark { color: $text-accent; }
-        & > .history--value { text-style: bold; }
-    }
+        {HISTORY_STYLES}
+    }}
     """
 
     def __init__(
@@ -109,38 +112,43 @@ class History(StyleMemo, Widget):
         return list(self._queue), list(self._busy), list(self._rps)
 
     def render(self) -> Text:
-        style = self.get_component_rich_style
-        label_style = style("history--label", partial=True)
-        spark_style = style("history--spark", partial=True)
-        value_style = style("history--value", partial=True)
-        width = self.content_region.width
-        text = Text(no_wrap=True, end="")
-        rows: tuple[tuple[str, Sequence[float | None], Callable[[float | None], str]], ...] = (
-            ("queue", self._queue, _fmt_int),
-            ("busy", self._busy, _fmt_int),
-            ("req/s", self._rps, fmt_rate),
-        )
-        for i, (label, values, fmt) in enumerate(rows):
-            current = fmt(values[-1]) if values else "?"
-            # Room for the sparkline once the label and the figures are placed; the figures
-            # are sized for the whole history so the line does not jitter as values change.
-            known_all = [v for v in values if v is not None]
-            widest = len(f" {current:>6}  max {fmt(max(known_all)) if known_all else '?'}")
-            show_max = width - LABEL_WIDTH - 1 - widest >= MIN_SPARK_WIDTH
-            if not show_max:  # a narrow panel: the trend matters more than its scale
-                widest = len(f" {current:>6}")
-            room = max(0, width - LABEL_WIDTH - 1 - widest)
-            window = list(values)[-room:] if room else []
-            known = [v for v in window if v is not None]
-            top = max(known, default=None)
-            if i:
-                text.append("\n")
-            text.append(f"{label:<{LABEL_WIDTH}} ", label_style)
-            text.append(sparkline(window, top or 0).rjust(room), spark_style)  # newest: right
-            text.append(f" {current:>6}", value_style)
-            if show_max:
-                text.append(f"  max {fmt(top) if top is not None else '?'}", label_style)
-        return text
+        return history_text(self._queue, self._busy, self._rps, self.content_region.width,
+                            self.component_style)
+
+
+def history_text(queue: Sequence[int], busy: Sequence[int], rps: Sequence[float | None],
+                 width: int, get: StyleGetter) -> Text:
+    """The three sparkline lines in `width` cells (History's, and the side panel's)."""
+    label_style = get("history--label")
+    spark_style = get("history--spark")
+    value_style = get("history--value")
+    text = Text(no_wrap=True, end="")
+    rows: tuple[tuple[str, Sequence[float | None], Callable[[float | None], str]], ...] = (
+        ("queue", queue, _fmt_int),
+        ("busy", busy, _fmt_int),
+        ("req/s", rps, fmt_rate),
+    )
+    for i, (label, values, fmt) in enumerate(rows):
+        current = fmt(values[-1]) if values else "?"
+        # Room for the sparkline once the label and the figures are placed; the figures
+        # are sized for the whole history so the line does not jitter as values change.
+        known_all = [v for v in values if v is not None]
+        widest = len(f" {current:>6}  max {fmt(max(known_all)) if known_all else '?'}")
+        show_max = width - LABEL_WIDTH - 1 - widest >= MIN_SPARK_WIDTH
+        if not show_max:  # a narrow panel: the trend matters more than its scale
+            widest = len(f" {current:>6}")
+        room = max(0, width - LABEL_WIDTH - 1 - widest)
+        window = list(values)[-room:] if room else []
+        known = [v for v in window if v is not None]
+        top = max(known, default=None)
+        if i:
+            text.append("\n")
+        text.append(f"{label:<{LABEL_WIDTH}} ", label_style)
+        text.append(sparkline(window, top or 0).rjust(room), spark_style)  # newest: right
+        text.append(f" {current:>6}", value_style)
+        if show_max:
+            text.append(f"  max {fmt(top) if top is not None else '?'}", label_style)
+    return text
 
 
 def _fmt_int(value: float | None) -> str:

@@ -16,10 +16,39 @@ from textual.widget import Widget
 
 from stackmon.model import NginxStatus
 from widgets._fmt import fmt_count, fmt_rate, plain
-from widgets._styles import StyleMemo
+from widgets._styles import StyleGetter, StyleMemo
 
 # active, reading, writing, waiting, dropped, and the rate as shown.
 _Figures = tuple[int, int, int, int, int, str]
+# What the panel shows: the figures (None: nginx not monitored) and the source's error.
+NginxShown = tuple[_Figures | None, str | None]
+
+NGINX_CLASSES = frozenset({
+    "nginx-panel--title",
+    "nginx-panel--label",
+    "nginx-panel--dropped",
+    "nginx-panel--error",
+    "nginx-panel--muted",
+})
+# The component rules, nested in a widget's DEFAULT_CSS (NginxPanel's and the side panel's).
+NGINX_STYLES = """
+        & > .nginx-panel--title { text-style: bold; }
+        & > .nginx-panel--label { color: $text-muted; }
+        & > .nginx-panel--dropped { color: $error; text-style: bold reverse; }
+        & > .nginx-panel--error { color: $text-error; }
+        & > .nginx-panel--muted { color: $text-muted; text-style: italic; }
+"""
+
+
+def nginx_shown(status: NginxStatus | None, error: str | None) -> NginxShown:
+    """Only what is displayed: a new sample with the same figures repaints nothing."""
+    if status is None:
+        return (None, error)
+    return (
+        (status.active, status.reading, status.writing, status.waiting, status.dropped,
+         fmt_rate(status.requests_per_s)),
+        error,
+    )
 
 
 class NginxPanel(StyleMemo, Widget):
@@ -30,24 +59,14 @@ class NginxPanel(StyleMemo, Widget):
     figures when there are some). Repaints only when what it shows changed.
     """
 
-    COMPONENT_CLASSES: ClassVar[set[str]] = {
-        "nginx-panel--title",
-        "nginx-panel--label",
-        "nginx-panel--dropped",
-        "nginx-panel--error",
-        "nginx-panel--muted",
-    }
+    COMPONENT_CLASSES: ClassVar[set[str]] = set(NGINX_CLASSES)
 
-    DEFAULT_CSS = """
-    NginxPanel {
+    DEFAULT_CSS = f"""
+    NginxPanel {{
         height: auto;
         width: 1fr;
-        & > .nginx-panel--title { text-style: bold; }
-        & > .nginx-panel--label { color: $text-muted; }
-        & > .nginx-panel--dropped { color: $error; text-style: bold reverse; }
-        & > .nginx-panel--error { color: $text-error; }
-        & > .nginx-panel--muted { color: $text-muted; text-style: italic; }
-    }
+        {NGINX_STYLES}
+    }}
     """
 
     def __init__(
@@ -60,26 +79,14 @@ class NginxPanel(StyleMemo, Widget):
         classes: str | None = None,
     ) -> None:
         super().__init__(name=name, id=id, classes=classes)
-        self._shown = self._figures(status, error)
+        self._shown = nginx_shown(status, error)
         self.set_class(bool(error), "-error")
         self.set_class(status is not None and status.dropped > 0, "-dropped")
-
-    @staticmethod
-    def _figures(status: NginxStatus | None,
-                 error: str | None) -> tuple[_Figures | None, str | None]:
-        # Only what is displayed: a new sample with the same figures repaints nothing.
-        if status is None:
-            return (None, error)
-        return (
-            (status.active, status.reading, status.writing, status.waiting, status.dropped,
-             fmt_rate(status.requests_per_s)),
-            error,
-        )
 
     def set_status(self, status: NginxStatus | None, error: str | None = None) -> None:
         """The latest sample (None: nginx is not monitored on this host) and the source's
         error message, if the last poll failed."""
-        shown = self._figures(status, error)
+        shown = nginx_shown(status, error)
         if shown == self._shown:
             return
         width = self.content_region.width
@@ -101,45 +108,46 @@ class NginxPanel(StyleMemo, Widget):
         return self._build(self.content_region.width)
 
     def _build(self, width: int) -> Text:
-        """The figures flowed into lines of at most `width` cells (a figure is never split from
-        its name), then the error, which may wrap."""
-        figures, error = self._shown
-        style = self.get_component_rich_style
-        label = style("nginx-panel--label", partial=True)
-        error_style = style("nginx-panel--error", partial=True)
-        text = Text(end="")
-        if figures is None:
-            text.append("nginx: ", style("nginx-panel--title", partial=True))
-            if error:
-                text.append(plain(error), error_style)
-            else:
-                text.append("not configured", style("nginx-panel--muted", partial=True))
-            return text
-        assert isinstance(figures, tuple)
-        active, reading, writing, waiting, dropped, rate = figures
-        chunks: list[Text] = [
-            Text.assemble((f"{name} ", label), fmt_count(value))
-            for name, value in (("active", active), ("reading", reading),
-                                ("writing", writing), ("waiting", waiting))
-        ]
-        if dropped > 0:
-            chunks.append(Text(f" dropped {fmt_count(dropped)} ",
-                               style("nginx-panel--dropped", partial=True)))
-        else:
-            chunks.append(Text.assemble(("dropped ", label), str(dropped)))
-        chunks.append(Text.assemble(("req/s ", label), rate))
-        line_len = 0
-        for chunk in chunks:
-            if line_len and line_len + 2 + chunk.cell_len > width:
-                text.append("\n")
-                line_len = 0
-            elif line_len:
-                text.append("  ")
-                line_len += 2
-            text.append_text(chunk)
-            line_len += chunk.cell_len
+        return nginx_text(self._shown, width, self.component_style)
+
+
+def nginx_text(shown: NginxShown, width: int, get: StyleGetter) -> Text:
+    """The figures flowed into lines of at most `width` cells (a figure is never split from
+    its name), then the error, which may wrap."""
+    figures, error = shown
+    label = get("nginx-panel--label")
+    error_style = get("nginx-panel--error")
+    text = Text(end="")
+    if figures is None:
+        text.append("nginx: ", get("nginx-panel--title"))
         if error:
-            text.append("\n")
-            text.append("last poll failed: ", label)
             text.append(plain(error), error_style)
+        else:
+            text.append("not configured", get("nginx-panel--muted"))
         return text
+    active, reading, writing, waiting, dropped, rate = figures
+    chunks: list[Text] = [
+        Text.assemble((f"{name} ", label), fmt_count(value))
+        for name, value in (("active", active), ("reading", reading),
+                            ("writing", writing), ("waiting", waiting))
+    ]
+    if dropped > 0:
+        chunks.append(Text(f" dropped {fmt_count(dropped)} ", get("nginx-panel--dropped")))
+    else:
+        chunks.append(Text.assemble(("dropped ", label), str(dropped)))
+    chunks.append(Text.assemble(("req/s ", label), rate))
+    line_len = 0
+    for chunk in chunks:
+        if line_len and line_len + 2 + chunk.cell_len > width:
+            text.append("\n")
+            line_len = 0
+        elif line_len:
+            text.append("  ")
+            line_len += 2
+        text.append_text(chunk)
+        line_len += chunk.cell_len
+    if error:
+        text.append("\n")
+        text.append("last poll failed: ", label)
+        text.append(plain(error), error_style)
+    return text
