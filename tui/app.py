@@ -41,7 +41,7 @@ from stackmon.poller import Fleet
 from stackmon.redact import visible
 from tui.actions import ACTIONS, bindings, shown
 from tui.commands import HostCommands
-from tui.host_pane import HostPane
+from tui.host_pane import HostPane, relabel_tab
 from tui.messages import ActionFinished, DoctorDone, HostPolled, ReloadProgressed
 from tui.screens.confirm import KillChoice, KillConfirm, ReloadChoice, ReloadConfirm
 from tui.screens.doctor import DoctorScreen
@@ -212,8 +212,8 @@ class StackmonApp(App[int]):
         if self._states.get(index) != state:
             self._states[index] = state
             if pane is not None:
-                self._tabs.get_tab(f"host-{index}").label = tab_label(
-                    self.targets.hosts[index].name, state)
+                relabel_tab(self._tabs.get_tab(f"host-{index}"), tab_label(
+                    self.targets.hosts[index].name, state))
         if self.overview is not None and not self.paused:
             self.overview.set_host(index, snap, assessed)
         if self.fleet_mode:
