@@ -41,7 +41,6 @@ be read becomes a note on the plan and the deadline is left out.
 from __future__ import annotations
 
 import math
-import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -50,7 +49,7 @@ from operator import attrgetter
 from typing import Any, TypeVar
 
 from stackmon.addresses import AddressError, StatsAddress, parse_stats_address
-from stackmon.bounded_io import BoundedReadError, User, read_file
+from stackmon.bounded_io import BoundedReadError, User
 from stackmon.config import HostConfig, Settings
 from stackmon.doctor.nginx_conf import (
     DEFAULTS,
@@ -63,7 +62,6 @@ from stackmon.doctor.nginx_conf import (
     parse_listen,
     parse_time,
 )
-from stackmon.logs.discover import compiled_paths, parse_master_flags, trusted_binary
 from stackmon.model import (
     Core,
     Deadline,
@@ -73,6 +71,7 @@ from stackmon.model import (
     UwsgiInstance,
     Worker,
 )
+from stackmon.nginx_master import nginx_conf_path
 from stackmon.trust import Refusal, confirm_master
 from stackmon.uwsgi_ini import get_int, instance_options, last
 
@@ -346,35 +345,6 @@ def serving_location(server: _Server, uri: str) -> _Location | None:
         return loc
     passing = [x for x in server.all_locations() if x.passes]
     return passing[0] if len(passing) == 1 else None
-
-
-def nginx_conf_path(master_pid: int) -> str | SourceError:
-    """The config file the running nginx master uses: `-c` (relative to `-p`, else to its
-    binary's compiled prefix), else the compiled --conf-path, as stackmon.logs.discover
-    finds it (the binary is run for -V only when trusted_binary allows)."""
-    proc = f"/proc/{master_pid}"
-    try:
-        raw = read_file(f"{proc}/cmdline", limit=64 * 1024, what="nginx command line")
-    except BoundedReadError as exc:
-        return SourceError("nginx", f"nginx master {master_pid}: {exc}")
-    title = raw.replace(b"\0", b" ").decode("utf-8", "replace").strip()
-    flags = parse_master_flags(title)
-    if flags is None:
-        return SourceError("nginx", f"process {master_pid} is not an nginx master")
-    try:
-        cwd = os.readlink(f"{proc}/cwd")
-    except OSError:
-        cwd = "/"
-    compiled: dict[str, str] = {}
-    if "-c" not in flags or "-p" not in flags:
-        try:
-            exe = os.readlink(f"{proc}/exe").removesuffix(" (deleted)")
-        except OSError:
-            exe = "nginx"
-        compiled = compiled_paths(exe) if trusted_binary(exe, master_pid) else {}
-    prefix = os.path.join(cwd, flags.get("-p") or compiled.get("prefix") or "/usr/share/nginx")
-    conf = flags.get("-c") or compiled.get("conf-path") or "conf/nginx.conf"
-    return os.path.normpath(os.path.join(prefix, conf))
 
 
 def _nginx_routes(master_pid: int) -> NginxRoutes | SourceError:

@@ -141,40 +141,6 @@ def test_the_distributions_config_parses() -> None:
     assert conf.block("http") is not None
 
 
-@pytest.mark.parametrize(("title", "expected"), [
-    ("nginx: master process /usr/sbin/nginx -g daemon on; master_process on;", (None, None)),
-    ("nginx: master process /usr/sbin/nginx -p /srv/x/ -c /srv/x/nginx.conf -e /srv/x/e.log "
-     "-g daemon off;", ("/srv/x/nginx.conf", "/srv/x/")),
-    ("nginx: master process nginx -cconf/site.conf -p/opt/ng", ("conf/site.conf", "/opt/ng")),
-    ("nginx: master process nginx -g pid /run/-c.pid; -c a.conf", ("a.conf", None)),
-    ("nginx: worker process", None),
-    ("/usr/bin/python3 -c master process", None),
-])
-def test_master_title(title: str, expected: tuple[str | None, str | None] | None) -> None:
-    from stackmon.doctor.gather import parse_master_title
-
-    assert parse_master_title(title) == expected
-
-
-def test_resolve_conf_follows_nginx() -> None:
-    from stackmon.doctor.gather import resolve_conf
-
-    debian = {"prefix": "/usr/share/nginx", "conf-path": "/etc/nginx/nginx.conf"}
-    assert resolve_conf(None, None, "/", debian) == "/etc/nginx/nginx.conf"
-    assert resolve_conf("site.conf", None, "/", debian) == "/usr/share/nginx/site.conf"
-    assert resolve_conf("conf/n.conf", "run/", "/srv", {}) == "/srv/run/conf/n.conf"
-    assert resolve_conf("/abs.conf", "/x", "/", {}) == "/abs.conf"
-    assert resolve_conf(None, "/x", "/", {}) is None
-
-
-def test_compiled_paths_of_the_real_nginx(nginx_bin: str) -> None:
-    from stackmon.doctor.gather import _compiled_paths
-
-    paths = _compiled_paths(nginx_bin)
-    assert paths.get("conf-path", "").endswith("nginx.conf")
-    assert "prefix" in paths
-
-
 # --- hostile includes: every file read bounded, nothing blocks -------------------------------
 
 def _conf(tmp_path: Path, include: str) -> Path:

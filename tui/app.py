@@ -32,7 +32,7 @@ from stackmon.actions.audit import AuditLog
 from stackmon.actions.base import ActionError
 from stackmon.actions.reload_progress import ReloadProgress
 from stackmon.actions.rolling import RollPolicy, RollResult, RollStep, rolling_reload
-from stackmon.actions.stack import StackResult, capture_for_kill, find_py_spy
+from stackmon.actions.stack import StackResult, capture_for_kill
 from stackmon.config import Targets
 from stackmon.health import HostState, Severity, assess
 from stackmon.hosts import Host, open_host
@@ -127,6 +127,7 @@ class StackmonApp(App[int]):
         self.panes: dict[int, HostPane] = {}
         self.overview: FleetPane | None = None
         self._latest: dict[int, HostSnapshot] = {}
+        self._unpolled_hosts: dict[int, Host] = {}  # see _host
         self._assessed: dict[int, HostState] = {}
         self._opened: set[int] = set()  # hosts the user opened (they keep their tab)
         self._alarm: dict[int, float | None] = {}  # alarm tab -> when it calmed (monotonic)
@@ -367,10 +368,9 @@ class StackmonApp(App[int]):
         """t: the worker's detail, its stack being read (issue 13)."""
         self.action_open_worker(trace=True)
 
-    @staticmethod
-    def _traceable(pane: HostPane) -> bool:
+    def _traceable(self, pane: HostPane) -> bool:
         """A host with uWSGI stats (or an agent) has workers to trace; a recording does not."""
-        return bool(pane.host.uwsgi or pane.host.agent)
+        return self._host(pane.index).traceable
 
     def _tracer(self, pane: HostPane, address: str) -> Tracer | None:
         """How the detail screen reads a worker's stack: through the poller's Host, for the
@@ -514,7 +514,7 @@ class StackmonApp(App[int]):
         uwsgi_log = next((s.path for s in (logs.sources if logs else ()) if s.kind == "uwsgi"
                           and s.path and s.label in (None, str(instance))), None)
         # Capturing is on by default where py-spy can run: here, or on an agent's host.
-        capture = bool(pane.host.agent) or find_py_spy() is not None
+        capture = self._host(pane.index).captures_stacks
         self.push_screen(KillConfirm(pane.host.name, address, worker, self.clock(),
                                      capture=capture, uwsgi_log=uwsgi_log,
                                      events=logs.events if logs else ()), chosen)
@@ -623,7 +623,12 @@ class StackmonApp(App[int]):
         fleet = getattr(self, "fleet", None)
         if fleet is not None:
             return fleet.pollers[index].collector
-        return open_host(self.targets.hosts[index], self.targets.settings)
+        # No pollers (tests feeding snapshots, a replay): one Host per host, kept (the Footer
+        # asks what a host can do on every refresh).
+        if index not in self._unpolled_hosts:
+            self._unpolled_hosts[index] = open_host(self.targets.hosts[index],
+                                                    self.targets.settings)
+        return self._unpolled_hosts[index]
 
     def _poll_now(self, index: int) -> None:
         """After an action the next poll should show its effect, not wait an interval."""

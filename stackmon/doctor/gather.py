@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import replace
 
-from stackmon.bounded_io import BoundedReadError, User, read_file
+from stackmon.bounded_io import BoundedReadError, User
 from stackmon.config import HostConfig, Settings
 from stackmon.doctor.facts import (
     HostFacts,
@@ -35,9 +34,9 @@ from stackmon.doctor.nginx_conf import NginxConfError
 from stackmon.doctor.nginx_conf import load as load_nginx
 from stackmon.hosts import Host, open_host
 from stackmon.model import HostSnapshot, KernelCounters, SourceError, UwsgiInstance
+from stackmon.nginx_master import nginx_conf_path
 from stackmon.sources.procfs import read_kernel_counters, system_fds
 from stackmon.uwsgi_ini import (
-    MAX_PROC_BYTES,
     ConfigFileError,
     instance_options,
     read_ini,
@@ -119,105 +118,6 @@ def instance_facts(inst: UwsgiInstance) -> UwsgiFacts | SourceError:
     return UwsgiFacts(name=f"uWSGI {inst.address} (master {inst.master_pid})",
                       options=tuple(options), master_pid=inst.master_pid,
                       stats_address=inst.address, live=inst)
-
-
-def _compiled_paths(exe: str) -> dict[str, str]:
-    """--prefix and --conf-path compiled into an nginx binary (`nginx -V`)."""
-    try:
-        out = subprocess.run([exe, "-V"], capture_output=True, timeout=3, check=False,
-                             stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    found = {}
-    for word in (out.stderr + out.stdout).decode("utf-8", "replace").split():
-        for key in ("--prefix=", "--conf-path="):
-            if word.startswith(key):
-                found[key.strip("-=")] = word[len(key):]
-    return found
-
-
-def parse_master_title(title: str) -> tuple[str | None, str | None] | None:
-    """(-c value, -p value) from an nginx master's title, None when it is not a master's.
-
-    nginx overwrites its argv with "nginx: master process <original argv joined by spaces>",
-    so the words after -c and -p (or -cFILE, -pDIR) are read back from that.
-    """
-    marker = "master process "
-    if not title.startswith("nginx: ") or marker not in title:
-        return None
-    words = title.split(marker, 1)[1].split()
-    found: dict[str, str] = {}
-    i = 1  # words[0] is the binary
-    while i < len(words):
-        word = words[i]
-        if word == "-g":  # its value is directives ("daemon off;"), never a flag
-            i += 2
-            continue
-        for flag in ("-c", "-p"):
-            if word == flag and i + 1 < len(words):
-                found[flag] = words[i + 1]
-                i += 1
-                break
-            if word.startswith(flag) and len(word) > 2:
-                found[flag] = word[2:]
-                break
-        i += 1
-    return found.get("-c"), found.get("-p")
-
-
-def resolve_conf(conf: str | None, prefix: str | None, cwd: str,
-                 compiled: dict[str, str]) -> str | None:
-    """nginx's own rules: no -c means the compiled --conf-path; a relative config path is
-    relative to the prefix (-p, else the compiled --prefix); a relative -p to the cwd."""
-    if prefix is None:
-        prefix = compiled.get("prefix", "/")
-    prefix = os.path.join(cwd, prefix)
-    if conf is None:
-        conf = compiled.get("conf-path")
-        if conf is None:
-            return None
-    return os.path.normpath(os.path.join(prefix, conf))
-
-
-def nginx_conf_path(master_pid: int) -> str | SourceError:
-    """The config file a running nginx master loaded, from its command line (see
-    parse_master_title and resolve_conf; `nginx -V` of its binary supplies the compiled
-    defaults). A path with a space in it cannot be told apart in the title: the result is
-    checked to be a file, and otherwise the error says to pass --nginx-conf.
-    """
-    proc = f"/proc/{master_pid}"
-    try:
-        # Bounded: a process chooses its own command line (see stackmon.bounded_io).
-        raw = read_file(f"{proc}/cmdline", limit=MAX_PROC_BYTES, what="cmdline")
-    except BoundedReadError as exc:
-        return SourceError("nginx config", f"cannot read {proc}/cmdline: {exc.reason}")
-    title = raw.replace(b"\0", b" ").decode("utf-8", "replace").strip()
-    parsed = parse_master_title(title)
-    if parsed is None:
-        return SourceError("nginx config", f"process {master_pid} is not an nginx master "
-                                           f"({title[:40]!r})")
-    conf, prefix = parsed
-    try:
-        cwd = os.readlink(f"{proc}/cwd")
-    except OSError:
-        cwd = "/"
-    compiled: dict[str, str] = {}
-    if conf is None or prefix is None:
-        try:
-            exe = os.readlink(f"{proc}/exe").removesuffix(" (deleted)")
-        except OSError:
-            exe = "nginx"
-        compiled = _compiled_paths(exe)
-    path = resolve_conf(conf, prefix, cwd, compiled)
-    if path is None:
-        return SourceError("nginx config", f"nginx master {master_pid} was started without "
-                                           "-c and `nginx -V` names no --conf-path; give "
-                                           "--nginx-conf")
-    if not os.path.isfile(path):
-        return SourceError("nginx config", f"nginx master {master_pid}: its config {path} is "
-                                           "not a readable file here (a path with spaces, or "
-                                           "another mount namespace?); give --nginx-conf")
-    return path
 
 
 def nginx_master_pid(snap: HostSnapshot) -> int | None:

@@ -44,6 +44,14 @@ class AgentHost(Host):
         self.source = AgentSource(config, settings)
 
     @property
+    def traceable(self) -> bool:
+        return True  # the agent answers for its instances (or says why not)
+
+    @property
+    def captures_stacks(self) -> bool:
+        return True  # py-spy runs on the agent's host, which says if it cannot
+
+    @property
     def config_elsewhere(self) -> str | None:
         return (f"remote host ({self.source.source}): its configuration is read on that host; "
                 "run `stackmon doctor` there")

@@ -30,6 +30,17 @@ class Host(ABC):
     via: str = ""
 
     @property
+    def traceable(self) -> bool:
+        """Whether it has uWSGI workers whose Python stacks can be asked for."""
+        return False
+
+    @property
+    def captures_stacks(self) -> bool:
+        """Whether a stack can be captured before a kill without a wasted try: py-spy is here
+        (local) or the agent's host decides (agent)."""
+        return False
+
+    @property
     def config_elsewhere(self) -> str | None:
         """None when the host's configuration (ini files, nginx.conf) can be read from here,
         as the doctor needs; else a sentence saying where it is read instead."""

@@ -4,6 +4,7 @@ taken here (signals and the master FIFO, after the kernel confirms the target)."
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -14,7 +15,7 @@ from stackmon.actions.base import ActionError, ActionResult, ActionTarget
 from stackmon.actions.kill import fetch_instance, kill_worker
 from stackmon.actions.reload import reload_uwsgi
 from stackmon.actions.reload_progress import ReloadProgress, follow_reload
-from stackmon.actions.stack import StackResult, trace_worker
+from stackmon.actions.stack import StackResult, find_py_spy, trace_worker
 from stackmon.addresses import AddressError, StatsAddress, parse_stats_address
 from stackmon.collect import (
     NGINX_RESCAN,
@@ -56,6 +57,12 @@ def aged(inst: UwsgiInstance, sampled: float, now: float,
             cores.append(replace(c, request=r))
         workers.append(replace(w, cores=tuple(cores)))
     return replace(inst, workers=tuple(workers), stale_s=max(0.0, now - sampled))
+
+
+@functools.lru_cache(maxsize=1)
+def _py_spy_found() -> bool:
+    """Looked up once: the TUI asks on every key and Footer refresh."""
+    return find_py_spy() is not None
 
 
 class LocalHost(Host):
@@ -165,6 +172,14 @@ class LocalHost(Host):
         not thread-safe, and actions run on the event loop while polls read in a worker."""
         self._pending_events.append(Event(at=time.time(), source="stackmon", kind=kind,
                                           worker=worker, pid=pid, uri=uri, text=text))
+
+    @property
+    def traceable(self) -> bool:
+        return bool(self.config.uwsgi or self._vassals)
+
+    @property
+    def captures_stacks(self) -> bool:
+        return self.traceable and _py_spy_found()
 
     def _addresses(self) -> list[tuple[int, StatsAddress]]:
         """What to poll: the configured instances, then the vassals of emperors found so far

@@ -24,16 +24,16 @@ instead of showing zeros. Nothing here raises: problems are `error` strings on t
 
 from __future__ import annotations
 
-import functools
 import glob
 import os
-import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from stackmon.bounded_io import BoundedReadError, User, read_file
 from stackmon.logs.nginx_format import COMBINED, LogFormat, format_from_args
+from stackmon.model import SourceError
+from stackmon.nginx_master import master_paths
 
 __all__ = ["LogTarget", "NginxLogs", "nginx_logs", "nginx_logs_from_conf", "uwsgi_log"]
 
@@ -98,95 +98,14 @@ class _Stmt:
 def nginx_logs(master_pid: int, *, as_user: User | None = None) -> NginxLogs:
     """The logs of the running nginx master `master_pid` (see the module docstring).
 
-    as_user: read its config files only if that user (the master's) could; its binary is run
-    for `-V` only when it cannot have been planted by another user (see trusted_binary)."""
-    proc = f"/proc/{master_pid}"
-    try:
-        raw = read_file(f"{proc}/cmdline", limit=64 * 1024, what="nginx command line")
-    except BoundedReadError as exc:
-        return NginxLogs(conf=None, error=str(exc))
-    title = raw.replace(b"\0", b" ").decode("utf-8", "replace").strip()
-    flags = parse_master_flags(title)
-    if flags is None:
-        return NginxLogs(conf=None, error=f"process {master_pid} is not an nginx master "
-                                          f"({title[:40]!r})")
-    try:
-        cwd = os.readlink(f"{proc}/cwd")
-    except OSError:
-        cwd = "/"
-    compiled: dict[str, str] = {}
-    if "-c" not in flags or "-p" not in flags or "-e" not in flags:
-        try:
-            exe = os.readlink(f"{proc}/exe").removesuffix(" (deleted)")
-        except OSError:
-            exe = "nginx"
-        compiled = compiled_paths(exe) if trusted_binary(exe, master_pid) else {}
-    prefix = os.path.join(cwd, flags.get("-p") or compiled.get("prefix") or "/usr/share/nginx")
-    conf = flags.get("-c") or compiled.get("conf-path") or "conf/nginx.conf"
-    conf = os.path.normpath(os.path.join(prefix, conf))
-    error_default = flags.get("-e") or compiled.get("error-log-path") or "logs/error.log"
-    where_error = "<cmdline -e>" if "-e" in flags else "nginx default (-V)"
-    return nginx_logs_from_conf(conf, prefix=prefix, as_user=as_user,
-                                default_error=(error_default, where_error),
-                                default_access=compiled.get("http-log-path")
-                                or "logs/access.log")
-
-
-def parse_master_flags(title: str) -> dict[str, str] | None:
-    """-c, -p, -e values from an nginx master's title ("nginx: master process ARGV"), None
-    when it is not one. `-g` values are skipped (they are directives, not flags)."""
-    marker = "master process "
-    if not title.startswith("nginx: ") or marker not in title:
-        return None
-    words = title.split(marker, 1)[1].split()
-    found: dict[str, str] = {}
-    i = 1
-    while i < len(words):
-        word = words[i]
-        if word == "-g":
-            i += 2
-            continue
-        for flag in ("-c", "-p", "-e"):
-            if word == flag and i + 1 < len(words):
-                found[flag] = words[i + 1]
-                i += 1
-                break
-            if word.startswith(flag) and len(word) > 2:
-                found[flag] = word[2:]
-                break
-        i += 1
-    return found
-
-
-@functools.lru_cache(maxsize=8)
-def compiled_paths(exe: str) -> dict[str, str]:
-    """--prefix, --conf-path, --error-log-path, --http-log-path of an nginx binary."""
-    try:
-        out = subprocess.run([exe, "-V"], capture_output=True, timeout=3, check=False,
-                             stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    found = {}
-    for word in (out.stderr + out.stdout).decode("utf-8", "replace").split():
-        for key in ("--prefix=", "--conf-path=", "--error-log-path=", "--http-log-path="):
-            if word.startswith(key):
-                found[key.strip("-=")] = word[len(key):]
-    return found
-
-
-def trusted_binary(exe: str, pid: int) -> bool:
-    """Whether running `exe -V` (as root) is safe: the process runs as root, and the binary is
-    a regular file owned by root that nobody else can write. An unprivileged user can name a
-    process "nginx: master process" and hold a port; root must never execute its binary."""
-    try:
-        st = os.stat(exe)
-        proc = os.stat(f"/proc/{pid}")
-    except OSError:
-        return False
-    import stat as stat_mod
-
-    return (proc.st_uid == 0 and stat_mod.S_ISREG(st.st_mode) and st.st_uid == 0
-            and not st.st_mode & 0o022)
+    as_user: read its config files only if that user (the master's) could; where its files
+    are comes from stackmon.nginx_master (its binary run for `-V` only when trusted)."""
+    paths = master_paths(master_pid)
+    if isinstance(paths, SourceError):
+        return NginxLogs(conf=None, error=paths.message)
+    return nginx_logs_from_conf(paths.conf, prefix=paths.prefix, as_user=as_user,
+                                default_error=(paths.error_log, paths.error_log_where),
+                                default_access=paths.access_log)
 
 
 def nginx_logs_from_conf(conf: str, *, prefix: str | None = None,
@@ -346,7 +265,6 @@ def _walk(stmts: Sequence[_Stmt], ctx: tuple[str, ...]) -> Iterator[tuple[_Stmt,
 
 def uwsgi_log(master_pid: int) -> LogTarget:
     """Where the uWSGI master `master_pid` logs (see the module docstring)."""
-    from stackmon.model import SourceError
     from stackmon.uwsgi_ini import all_values, instance_options, last
 
     options = instance_options(master_pid)

@@ -16,16 +16,18 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stackmon.logs.access import STATUS_KEYS, AccessWindow, HttpSummary
-from stackmon.logs.discover import LogTarget
 from stackmon.logs.nginx_errors import ErrorWindow, UpstreamError
 from stackmon.logs.nginx_errors import line_time as error_line_time
 from stackmon.logs.nginx_format import COMBINED, LogFormat
 from stackmon.logs.tail import DEFAULT_MAX_LINE, DEFAULT_POLL_BUDGET, LogTail, TailRead
 from stackmon.logs.uwsgi_events import Event, EventLog
 from stackmon.logs.uwsgi_events import line_time as uwsgi_line_time
+
+if TYPE_CHECKING:  # the model imports this module; discovery imports the model
+    from stackmon.logs.discover import LogTarget
 
 __all__ = ["HostLogs", "LogSpec", "LogSummary", "SourceStatus"]
 
