@@ -253,6 +253,14 @@ async def test_kill_flow_from_key_to_confirmation_to_respawned_worker(fresh_stac
         now = app.active_pane().find_worker(victim.id)
         assert now is not None and now.pid not in (0, victim.pid)
         assert now.respawn_count == victim.respawn_count + 1
+        # The kill is done when its outcome is recorded; capture is on (py-spy is installed),
+        # so the stack read before the kill is shown then: where the worker was stuck.
+        await wait_for(pilot, lambda: [e["outcome"] for e in audit.entries()]
+                       == ["started", "ok"], timeout=10)
+        await wait_for(pilot, lambda: "stack captured before the kill" in screen_text(app),
+                       timeout=5)
+        await pilot.press("escape")  # close the stack
+        await pilot.pause()
         await pilot.press("escape")  # clear the filter: the respawned worker is idle
         await pilot.pause(0.5)
         text = screen_text(app)
