@@ -52,9 +52,10 @@ class _Pane:
                               text=True, timeout=10).stdout
 
     def flags(self) -> dict[str, str]:
-        fmt = "|".join(f"#{{{name}}}" for name in (*RESTORED, "pane_dead", "pane_dead_status"))
+        names = (*RESTORED, "pane_dead", "pane_dead_status", "pane_dead_signal")
+        fmt = "|".join(f"#{{{name}}}" for name in names)
         values = self._tmux("display", "-p", "-t", "t", fmt).rstrip("\n").split("|")
-        return dict(zip((*RESTORED, "pane_dead", "pane_dead_status"), values, strict=True))
+        return dict(zip(names, values, strict=True))
 
     def text(self) -> str:
         return self._tmux("capture-pane", "-p", "-t", "t")
