@@ -41,6 +41,7 @@ from stackmon.model import (
     Vassal,
 )
 from stackmon.sources import kernel, procfs
+from stackmon.sources.kernel import FdScan
 
 # How long the nginx processes found behind the status URL are trusted before /proc is scanned
 # again (sooner when one of them exits).
@@ -60,6 +61,10 @@ class LocalFacts:
     kernel: KernelCounters
     errors: tuple[SourceError, ...]
     nginx_roles: dict[int, str] = field(default_factory=dict)
+    # What the fd scan covered (pid -> role) and found, for a later poll that reuses it.
+    roles: dict[int, str] = field(default_factory=dict)
+    scan: FdScan | None = None
+    rescanned: bool = True  # False when `scan` is an earlier poll's
 
 
 def _nginx_pids(url: str | None, raw: list[kernel.RawListener]) -> dict[int, str]:
@@ -250,11 +255,16 @@ def _uwsgi_roles(instances: list[UwsgiInstance], raw: list[kernel.RawListener]
 
 
 def gather_local_facts(instances: list[UwsgiInstance], nginx_url: str | None,
-                       nginx_roles: dict[int, str] | None = None) -> LocalFacts:
+                       nginx_roles: dict[int, str] | None = None, *,
+                       previous: LocalFacts | None = None) -> LocalFacts:
     """Queues, fds and kernel counters for the processes behind this host's targets.
 
     nginx_roles: the nginx processes found by an earlier poll; looked up again (a scan of
-    /proc) only when not given. LocalFacts.nginx_roles says what was used, and is empty when
+    /proc) only when not given. previous: an earlier result whose fd scan is reused when it
+    covered exactly the same processes: the accept queues (sock_diag) and kernel counters are
+    read every poll, the fds of every process (a /proc listing each) less often: they move
+    slowly, and the scan was the poll's largest cost (bench/bench_tui_cpu.py, issue 12).
+    LocalFacts.nginx_roles says what was used, and is empty when
     one of them has gone (nginx restarted or reloaded: look again next time). Each listener a
     uWSGI master holds names that instance's stats address (Listener.instance), which is how
     merge_kernel_queues finds an instance's sockets whatever pid namespace it runs in.
@@ -269,7 +279,13 @@ def gather_local_facts(instances: list[UwsgiInstance], nginx_url: str | None,
     found = nginx_roles if nginx_roles is not None else _nginx_pids(nginx_url, raw)
     for pid, role in found.items():
         roles.setdefault(pid, role)
-    scan = kernel.scan_processes(roles, sockets=kernel.masters(roles))
+    rescanned = not (previous is not None and previous.scan is not None
+                     and previous.roles == roles)
+    if rescanned:
+        scan = kernel.scan_processes(roles, sockets=kernel.masters(roles))
+    else:
+        assert previous is not None and previous.scan is not None
+        scan = replace(previous.scan, vanished=())
     errors.extend(scan.errors)
     counters, counter_errors = kernel.read_kernel_counters()
     errors.extend(counter_errors)
@@ -279,7 +295,8 @@ def gather_local_facts(instances: list[UwsgiInstance], nginx_url: str | None,
         replace(li, instance=next((masters[p] for p in li.pids if p in masters), ""))
         for li in kernel.listeners_for(raw, scan.inode_pids, roles))
     return LocalFacts(listeners=listeners, fds=scan.report, kernel=counters,
-                      errors=tuple(errors), nginx_roles=found)
+                      errors=tuple(errors), nginx_roles=found, roles=roles, scan=scan,
+                      rescanned=rescanned)
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

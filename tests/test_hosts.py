@@ -108,3 +108,46 @@ async def test_a_kill_through_the_host_is_an_event_of_that_host(fresh_stack, han
         assert ours.pid == worker.pid and ours.worker == worker.id
     finally:
         await host.aclose()
+
+
+async def test_fds_are_listed_less_often_than_queues_are_read(fresh_stack, hang) -> None:
+    """The accept queues come fresh every poll; every process's fd listing is reused for
+    FD_RESCAN_S unless the processes changed (a respawned worker is listed at once)."""
+    import os
+    import signal
+
+    from stackmon.hosts.local import LocalHost
+
+    stack = fresh_stack(workers=2, threads=1)
+    host = LocalHost(HostConfig(name="s", uwsgi=(parse_stats_address(stack.stats_address),)),
+                     Settings())
+    first = await host.poll()
+    assert host._last_facts is not None and host._last_facts.rescanned
+    hang(stack, "/hang/queue-moves", n=1)
+    second = await host.poll()
+    assert host._last_facts is not None and not host._last_facts.rescanned  # reused
+    assert second.fds == first.fds
+    busy = [w for w in second.uwsgi[0].workers if w.requests_in_flight]
+    assert busy, "the poll itself is fresh"
+    os.kill(busy[0].pid, signal.SIGKILL)
+    import asyncio
+
+    for _ in range(40):
+        third = await host.poll()
+        pids = {p.pid for p in third.fds.processes}
+        if busy[0].pid not in pids and len(pids) == len({p.pid for p in first.fds.processes}):
+            break
+        await asyncio.sleep(0.1)
+    assert host._last_facts is not None and host._last_facts.rescanned
+    assert busy[0].pid not in {p.pid for p in third.fds.processes}
+
+
+async def test_fds_are_listed_again_once_due(stack, monkeypatch) -> None:
+    import stackmon.hosts.local as local
+
+    monkeypatch.setattr(local, "FD_RESCAN_S", 0.0)
+    host = local.LocalHost(HostConfig(name="s", uwsgi=(parse_stats_address(stack.stats_address),)),
+                           Settings())
+    await host.poll()
+    await host.poll()
+    assert host._last_facts is not None and host._last_facts.rescanned

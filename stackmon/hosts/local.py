@@ -38,6 +38,10 @@ from stackmon.sources.uwsgi_stats import poll_stats
 # How often the logs' locations are looked up again (a config edited and reloaded names new
 # files); sooner when a master's pid changes.
 LOG_REDISCOVER_S = 60.0
+# How often every monitored process's fds are listed (/proc/PID/fd): accept queues are read
+# every poll, fds move slowly and the listing was the poll's largest cost; sooner whenever
+# the set of processes changes (a respawn, a reload).
+FD_RESCAN_S = 5.0
 # An emperor may run many vassals; each found with a stats server is polled as an instance.
 MAX_VASSALS = 256
 
@@ -77,6 +81,8 @@ class LocalHost(Host):
         self._last_instances: dict[int, tuple[UwsgiInstance, float]] = {}
         self._pending_events: list[Event] = []
         self._deadline_plan: DeadlinePlan | None = None
+        self._last_facts: LocalFacts | None = None
+        self._fd_scan_at = 0.0
         self._vassals: dict[StatsAddress, int] = {}  # an emperor's vassals: address -> index
         self._logs: HostLogs | None = None
         self._logs_key: tuple[object, ...] = ()
@@ -150,7 +156,12 @@ class LocalHost(Host):
                      roles: dict[int, str] | None) -> tuple[LocalFacts, LogSummary | None]:
         """Everything of a poll that reads files (in the poll's worker thread): the kernel's
         facts, the logs, and (refreshed when due) what the deadlines need from the configs."""
-        facts = gather_local_facts(instances, self.config.nginx, roles)
+        fresh = time.monotonic() - self._fd_scan_at >= FD_RESCAN_S
+        facts = gather_local_facts(instances, self.config.nginx, roles,
+                                   previous=None if fresh else self._last_facts)
+        if facts.rescanned:  # due, or the processes changed
+            self._fd_scan_at = time.monotonic()
+        self._last_facts = facts
         nginx_roles = facts.nginx_roles or {}
         self._plan_deadlines(instances, nginx_roles)
         return facts, self._follow_logs(instances, nginx_roles)
