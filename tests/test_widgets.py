@@ -543,6 +543,48 @@ async def test_worker_list_redraws_only_what_changed() -> None:
         assert calls == [("refresh_lines", (2, 1))]
 
 
+async def test_worker_list_keeps_lines_when_only_unshown_fields_change() -> None:
+    """Under traffic running_time_s, tx, vsz and the average's decimals change on almost
+    every poll; a row is drawn again only when what it shows changes."""
+    workers = [worker(1, req(0, age=5)), worker(2)]
+    app, wl = await mounted_worker_list(workers)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        before = visible_lines(wl)
+        cached = {k: dict(v) for k, v in wl._strips.items()}
+        assert len(cached[(1, 0)]) == 2 and len(cached[(2, 0)]) == 1  # header + request line
+        drawn: list[int] = []
+        refreshed: list[tuple[int, int]] = []
+        real_header_text, real_refresh_lines = wl._header_text, wl.refresh_lines
+
+        def header_text(w: Worker, *args: object) -> object:
+            drawn.append(w.id)
+            return real_header_text(w, *args)  # type: ignore[arg-type]
+
+        def refresh_lines(y_start: int, line_count: int = 1) -> None:
+            refreshed.append((y_start, line_count))
+            real_refresh_lines(y_start, line_count)
+
+        wl._header_text = header_text  # type: ignore[method-assign,assignment]
+        wl.refresh_lines = refresh_lines  # type: ignore[method-assign]
+        busy = [replace(w, running_time_s=w.running_time_s + 0.7, tx=w.tx + 4096, vsz=123,
+                        avg_rt_ms=12.4)  # shown as 12ms, like 12.5
+                for w in workers]
+        wl.set_workers(busy, NOW + 0.5)
+        await pilot.pause()
+        assert visible_lines(wl) == before
+        assert drawn == [] and refreshed == []
+        for key, lines in cached.items():
+            assert all(wl._strips[key].get(line) is strip for line, strip in lines.items())
+        assert wl.cursor_worker is not None and wl.cursor_worker.tx == 4096  # newest values
+        # What the row shows changes (the average as printed): that row only, header only.
+        wl.set_workers([busy[0], replace(busy[1], avg_rt_ms=1500.0)], NOW + 0.5)
+        await pilot.pause()
+        assert drawn == [2] and refreshed == [(2, 1)]
+        assert "avg  1.5s" in visible_lines(wl)[2]
+        assert wl._strips[(1, 0)][(1, False)] is cached[(1, 0)][(1, False)]
+
+
 @pytest.mark.parametrize(
     ("cores", "expected"),
     [

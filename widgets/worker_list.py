@@ -8,8 +8,11 @@ costs about what a DataTable costs; a container of 64 widgets re-laid out every 
 
 How updates stay cheap: `set_workers()` is called once per poll with frozen `Worker` values. A
 worker's block is rebuilt only when its value changed or when the age of one of its requests
-crossed a whole second; its cached Strips are dropped and only its lines are refreshed. When
-nothing changed the call returns without touching the screen. The layout (which line belongs
+crossed a whole second; then only the lines that DISPLAY differently (compared as shown: a
+`_Header`, a `_RequestLine`) lose their cached Strips and are refreshed. Under traffic some
+field of every busy worker (running_time_s, tx) changes on each poll, and comparing whole
+`Worker` values drew every row again every second. When nothing shown changed the call returns
+without touching the screen. The layout (which line belongs
 to which worker) is rebuilt only when the order, the filter or a block's height changed.
 
 Rows keep their place: a request gets a line of its own only once it is past the slow threshold
@@ -85,11 +88,34 @@ class _RequestLine(NamedTuple):
     deadline: Deadline | None = None  # the nearest one, live (see live_deadlines)
 
 
+class _Header(NamedTuple):
+    """A worker's row as displayed: every figure as the row shows it (the average and the rss
+    rounded as printed, respawns as counted), and nothing else. Under traffic some field of a
+    worker changes on almost every poll (running_time_s, tx, the average in its decimals), but
+    its row is drawn again only when this changes; `_header_text` draws from it alone, so the
+    row cannot show anything it does not compare."""
+
+    id: int
+    pid: int
+    status: str
+    busy: bool
+    requests: int
+    exceptions: int
+    harakiri_count: int
+    respawns: int
+    avg: str  # fmt_ms(avg_rt_ms)
+    rss: str  # human_bytes(rss), UNKNOWN when uWSGI did not report it
+    level: Level  # worst level of the worker's request lines
+    short: int  # requests too young for a line of their own
+
+
 @dataclass(frozen=True, slots=True)
 class _Block:
-    """What one worker shows. Equal blocks render identical lines."""
+    """What one worker shows. Equal headers render identical rows, equal request lines
+    identical lines."""
 
     worker: Worker
+    header: _Header
     ages: tuple[int | None, ...]  # whole-second ages: with `worker`, all the block depends on
     requests: tuple[_RequestLine, ...]
     level: Level  # worst level of its requests
@@ -212,8 +238,22 @@ def _make_block(
             max_age = max(max_age, line.age)
     for r in worker.requests_in_flight:  # the filter finds short requests too
         parts += (r.method, r.uri, r.remote_addr)
-    return _Block(worker, ages, tuple(requests), level, max_age, "\x00".join(parts).lower(),
-                  short)
+    header = _Header(worker.id, worker.pid, worker.status, worker.busy, worker.requests,
+                     worker.exceptions, worker.harakiri_count, respawns(worker),
+                     fmt_ms(worker.avg_rt_ms), human_bytes(worker.rss) if worker.rss else UNKNOWN,
+                     level, short)
+    return _Block(worker, header, ages, tuple(requests), level, max_age,
+                  "\x00".join(parts).lower(), short)
+
+
+def _stale_lines(old: _Block, new: _Block) -> set[int]:
+    """The lines of a worker's block (0: its row, n: its n-th request line) that display
+    differently: only these are drawn again."""
+    stale = {0} if old.header != new.header else set()
+    a, b = old.requests, new.requests
+    stale.update(i + 1 for i in range(max(len(a), len(b)))
+                 if i >= len(a) or i >= len(b) or a[i] != b[i])
+    return stale
 
 
 def _short_field(short: int, width: int) -> str:
@@ -485,12 +525,14 @@ class WorkerList(ScrollView, can_focus=True):
     def set_workers(self, workers: Sequence[Worker], now: float) -> None:
         """Show these workers; `now` (epoch seconds) is what request ages are measured from.
 
-        Cheap when little changed: only workers whose data or age-second changed are redrawn,
-        and nothing at all happens when nothing changed.
+        Cheap when little changed: a worker's lines are redrawn only when what they show
+        changed (a counter of its row, a request's age-second), not when some field it does
+        not show did; nothing at all happens when nothing shown changed.
         """
         old = self._blocks
         new: dict[WorkerKey, _Block] = {}
         changed: list[WorkerKey] = []
+        refilter = False  # a filter is on and what it searches changed
         strips = self._strips
         seen: dict[int, int] = {}
         cheap = 0
@@ -502,33 +544,32 @@ class WorkerList(ScrollView, can_focus=True):
             seen[worker.id] = nth + 1
             key = (worker.id, nth)
             ages = _ages(worker, now)
-            block = old.get(key)
-            if block is None:
-                block = _make_block(worker, ages, now, self._thresholds)
+            previous = old.get(key)
+            if previous is not None and previous.ages == ages and previous.worker == worker:
+                new[key] = previous
+                continue
+            block = new[key] = _make_block(worker, ages, now, self._thresholds)
+            if previous is None:
                 changed.append(key)
-            elif block.worker != worker:
-                block = _make_block(worker, ages, now, self._thresholds)
-                changed.append(key)
-                strips.pop(key, None)
-            elif block.ages != ages:
-                # Only time passed: the header line stays unless the worker's level changed.
-                previous, block = block, _make_block(worker, ages, now, self._thresholds)
+                continue
+            stale = _stale_lines(previous, block)
+            if stale:
                 changed.append(key)
                 cached = strips.get(key)
                 if cached is not None:
-                    keep_header = (previous.level, previous.short) == (block.level,
-                                                                        block.short)
-                    for line in [k for k in cached if k[0] > 0 or not keep_header]:
+                    for line in [k for k in cached if k[0] in stale]:
                         del cached[line]
-            new[key] = block
+            elif self._filter and block.haystack != previous.haystack:
+                refilter = True
         removed = [wid for wid in old if wid not in new]
+        # Always the newest values (cursor_worker), even when nothing shown changed.
+        self._blocks = new
         if cheap != self._cheap:
             self._cheap = cheap
             self.virtual_size = Size(0, self.line_count)
             self.refresh()
-        if not changed and not removed:
+        if not changed and not removed and not refilter:
             return
-        self._blocks = new
         for wid in removed:
             strips.pop(wid, None)
         self._relayout(changed)
@@ -747,8 +788,7 @@ class WorkerList(ScrollView, can_focus=True):
         if strip is None:
             block = self._blocks[wid]
             if sub == 0:
-                text = self._header_text(block.worker, block.level, is_cursor, width,
-                                         block.short)
+                text = self._header_text(block.header, is_cursor, width)
             else:
                 text = self._request_text(block.requests[sub - 1], width)
             strip = cache[(sub, is_cursor)] = self._to_strip(text, width, is_cursor)
@@ -791,8 +831,8 @@ class WorkerList(ScrollView, can_focus=True):
             text.append("  no workers", self._style("muted"))
         return text
 
-    def _header_text(self, w: Worker, level: Level, is_cursor: bool, width: int,
-                     short: int = 0) -> Text:
+    def _header_text(self, w: _Header, is_cursor: bool, width: int) -> Text:
+        """The worker's row, from what `_Header` holds and nothing else (see _Header)."""
         label = self._style("label")
         alert = self._style("alert")
         status = plain(w.status)
@@ -805,8 +845,8 @@ class WorkerList(ScrollView, can_focus=True):
         else:
             state = "idle"
         status_style = self._style(state)
-        if state == "busy" and level != "ok":
-            status_style = status_style + self._style(level)
+        if state == "busy" and w.level != "ok":
+            status_style = status_style + self._style(w.level)
         status = ellipsize(status, 6)
         no_style = Style()
         # (drop rank, caption, value, value style): when the line is narrower than the fields,
@@ -818,13 +858,13 @@ class WorkerList(ScrollView, can_focus=True):
             (0, "pid ", f"{w.pid:<7} " if w.pid else "-       ",
              no_style if w.pid else status_style),
             # Requests younger than the slow threshold: a count, so rows do not move.
-            (1.5, "", _short_field(short, width), self._style("busy")),
+            (1.5, "", _short_field(w.short, width), self._style("busy")),
             (4, "req ", f"{w.requests:<6} ", no_style),
             (2, "exc ", f"{w.exceptions:<3} ", alert if w.exceptions else no_style),
             (1, "hk ", f"{w.harakiri_count:<2} ", alert if w.harakiri_count else no_style),
-            (6, "resp ", f"{respawns(w):<2} ", no_style),
-            (3, "avg ", f"{fmt_ms(w.avg_rt_ms):>5} ", no_style),
-            (5, "rss ", human_bytes(w.rss) if w.rss else UNKNOWN, no_style),
+            (6, "resp ", f"{w.respawns:<2} ", no_style),
+            (3, "avg ", f"{w.avg:>5} ", no_style),
+            (5, "rss ", w.rss, no_style),
         ]
         total = sum(len(caption) + cell_len(value) for _, caption, value, _ in fields)
         while total > width and fields[-1][0] > 0:
