@@ -41,6 +41,7 @@ from stackmon.render_text import render_host
 from stackmon.sources import procfs
 from stackmon.sources.uwsgi_stats import fetch_stats, parse_stats
 from tests.conftest import uwsgi_packet, wait_until
+from tests.test_agent import start_agent  # noqa: F401  (a fixture)
 from tests.test_uwsgi_stats import APP_SOURCE, UwsgiProcess, free_port, raw_doc, require_uwsgi
 
 FIXTURES = Path(__file__).parent / "fixtures" / "uwsgi"
@@ -579,3 +580,24 @@ def test_an_abstract_stats_address_is_confirmed_and_acted_on(workdir: Path, star
                                      expect_spawn=worker["last_spawn"]))
     assert result.ok, result.message
     assert result.data["new_pid"] not in (None, worker["pid"])
+
+
+def test_an_emperors_vassal_is_acted_on_through_the_agent(workdir: Path, start_agent) -> None:  # noqa: F811
+    """Through an agent, a vassal is the instance its snapshot numbers (after the configured
+    ones): a kill naming it reaches that vassal's worker, checked like any other."""
+    import types
+
+    binary = require_uwsgi()
+    with emperor(binary, workdir, 1) as (emp_stats, vassal_stats):
+        wait_until(lambda: len([w for w in doc_of(vassal_stats[0]).get("workers", [])
+                                if w["accepting"]]) == 2, timeout=30)
+        agent = start_agent(types.SimpleNamespace(stats_address=emp_stats,
+                                                  nginx_status_url=None))
+        snap = agent.get("/v1/snapshot").json()
+        (vassal,) = [u for u in snap["uwsgi"] if u["kind"] == "instance"]
+        worker = vassal["workers"][0]
+        resp = agent.post(f"/v1/workers/{vassal['index']}/{worker['id']}/kill",
+                          {"signal": "KILL", "expect_pid": worker["pid"],
+                           "expect_spawn": worker["last_spawn"]})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["data"]["new_pid"] not in (None, worker["pid"])

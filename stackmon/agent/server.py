@@ -55,7 +55,7 @@ import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiohttp import web
@@ -295,7 +295,8 @@ class AgentApp:
     def __init__(self, options: AgentOptions) -> None:
         self.options = options
         # The agent serves this machine: the local implementation of the host interface.
-        self.collector: Host = LocalHost(options.host, options.settings)
+        self.local = LocalHost(options.host, options.settings)
+        self.collector: Host = self.local
         self.cache = SnapshotCache(self.collector, options.cache_s)
         self._token = options.token.encode("ascii") if options.token else None
         self.connections: ConnectionGuard | None = None  # set by serve()
@@ -443,15 +444,14 @@ class AgentApp:
     def _target(self, request: web.Request) -> ActionTarget:
         host = self.options.host
         index = int(request.match_info["uwsgi_index"])
-        if not 0 <= index < len(host.uwsgi):
-            raise ActionError("not_found", f"this agent has {len(host.uwsgi)} uWSGI "
-                                           f"instance(s); there is no instance {index}")
+        # The instance as the served snapshots number it: configured ones, then an emperor's
+        # vassals (LocalHost.target resolves both, or refuses not_found).
+        target = self.local.target(index)
         read_only = self.options.read_only or host.read_only
         if not read_only and self._token is None:
             raise ActionError("read_only", "this agent runs without a token: actions are "
                                            "disabled (give it --token-file)")
-        return ActionTarget(host=host.name, address=host.uwsgi[index], index=index,
-                            read_only=read_only, timeout=self.options.settings.timeout)
+        return replace(target, read_only=read_only, timeout=self.options.settings.timeout)
 
     def _actor(self, request: web.Request) -> str:
         peer = request.remote or "?"
