@@ -24,14 +24,13 @@ from typing import ClassVar
 from rich.cells import cell_len
 from rich.style import Style
 from rich.text import Text
-from textual.geometry import Size
-from textual.widget import Widget
 
 from stackmon.logs.host import LogSummary, SourceStatus
 from stackmon.logs.nginx_errors import UpstreamError
 from stackmon.sources.lb_probe import HealthCheck
 from widgets._fmt import fmt_count, fmt_ms, fmt_rate, plain
 from widgets._styles import StyleGetter, StyleMemo
+from widgets._wrapped import WrappedText
 from widgets.history import sparkline
 
 DEFAULT_SAMPLES = 60
@@ -137,7 +136,7 @@ CLIENTS_STYLES = """
 """
 
 
-class ClientsPanel(StyleMemo, Widget):
+class ClientsPanel(StyleMemo, WrappedText):
     """Status codes, 5xx by cause, upstream time, upstream errors, the LB health check and the
     logs' own problems, flowed into the panel's width (the app titles it "Clients").
 
@@ -189,21 +188,11 @@ class ClientsPanel(StyleMemo, Widget):
         shown = self._key(logs, health, causes)
         if shown == self._shown:
             return
-        width = self.content_region.width
-        height_before = self._height(width)
-        self._shown = shown
-        self.refresh(layout=self._height(width) != height_before)
 
-    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
-        return self._height(width)
+        def apply() -> None:
+            self._shown = shown
 
-    def _height(self, width: int) -> int:
-        if width <= 0 or not self.is_attached:
-            return 1
-        return len(self._build(width).wrap(self.app.console, width))
-
-    def render(self) -> Text:
-        return self._build(self.content_region.width)
+        self._reshow(apply)
 
     def _build(self, width: int) -> Text:
         return ClientsText(self.component_style).build(self._shown, width)

@@ -11,12 +11,11 @@ from __future__ import annotations
 from typing import ClassVar
 
 from rich.text import Text
-from textual.geometry import Size
-from textual.widget import Widget
 
 from stackmon.model import NginxStatus
 from widgets._fmt import fmt_count, fmt_rate, plain
 from widgets._styles import StyleGetter, StyleMemo
+from widgets._wrapped import WrappedText
 
 # active, reading, writing, waiting, dropped, and the rate as shown.
 _Figures = tuple[int, int, int, int, int, str]
@@ -51,7 +50,7 @@ def nginx_shown(status: NginxStatus | None, error: str | None) -> NginxShown:
     )
 
 
-class NginxPanel(StyleMemo, Widget):
+class NginxPanel(StyleMemo, WrappedText):
     """`active 291  reading 6  writing 179  waiting 106  dropped 0  req/s 45.2`, flowed onto
     more lines when the panel is narrow (the app titles the panel "nginx").
 
@@ -89,23 +88,13 @@ class NginxPanel(StyleMemo, Widget):
         shown = nginx_shown(status, error)
         if shown == self._shown:
             return
-        width = self.content_region.width
-        height_before = self._height(width)
-        self._shown = shown
-        self.set_class(bool(error), "-error")
-        self.set_class(status is not None and status.dropped > 0, "-dropped")
-        self.refresh(layout=self._height(width) != height_before)
 
-    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
-        return self._height(width)
+        def apply() -> None:
+            self._shown = shown
+            self.set_class(bool(error), "-error")
+            self.set_class(status is not None and status.dropped > 0, "-dropped")
 
-    def _height(self, width: int) -> int:
-        if width <= 0 or not self.is_attached:
-            return 1
-        return len(self._build(width).wrap(self.app.console, width))
-
-    def render(self) -> Text:
-        return self._build(self.content_region.width)
+        self._reshow(apply)
 
     def _build(self, width: int) -> Text:
         return nginx_text(self._shown, width, self.component_style)
