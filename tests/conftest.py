@@ -22,11 +22,13 @@ nginx's `nobody` workers cannot traverse, and can be too deep for a unix socket 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import shutil
 import socket
 import struct
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping
 from pathlib import Path
@@ -34,7 +36,14 @@ from typing import Any, NoReturn, TypeVar
 
 import pytest
 
-from stackmon.demo.launcher import Stack, StackError, find_nginx, find_uwsgi, server_name
+from stackmon.demo.launcher import (
+    Stack,
+    StackError,
+    find_nginx,
+    find_uwsgi,
+    http_get,
+    server_name,
+)
 from stackmon.demo.traffic import DEMO_HEADERS
 
 T = TypeVar("T")
@@ -198,6 +207,28 @@ def fresh_stack(request: pytest.FixtureRequest, uwsgi_bin: str) -> Iterator[Call
 
 
 # ------------------------------------------------------------------ polling
+
+
+def burst(stack: Stack, n: int) -> list[int]:
+    """n requests to /fast at once through nginx, each on its own connection; the statuses
+    (-1: no answer). Against a held worker and a small backlog, this is what fills a queue."""
+    base = stack.base_url
+    assert base is not None
+    results: list[int] = []
+
+    def one() -> None:
+        try:
+            results.append(http_get(base + "/fast", timeout=3.0,
+                                    headers={"Host": server_name(stack.config.name)})[0])
+        except (OSError, http.client.HTTPException):
+            results.append(-1)
+
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
 
 
 def wait_until(

@@ -8,21 +8,20 @@ so assertions look for the expected findings rather than for an exact list.
 
 from __future__ import annotations
 
-import http.client
 import json
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from stackmon.addresses import parse_stats_address
 from stackmon.config import HostConfig, Settings
-from stackmon.demo.launcher import Stack, http_get, server_name
+from stackmon.demo.launcher import Stack
 from stackmon.doctor import LbSettings, diagnose_host
 from stackmon.doctor.gather import nginx_conf_path
 from stackmon.model import SourceError
+from tests.conftest import burst
 
 TIMED = ('$remote_addr - [$time_local] "$request" $status $body_bytes_sent '
          'urt="$upstream_response_time" rt=$request_time')
@@ -109,27 +108,6 @@ def test_default_log_format_is_a_low_finding_naming_the_variable(
     assert f["severity"] == "info"
     assert "$upstream_response_time" in f["fix"]
     assert f["evidence"][0]["file"] == str(stack.nginx_access_log_path)
-
-
-def burst(stack: Stack, n: int) -> list[int]:
-    """n requests at once through nginx (each its own connection)."""
-    base = stack.base_url
-    assert base is not None
-    results: list[int] = []
-
-    def one() -> None:
-        try:
-            results.append(http_get(base + "/fast", timeout=3.0,
-                                    headers={"Host": server_name(stack.config.name)})[0])
-        except (OSError, http.client.HTTPException):
-            results.append(-1)
-
-    threads = [threading.Thread(target=one) for _ in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results
 
 
 def test_unix_queue_that_overflowed_is_critical_from_the_logs(

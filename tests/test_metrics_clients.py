@@ -12,7 +12,6 @@ critical severity; and, once the worker is free again, the health check passing.
 from __future__ import annotations
 
 import asyncio
-import http.client
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,8 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from stackmon.addresses import parse_stats_address
 from stackmon.agent.server import AgentOptions, serve
 from stackmon.config import HostConfig, Settings
-from stackmon.demo.launcher import Stack, free_port, http_get, server_name
-from tests.conftest import wait_until
+from stackmon.demo.launcher import Stack, free_port
+from tests.conftest import burst, wait_until
 
 TOKEN = "metrics-clients-token-0123456789abcdef"
 TIMED = ('$remote_addr - [$time_local] "$request" $status $body_bytes_sent '
@@ -120,26 +119,6 @@ def access_statuses(path: Path) -> list[int]:
 
 def count_in(path: Path, needle: str) -> int:
     return sum(needle in line for line in path.read_text(errors="replace").splitlines())
-
-
-def burst(stack: Stack, n: int) -> list[int]:
-    base = stack.base_url
-    assert base is not None
-    results: list[int] = []
-
-    def one() -> None:
-        try:
-            results.append(http_get(base + "/fast", timeout=3.0,
-                                    headers={"Host": server_name(stack.config.name)})[0])
-        except (OSError, http.client.HTTPException):
-            results.append(-1)
-
-    threads = [threading.Thread(target=one) for _ in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results
 
 
 def test_full_unix_queue_502s_by_cause_health_check_and_severity(

@@ -8,14 +8,18 @@ escape in a line-API strip would corrupt the whole screen, so the widgets apply 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from rich.cells import cell_len, set_cell_size
+from rich.text import Text
 
 # How bad something is, everywhere in the widgets (gauges, host badges): the health model's
 # own words, so a widget never grades on its own ("unknown": data we do not have).
 from stackmon.health import SEVERITY_RANK, Severity
 from stackmon.redact import visible
 
-__all__ = ["SEVERITY_RANK", "Severity", "ellipsize", "fmt_count", "fmt_ms", "fmt_rate", "plain"]
+__all__ = ["SEVERITY_RANK", "Severity", "ellipsize", "flow", "fmt_count", "fmt_ms", "fmt_rate",
+           "plain"]
 
 ELLIPSIS = "…"
 
@@ -64,3 +68,20 @@ def fmt_ms(ms: float) -> str:
         return f"{ms:.0f}ms"
     seconds = ms / 1000
     return f"{seconds:.1f}s" if seconds < 100 else f"{seconds:.0f}s"
+
+
+def flow(chunks: Iterable[Text], width: int, into: Text | None = None) -> Text:
+    """Chunks on one line, two spaces apart, broken between chunks when the next would pass
+    `width` (a figure never split from its name); appended to `into` when given."""
+    text = into if into is not None else Text(end="")
+    line_len = 0
+    for chunk in chunks:
+        if line_len and line_len + 2 + chunk.cell_len > width:
+            text.append("\n")
+            line_len = 0
+        elif line_len:
+            text.append("  ")
+            line_len += 2
+        text.append_text(chunk)
+        line_len += chunk.cell_len
+    return text

@@ -28,7 +28,7 @@ from rich.text import Text
 from stackmon.logs.host import LogSummary, SourceStatus
 from stackmon.logs.nginx_errors import UpstreamError
 from stackmon.sources.lb_probe import HealthCheck
-from widgets._fmt import fmt_count, fmt_ms, fmt_rate, plain
+from widgets._fmt import flow, fmt_count, fmt_ms, fmt_rate, plain
 from widgets._styles import StyleGetter, StyleMemo
 from widgets._wrapped import WrappedText
 from widgets.history import sparkline
@@ -226,19 +226,7 @@ class ClientsText:
         return Text("\n", end="").join(lines)
 
     def _flow(self, chunks: Iterable[Text], width: int) -> Text:
-        """Chunks on one line, two spaces apart, broken between chunks when too wide."""
-        text = Text(end="")
-        line_len = 0
-        for chunk in chunks:
-            if line_len and line_len + 2 + chunk.cell_len > width:
-                text.append("\n")
-                line_len = 0
-            elif line_len:
-                text.append("  ")
-                line_len += 2
-            text.append_text(chunk)
-            line_len += chunk.cell_len
-        return text
+        return flow(chunks, width)
 
     def _figure(self, name: str, value: str, style: str | None = None) -> Text:
         text = Text.assemble((f"{name} ", self._style("label")))

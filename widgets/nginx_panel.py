@@ -13,7 +13,7 @@ from typing import ClassVar
 from rich.text import Text
 
 from stackmon.model import NginxStatus
-from widgets._fmt import fmt_count, fmt_rate, plain
+from widgets._fmt import flow, fmt_count, fmt_rate, plain
 from widgets._styles import StyleGetter, StyleMemo
 from widgets._wrapped import WrappedText
 
@@ -125,16 +125,7 @@ def nginx_text(shown: NginxShown, width: int, get: StyleGetter) -> Text:
     else:
         chunks.append(Text.assemble(("dropped ", label), str(dropped)))
     chunks.append(Text.assemble(("req/s ", label), rate))
-    line_len = 0
-    for chunk in chunks:
-        if line_len and line_len + 2 + chunk.cell_len > width:
-            text.append("\n")
-            line_len = 0
-        elif line_len:
-            text.append("  ")
-            line_len += 2
-        text.append_text(chunk)
-        line_len += chunk.cell_len
+    flow(chunks, width, into=text)
     if error:
         text.append("\n")
         text.append("last poll failed: ", label)
