@@ -4,6 +4,7 @@ that untrusted text stays text."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import replace
 
@@ -36,6 +37,7 @@ from stackmon.model import (
     Worker,
 )
 from stackmon.render_text import human_bytes
+from tests.tui_support import LayoutCounter
 from tui.host_pane import relabel_tab
 from widgets import (
     Gauge,
@@ -1083,21 +1085,6 @@ def side_lines(side: SidePanel) -> list[str]:
             for y in range(side.scrollable_content_region.height)]
 
 
-class LayoutCounter:
-    """Counts the screen's layout passes (the cost the side panel exists to avoid)."""
-
-    def __init__(self, app: App[None]) -> None:
-        self.count = 0
-        screen = app.screen
-        original = screen._refresh_layout
-
-        def counted(*args: object, **kwargs: object) -> None:
-            self.count += 1
-            original(*args, **kwargs)  # type: ignore[arg-type]
-
-        screen._refresh_layout = counted  # type: ignore[method-assign]
-
-
 async def test_side_panel_shows_every_section_as_the_widgets_did() -> None:
     side = SidePanel()
     app = WidgetApp(side)
@@ -1209,6 +1196,13 @@ async def test_relabel_tab_repaints_without_a_layout_when_the_width_is_the_same(
         await pilot.pause()
         assert layouts.count == 0
         assert tab.label.plain == "✖ web-1 502 0.6/s" and "502 0.6/s" in screen_text(app)
-        relabel_tab(tab, Text("✖ web-1 502 12/s"))  # narrower: the tabs are laid out
+        # Narrower: the tab keeps its width (padded) for a while, still without a layout...
+        relabel_tab(tab, Text("✖ web-1 502 12/s"), now=time.monotonic() + 5, hold_s=10)
         await pilot.pause()
-        assert layouts.count >= 1 and "502 12/s" in screen_text(app)
+        assert layouts.count == 0 and "502 12/s" in screen_text(app)
+        assert tab.label.cell_length == len("✖ web-1 502 0.6/s")
+        # ...and narrows once nothing needed that width for hold_s: the tabs are laid out.
+        relabel_tab(tab, Text("✖ web-1 CRIT"), now=time.monotonic() + 20, hold_s=10)
+        await pilot.pause()
+        assert layouts.count >= 1 and "CRIT" in screen_text(app)
+        assert tab.label.plain == "✖ web-1 CRIT"

@@ -218,3 +218,18 @@ def fleet_app(snaps: list[HostSnapshot], *, read_only: bool = False) -> Stackmon
     targets = Targets(hosts=configs, settings=Settings(slow=5.0, critical=20.0,
                                                        read_only=read_only))
     return StackmonApp(targets, poll=False, clock=lambda: frozen)
+
+
+class LayoutCounter:
+    """Counts the screen's layout passes (the cost the side panel exists to avoid)."""
+
+    def __init__(self, app: App) -> None:
+        self.count = 0
+        screen = app.screen
+        original = screen._refresh_layout
+
+        def counted(*args: object, **kwargs: object) -> None:
+            self.count += 1
+            original(*args, **kwargs)  # type: ignore[arg-type]
+
+        screen._refresh_layout = counted  # type: ignore[method-assign]

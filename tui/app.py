@@ -41,7 +41,7 @@ from stackmon.poller import Fleet
 from stackmon.redact import visible
 from tui.actions import ACTIONS, bindings, shown
 from tui.commands import HostCommands
-from tui.host_pane import HostPane, relabel_tab
+from tui.host_pane import HOLD_S, HostPane, relabel_tab
 from tui.messages import ActionFinished, DoctorDone, HostPolled, ReloadProgressed
 from tui.screens.confirm import KillChoice, KillConfirm, ReloadChoice, ReloadConfirm
 from tui.screens.doctor import DoctorScreen
@@ -116,6 +116,10 @@ class StackmonApp(App[int]):
     def __init__(self, targets: Targets, *, poll: bool = True,
                  clock: Callable[[], float] = time.time, audit: AuditLog | None = None) -> None:
         super().__init__()
+        # No animations: over SSH at 3 a.m. a tab underline gliding for 0.3 s is ~18 frames
+        # of repaint each time a badge changes width (measured: the single most expensive
+        # widget on the demo), and nothing a user needs.
+        self.animation_level = "none"
         self.audit = audit if audit is not None else AuditLog.default()
         self.targets = targets
         self.read_only = targets.settings.read_only
@@ -210,11 +214,14 @@ class StackmonApp(App[int]):
         if pane is not None:
             pane.set_snapshot(snap, visible=not self.paused and self._active_index() == index)
         state = (assessed.label, assessed.severity)
-        if self._states.get(index) != state:
+        before = self._states.get(index)
+        if before != state:
             self._states[index] = state
             if pane is not None:
+                # "connecting" is not a width worth keeping: the first badge takes its own.
                 relabel_tab(self._tabs.get_tab(f"host-{index}"), tab_label(
-                    self.targets.hosts[index].name, state))
+                    self.targets.hosts[index].name, state),
+                    hold_s=HOLD_S if before is not None else 0.0)
         if self.overview is not None and not self.paused:
             self.overview.set_host(index, snap, assessed)
         if self.fleet_mode:

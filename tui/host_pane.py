@@ -7,9 +7,11 @@ nothing but the poll.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from itertools import islice
+from weakref import WeakKeyDictionary
 
 from rich.text import Text
 from textual import on
@@ -31,10 +33,12 @@ from widgets.clients_panel import CauseHistory
 from widgets.gauge import fd_items, listen_queue_items
 from widgets.host_header import HostHeader, host_reading
 from widgets.side_panel import SidePanel, side_data
+from widgets.text_lines import TextLines
 from widgets.worker_list import WorkerKey, WorkerList
 
 SORTS = ("id", "age", "requests")
 HISTORY = 60
+HOLD_S = 10.0  # a shorter reading/stuck/events text shrinks its lines after this long
 
 
 class FilterInput(Input):
@@ -48,44 +52,34 @@ class FilterInput(Input):
         self.app.set_focus(self.parent.query_one(WorkerList) if self.parent else None)
 
 
-class Line(Static):
-    """A Static that ignores updates with the content it already shows: Static.update()
-    always asks for a new layout of the whole screen, the most expensive thing a poll can do."""
-
-    def __init__(self, content: Text | str = "", **kwargs: object) -> None:
-        super().__init__(content, markup=False, **kwargs)  # type: ignore[arg-type]
-        self._shown: Text | str = content
-
-    def show(self, content: Text | str) -> None:
-        if content != self._shown:
-            # A layout pass costs a whole-screen arrange: only when the height can change
-            # (the number of lines, or the widget grows with its text).
-            layout = self._height(content) != self._height(self._shown)
-            self._shown = content
-            self.update(content, layout=layout)
-
-    def _height(self, content: Text | str) -> int:
-        """Lines the content takes at the current width (1 for a one-line widget)."""
-        height = self.styles.height
-        if height is not None and height.is_cells:
-            return int(height.value)
-        width = self.content_region.width
-        text = content if isinstance(content, Text) else Text(content)
-        if width <= 0 or not self.is_attached:
-            return text.plain.count("\n") + 1
-        return len(text.wrap(self.app.console, width))
+_TAB_WIDTH_NEEDED: WeakKeyDictionary[Tab, float] = WeakKeyDictionary()
 
 
-def relabel_tab(tab: Tab, label: Text) -> None:
+def relabel_tab(tab: Tab, label: Text, *, now: float | None = None,
+                hold_s: float = HOLD_S) -> None:
     """A host tab's new title. `Tab.label =` lays out the whole screen (the tab's width may
     change), the most expensive thing a poll can do; a badge whose rate moved ("502 0.5/s",
-    then "0.6/s") keeps its width, and then repainting the tab is enough."""
+    then "0.6/s") keeps its width, and then repainting the tab is enough. A narrower title
+    keeps the tab's width (padded) for `hold_s` after the width was last needed, as the
+    reading does: a badge flapping between "CRIT 1" and "502 0.4/s" moved every tab after
+    it and laid out the screen each time."""
+    now = time.monotonic() if now is None else now
     content = Content.from_text(label)
-    if tab.is_mounted and content.cell_length == tab.label.cell_length:
+    if not tab.is_mounted:
+        tab.label = content
+        _TAB_WIDTH_NEEDED[tab] = now
+        return
+    width = tab.label.cell_length
+    if content.cell_length >= width:
+        _TAB_WIDTH_NEEDED[tab] = now
+    elif now - _TAB_WIDTH_NEEDED.get(tab, now) < hold_s:
+        content = content.pad_right(width - content.cell_length)
+    if content.cell_length == width:
         if content != tab.label:
             tab._label = content  # what Tab.label returns (its setter would lay out)
             Static.update(tab, content, layout=False)
     else:
+        _TAB_WIDTH_NEEDED[tab] = now
         tab.label = content
 
 
@@ -188,15 +182,17 @@ class HostPane(TabPane):
 
     def compose(self) -> ComposeResult:
         yield HostHeader(id="header")
-        yield Line(id="reading")
-        yield Line(id="stuck")
+        # The reading, the stuck group and the recent events keep their height HOLD_S after
+        # they need less (widgets.text_lines): the worker rows below them stay in place.
+        yield TextLines(id="reading", hold_s=HOLD_S, hide_empty=True)
+        yield TextLines(id="stuck", hold_s=HOLD_S, hide_empty=True)
         with Horizontal(id="body"):
             with Vertical(id="main"):
-                yield Line(Text("connecting…", style="dim"), id="instance-title")
-                yield Line(id="notice")
+                yield TextLines(Text("connecting…", style="dim"), id="instance-title")
+                yield TextLines(id="notice", hide_empty=True)
                 yield WorkerList(thresholds=self.settings.thresholds, id="workers")
                 yield FilterInput(placeholder="filter workers (Esc clears)", id="filter")
-                yield Line(id="recent")
+                yield TextLines(id="recent", hold_s=HOLD_S)
             # The gauges first: a few lines each, and at 80x24 somaxconn and every queue and
             # fd figure must be on screen without scrolling; the clients' figures follow.
             # One line-API widget: a poll redraws only the lines whose figures changed.
@@ -204,8 +200,6 @@ class HostPane(TabPane):
 
     def on_mount(self) -> None:
         self.query_one("#filter", FilterInput).display = False
-        self.query_one("#reading", Line).display = False
-        self.query_one("#stuck", Line).display = False
         self._show_flags(None)
 
     # --- data in ----------------------------------------------------------------------------
@@ -254,30 +248,19 @@ class HostPane(TabPane):
         state = assess(snap)
         self.query_one(HostHeader).set_snapshot(snap, self._rps, state)
         self._show_flags(snap)
-        reading = self.query_one("#reading", Line)
-        reading_text = host_reading(state)
-        if reading.display != bool(reading_text.plain):
-            reading.display = bool(reading_text.plain)
-        reading.show(reading_text)
+        self.query_one("#reading", TextLines).show(host_reading(state))
         self._draw_stuck(snap)
         inst = self._current_instance(snap)
         workers = self.query_one(WorkerList)
-        self.query_one("#instance-title", Line).show(self._instance_title(snap, inst))
-        notice = self.query_one("#notice", Line)
-        notice_text = self._notice(snap)
-        if notice.display != bool(notice_text.plain):
-            notice.display = bool(notice_text.plain)
-        notice.show(notice_text)
+        self.query_one("#instance-title", TextLines).show(self._instance_title(snap, inst))
+        self.query_one("#notice", TextLines).show(self._notice(snap))
         workers.set_workers(inst.workers if inst else (), now)
         self._draw_side(snap)
-        self.query_one("#recent", Line).show(recent_events(snap))
+        self.query_one("#recent", TextLines).show(recent_events(snap))
 
     def _draw_stuck(self, snap: HostSnapshot) -> None:
-        stuck = self.query_one("#stuck", Line)
         text = stuck_line(snap, self.stacks.values()) if snap.reachable else Text()
-        if stuck.display != bool(text.plain):
-            stuck.display = bool(text.plain)
-        stuck.show(text)
+        self.query_one("#stuck", TextLines).show(text)
 
     def remember_stack(self, result: StackResult) -> None:
         """A stack read of one of this host's workers (`t`, a kill's capture): it names where
@@ -465,5 +448,5 @@ class HostPane(TabPane):
 
     def _redraw_title(self) -> None:
         if self.latest is not None:
-            self.query_one("#instance-title", Line).show(
+            self.query_one("#instance-title", TextLines).show(
                 self._instance_title(self.latest, self._current_instance(self.latest)))

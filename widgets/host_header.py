@@ -12,12 +12,12 @@ from __future__ import annotations
 from typing import ClassVar
 
 from rich.text import Text
-from textual.widget import Widget
 
 from stackmon.health import HostState, assess
 from stackmon.model import HostSnapshot
 from widgets._fmt import Severity, fmt_rate, plain
 from widgets._styles import StyleMemo
+from widgets.text_lines import TextLines
 from widgets.worker_list import is_cheap
 
 # Reasons the host's notice already spells out in full (which sources failed, unreachable,
@@ -43,10 +43,11 @@ def host_reading(state: HostState) -> Text:
     return text
 
 
-class HostHeader(StyleMemo, Widget):
+class HostHeader(StyleMemo, TextLines):
     """`web-1  CRIT 2  uWSGI 2.0.28  master 4242  busy 5/8  req/s 12.3` on one line.
 
     The widget carries the CSS class `-ok`, `-warn`, `-critical` or `-unknown` for its state.
+    A TextLines: a poll that changes one figure redraws one cached line, no Visual pipeline.
     """
 
     COMPONENT_CLASSES: ClassVar[set[str]] = {
@@ -71,6 +72,8 @@ class HostHeader(StyleMemo, Widget):
     HostHeader {
         height: 1;
         width: 1fr;
+        text-wrap: nowrap;
+        text-overflow: ellipsis;
         background: $panel;
         & > .host-header--name { text-style: bold; }
         & > .host-header--label { color: $text-muted; }
@@ -114,7 +117,7 @@ class HostHeader(StyleMemo, Widget):
         cut, as long as they are true."""
         if flags != self._flags:
             self._flags = flags
-            self.refresh()
+            self._redraw()
 
     def set_snapshot(self, host: HostSnapshot, rps: float | None,
                      state: HostState | None = None) -> None:
@@ -144,9 +147,21 @@ class HostHeader(StyleMemo, Widget):
             self.remove_class(f"-{self._severity}")
             self.add_class(f"-{severity}")
             self._severity = severity
-        self.refresh()
+        self._redraw()
 
-    def render(self) -> Text:
+    def on_mount(self) -> None:
+        self._redraw()
+
+    def notify_style_update(self) -> None:
+        """The component styles changed (theme, NO_COLOR): the line carries old ones."""
+        super().notify_style_update()
+        self._redraw()
+
+    def _redraw(self) -> None:
+        if self.is_mounted:
+            self.show(self._line())
+
+    def _line(self) -> Text:
         text = Text(no_wrap=True, end="")
         if not self._fields:
             return text
@@ -164,5 +179,4 @@ class HostHeader(StyleMemo, Widget):
                                ("req/s", rps)):
             text.append(f"  {caption} ", field)
             text.append(value)
-        text.truncate(self.content_region.width, overflow="ellipsis")
         return text

@@ -1,0 +1,196 @@
+"""TextLines: a few lines of text (a header, the reading, a notice) drawn line by line.
+
+Why not a Static: on the live demo at 120x36 (bench/bench_tui_cpu.py, and a timer around each
+widget's render), a Static re-rendered its whole content through Textual's Visual pipeline on
+every refresh (0.4-0.6 ms for the one-line host header, every poll), and a text that wrapped to
+one more or one fewer line laid out the whole screen (about 20 ms, then a second frame). Here
+each line is one Strip, kept until that line's text changes; a new text refreshes only the lines
+that differ; the screen is laid out again only when the number of lines changes.
+
+`hold_s`: a text that needs fewer lines keeps its height for that long before it shrinks (and an
+empty one stays shown, blank, when `hide_empty`). The reading went from two lines to one and
+back every few seconds under the demo's traffic, and every row below it moved with it: rows that
+keep their place are what the on-call engineer reads, and each move cost a relayout.
+
+Styling comes from CSS as for a Static: the widget's colour, background and text style under
+each line's own spans; `text-wrap: nowrap` shows each line cut at the width (`text-overflow:
+ellipsis` with a `…`), otherwise long lines wrap at word boundaries. Text is plain text, never
+markup: callers pass rich Text or str and nothing in it is interpreted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from rich.console import OverflowMethod
+from rich.segment import Segment
+from rich.style import Style
+from rich.text import Text
+from textual.geometry import Region, Size
+from textual.strip import Strip
+from textual.widget import Widget
+
+
+def _plain_text(content: Text | str) -> Text:
+    """`content` as a Text whose own style is a span (Text equality and Text.render on a line
+    without spans both ignore Text.style)."""
+    text = Text(content, end="") if isinstance(content, str) else content.copy()
+    text.end = ""
+    if text.style:
+        text.stylize_before(text.style)
+        text.style = ""
+    return text
+
+
+class TextLines(Widget):
+    """Lines of text through the line API; `show(text)` on every poll is cheap when little
+    changed. `content` is the text shown (what a test or a paste reads)."""
+
+    DEFAULT_CSS = "TextLines { height: auto; }"
+
+    def __init__(self, content: Text | str = "", *, hold_s: float = 0.0,
+                 hide_empty: bool = False, clock: Callable[[], float] = time.monotonic,
+                 name: str | None = None, id: str | None = None,
+                 classes: str | None = None) -> None:
+        super().__init__(name=name, id=id, classes=classes)
+        self._content = _plain_text(content)
+        self._hold_s = hold_s
+        self._hide_empty = hide_empty
+        self._clock = clock
+        self._width = -1  # the width self._lines were wrapped for (-1: not yet)
+        self._lines: list[Text] = []
+        self._strips: dict[int, Strip] = {}
+        self._base: Style | None = None
+        self._reserved = 1 if self._content.plain else 0  # the rows the last layout gave it
+        self._needed_at = 0.0  # when the text last needed all of it
+        if hide_empty and not self._content.plain:
+            self.display = False
+
+    @property
+    def content(self) -> Text:
+        return self._content
+
+    def render(self) -> Text:
+        """The whole text (Textual draws through render_line; this is for tests and pastes)."""
+        return self._content.copy()
+
+    def show(self, content: Text | str) -> None:
+        """Show `content`: nothing happens when it is what is shown, only the lines that
+        differ are redrawn, and the screen is laid out only when the height must change."""
+        text = _plain_text(content)
+        if text == self._content:
+            if self._width >= 0 and self._reserved > self._rows(len(self._lines)):
+                self._resize_for(len(self._lines))  # a shrink held back may be due now
+            return
+        self._content = text
+        if self._width < 0 or not self.is_mounted:
+            # Not drawn yet: the width (so the line count) is known at the next layout.
+            self._reserved = 1 if text.plain else 0
+            self._needed_at = self._clock()
+            self._set_display(bool(text.plain))
+            self.refresh(layout=True)
+            return
+        old, self._lines = self._lines, self._wrap(text, self._width)
+        changed = [y for y in range(max(len(old), len(self._lines)))
+                   if y >= len(old) or y >= len(self._lines) or old[y] != self._lines[y]]
+        for y in changed:
+            self._strips.pop(y, None)
+        if self._resize_for(len(self._lines)):
+            return
+        width = self.size.width
+        for y in changed:
+            self.refresh(Region(0, y, width, 1))
+
+    # --- height -----------------------------------------------------------------------------
+
+    def _auto_height(self) -> bool:
+        height = self.styles.height
+        return height is None or height.is_auto
+
+    def _resize_for(self, count: int) -> bool:
+        """Give the text the rows its `count` lines need, if that must change now (True: the
+        widget is laid out and repainted whole). A fixed-height widget only ever needs to be
+        shown or hidden (`hide_empty`)."""
+        auto = self._auto_height()
+        needed = self._rows(count)
+        now = self._clock()
+        if needed >= self._reserved:
+            self._needed_at = now
+        if needed == self._reserved or (needed < self._reserved
+                                         and now - self._needed_at < self._hold_s):
+            return False
+        self._reserved = needed
+        shown = self.display
+        self._set_display(needed > 0)
+        if auto:
+            self.refresh(layout=True)
+            return True
+        return self.display != shown
+
+    def _rows(self, count: int) -> int:
+        """The rows `count` lines need: all of them with an auto height, else whether any."""
+        return count if self._auto_height() else min(count, 1)
+
+    def _set_display(self, shown: bool) -> None:
+        if self._hide_empty and self.display != shown:
+            self.display = shown
+
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
+        if width != self._width:
+            self._rewrap(width)
+            self._reserved = len(self._lines)
+            self._needed_at = self._clock()
+        return max(self._reserved, len(self._lines), 1)
+
+    # --- drawing ----------------------------------------------------------------------------
+
+    def _rewrap(self, width: int) -> None:
+        self._width = width
+        self._lines = self._wrap(self._content, width)
+        self._strips.clear()
+
+    def _wrap(self, text: Text, width: int) -> list[Text]:
+        if not text.plain:
+            return []
+        lines = text.split("\n", allow_blank=True)
+        if self.styles.text_wrap == "nowrap" or width <= 0:
+            return list(lines)
+        console = self.app.console
+        out: list[Text] = []
+        for line in lines:
+            # Text.wrap splits and divides every line: only the too long ones need it.
+            out.extend([line] if line.cell_len <= width
+                       else line.wrap(console, width, overflow="fold"))
+        return out
+
+    def notify_style_update(self) -> None:
+        """Classes or theme changed: every cached Strip carries old colours."""
+        super().notify_style_update()
+        self._base = None
+        self._strips.clear()
+
+    def render_line(self, y: int) -> Strip:
+        width = self.size.width
+        if width != self._width:
+            count = len(self._lines)
+            self._rewrap(width)
+            if len(self._lines) != count and self._auto_height():
+                self.call_after_refresh(self.refresh, layout=True)
+        strip = self._strips.get(y)
+        if strip is None:
+            strip = self._strips[y] = self._line_strip(y, width)
+        return strip
+
+    def _line_strip(self, y: int, width: int) -> Strip:
+        base = self._base
+        if base is None:
+            base = self._base = self.rich_style
+        if y >= len(self._lines):
+            return Strip([Segment(" " * width, base)], width)
+        text = self._lines[y].copy()
+        overflow: OverflowMethod = "ellipsis" if self.styles.text_overflow == "ellipsis" \
+            else "crop"
+        text.truncate(width, overflow=overflow, pad=True)
+        # The widget's style under the line's own (as a Static draws it).
+        return Strip(text.render(self.app.console, end=""), width).apply_style(base)
