@@ -16,7 +16,15 @@ through, in order:
 The roll stops at the first host that fails any step, saying which host, which step and why;
 hosts already in flight (max_unavailable > 1) are followed to their end, none is started after.
 A host that the load balancer would take out (its health check failing for its whole
-unhealthy threshold) fails at once rather than waiting out the settle timeout.
+unhealthy threshold) fails at once rather than waiting out the settle timeout. A host that
+stops answering while it drains or settles (its agent killed, its link cut) fails after
+`unreachable_timeout`, naming why, rather than waiting out the mercy plus margin (the drain
+would otherwise be blamed on "the master is re-executing") or the settle timeout; uWSGI alone
+being away is the reload itself (the master re-execs and loads the app) and is not counted.
+
+How this is tested: tests/test_rolling.py on stacks sharing loopback, and
+tests/test_rolling_netns.py on three hosts in their own network namespaces, each a real
+uWSGI + nginx with its agent, checked against the agents' audit logs, /proc and `ss`.
 
 Every step is appended to the audit log (action "rolling reload", with `step` and `position`),
 besides the records Host.reload and Host.follow write themselves; a step that cannot be audited
@@ -30,9 +38,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from stackmon.actions.audit import AuditLog
 from stackmon.actions.base import ActionError
@@ -41,6 +49,7 @@ from stackmon.health import queue_severity, queues
 from stackmon.hosts import Host
 from stackmon.model import HostSnapshot
 
+T = TypeVar("T")
 Phase = Literal["waiting", "reloading", "draining", "settling", "done", "failed"]
 ACTION = "rolling reload"
 
@@ -56,6 +65,8 @@ class RollPolicy:
     instance: int | None = None  # None: every uWSGI instance of each host, in order
     settle_timeout: float = 60.0
     poll_interval: float = 0.5
+    # A host in its drain or settling that answers nothing for this long stops the roll.
+    unreachable_timeout: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,14 +185,52 @@ class _Roll:
                                        f"{exc.message}") from None
         if not result.ok:
             raise HostFailed("reload", f"reload of instance {index} failed: {result.message}")
-        progress = await host.follow(
-            index, result, lambda p: self.step(pos, "draining", f"{host.name}: {p.message}", p),
-            audit=self.audit)
+        heard = [time.monotonic()]  # the last sample the follow got of the instance
+
+        def on_progress(p: ReloadProgress) -> None:
+            if p.stats_available:
+                heard[0] = time.monotonic()
+            self.step(pos, "draining", f"{host.name}: {p.message}", p)
+
+        progress = await self.watched(pos, host.follow(index, result, on_progress,
+                                                       audit=self.audit), heard)
         if not progress.done:
             raise HostFailed("drain", f"instance {index}: not every worker was replaced: "
                                       f"{progress.message}")
         self.record(pos, "drain", "ok", f"instance {index}: {progress.message}",
                     instance=index, seconds=round(progress.elapsed, 1))
+
+    async def watched(self, pos: int, work: Awaitable[T], heard: list[float]) -> T:
+        """`work` (a follow), stopped with HostFailed once the host has not answered for
+        `unreachable_timeout`. A follow alone only sees "no sample" and would wait out the
+        mercy and margin; `heard[0]` is when it last had one (monotonic)."""
+        task = asyncio.ensure_future(work)
+        watch = asyncio.create_task(self.watch(pos, heard))
+        try:
+            done, _ = await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if task in done:
+                return task.result()
+            watch.result()  # raises HostFailed
+            raise AssertionError("the watch ends only by raising")  # pragma: no cover
+        finally:
+            for t in (task, watch):
+                t.cancel()
+            await asyncio.gather(task, watch, return_exceptions=True)
+
+    async def watch(self, pos: int, heard: list[float]) -> None:
+        """While the follow gets samples, nothing; after `unreachable_timeout` without one,
+        a poll says whether the host itself is out of reach (HostFailed) or only its uWSGI
+        is away (the reload itself: the follow's own deadline covers it)."""
+        limit = self.policy.unreachable_timeout
+        while True:
+            await asyncio.sleep(self.policy.poll_interval)
+            if time.monotonic() - heard[0] < limit:
+                continue
+            snap = await self.hosts[pos].poll()
+            if _lost(snap):
+                raise HostFailed("drain", f"host unreachable for {limit:g} s during its "
+                                          f"drain: {_why(snap)}")
+            heard[0] = time.monotonic()
 
     async def settle(self, pos: int, drained_at: float) -> None:
         """Poll until the health check passes (a probe started after the drain) and the
@@ -189,11 +238,18 @@ class _Roll:
         settle timeout passes, with what was still wrong."""
         host = self.hosts[pos]
         deadline = time.monotonic() + self.policy.settle_timeout
+        lost_since: float | None = None
         while True:
             snap = await host.poll()
             waiting = _not_settled(snap, drained_at)
             if not waiting:
                 break
+            lost_since = (lost_since or time.monotonic()) if _lost(snap) else None
+            if lost_since is not None and \
+                    time.monotonic() - lost_since >= self.policy.unreachable_timeout:
+                raise HostFailed("settle", f"host unreachable for "
+                                           f"{self.policy.unreachable_timeout:g} s after its "
+                                           f"reload: {_why(snap)}")
             if _probed_since(snap, drained_at) and snap.health and snap.health.out_of_service:
                 raise HostFailed("health", f"the load balancer would take it out: "
                                            f"{waiting}")
@@ -228,6 +284,13 @@ class _Roll:
 
 def _why(snap: HostSnapshot) -> str:
     return "; ".join(f"{e.source}: {e.message}" for e in snap.errors) or "no answer"
+
+
+def _lost(snap: HostSnapshot) -> bool:
+    """Whether the host itself is out of reach: nothing answered, and not only its uWSGI
+    stats (errors named "uwsgi ADDR" by the stats source), which a reload takes away while
+    the master re-execs and loads the app."""
+    return not snap.reachable and not all(e.source.startswith("uwsgi ") for e in snap.errors)
 
 
 def _probed_since(snap: HostSnapshot, when: float) -> bool:
