@@ -7,21 +7,34 @@ before the request is sent (no audit, no action).
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from stackmon.actions.audit import AuditLog, current_actor
 from stackmon.actions.base import ActionError, ActionResult, ActionTarget
 from stackmon.actions.reload_progress import ReloadProgress, follow_reload
-from stackmon.agent.client import AgentSource, remote_kill, remote_reload, remote_stack
-from stackmon.config import HostConfig, Settings
+from stackmon.agent.client import (
+    AgentSource,
+    ReplyError,
+    _http_problem,
+    _reason,
+    decode_json,
+    remote_kill,
+    remote_reload,
+    remote_stack,
+)
+from stackmon.config import ConfigError, HostConfig, Settings
 from stackmon.hosts.base import Host
 from stackmon.model import HostSnapshot, SourceError, UwsgiInstance
 from stackmon.redact import clean
 
 if TYPE_CHECKING:
     from stackmon.actions.stack import StackResult
+    from stackmon.record.history import HistoryLimits, HistoryPage
+
+HISTORY_PATH = "/v1/history"
 
 
 def stuck_in(stack: dict[str, Any] | None) -> str | None:
@@ -70,6 +83,65 @@ class AgentHost(Host):
         if snap.reachable and snap.stale_s is None:
             self.last_good = snap
         return snap
+
+    @property
+    def history_source(self) -> str:
+        return self.source.source
+
+    async def history_pages(self, since: float | None = None, until: float | None = None, *,
+                            limits: HistoryLimits | None = None,
+                            ) -> AsyncIterator[HistoryPage]:
+        """GET /v1/history page after page (`from` = the previous page's next_from), on the
+        poll path's connections with the host's token. Each page is one bounded exchange
+        (limits.page_bytes, limits.page_timeout_s) within a deadline for the whole read; the
+        answer is checked field by field (stackmon.record.history.decode_page) and the paging
+        must move forward, so a broken or hostile agent is one line, never a traceback."""
+        from stackmon.record.history import HistoryError, HistoryLimits, PageBudget
+
+        budget = PageBudget(limits or HistoryLimits(), self.source.source)
+        asked: float | None = since
+        while True:
+            content, size = await self._history_page(budget, asked, until)
+            try:
+                decoded = _decoded(content, self.name, self.config.group)
+            except HistoryError as exc:
+                raise HistoryError(f"{self.source.source}: refused its history: {exc}") \
+                    from None
+            page, asked = budget.take(decoded, size, asked, until)
+            yield page
+            if asked is None:
+                return
+
+    async def _history_page(self, budget: Any, start: float | None,
+                            until: float | None) -> tuple[bytes, int]:
+        """One /v1/history answer's body (status 200), or HistoryError saying why not."""
+        from stackmon.record.history import HistoryError
+
+        where = self.source.source
+        # repr: exact (a rounded `from` could skip the poll at next_from); "+" (1e+16) would
+        # read as a space in a query string.
+        query = "&".join(f"{key}={value!r}".replace("+", "%2B")
+                         for key, value in (("from", start), ("to", until)) if value is not None)
+        try:
+            headers, http = self.source.headers(), self.source.http
+        except (ConfigError, ValueError) as exc:  # a token file, a URL (both say which)
+            raise HistoryError(f"{where}: {exc}") from None
+        timeout = budget.page_timeout()
+        try:
+            async with asyncio.timeout(timeout):
+                resp = await http.get(HISTORY_PATH + (f"?{query}" if query else ""), headers,
+                                      budget.limits.page_bytes)
+        except TimeoutError:
+            raise budget.timed_out(timeout) from None
+        except ReplyError as exc:
+            raise HistoryError(f"{where}: refused its history: {exc}") from None
+        except OSError as exc:
+            raise HistoryError(f"{where}: cannot connect: {_reason(exc)}") from None
+        except (ConfigError, ValueError) as exc:
+            raise HistoryError(f"{where}: {exc}") from None
+        if resp.status_code != 200:
+            raise HistoryError(f"{where}: {_http_problem(resp, resp.content, self.config)}")
+        return resp.content, len(resp.content)
 
     async def _fresh(self) -> HostSnapshot:
         doc = await self.source.fetch()
@@ -148,3 +220,14 @@ class AgentHost(Host):
                               index=index, timeout=self.settings.timeout)
         return await follow_reload(target, result, on_progress, audit=audit,
                                    sample=sample)
+
+
+def _decoded(content: bytes, name: str, group: str | None) -> Any:
+    """decode_json (nesting bounded) then the history contract's checks."""
+    from stackmon.record.history import HistoryError, decode_page
+
+    try:
+        doc = decode_json(content)
+    except ReplyError as exc:
+        raise HistoryError(str(exc)) from None
+    return decode_page(doc, name, group)

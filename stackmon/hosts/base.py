@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +15,7 @@ from stackmon.model import HostSnapshot, SourceError, UwsgiInstance
 
 if TYPE_CHECKING:  # stackmon.actions.stack imports this module's Host for its own hints
     from stackmon.actions.stack import StackResult
+    from stackmon.record.history import History, HistoryLimits, HistoryPage
 
 
 class Host(ABC):
@@ -90,6 +91,39 @@ class Host(ABC):
         """What a poll cut short by the caller's deadline yields."""
         return self.unreachable(taken_at, [SourceError(self.name,
                                                        f"poll gave no answer within {limit:g} s")])
+
+    # --- history ------------------------------------------------------------------------------
+
+    #: A recording file on this machine that holds this host's polls (`stackmon record`,
+    #: `stackmon --record FILE`): where a LocalHost reads its history. None: there is none.
+    recording: str | None = None
+
+    async def history_pages(self, since: float | None = None, until: float | None = None, *,
+                            limits: HistoryLimits | None = None,
+                            ) -> AsyncIterator[HistoryPage]:
+        """The host's recorded polls in [since, until] (epoch seconds, None: open), oldest
+        first, a page at a time, within `limits`; a HistoryError (one line) when there is no
+        history to read or its source fails. Pages keep memory at one page for callers that
+        store or summarise as they go (stackmon.record.history.save_history)."""
+        from stackmon.record.history import HistoryError
+
+        raise HistoryError(f"host {self.name!r} keeps no history")
+        yield  # an async generator like the implementations: the error comes on iteration
+
+    async def history(self, since: float | None = None, until: float | None = None, *,
+                      limits: HistoryLimits | None = None) -> History:
+        """Every page of `history_pages` in one History (HostSnapshots as the live screens
+        got them, with the period's events and actions); `truncated` and `next_from` when
+        the limits ended the read early. HistoryError, one line, when it cannot be read."""
+        from stackmon.record.history import collect
+
+        return await collect(self.name, self.history_source,
+                             self.history_pages(since, until, limits=limits))
+
+    @property
+    def history_source(self) -> str:
+        """Where history_pages reads, for messages."""
+        return f"recording {self.recording}" if self.recording else "none"
 
     # --- actions ------------------------------------------------------------------------------
 

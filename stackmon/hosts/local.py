@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stackmon.actions.audit import AuditLog
 from stackmon.actions.base import ActionError, ActionResult, ActionTarget
@@ -34,6 +34,9 @@ from stackmon.model import HostSnapshot, NginxStatus, SourceError, Thresholds, U
 from stackmon.sources.lb_probe import HealthProbe, ProbePolicy
 from stackmon.sources.nginx_status import fetch_stub_status
 from stackmon.sources.uwsgi_stats import poll_stats
+
+if TYPE_CHECKING:
+    from stackmon.record.history import HistoryLimits, HistoryPage
 
 # How often the logs' locations are looked up again (a config edited and reloaded names new
 # files); sooner when a master's pid changes.
@@ -321,3 +324,17 @@ class LocalHost(Host):
                      audit: AuditLog) -> ReloadProgress:
         return await follow_reload(self.target(index), result, on_progress,
                                    audit=audit)
+
+    async def history_pages(self, since: float | None = None, until: float | None = None, *,
+                            limits: HistoryLimits | None = None,
+                            ) -> AsyncIterator[HistoryPage]:
+        """This host's polls in its recording file (`recording`), when it has one."""
+        from stackmon.record.history import HistoryError, HistoryLimits, recording_pages
+
+        if not self.recording:
+            raise HistoryError(f"host {self.name!r} is read on this machine and no recording "
+                               "of it is configured: record it (stackmon record, stackmon "
+                               "--record FILE) and replay the file")
+        async for page in recording_pages(self.recording, self.name, self.config.group, since,
+                                          until, limits or HistoryLimits()):
+            yield page

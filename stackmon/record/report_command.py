@@ -1,4 +1,5 @@
-"""`stackmon report FILE [--from TIME] [--to TIME] --out incident.html [--format html|md]`."""
+"""`stackmon report FILE [--from TIME] [--to TIME] --out incident.html [--format html|md]`, or
+`stackmon report --host NAME [--hosts HOSTS.toml] ...` on a host's history (its agent's)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,11 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
                      "queues, 5xx by cause, requests/s and latency, fds) with events and actions "
                      "marked, the stuck requests and how they ended. One HTML file readable "
                      "offline, or Markdown for a ticket.")
-    p.add_argument("file", metavar="FILE", help="a recording (stackmon record, --record)")
+    from stackmon.record.replay_command import add_host_source
+
+    p.add_argument("file", metavar="FILE", nargs="?",
+                   help="a recording (stackmon record, --record)")
+    add_host_source(p)
     p.add_argument("--from", dest="start", metavar="TIME",
                    help="from this time (HH:MM[:SS], YYYY-MM-DD HH:MM:SS, +30s, epoch)")
     p.add_argument("--to", dest="end", metavar="TIME", help="up to this time")
@@ -26,6 +31,18 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
 
 
 def run(name: str, args: argparse.Namespace) -> int:
+    from stackmon.record.replay_command import recording_of
+
+    with recording_of(args, name) as (path, fetched):
+        if fetched:  # the agent applied --from/--to; the title names the host, not a temp file
+            title = args.title or f"Incident report: {args.host}"
+            return _report(args, path, None, None, title)
+        return _report(args, path, args.start, args.end,
+                       args.title or f"Incident report: {os.path.basename(path)}")
+
+
+def _report(args: argparse.Namespace, path: str, start: str | None, end: str | None,
+            title: str) -> int:
     from stackmon.record.replay import TimeError, parse_time
     from stackmon.record.replay_command import report_damage
     from stackmon.record.report import analyse
@@ -34,23 +51,22 @@ def run(name: str, args: argparse.Namespace) -> int:
 
     fmt = args.format or ("md" if str(args.out).endswith(".md") else "html")
     try:
-        recording = Recording.open(args.file)
+        recording = Recording.open(path)
         every = recording.polls()
     except RecordingError as exc:
         raise ConfigError(str(exc)) from None
     if not every:
-        raise ConfigError(f"{args.file}: the recording holds no readable poll")
+        raise ConfigError(f"{path}: the recording holds no readable poll")
     first = every[0].taken_at
     try:
-        lo = parse_time(args.start, first) if args.start else None
-        hi = parse_time(args.end, first) if args.end else None
+        lo = parse_time(start, first) if start else None
+        hi = parse_time(end, first) if end else None
     except TimeError as exc:
         raise ConfigError(str(exc)) from None
     incident = analyse(recording, lo, hi)
     if not incident.polls:
-        raise ConfigError(f"{args.file}: no readable poll between the times given")
+        raise ConfigError(f"{path}: no readable poll between the times given")
     report_damage(recording)
-    title = args.title or f"Incident report: {os.path.basename(args.file)}"
     text = report_md(incident, title) if fmt == "md" else report_html(incident, title)
     if args.out == "-":
         sys.stdout.write(text)

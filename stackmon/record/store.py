@@ -243,6 +243,23 @@ class Recorder:
         self.polls += 1
         self._prune()
 
+    def write_marks(self, events: Any, actions: Any) -> None:
+        """Store events and actions read elsewhere (an agent's history: EventRow and ActionRow
+        values, already cleaned), each once."""
+        event_rows = [(e.host, e.at, e.source, e.kind, e.worker, e.pid, e.uri, e.text)
+                      for e in events]
+        action_rows = [(a.host, a.at, a.action, a.outcome, a.actor, a.worker_id, a.target_pid,
+                        a.uri, a.message) for a in actions]
+        if not event_rows and not action_rows:
+            return
+        with self._transaction():
+            self.db.executemany(
+                "INSERT OR IGNORE INTO event (host, at, source, kind, worker, pid, uri, text) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", event_rows)
+            self.db.executemany(
+                "INSERT OR IGNORE INTO action (host, at, action, outcome, actor, worker_id, "
+                "target_pid, uri, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", action_rows)
+
     def _new_events(self, host: str, events: list[Any]) -> list[tuple[Any, ...]]:
         out = []
         for e in events:
