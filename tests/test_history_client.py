@@ -504,6 +504,11 @@ async def test_slow_pages_end_at_the_deadlines(fake_agent: Any, tmp_path: Path) 
         await history_of(silent, tmp_path, HistoryLimits(page_timeout_s=1))
     assert "took more than 1 s" in one_line(caught.value)
     assert time.monotonic() - started < 3
+    started = time.monotonic()  # a page that would run past the whole read's deadline
+    with pytest.raises(HistoryError) as caught:
+        await history_of(silent, tmp_path, HistoryLimits(deadline_s=1))
+    assert "no complete history within 1 s" in one_line(caught.value)
+    assert time.monotonic() - started < 3
 
 
 async def test_the_command_line_says_one_line_for_a_broken_agent(fake_agent: Any,
