@@ -16,6 +16,7 @@ or the NO_COLOR rules style both alike. Text from outside is plain text, never m
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import ClassVar, NamedTuple
 
@@ -48,6 +49,7 @@ from widgets.nginx_panel import (
 )
 
 SECTIONS = ("queues", "fds", "clients", "nginx", "history")
+HOLD_S = 10.0  # the panel's scrollable height shrinks only after this long
 _UNSET = object()  # a section not built yet (its key can be None)
 
 
@@ -144,6 +146,8 @@ class SidePanel(StyleMemo, ScrollView):
         self._lines: list[Text] = []
         self._strips: dict[int, Strip] = {}
         self._base: Style | None = None
+        self._count = 0  # the scrollable height in lines (>= the lines shown, see HOLD_S)
+        self._count_needed_at = 0.0
 
     # --- data in ----------------------------------------------------------------------------
 
@@ -188,6 +192,7 @@ class SidePanel(StyleMemo, ScrollView):
             self._width = width
             self._keys.clear()
             self._strips.clear()
+            self._count_needed_at = float("-inf")  # a new width: the new height at once
         data = self._data
         lines: list[Text] = []
         for name in SECTIONS:
@@ -201,11 +206,22 @@ class SidePanel(StyleMemo, ScrollView):
                    if y >= len(old) or y >= len(lines) or old[y] != lines[y]]
         for y in changed:
             self._strips.pop(y, None)
-        if len(old) != len(lines):
-            self._set_line_count(len(lines))
+        self._hold_line_count(len(lines))
         if repaint:
             for first, count in _runs(changed):
                 self.refresh_lines(first, count)
+
+    def _hold_line_count(self, count: int) -> None:
+        """More lines scroll at once; fewer only once no poll needed the old count for
+        HOLD_S (blank lines meanwhile): a list of causes or endpoints that grew and shrank by
+        a line each poll updated the scrollbar, or laid the screen out, every time."""
+        now = time.monotonic()
+        if count >= self._count:
+            self._count_needed_at = now
+        if count > self._count or (count < self._count
+                                   and now - self._count_needed_at >= HOLD_S):
+            self._count = count
+            self._set_line_count(count)
 
     def _set_line_count(self, count: int) -> None:
         """The scrollable height. `virtual_size` is a layout reactive: setting it lays out the
