@@ -8,6 +8,14 @@ for a moment. Chain (`c`): one worker at a time, in id order, each replaced befo
 
 ReloadTracker turns that into per-worker states with a countdown against the mercy, so the
 screen can say which request the reload is waiting for and when it will be killed.
+
+How long to follow depends on the mode: a graceful reload is over within one mercy (every busy
+worker gets the same one), a chain reload gives each worker its own mercy in turn, so it can
+take workers x mercy (4 workers, mercy 15 s: a minute). Following a chain reload only for one
+mercy left the screen frozen on a countdown that had long run out while the reload went on.
+When following does stop before the end, the last progress says so (`stopped`, its message
+"stopped following after N s: K of M workers replaced; check ..."), countdowns cleared: a
+countdown nobody updates any more is a lie.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from stackmon.actions.audit import AuditLog, current_actor
@@ -25,6 +33,8 @@ from stackmon.sources.uwsgi_stats import poll_stats
 
 WorkerState = Literal["replaced", "draining", "killing", "exited", "waiting", "gone"]
 KILL_SOON = 3.0  # seconds before mercy runs out when a draining worker counts as "killing"
+TURN_SLACK = 2.0  # per chain turn, past its mercy: the master's once-a-second check, a respawn
+MARGIN = 30.0  # past the mode's own worst case, before following gives up
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,10 +57,38 @@ class ReloadProgress:
     stats_available: bool
     done: bool
     message: str
+    # Following stopped before every worker was replaced (its deadline, or it failed): the
+    # figures are the last ones seen, and nothing will update them any more.
+    stopped: bool = False
 
     @property
     def replaced(self) -> int:
         return sum(1 for w in self.workers if w.state == "replaced")
+
+
+def follow_deadline(mode: str, mercy: float, workers: int, margin: float = MARGIN) -> float:
+    """Seconds after the reload's start to stop following it: the longest the mode can take,
+    plus `margin`. Graceful: every busy worker shares one mercy. Chain: one worker at a time,
+    each with its own mercy (and a respawn) before the next begins."""
+    if mode == "chain":
+        return max(1, workers) * (mercy + TURN_SLACK) + margin
+    return mercy + margin
+
+
+def stopped_progress(p: ReloadProgress, why: str = "") -> ReloadProgress:
+    """`p` marked as the last word: following ended before the reload did. Countdowns and
+    "killing" soon are dropped (nobody will update them); the message says how far it got
+    and where to look instead."""
+    if p.done:
+        return p
+    workers = tuple(replace(w, countdown=None,
+                            state="draining" if w.state == "killing" else w.state)
+                    for w in p.workers)
+    reason = f" ({why})" if why else ""
+    message = (f"stopped following after {p.elapsed:.0f} s{reason}: {p.replaced} of "
+               f"{len(p.workers)} workers replaced; check the workers' pids (stackmon "
+               "snapshot) and the uWSGI log for the rest of the reload")
+    return replace(p, workers=workers, message=message, stopped=True)
 
 
 class ReloadTracker:
@@ -136,11 +174,12 @@ class ReloadTracker:
 async def follow_reload(target: ActionTarget, result: ActionResult,
                         on_progress: Callable[[ReloadProgress], None] | None = None, *,
                         audit: AuditLog | None = None, actor: str = "",
-                        interval: float = 0.5, margin: float = 30.0,
+                        interval: float = 0.5, margin: float = MARGIN,
                         sample: Callable[[], Awaitable[UwsgiInstance | None]] | None = None,
                         ) -> ReloadProgress:
-    """Sample the instance until every worker is replaced (or mercy + margin has passed),
-    reporting each step; the outcome and its duration go to the audit log.
+    """Sample the instance until every worker is replaced (or the mode's longest time plus
+    margin has passed: follow_deadline), reporting each step; the outcome and its duration go
+    to the audit log. Stopping before the end returns (and reports) a `stopped` progress.
 
     sample: how to get the instance now (None while it cannot be read); by default its stats
     server at target.address (an agent host passes a sampler of the agent's snapshots)."""
@@ -153,7 +192,8 @@ async def follow_reload(target: ActionTarget, result: ActionResult,
     data = result.data
     tracker = ReloadTracker({int(w["id"]): int(w["pid"]) for w in data["workers"]},
                             data["mode"], float(data["mercy"]), float(data["started_at"]))
-    deadline = tracker.started_at + tracker.mercy + margin
+    limit = follow_deadline(tracker.mode, tracker.mercy, len(tracker.old), margin)
+    deadline = tracker.started_at + limit
     progress = tracker.update(None, time.time())
     while True:
         inst = await sample()
@@ -164,10 +204,14 @@ async def follow_reload(target: ActionTarget, result: ActionResult,
         if progress.done or now > deadline:
             break
         await asyncio.sleep(interval)
+    if not progress.done:
+        progress = stopped_progress(progress, f"the limit for a {tracker.mode} reload of "
+                                              f"{len(tracker.old)} workers is {limit:.0f} s")
+        if on_progress is not None:
+            on_progress(progress)
     log = audit if audit is not None else AuditLog.default()
     outcome = "ok" if progress.done else "timed out"
-    message = progress.message if progress.done else (
-        f"{progress.message} after {progress.elapsed:.0f} s (gave up waiting)")
+    message = progress.message
     log.record(host=target.host, action=f"reload {tracker.mode}", actor=actor or current_actor(),
                outcome=outcome, message=message, seconds=round(progress.elapsed, 1),
                instance=str(target.address) if target.address else None)
