@@ -11,6 +11,7 @@ from tests.tui_support import app_for, feed, recorded, screen_text, unreachable
 from tui.screens.confirm import KillConfirm
 from tui.screens.reload_view import render_progress, serving
 from tui.screens.worker_detail import WorkerDetailScreen
+from widgets.text_lines import TextLines
 from widgets.worker_list import WorkerList
 
 
@@ -99,6 +100,37 @@ async def test_the_worst_workers_row_keeps_its_line_across_30_polls():
             lines.add(_line_of(app, 4))
             assert app.query_one(WorkerList).cursor_worker_id == 4
         assert len(lines) == 1, lines
+
+
+async def test_a_request_that_crosses_slow_briefly_moves_the_rows_below_once(monkeypatch):
+    """The demo's bursts: /slow?s=5 crosses --slow (5 s) for a second and ends. Worker 4's row
+    goes down one line when worker 2's request gets its line, and stays there while worker 2
+    keeps the line (blank) for HOLD_S; then it comes back, once."""
+    clock = [1000.0]
+    monkeypatch.setattr("widgets.worker_list.monotonic", lambda: clock[0])
+    base = recorded()
+    app = app_for(base)
+    async with app.run_test(size=(120, 36)) as pilot:
+        def poll(slow: bool) -> None:
+            reqs = {2: [("/slow?s=5", 5.5)]} if slow else {}
+            app.show_snapshot(0, replace(_with_requests(base, {**reqs, 4: [("/hang", 60.0)]}),
+                                         taken_at=base.taken_at))
+
+        poll(False)
+        await pilot.pause()
+        before = _line_of(app, 4)
+        poll(True)
+        await pilot.pause()
+        assert _line_of(app, 4) == before + 1 and "/slow?s=5" in screen_text(app)
+        for _ in range(5):  # the request ended; polls within the hold
+            clock[0] += 1.5
+            poll(False)
+            await pilot.pause()
+            assert _line_of(app, 4) == before + 1 and "/slow?s=5" not in screen_text(app)
+        clock[0] += WorkerList.HOLD_S
+        poll(False)  # nothing shown changed, but the hold is over
+        await pilot.pause()
+        assert _line_of(app, 4) == before
 
 
 async def test_footer_at_80x24_keeps_the_triage_keys():
@@ -252,3 +284,20 @@ def test_never_respawned_workers_show_no_respawn():
                harakiri_count=0, respawn_count=1, avg_rt_ms=0, rss=0, vsz=0, last_spawn=0,
                running_time_s=0, tx=0)
     assert respawns(w) == 0 and respawns(replace(w, respawn_count=3)) == 2
+
+
+async def test_without_colour_the_reading_and_the_tab_badge_are_reverse_video(monkeypatch):
+    """NO_COLOR turned the red reading into grey 237 on 234: the line that says what is wrong
+    was the least visible one. Without colour it is reverse video, as CRIT is everywhere."""
+    monkeypatch.setenv("NO_COLOR", "1")
+    host = recorded()  # two requests past the critical age
+    app = app_for(host)
+    async with app.run_test(size=(80, 24)) as pilot:
+        feed(app, host)
+        await pilot.pause()
+        reading = app.query_one("#reading", TextLines).content
+        assert reading.plain.startswith("✖ ") and "critical age" in reading.plain
+        assert any("reverse" in str(span.style) for span in reading.spans)
+        tab = app._tabs.get_tab("host-0").label
+        assert "CRIT" in tab.plain
+        assert any(span.style.reverse for span in tab.spans if hasattr(span.style, "reverse"))

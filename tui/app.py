@@ -56,6 +56,9 @@ from widgets.worker_list import WorkerList
 
 BADGE_STYLE: dict[Severity, str] = {"ok": "green", "warn": "bold yellow",
                                     "critical": "bold red", "unknown": "dim"}
+# NO_COLOR: red and yellow became dark greys (a CRIT tab badge was grey 237 on 233).
+BADGE_STYLE_NO_COLOR: dict[Severity, str] = {"ok": "", "warn": "bold underline",
+                                             "critical": "bold reverse", "unknown": "dim"}
 BADGE_ICON: dict[Severity, str] = {"ok": "●", "warn": "▲", "critical": "✖", "unknown": "…"}
 
 # Below this width the Footer keeps only the triage keys (tui.actions, `narrow`).
@@ -75,7 +78,7 @@ MAX_ALARM_TABS = 8
 EXIT_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
-def tab_label(name: str, state: tuple[str, Severity] | None) -> Text:
+def tab_label(name: str, state: tuple[str, Severity] | None, *, no_color: bool = False) -> Text:
     """A tab title: the host name and a badge of its worst state, (label, severity) from the
     health model (a glyph and words, so it reads without colour: `✖ web-1 502 2.0/s`). The
     name is configuration text: a Text (never markup) with its control characters made
@@ -85,9 +88,10 @@ def tab_label(name: str, state: tuple[str, Severity] | None) -> Text:
         return Text.assemble((f"{BADGE_ICON['unknown']} ", BADGE_STYLE["unknown"]), name,
                              (" connecting", "dim"))
     label, severity = state
-    text = Text.assemble((f"{BADGE_ICON[severity]} ", BADGE_STYLE[severity]), name)
+    style = (BADGE_STYLE_NO_COLOR if no_color else BADGE_STYLE)[severity]
+    text = Text.assemble((f"{BADGE_ICON[severity]} ", style), name)
     if severity != "ok":
-        text.append(f" {visible(short_badge(label))}", BADGE_STYLE[severity])
+        text.append(f" {visible(short_badge(label))}", style)
     return text
 
 
@@ -220,7 +224,7 @@ class StackmonApp(App[int]):
             if pane is not None:
                 # "connecting" is not a width worth keeping: the first badge takes its own.
                 relabel_tab(self._tabs.get_tab(f"host-{index}"), tab_label(
-                    self.targets.hosts[index].name, state),
+                    self.targets.hosts[index].name, state, no_color=self.no_color),
                     hold_s=HOLD_S if before is not None else 0.0)
         if self.overview is not None and not self.paused:
             self.overview.set_host(index, snap, assessed)
@@ -693,7 +697,8 @@ class StackmonApp(App[int]):
             await self._tabs.add_pane(pane, before=f"host-{later[0]}" if later else None)
             self.panes[index] = pane
             self._tabs.get_tab(pane).label = tab_label(self.targets.hosts[index].name,
-                                                       self._states.get(index))
+                                                       self._states.get(index),
+                                                       no_color=self.no_color)
             pane.set_paused(self.paused)
             snap = self._latest.get(index)
             if snap is not None:

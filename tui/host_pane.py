@@ -248,7 +248,8 @@ class HostPane(TabPane):
         state = assess(snap)
         self.query_one(HostHeader).set_snapshot(snap, self._rps, state)
         self._show_flags(snap)
-        self.query_one("#reading", TextLines).show(host_reading(state))
+        self.query_one("#reading", TextLines).show(host_reading(state,
+                                                                no_color=self.app.no_color))
         self._draw_stuck(snap)
         inst = self._current_instance(snap)
         workers = self.query_one(WorkerList)

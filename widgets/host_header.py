@@ -25,10 +25,13 @@ from widgets.worker_list import is_cheap
 NOTICE_KINDS = frozenset({"unreachable", "stale", "source"})
 READING_REASONS = 2
 READING_STYLE = {"critical": "bold red", "warn": "bold yellow"}
+# Without colour, red becomes the darkest grey (the reading was grey 237 on 234, the least
+# visible line on the screen): CRIT is reverse video, as everywhere else, and WARN underlined.
+READING_STYLE_NO_COLOR = {"critical": "bold reverse", "warn": "bold underline"}
 READING_ICON = {"critical": "✖ ", "warn": "▲ "}
 
 
-def host_reading(state: HostState) -> Text:
+def host_reading(state: HostState, *, no_color: bool = False) -> Text:
     """The top reasons as one reading ("502 ×37 in 60 s: uWSGI listen queue full on
     unix:/x/app.sock (×37); 1 request(s) past the critical age; ..."), worst first; empty when
     nothing is wrong beyond what the notice says. The text quotes URIs and socket names: plain
@@ -38,7 +41,8 @@ def host_reading(state: HostState) -> Text:
     if not shown:
         return Text()
     worst = shown[0].severity
-    text = Text(READING_ICON[worst], style=READING_STYLE[worst], end="")
+    style = (READING_STYLE_NO_COLOR if no_color else READING_STYLE)[worst]
+    text = Text(READING_ICON[worst], style=style, end="")
     text.append("; ".join(plain(r.text) for r in shown))
     return text
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
+from time import monotonic
 from typing import ClassVar, Literal, NamedTuple
 
 from rich.cells import cell_len
@@ -289,6 +290,8 @@ class WorkerList(ScrollView, can_focus=True):
     # Textual's generic text selection would copy ScrollView's placeholder render, not these
     # lines; the app's worker detail screen is where a URI is shown whole and copied.
     ALLOW_SELECT = False
+    # A block keeps lines it no longer needs this long (_held_height); tests set it to 0.
+    HOLD_S: ClassVar[float] = 10.0
 
     BINDINGS: ClassVar[list[BindingType]] = [
         # ids let the app rebind them with App.set_keymap({"worker-list.select": "o"}).
@@ -425,6 +428,8 @@ class WorkerList(ScrollView, can_focus=True):
         # Layout: visible workers in display order, where each block starts, y -> (key, sub).
         self._order: list[WorkerKey] = []
         self._heights: list[int] = []
+        # Each worker's block height as laid out, and when it last needed it (see HOLD_S).
+        self._held: dict[WorkerKey, tuple[int, float]] = {}
         self._starts: list[int] = []
         self._first_line: dict[WorkerKey, int] = {}
         self._lines: list[tuple[WorkerKey, int]] = []
@@ -568,10 +573,11 @@ class WorkerList(ScrollView, can_focus=True):
             self._cheap = cheap
             self.virtual_size = Size(0, self.line_count)
             self.refresh()
-        if not changed and not removed and not refilter:
+        if not changed and not removed and not refilter and not self._hold_due():
             return
         for wid in removed:
             strips.pop(wid, None)
+            self._held.pop(wid, None)
         self._relayout(changed)
         self._follow()
 
@@ -620,17 +626,19 @@ class WorkerList(ScrollView, can_focus=True):
         old_index = self._order.index(self._cursor) if self._cursor in self._first_line else 0
         order = self._visible_order()
         blocks = self._blocks
-        heights = [blocks[wid].height for wid in order]
+        now = monotonic()
+        heights = [self._held_height(wid, blocks[wid].height, now) for wid in order]
         if order == self._order and heights == self._heights:
             # Same layout: redraw only the visible lines of the workers that changed; when
             # many changed, as one region (each refresh has a cost of its own).
             top = round(self.scroll_y)
             bottom = top + self.scrollable_content_region.height
             ranges: list[tuple[int, int]] = []
+            held = dict(zip(order, heights, strict=True))
             for wid in changed or ():
                 start = self._first_line.get(wid)
-                if start is not None and start < bottom and start + blocks[wid].height > top:
-                    ranges.append((max(start, top), min(start + blocks[wid].height, bottom)))
+                if start is not None and start < bottom and start + held[wid] > top:
+                    ranges.append((max(start, top), min(start + held[wid], bottom)))
             if len(ranges) > MAX_REFRESH_REGIONS:
                 ranges = [(min(r[0] for r in ranges), max(r[1] for r in ranges))]
             for first, last in ranges:
@@ -653,6 +661,24 @@ class WorkerList(ScrollView, can_focus=True):
         if (follow_cursor or cursor_was_visible) and self.is_mounted:
             self.call_after_refresh(self._scroll_to_cursor)
         self.refresh()
+
+    def _held_height(self, wid: WorkerKey, height: int, now: float) -> int:
+        """The lines a worker's block takes: more at once, fewer only once it has not needed
+        the old height for HOLD_S (its request lines stay, blank). A request that crosses
+        --slow for a second and ends (the demo's /slow?s=5 bursts) moved every row below it
+        down and back up within a second; now at most down, and back HOLD_S later."""
+        held = self._held.get(wid)
+        if held is None or height >= held[0] or now - held[1] >= self.HOLD_S:
+            self._held[wid] = (height, now)
+            return height
+        return held[0]
+
+    def _hold_due(self) -> bool:
+        """Some block is taller than its worker needs and its hold is over."""
+        now = monotonic()
+        blocks = self._blocks
+        return any(wid in blocks and blocks[wid].height < h and now - t >= self.HOLD_S
+                   for wid, (h, t) in self._held.items())
 
     def _cursor_visible(self) -> bool:
         start = self._first_line.get(self._cursor) if self._cursor is not None else None
@@ -782,6 +808,8 @@ class WorkerList(ScrollView, can_focus=True):
                 return self._to_strip(self._cheap_text(), width, False)
             return Strip.blank(width, self._line_style(False))
         wid, sub = self._lines[line_no]
+        if sub > len(self._blocks[wid].requests):  # a held line (HOLD_S): its request ended
+            return Strip.blank(width, self._line_style(False))
         is_cursor = sub == 0 and wid == self._cursor
         cache = self._strips.setdefault(wid, {})
         strip = cache.get((sub, is_cursor))
