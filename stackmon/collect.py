@@ -108,7 +108,7 @@ def _stats_inodes(address: str, raw: list[kernel.RawListener]) -> frozenset[int]
         names = {f"@{addr.path}", f"@{addr.path}@"}
         inodes = frozenset(r.inode for r in raw if r.kind == "unix" and r.address in names)
         return inodes or f"nothing on this host listens on @{addr.path}"
-    got = trust.listener_inodes(addr)
+    got = trust.listener_inodes(addr, raw)
     if isinstance(got, trust.Refusal):
         return got.message
     return got[0]

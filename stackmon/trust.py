@@ -41,7 +41,7 @@ from stackmon.bounded_io import BoundedReadError, read_file
 from stackmon.model import SourceError
 from stackmon.redact import clean
 from stackmon.sources import procfs
-from stackmon.sources.sockdiag import listening_sockets, unix_listener_files
+from stackmon.sources.sockdiag import RawListener, listening_sockets, unix_listener_files
 
 SOURCE = "trust"
 _MAX_ANCESTRY = 256  # parent links followed before giving up (a loop or an absurd tree)
@@ -98,7 +98,9 @@ def _is_local_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return True
 
 
-def _tcp_listeners(host: str, port: int, shown: str) -> tuple[frozenset[int], str] | Refusal:
+def _tcp_listeners(host: str, port: int, shown: str,
+                   listeners: list[RawListener] | None = None
+                   ) -> tuple[frozenset[int], str] | Refusal:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
@@ -108,7 +110,7 @@ def _tcp_listeners(host: str, port: int, shown: str) -> tuple[frozenset[int], st
     if not local:
         return Refusal(SOURCE, f"{shown} is not an address of this host; act through that "
                                "host's stackmon agent", "not_local")
-    raw = listening_sockets()
+    raw = listening_sockets() if listeners is None else listeners
     if isinstance(raw, SourceError):
         return Refusal(SOURCE, f"cannot list this host's listeners to confirm {shown}: "
                                f"{raw.message}", "permission")
@@ -154,8 +156,9 @@ def _unix_listeners(path: str) -> tuple[frozenset[int], str] | Refusal:
     return inodes, path
 
 
-def _abstract_listeners(name: str) -> tuple[frozenset[int], str] | Refusal:
-    raw = listening_sockets()
+def _abstract_listeners(name: str, listeners: list[RawListener] | None = None
+                        ) -> tuple[frozenset[int], str] | Refusal:
+    raw = listening_sockets() if listeners is None else listeners
     if isinstance(raw, SourceError):
         return Refusal(SOURCE, f"cannot list this host's listeners to confirm @{name}: "
                                f"{raw.message}", "permission")
@@ -168,16 +171,20 @@ def _abstract_listeners(name: str) -> tuple[frozenset[int], str] | Refusal:
     return Refusal(SOURCE, f"nothing on this host listens on @{name} any more", "gone")
 
 
-def listener_inodes(address: StatsAddress) -> tuple[frozenset[int], str] | Refusal:
+def listener_inodes(address: StatsAddress, listeners: list[RawListener] | None = None
+                    ) -> tuple[frozenset[int], str] | Refusal:
     """The inodes of the listening socket(s) a connection to `address` reaches on this host,
-    and a description of them; a Refusal (not_local for another host's address) otherwise."""
+    and a description of them; a Refusal (not_local for another host's address) otherwise.
+    `listeners`: this host's sock_diag dump, when the caller took one an instant ago (a poll
+    does, for the queues: a second dump of every TCP and unix listener per poll was a third of
+    the poll's kernel reads); an action passes none and gets a dump of its own."""
     shown = clean(str(address))
     if address.kind in ("tcp", "http"):
-        got = _tcp_listeners(address.host, address.port, shown)
+        got = _tcp_listeners(address.host, address.port, shown, listeners)
     elif address.kind == "unix":
         got = _unix_listeners(address.path)
     else:
-        got = _abstract_listeners(address.path)
+        got = _abstract_listeners(address.path, listeners)
     if isinstance(got, Refusal):
         return got
     inodes, names = got

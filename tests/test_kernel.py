@@ -4,6 +4,7 @@ connections, real child processes, and `ss` as the independent witness when it i
 from __future__ import annotations
 
 import errno
+import json
 import os
 import resource
 import shutil
@@ -28,6 +29,7 @@ from stackmon.model import (
     Socket,
     SourceError,
     SystemFds,
+    Thresholds,
     UwsgiInstance,
 )
 from stackmon.sources import kernel
@@ -699,3 +701,26 @@ def test_tagged_listeners_belong_to_their_instance_whatever_the_pids() -> None:
     (sock,) = merged.sockets
     assert (sock.queue, sock.max_queue) == (3, 64)
     assert any("another pid namespace" in w and "4242" in w for w in merged.warnings)
+
+
+def test_a_poll_dumps_the_listeners_once(stack, monkeypatch) -> None:
+    """The master is confirmed from the same sock_diag dump the queues come from: a second
+    dump of every listener per poll was a third of the poll thread's kernel reads."""
+    from stackmon import collect, trust
+    from stackmon.sources import uwsgi_stats
+
+    calls: list[str] = []
+    real = kernel.listening_sockets
+
+    def counted():
+        calls.append("dump")
+        return real()
+
+    monkeypatch.setattr(kernel, "listening_sockets", counted)
+    monkeypatch.setattr(trust, "listening_sockets", counted)
+    raw = json.dumps(stack.stats()).encode()
+    inst = uwsgi_stats.parse_stats(raw, stack.stats_address, time.time(), Thresholds())
+    assert isinstance(inst, UwsgiInstance)
+    facts = collect.gather_local_facts([inst], None)
+    assert calls == ["dump"]
+    assert facts.roles and "uwsgi-master" in facts.roles.values(), facts.errors
