@@ -8,17 +8,29 @@ a chain reload then takes workers x mercy, each worker cut at its own mercy in t
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from dataclasses import replace
+
+import pytest
 
 from stackmon.actions.audit import AuditLog
 from stackmon.actions.base import ActionTarget
 from stackmon.actions.reload import reload_uwsgi
 from stackmon.actions.reload_progress import (
+    ReloadFacts,
     ReloadProgress,
+    WorkerReload,
     follow_deadline,
     follow_reload,
+    stopped_progress,
 )
 from stackmon.addresses import parse_stats_address
+from stackmon.config import HostConfig, Settings, Targets
+from tests.tui_support import app_for, event, feed, recorded, screen_text, wait_for
+from tui.app import StackmonApp
+from tui.screens.confirm import KillConfirm, ReloadChoice, ReloadConfirm
+from tui.screens.reload_view import ReloadScreen
 
 
 def target_of(stack) -> ActionTarget:
@@ -84,3 +96,246 @@ def test_a_follow_that_stops_early_says_so(fresh_stack, hang, tmp_path):
 def test_follow_deadline_fits_the_mode():
     assert follow_deadline("graceful", 15, 4, 30) == 45
     assert follow_deadline("chain", 15, 4, 30) >= 4 * 15 + 30
+
+
+# --- the screens, from the recorded demo (4 workers x 2 threads, worker 4 stuck 64 s) -------
+
+SIZES = [(80, 24), (120, 36), (200, 50)]
+FACTS = ReloadFacts(15.0, "/etc/uwsgi/app.ini:12", chain_ok=True)
+BIG_PIDS = (2189712, 2765412)  # 7 digits: pid_max allows 4194304
+
+
+def _hangs():
+    return recorded("demo-hangs.json", host_name="web-1")
+
+
+def _chain_midway() -> ReloadProgress:
+    """The review's moment: a chain reload, worker 1 replaced, worker 3's mercy nearly out."""
+    stuck = _hangs().uwsgi[0].workers[3].requests_in_flight[0]
+    old, new = BIG_PIDS
+    return ReloadProgress(
+        "chain", 15.0, 45.0,
+        (WorkerReload(1, old, new, "replaced", replaced_after=15.3),
+         WorkerReload(2, old + 1, 0, "exited"),
+         WorkerReload(3, old + 2, old + 2, "killing", request=stuck, countdown=2.0),
+         WorkerReload(4, old + 3, old + 3, "waiting", request=stuck)),
+        stats_available=True, done=False,
+        message="chain reload: 1/4 workers replaced; 1 finishing a request, mercy runs out "
+                "in 2 s")
+
+
+async def _open_view(app: StackmonApp, pilot, progress: ReloadProgress, **kwargs) -> ReloadScreen:
+    hangs = _hangs()
+    feed(app, hangs)
+    await pilot.pause()
+    screen = ReloadScreen("web-1", "web-1/127.0.0.1:9002", progress, host_index=0,
+                          address=hangs.uwsgi[0].address, **kwargs)
+    await app.push_screen(screen)
+    screen.set_host(hangs)
+    await pilot.pause()
+    return screen
+
+
+async def _open_confirm(app: StackmonApp, pilot, **kwargs) -> ReloadConfirm:
+    hangs = _hangs()
+    feed(app, hangs)
+    await pilot.pause()
+    kwargs.setdefault("facts", FACTS)
+    screen = ReloadConfirm("web-1", hangs.uwsgi[0], app.clock(), kwargs.pop("asked", "graceful"),
+                           **kwargs)
+    await app.push_screen(screen)
+    await pilot.pause()
+    await pilot.pause()
+    return screen
+
+
+async def test_the_progress_table_fits_80_columns_with_every_pid_whole():
+    app = app_for(_hangs())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _open_view(app, pilot, _chain_midway())
+        text = screen_text(app)
+    old, new = BIG_PIDS
+    assert f"{old} → {new}" in text  # the review saw `21897 → 276…`
+    for header in ("state", "pid", "finishing", "mercy left"):
+        assert header in text
+    row = next(line for line in text.splitlines() if "KILL SOON" in line)
+    assert str(old + 2) in row and row.rstrip().endswith("2s")  # the countdown, not cut
+    assert "…" not in text.split("mercy left")[1].split("chain reload:")[0].replace(
+        "GET /hang/report?id…", "")  # only the request may be shortened
+
+
+async def test_the_view_says_when_following_stopped_and_drops_the_countdowns():
+    app = app_for(_hangs())
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await _open_view(app, pilot, _chain_midway())
+        screen.set_progress(stopped_progress(_chain_midway(), "the limit"))
+        await pilot.pause()
+        text = screen_text(app)
+    assert "STOPPED FOLLOWING" in text and "followed for 45 s" in text
+    assert "1 of 4 workers replaced; check" in text.replace("\n", " ").replace("  ", " ")
+    assert "KILL SOON" not in text and "mercy runs out" not in text and "2s" not in text
+    assert "NO WORKER SERVING" not in text and "serving when last seen 2/4" in text
+
+
+async def test_the_view_says_when_no_progress_comes_any_more():
+    """The follow died without a final word: after STALE_AFTER s the view says so instead of
+    holding a countdown."""
+    now = [1000.0]
+    app = app_for(_hangs())
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await _open_view(app, pilot, _chain_midway(), clock=lambda: now[0])
+        assert "NO PROGRESS" not in screen_text(app)
+        now[0] += 7
+        await pilot.pause(1.3)  # the view's once-a-second check
+        text = screen_text(app)
+        assert "NO PROGRESS FOR 7 s" in text and "KILL SOON" in text  # state kept, bar gone
+        assert "█" not in text.split("KILL SOON")[1].splitlines()[0]
+        screen.set_progress(_chain_midway())  # news again: back to the countdown
+        await pilot.pause()
+        assert "NO PROGRESS" not in screen_text(app)
+
+
+async def test_the_reload_confirm_keeps_every_key_on_screen_at_80x24():
+    app = app_for(_hangs())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _open_confirm(app, pilot)
+        text = screen_text(app)
+    for key in ("c/Enter", "chain", " g ", "graceful", "Esc", "cancel"):
+        assert key in text, key
+    assert "worker-reload-mercy 15 s" in text
+    assert "more (0 CUT)" in text  # 8 requests: the list is shortened, not the keys
+
+
+async def test_the_kill_confirm_keeps_every_key_on_screen_at_80x24():
+    hangs = _hangs()
+    app = app_for(hangs)
+    async with app.run_test(size=(80, 24)) as pilot:
+        feed(app, hangs)
+        await pilot.pause()
+        events = tuple(replace(e, text=f"uwsgi event {i} " + "x" * 90)
+                       for i, e in enumerate(_events(hangs)))
+        worker = hangs.uwsgi[0].workers[3]  # 8 threads, all stuck: 8 request lines
+        worker = replace(worker, cores=tuple(replace(worker.cores[0], id=i) for i in range(8)))
+        await app.push_screen(KillConfirm("web-1", hangs.uwsgi[0].address, worker, app.clock(),
+                                          capture=True, uwsgi_log="/var/log/uwsgi/app.log",
+                                          events=events))
+        await pilot.pause()
+        text = screen_text(app)
+    for key in ("t/Enter", "SIGKILL now", " u ", "Esc", "cancel", "capture its Python stack"):
+        assert key in text, key
+    assert "+" in text and "more" in text  # the request list gave way
+
+
+def _events(hangs):
+    return tuple(event(hangs.taken_at - i, "respawn", f"respawned worker {i}")
+                 for i in range(1, 4))
+
+
+async def test_the_reload_confirm_names_the_cut_requests_and_warns_of_no_worker_serving():
+    app = app_for(_hangs())
+    results: list[ReloadChoice | None] = []
+    async with app.run_test(size=(120, 36)) as pilot:
+        screen = await _open_confirm(app, pilot)
+        text = screen_text(app)
+        assert "NO WORKER SERVING for up to 15 s" in text
+        cut = [line for line in text.splitlines() if " CUT " in line]
+        assert cut and all("worker 4" in line and "CRIT" in line for line in cut)
+        assert any("ok   worker 1" in line for line in text.splitlines())
+        assert "Enter is chain here" in text and screen.default == "chain"
+        screen.dismiss = results.append  # type: ignore[method-assign,assignment]
+        await pilot.press("enter")
+        await pilot.pause()
+    assert results == [ReloadChoice("chain")]
+
+
+async def test_enter_stays_graceful_where_chain_is_not_known_to_work():
+    app = app_for(_hangs())
+    results: list[ReloadChoice | None] = []
+    async with app.run_test(size=(120, 36)) as pilot:
+        for facts in (None, replace(FACTS, chain_ok=False)):
+            screen = await _open_confirm(app, pilot, facts=facts)
+            assert screen.default == "graceful"
+            text = screen_text(app)
+            assert "g/Enter" in text and "NO WORKER SERVING" in text
+            screen.dismiss = results.append  # type: ignore[method-assign,assignment]
+            await pilot.press("enter")
+            app.pop_screen()
+            await pilot.pause()
+    assert results == [ReloadChoice("graceful")] * 2
+
+
+async def test_enter_waits_for_the_facts_that_decide_it():
+    app = app_for(_hangs())
+    results: list[ReloadChoice | None] = []
+    gate = threading.Event()
+
+    def lookup() -> ReloadFacts:
+        gate.wait(5)
+        return FACTS
+
+    async with app.run_test(size=(120, 36)) as pilot:
+        screen = await _open_confirm(app, pilot, facts=None, lookup=lookup)
+        assert "reading the instance's config" in screen_text(app)
+        screen.dismiss = results.append  # type: ignore[method-assign,assignment]
+        await pilot.press("enter")
+        await pilot.pause()
+        assert results == []  # not graceful by default before the facts are in
+        gate.set()
+        await wait_for(pilot, lambda: results)
+    assert results == [ReloadChoice("chain")]
+
+
+# --- SVG snapshots: read the diff before --snapshot-update --------------------------------
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_snapshot_reload_confirm(snap_compare, size):
+    app = app_for(_hangs())
+
+    async def run_before(pilot):
+        await _open_confirm(app, pilot)
+
+    assert snap_compare(app, terminal_size=size, run_before=run_before)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_snapshot_chain_reload_view(snap_compare, size):
+    app = app_for(_hangs())
+
+    async def run_before(pilot):
+        await _open_view(app, pilot, _chain_midway())
+
+    assert snap_compare(app, terminal_size=size, run_before=run_before)
+
+
+def test_snapshot_stopped_reload_view(snap_compare):
+    app = app_for(_hangs())
+
+    async def run_before(pilot):
+        await _open_view(app, pilot, stopped_progress(_chain_midway(), "the limit"))
+
+    assert snap_compare(app, terminal_size=(80, 24), run_before=run_before)
+
+
+# --- the whole flow on the real stack --------------------------------------------------------
+
+async def test_C_then_Enter_follows_a_stuck_chain_reload_to_its_end(fresh_stack, hang,
+                                                                    tmp_path):
+    """What the review did, on a real uWSGI: every worker stuck, C, Enter. The view must
+    reach "chain reload done", never stop on a countdown."""
+    st = fresh_stack(workers=3, threads=1, mercy=2, nginx=False)
+    hang(st, "/hang/tui-chain", n=3, via="unix")
+    host = HostConfig(name="r", uwsgi=(parse_stats_address(st.stats_address),))
+    app = StackmonApp(Targets(hosts=(host,), settings=Settings(interval=0.5)),
+                      audit=AuditLog(tmp_path / "audit.log"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: "/hang/tui-chain" in screen_text(app), timeout=10)
+        await pilot.press("C")
+        assert await wait_for(pilot, lambda: "worker-reload-mercy 2 s" in screen_text(app))
+        text = screen_text(app)
+        assert "c/Enter" in text and "Esc" in text
+        await pilot.press("enter")
+        assert await wait_for(pilot, lambda: isinstance(app.screen, ReloadScreen))
+        done = await wait_for(pilot, lambda: "chain reload done" in screen_text(app),
+                              timeout=40)
+        assert done, screen_text(app)
+        assert "STOPPED" not in screen_text(app)

@@ -598,7 +598,10 @@ class StackmonApp(App[int]):
                                              inst.master_pid),
                                 group="actions", exit_on_error=False)
 
-        self.push_screen(ReloadConfirm(pane.host.name, inst, self.clock(), mode), chosen)
+        host = self._host(index)  # the mercy and whether it can chain, read in a thread
+        self.push_screen(ReloadConfirm(pane.host.name, inst, self.clock(), mode,
+                                       lookup=lambda: host.reload_facts(instance, inst)),
+                         chosen)
 
     async def _reload(self, index: int, instance_index: int, address: str, mode: str,
                       master_pid: int) -> None:

@@ -27,7 +27,9 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from stackmon.actions.audit import AuditLog, current_actor
-from stackmon.actions.base import ActionResult, ActionTarget
+from stackmon.actions.base import ActionError, ActionResult, ActionTarget
+from stackmon.actions.kill import confirmed_master
+from stackmon.actions.reload import plan_for
 from stackmon.model import Request, SourceError, Thresholds, UwsgiInstance, Worker
 from stackmon.sources.uwsgi_stats import poll_stats
 
@@ -64,6 +66,30 @@ class ReloadProgress:
     @property
     def replaced(self) -> int:
         return sum(1 for w in self.workers if w.state == "replaced")
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadFacts:
+    """What the confirmation needs to say before a reload: the mercy each busy request gets
+    (and where it is set), and whether a chain reload can be sent at all."""
+
+    mercy: float
+    mercy_source: str  # "file:line" or "uWSGI default"
+    chain_ok: bool  # a master FIFO or a touch-chain-reload file
+
+
+def reload_facts(target: ActionTarget, inst: UwsgiInstance) -> ReloadFacts | None:
+    """The instance's reload facts from its own configuration, read as reload_uwsgi reads it
+    (the master confirmed by the kernel first); None when they cannot be read (a master not
+    confirmed, no rights). Blocking (/proc and the ini files): call it from a thread. Hosts
+    offer it as Host.reload_facts (an agent's host: None, its agent reads them on reload)."""
+    try:
+        confirmed_master(inst, target)
+        plan = plan_for(inst)
+    except (ActionError, OSError):
+        return None
+    return ReloadFacts(plan.mercy, plan.mercy_source,
+                       chain_ok=plan.fifo is not None or plan.touch_chain is not None)
 
 
 def follow_deadline(mode: str, mercy: float, workers: int, margin: float = MARGIN) -> float:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from stackmon.actions.audit import AuditLog
 from stackmon.actions.base import ActionError, ActionResult
-from stackmon.actions.reload_progress import ReloadProgress
+from stackmon.actions.reload_progress import ReloadFacts, ReloadProgress
 from stackmon.config import HostConfig, Settings
 from stackmon.model import HostSnapshot, SourceError, UwsgiInstance
 
@@ -157,6 +157,11 @@ class Host(ABC):
                      on_progress: Callable[[ReloadProgress], None], *,
                      audit: AuditLog) -> ReloadProgress:
         """Follow a reload started by `reload` to its end, reporting each step."""
+
+    def reload_facts(self, index: int, inst: UwsgiInstance) -> ReloadFacts | None:
+        """The mercy and whether a chain reload is possible, for the confirmation (blocking:
+        from a thread); None when not known from here (an agent reads them on reload)."""
+        return None
 
 
 def open_host(config: HostConfig, settings: Settings) -> Host:

@@ -14,7 +14,12 @@ from stackmon.actions.audit import AuditLog
 from stackmon.actions.base import ActionError, ActionResult, ActionTarget
 from stackmon.actions.kill import fetch_instance, kill_worker
 from stackmon.actions.reload import reload_uwsgi
-from stackmon.actions.reload_progress import ReloadProgress, follow_reload
+from stackmon.actions.reload_progress import (
+    ReloadFacts,
+    ReloadProgress,
+    follow_reload,
+    reload_facts,
+)
 from stackmon.actions.stack import StackResult, find_py_spy, trace_worker
 from stackmon.addresses import AddressError, StatsAddress, parse_stats_address
 from stackmon.collect import (
@@ -324,6 +329,12 @@ class LocalHost(Host):
                      audit: AuditLog) -> ReloadProgress:
         return await follow_reload(self.target(index), result, on_progress,
                                    audit=audit)
+
+    def reload_facts(self, index: int, inst: UwsgiInstance) -> ReloadFacts | None:
+        try:
+            return reload_facts(self.target(index), inst)
+        except ActionError:  # no such instance any more
+            return None
 
     async def history_pages(self, since: float | None = None, until: float | None = None, *,
                             limits: HistoryLimits | None = None,

@@ -3,8 +3,18 @@
 A kill names the host, worker id, pid and every request in flight with its age and nearest
 deadline, and offers only the signals that make sense (REFERENCE.md section 2): SIGTERM aborts
 the request (SIGKILL after a short grace), SIGKILL at once, or SIGUSR2 first so the worker logs
-what it is doing. A reload lists the requests it will wait for. Escape always cancels; nothing
-happens without a key.
+what it is doing. Escape always cancels; nothing happens without a key.
+
+A reload states the instance's worker-reload-mercy and, per busy worker, whether its request
+will be CUT at mercy (stuck past --slow, or already running longer than the mercy: nothing
+says it will end in time) or should finish. It warns when a graceful reload leaves NO worker
+serving: graceful stops every worker at once and respawns none until the last busy one has
+exited, so one stuck request means an outage of up to the mercy. Enter then means chain (one
+worker at a time, the others keep serving) when the instance can chain: Enter is what a hurried
+user presses, and it should not be the outage. `g` still sends graceful.
+
+Every key is on screen at 80x24: the keys line is docked at the dialog's bottom, the request
+list is cut to "+N more" where the screen is short.
 
 Killing a stuck worker ends the outage and destroys the evidence, so the kill offers to capture
 the worker's Python stack first (`s` toggles it; on by default where it can work): the kill's
@@ -15,7 +25,7 @@ read from it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from rich.text import Text
@@ -25,9 +35,10 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from stackmon.actions.reload_progress import ReloadFacts
 from stackmon.deadlines import nearest
 from stackmon.logs.uwsgi_events import Event
-from stackmon.model import UwsgiInstance, Worker
+from stackmon.model import Request, UwsgiInstance, Worker
 from stackmon.redact import visible
 from stackmon.render_text import human_age
 from widgets.worker_list import client_gone, deadline_text, live_deadlines, respawns
@@ -55,16 +66,33 @@ _CSS = """
 }}
 {name} .title {{ text-style: bold; }}
 {name} .keys {{ margin-top: 1; }}
+{name} #bottom {{ dock: bottom; height: auto; }}
 """
+# Rows the dialog needs besides its request lines (border, title, facts, warnings, keys):
+# what is left of the screen's 90% is for the list, never less than MIN_LIST.
+FIXED_ROWS = 14
+MIN_LIST = 2
 
 
-def _requests_text(worker: Worker, now: float) -> Text:
+def list_rows(screen_height: int, fixed: int = FIXED_ROWS) -> int:
+    """How many request lines fit (the rest becomes "+N more")."""
+    return max(MIN_LIST, screen_height * 9 // 10 - fixed)
+
+
+def _age(r: Request, now: float) -> float | None:
+    return r.running_s if r.started_at is None else max(0.0, now - r.started_at)
+
+
+def _requests_text(worker: Worker, now: float, limit: int = 1000) -> Text:
     text = Text()
     requests = worker.requests_in_flight
     if not requests:
         text.append("  no request in flight\n", "dim")
-    for r in requests:
-        age = r.running_s if r.started_at is None else max(0.0, now - r.started_at)
+    for i, r in enumerate(requests):
+        if i == limit and len(requests) > limit + 1:
+            text.append(f"  +{len(requests) - limit} more\n", "dim")
+            break
+        age = _age(r, now)
         text.append(f"  core {r.core}  ")
         text.append(r.method or "?", "bold")
         text.append(" ")
@@ -137,15 +165,17 @@ class KillConfirm(ModalScreen[KillChoice | None]):
                    f"respawns {respawns(w)}", style="dim")
         with Vertical():
             yield Static(title, classes="title")
+            with Vertical(id="bottom"):  # docked: on screen however long the rest is
+                if self.offer_capture:
+                    yield Static(self._capture_text(), id="capture", classes="keys")
+                yield Static(_keys(("t/Enter", "SIGTERM (KILL after 3 s)"),
+                                   ("k", "SIGKILL now"), ("u", "SIGUSR2 to log it, then SIGTERM"),
+                                   ("Esc", "cancel")), classes="keys")
             yield Static(sub)
-            yield Static(_requests_text(w, self.now))
+            # A request line wraps to about two rows where the dialog is narrow.
+            yield Static(_requests_text(w, self.now, list_rows(self.app.size.height, 16) // 2))
             yield Static(Text("The master respawns the worker with a new pid; the request(s) "
                               "above are aborted (the client gets a 502).", style="italic"))
-            if self.offer_capture:
-                yield Static(self._capture_text(), id="capture", classes="keys")
-            yield Static(_keys(("t/Enter", "SIGTERM (KILL after 3 s)"), ("k", "SIGKILL now"),
-                               ("u", "SIGUSR2 to log it, then SIGTERM"), ("Esc", "cancel")),
-                         classes="keys")
             yield Static(usr2_text(self.uwsgi_log, self.events), id="usr2")
 
     def _capture_text(self) -> Text:
@@ -170,6 +200,110 @@ class KillConfirm(ModalScreen[KillChoice | None]):
         self.dismiss(None)
 
 
+def will_be_cut(r: Request, age: float | None, mercy: float | None) -> bool:
+    """Whether a request in flight is expected to outlive the mercy and be cut: it is stuck
+    (past --slow) or already older than the mercy. Nothing tells how long a request will
+    still run; these are the ones with no sign they will end in time."""
+    return r.level != "ok" or (mercy is not None and (age or 0.0) >= mercy)
+
+
+def _mercy_text(facts: ReloadFacts | None, pending: bool) -> str:
+    if facts is not None:
+        return f"worker-reload-mercy {facts.mercy:g} s ({facts.mercy_source})"
+    if pending:
+        return "worker-reload-mercy: reading the instance's config…"
+    return "worker-reload-mercy: not known from here (uWSGI's default is 60 s)"
+
+
+def request_lines(inst: UwsgiInstance, now: float, mercy: float | None, limit: int) -> Text:
+    """One line per busy worker's request, the verdict first (`CUT` / `ok`), the URI last
+    (cut with … where the dialog is narrow); "+N more" past `limit` lines."""
+    lines = [(w, r) for w in inst.workers for r in w.requests_in_flight]
+    lines.sort(key=lambda wr: not will_be_cut(wr[1], _age(wr[1], now), mercy))
+    text = Text(no_wrap=True, overflow="ellipsis")
+    shown = lines if len(lines) <= limit else lines[:max(1, limit - 1)]
+    for w, r in shown:
+        age = _age(r, now)
+        cut = will_be_cut(r, age, mercy)
+        text.append(" CUT " if cut else " ok  ", "bold reverse yellow" if cut else "dim")
+        text.append(f" worker {w.id} pid {w.pid}  ")
+        text.append(human_age(age), "bold")
+        if r.level != "ok":
+            text.append(" CRIT" if r.level == "critical" else " SLOW", "bold")
+        text.append("  ")
+        text.append(visible(r.method or "?"), "bold")
+        text.append(" ")
+        text.append(visible(r.uri or "(request details not captured)"))
+        text.append("\n")
+    if len(shown) < len(lines):
+        more = lines[len(shown):]
+        n_cut = sum(1 for _, r in more if will_be_cut(r, _age(r, now), mercy))
+        text.append(f" +{len(more)} more ({n_cut} CUT): the main view lists them\n", "dim")
+    text.rstrip()  # no blank row under the list
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadOutlook:
+    """What each mode does to the clients, from the workers now and the mercy."""
+
+    workers: int
+    busy: int
+    held_by: tuple[int, ...]  # workers whose request will be cut at mercy (graceful waits)
+    mercy: float | None
+
+    @property
+    def graceful_outage(self) -> bool:
+        """Graceful leaves NO worker serving for a while: a request expected to run to the
+        mercy holds every worker's respawn until it is cut."""
+        return bool(self.held_by)
+
+
+def outlook(inst: UwsgiInstance, now: float, mercy: float | None) -> ReloadOutlook:
+    spawned = [w for w in inst.workers if w.spawned]
+    held = tuple(w.id for w in spawned
+                 if any(will_be_cut(r, _age(r, now), mercy) for r in w.requests_in_flight))
+    return ReloadOutlook(len(spawned), sum(1 for w in spawned if w.requests_in_flight), held,
+                         mercy)
+
+
+def modes_text(o: ReloadOutlook, facts: ReloadFacts | None) -> Text:
+    """Graceful's and chain's effect on the clients, in two short paragraphs."""
+    mercy = f"{o.mercy:g} s" if o.mercy is not None else "the mercy"
+    text = Text()
+    text.append("graceful: ", "bold")
+    if o.graceful_outage:
+        which = ", ".join(str(i) for i in o.held_by[:4]) + ("…" if len(o.held_by) > 4 else "")
+        text.append(f" NO WORKER SERVING for up to {mercy} ", "bold reverse red")
+        who = f"workers {which} are" if len(o.held_by) > 1 else f"worker {which} is"
+        text.append(f": all {o.workers} stop at once and none respawns until {who} cut; "
+                    "nginx queues, then 502s.")
+    elif o.busy:
+        text.append(f"all {o.workers} replaced at once: none serves until the {o.busy} busy "
+                    f"finish (at most {mercy}) and the app has started.")
+    else:
+        text.append(f"all {o.workers} replaced at once: none serves while the app starts.")
+    text.append("\nchain: ", "bold")
+    if facts is not None and not facts.chain_ok:
+        text.append("not possible here (no master-fifo or touch-chain-reload in its config).")
+    elif o.workers >= 2:
+        total = f"{o.workers * o.mercy:g} s" if o.mercy is not None else f"{o.workers} mercies"
+        text.append(f"one worker at a time, {o.workers - 1} of {o.workers} keep serving; each "
+                    f"busy one gets {mercy} in its turn (up to {total} in all).")
+    else:
+        text.append("one worker: it stops like graceful.")
+    return text
+
+
+def choose_default(asked: str, o: ReloadOutlook, facts: ReloadFacts | None) -> str:
+    """What Enter sends: what the user asked (R: graceful, C: chain), except graceful when it
+    would leave no worker serving and the instance can chain (known from its config)."""
+    if (asked == "graceful" and o.graceful_outage and o.workers >= 2 and facts is not None
+            and facts.chain_ok):
+        return "chain"
+    return asked
+
+
 class ReloadConfirm(ModalScreen[ReloadChoice | None]):
     DEFAULT_CSS = _CSS.format(name="ReloadConfirm")
     BINDINGS = [
@@ -178,37 +312,121 @@ class ReloadConfirm(ModalScreen[ReloadChoice | None]):
         Binding("c", "choose('chain')", "Chain", show=False),
         Binding("escape,n,q", "cancel", "Cancel", show=False),
     ]
+    LOOKUP_WAIT = 2.0  # seconds Enter waits for the facts before going on without them
 
-    def __init__(self, host: str, inst: UwsgiInstance, now: float, default: str) -> None:
+    def __init__(self, host: str, inst: UwsgiInstance, now: float, default: str, *,
+                 facts: ReloadFacts | None = None,
+                 lookup: Callable[[], ReloadFacts | None] | None = None) -> None:
+        """default: the mode asked for (R graceful, C chain). facts: the mercy and whether
+        chain is possible; or lookup, a blocking call that reads them (run in a thread)."""
         super().__init__()
-        self.host, self.inst, self.now, self.default = visible(host), inst, now, default
+        self.host, self.inst, self.now, self.asked = visible(host), inst, now, default
+        self.facts, self.lookup = facts, lookup
+        self.pending = facts is None and lookup is not None
+        self._enter_waits = False
+        self._limit: int | None = None  # request lines that fit (None: a first estimate)
+
+    @property
+    def default(self) -> str:
+        return choose_default(self.asked, self._outlook(), self.facts)
+
+    def _outlook(self) -> ReloadOutlook:
+        return outlook(self.inst, self.now, self.facts.mercy if self.facts else None)
 
     def compose(self) -> ComposeResult:
-        inst = self.inst
-        busy = [w for w in inst.workers if w.requests_in_flight]
-        title = Text.assemble("Reload uWSGI ", (visible(inst.address), "bold"), " on ",
+        title = Text.assemble("Reload uWSGI ", (visible(self.inst.address), "bold"), " on ",
                               (self.host, "bold"), "?")
-        body = Text(f"master {inst.master_pid}, {len(inst.workers)} workers, {len(busy)} busy\n",
-                    style="dim")
-        for w in busy:
-            body.append(f"worker {w.id} (pid {w.pid}) will finish:\n")
-            body.append_text(_requests_text(w, self.now))
-        if busy:
-            body.append("Busy workers get worker-reload-mercy to finish, then SIGKILL; new "
-                        "requests wait in the listen queue meanwhile.", "italic")
-        keys = [("g", "graceful (all at once)"), ("c", "chain (one worker at a time)"),
-                ("Esc", "cancel")]
-        keys.sort(key=lambda k: k[0] != self.default[0])
         with Vertical():
             yield Static(title, classes="title")
-            yield Static(body)
-            yield Static(_keys(*[(f"{k}/Enter" if k == self.default[0] else k, label)
-                                 for k, label in keys]), classes="keys")
+            with Vertical(id="bottom"):  # docked: on screen however long the list is
+                yield Static(self._keys_text(), id="keys", classes="keys")
+            yield Static(self._facts_text(), id="facts")
+            if any(w.requests_in_flight for w in self.inst.workers):
+                yield Static(Text("CUT: killed at mercy unless it ends first (it is stuck "
+                                  "past --slow, or older than the mercy)", style="dim"),
+                             id="cut-head")
+            yield Static(self._list_text(), id="requests")
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self._fit)
+
+    def _fit(self) -> None:
+        """As many request lines as the dialog has room for (its max-height is 90% of the
+        screen), measured from what the other parts take once laid out."""
+        dialog = self.query_one("#requests").parent
+        assert dialog is not None
+        others = sum(w.outer_size.height for w in dialog.children
+                     if w.id != "requests")
+        room = max(MIN_LIST, self.size.height * 9 // 10 - 2 - others)
+        if room != self._limit:
+            self._limit = room
+            self.query_one("#requests", Static).update(self._list_text())
+
+    def on_mount(self) -> None:
+        if self.pending and self.lookup is not None:
+            self.run_worker(self._look_up, thread=True, exit_on_error=False)
+            self.set_timer(self.LOOKUP_WAIT, self._stop_waiting)
+
+    def _look_up(self) -> None:
+        assert self.lookup is not None
+        try:
+            facts = self.lookup()
+        except Exception:  # the dialog works without them: it says "not known"
+            facts = None
+        self.app.call_from_thread(self._got_facts, facts)
+
+    def _got_facts(self, facts: ReloadFacts | None) -> None:
+        if not self.pending:
+            return
+        self.facts, self.pending = facts, False
+        self._redraw()
+        self.call_after_refresh(self._fit)
+        if self._enter_waits:
+            self.dismiss(ReloadChoice(self.default))
+
+    def _stop_waiting(self) -> None:
+        if self.pending:
+            self._got_facts(None)
+
+    def _redraw(self) -> None:
+        if self.is_mounted:
+            self.query_one("#facts", Static).update(self._facts_text())
+            self.query_one("#requests", Static).update(self._list_text())
+            self.query_one("#keys", Static).update(self._keys_text())
+
+    def _facts_text(self) -> Text:
+        inst, o = self.inst, self._outlook()
+        text = Text(f"master {inst.master_pid}, {o.workers} workers, {o.busy} busy; ",
+                    style="dim")
+        text.append(_mercy_text(self.facts, self.pending), "bold")
+        text.append("\n")
+        text.append_text(modes_text(o, self.facts))
+        if self.default != self.asked:
+            text.append("\nEnter is chain here: graceful would leave no worker serving.",
+                        "bold")
+        return text
+
+    def _list_text(self) -> Text:
+        o = self.inst
+        if not any(w.requests_in_flight for w in o.workers):
+            return Text("no request in flight", style="dim")
+        mercy = self.facts.mercy if self.facts else None
+        limit = self._limit if self._limit is not None else list_rows(self.app.size.height)
+        return request_lines(o, self.now, mercy, limit)
+
+    def _keys_text(self) -> Text:
+        keys = [("g", "graceful"), ("c", "chain"), ("Esc", "cancel")]
+        keys.sort(key=lambda k: k[0] != self.default[0])
+        return _keys(*[(f"{k}/Enter" if k == self.default[0] else k, label)
+                       for k, label in keys])
 
     def action_choose(self, mode: str) -> None:
         self.dismiss(ReloadChoice(mode))
 
     def action_choose_default(self) -> None:
+        if self.pending:  # the facts decide what Enter means: a moment, at most LOOKUP_WAIT
+            self._enter_waits = True
+            return
         self.dismiss(ReloadChoice(self.default))
 
     def action_cancel(self) -> None:

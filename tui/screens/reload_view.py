@@ -10,9 +10,18 @@ new requests right now, "NO WORKER SERVING for 12 s" when none does (a graceful 
 nothing until the last old worker has exited: one stuck request keeps the whole instance from
 serving until mercy, and nginx meanwhile gets no answer), the listen queue and whether it is
 growing, and the requests that mercy will cut.
+
+It never shows a countdown nobody updates: when following stops before the end (a `stopped`
+progress) the view says so, with how far it got, and drops the countdowns; when no progress
+arrives for STALE_AFTER seconds (the follow died without a word) it says that too. At 80
+columns the table keeps every pid whole: shorter labels and a shorter bar, the request column
+(the least needed: the "cut at mercy" lines above name it) shrinks first.
 """
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable
 
 from rich.table import Table
 from rich.text import Text
@@ -37,9 +46,17 @@ STATE_STYLE = {
 }
 
 
+STALE_AFTER = 5.0  # seconds without a progress before the view says following went quiet
+WIDE = 100  # from this width on: full state labels and a 20-cell countdown bar
+NARROW = 64  # below it: the countdown in seconds only, no bar
+
+
 def _bar(countdown: float | None, mercy: float, width: int = 20) -> Text:
     if countdown is None or mercy <= 0:
         return Text("")
+    if width <= 0:
+        return Text(f"{max(0.0, min(mercy, countdown)):.0f}s",
+                    style="red" if countdown <= 3 else "yellow")
     left = max(0.0, min(mercy, countdown))
     filled = round(width * left / mercy)
     style = "red" if left <= 3 else "yellow"
@@ -50,6 +67,8 @@ def _bar(countdown: float | None, mercy: float, width: int = 20) -> Text:
 # What an exited worker waits for: graceful respawns all workers once the last has exited
 # (uWSGI re-forks them together), chain respawns each one at once.
 EXITED_NOTE = {"graceful": "no respawn until the last exits", "chain": "respawning"}
+EXITED_SHORT = {"graceful": "waits for the last", "chain": "respawning"}
+STATE_SHORT = {"waiting": "waits its turn"}
 
 
 def serving(p: ReloadProgress) -> int:
@@ -61,11 +80,13 @@ def serving(p: ReloadProgress) -> int:
                                                          w.state == "waiting"))
 
 
-def _row(w: WorkerReload, mercy: float, mode: str = "graceful"
-         ) -> tuple[Text, Text, Text, Text, Text]:
+def _row(w: WorkerReload, mercy: float, mode: str = "graceful", *, wide: bool = True,
+         bar: int = 20) -> tuple[Text, Text, Text, Text, Text]:
     label, style = STATE_STYLE.get(w.state, (w.state, ""))
+    if not wide:
+        label = STATE_SHORT.get(w.state, label)
     if w.state == "exited":
-        label = f"exited, {EXITED_NOTE.get(mode, 'respawning')}"
+        label = f"exited, {(EXITED_NOTE if wide else EXITED_SHORT).get(mode, 'respawning')}"
     pids = Text(f"{w.old_pid} → {w.pid}" if w.state == "replaced" else str(w.pid or w.old_pid))
     what = Text()
     if w.request is not None:
@@ -75,7 +96,8 @@ def _row(w: WorkerReload, mercy: float, mode: str = "graceful"
         what.append(f"  {human_age(w.request.running_s)}", "bold")
     elif w.replaced_after is not None:
         what.append(f"after {w.replaced_after:.1f} s", "dim")
-    return Text(str(w.id)), Text(label, style=style), pids, what, _bar(w.countdown, mercy)
+    return (Text(str(w.id)), Text(label, style=style), pids, what,
+            _bar(w.countdown, mercy, bar))
 
 
 QueueFigures = tuple[int, int, int | None]  # depth, backlog, the previous depth
@@ -87,8 +109,10 @@ def clients_text(p: ReloadProgress, none_for: float | None,
     requests mercy will cut."""
     n = serving(p)
     text = Text()
-    text.append("serving now ", "dim")
+    text.append("serving when last seen " if p.stopped else "serving now ", "dim")
     text.append(f"{n}/{len(p.workers)}", "bold")
+    if p.stopped:
+        return text  # no banner, no countdowns: nothing updates them any more
     if not p.done and n == 0:
         text.append("  ")
         since = f" for {none_for:.0f} s" if none_for is not None else ""
@@ -116,26 +140,54 @@ def clients_text(p: ReloadProgress, none_for: float | None,
 
 
 def render_progress(host: str, instance: str, p: ReloadProgress,
-                    none_for: float | None = None, queue: QueueFigures | None = None) -> Table:
-    """The whole view as one renderable (pure: the screen and tests use it)."""
+                    none_for: float | None = None, queue: QueueFigures | None = None,
+                    width: int = WIDE, quiet_for: float | None = None) -> Table:
+    """The whole view as one renderable (pure: the screen and tests use it), for `width`
+    columns. quiet_for: seconds since the last progress arrived, when that is too long."""
+    wide = width >= WIDE
+    bar = 20 if wide else (8 if width >= NARROW else 0)
+    rows = [_row(w, p.mercy, p.mode, wide=wide, bar=bar) for w in p.workers]
+    if quiet_for is not None:  # countdowns nobody updates: dropped, like a stopped follow
+        rows = [(*r[:4], Text("?", style="dim") if r[4].plain else r[4]) for r in rows]
     table = Table(expand=True, box=None, header_style="bold", pad_edge=False)
-    table.add_column("worker", no_wrap=True, width=6)
-    table.add_column("state", no_wrap=True, width=40)
-    table.add_column("pid", no_wrap=True, width=15)
+    table.add_column("worker" if wide else "#", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    # Every pid whole, whatever the width: as wide as the longest "old → new".
+    table.add_column("pid", no_wrap=True, min_width=max((r[2].cell_len for r in rows), default=3))
     table.add_column("finishing", ratio=1, overflow="ellipsis", no_wrap=True)
-    table.add_column("mercy left", no_wrap=True, width=26)
-    for w in p.workers:
-        table.add_row(*_row(w, p.mercy, p.mode))
+    table.add_column("mercy left" if bar else "mercy", no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
+    elapsed = (f"followed for {p.elapsed:.0f} s" if p.stopped else
+               f"elapsed {p.elapsed:.0f} s")
     title = Text.assemble((f"{p.mode.capitalize()} reload ", "bold"), "of ",
                           (visible(instance), "bold"), " on ", (visible(host), "bold"),
-                          f"   elapsed {p.elapsed:.0f} s   worker-reload-mercy {p.mercy:g} s\n")
+                          f"   {elapsed}   worker-reload-mercy {p.mercy:g} s\n")
     title.append_text(clients_text(p, none_for, queue))
     title.justify = "left"
-    status_style = "bold green" if p.done else ("bold yellow" if p.stats_available else
-                                                "bold cyan")
     table.title = title
-    table.caption = Text(visible(p.message), style=status_style)
+    table.caption = _status(p, quiet_for)
+    table.caption_justify = "left"
     return table
+
+
+def _status(p: ReloadProgress, quiet_for: float | None) -> Text:
+    """The line under the table: the tracker's message; when following stopped or went
+    quiet, that in reverse video (the figures above are then the last ones seen)."""
+    if p.stopped:
+        said = visible(p.message).removeprefix("stopped following ")
+        return Text.assemble((" STOPPED FOLLOWING ", "bold reverse yellow"), " ",
+                             (said, "bold yellow"),
+                             ("\nThe figures above are the last seen. Esc: the main view "
+                              "shows the workers' pids now; e: the host's events.", "dim"))
+    if quiet_for is not None:
+        return Text.assemble(
+            (f" NO PROGRESS FOR {quiet_for:.0f} s ", "bold reverse yellow"), " ",
+            (f"following this reload went quiet; last: {visible(p.message)}", "bold yellow"),
+            ("\nThe figures above are the last seen. Esc: the main view shows the workers' "
+             "pids now; e: the host's events.", "dim"))
+    style = "bold green" if p.done else ("bold yellow" if p.stats_available else "bold cyan")
+    return Text(visible(p.message), style=style)
 
 
 class ReloadScreen(Screen[None]):
@@ -145,18 +197,42 @@ class ReloadScreen(Screen[None]):
     BINDINGS = [Binding("escape,q", "close", "Back (the reload goes on)")]
 
     def __init__(self, host: str, instance: str, start: ReloadProgress,
-                 host_index: int = -1, address: str = "") -> None:
+                 host_index: int = -1, address: str = "",
+                 clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.host, self.instance, self.progress = host, instance, start
         self.host_index, self.address = host_index, address
         self._none_since: float | None = None  # elapsed when the last serving worker went
         self._queue: QueueFigures | None = None
+        self._clock = clock
+        self._heard = clock()  # when the last progress arrived
+        self._quiet = False  # the view says "no progress for N s"
         self._track(start)
 
     def compose(self) -> ComposeResult:
         with VerticalScroll():
             yield Static(self._view(), id="reload")
         yield Footer()
+
+    def on_mount(self) -> None:
+        self.set_interval(1.0, self._check_quiet)
+
+    def on_resize(self) -> None:
+        self._redraw()
+
+    def quiet_for(self) -> float | None:
+        """Seconds since the last progress, once that is past STALE_AFTER on a reload that
+        is neither done nor stopped (those say their last word themselves)."""
+        if self.progress.done or self.progress.stopped:
+            return None
+        quiet = self._clock() - self._heard
+        return quiet if quiet >= STALE_AFTER else None
+
+    def _check_quiet(self) -> None:
+        quiet = self.quiet_for() is not None
+        if quiet or self._quiet:  # going quiet, each second while quiet, and back
+            self._quiet = quiet
+            self._redraw()
 
     def _track(self, progress: ReloadProgress) -> None:
         if serving(progress) or progress.done:
@@ -167,10 +243,13 @@ class ReloadScreen(Screen[None]):
     def _view(self) -> Table:
         p = self.progress
         none_for = None if self._none_since is None else p.elapsed - self._none_since
-        return render_progress(self.host, self.instance, p, none_for, self._queue)
+        width = self.size.width - 2 if self.is_mounted and self.size.width else WIDE
+        return render_progress(self.host, self.instance, p, none_for, self._queue,
+                               width=width, quiet_for=self.quiet_for())
 
     def set_progress(self, progress: ReloadProgress) -> None:
         self.progress = progress
+        self._heard = self._clock()
         self._track(progress)
         self._redraw()
 
