@@ -316,3 +316,22 @@ async def test_the_objects_built_at_startup_leave_the_cyclic_gc():
         await pilot.pause()
         await pilot.pause()
         assert gc.get_freeze_count() > 10_000
+
+
+async def test_keys_with_nothing_to_switch_to_say_why():
+    """A new user pressed `w` on the only stuck worker, `i` on a one-instance host and `]` with
+    one host: nothing happened and nothing said why."""
+    host = _with_requests(recorded(), {4: [("/stuck", 40.0)]})
+    app = app_for(host)
+    async with app.run_test(size=(120, 36)) as pilot:
+        feed(app, host)
+        await pilot.pause()
+        assert app.query_one(WorkerList).cursor_worker_id == 4
+        for key in ("w", "i", "right_square_bracket"):
+            await pilot.press(key)
+        await pilot.pause()
+        notes = _notes(app)
+        assert "Worker 4 is the only one past the slow threshold" in notes
+        assert "one uWSGI instance" in notes
+        assert "One host here" in notes
+        assert app.query_one(WorkerList).cursor_worker_id == 4

@@ -439,7 +439,13 @@ class StackmonApp(App[int]):
 
     def action_worst(self) -> None:
         pane = self.active_pane()
-        if pane.jump_worst() is None:
+        before = pane.selected_key()
+        target = pane.jump_worst()
+        if target is not None and target == before and pane.worst_count() == 1:
+            # It did act (the cursor follows it now), but nothing moved: say so.
+            self.notify(f"Worker {target[0]} is the only one past the slow threshold; the "
+                        "cursor stays on it and follows it.", timeout=3)
+        if target is None:
             why = pane.why_no_worker()
             s = self.targets.settings
             self.notify(why or f"No request past the slow threshold ({s.slow:g}s) on this "
@@ -452,6 +458,10 @@ class StackmonApp(App[int]):
 
     def _switch(self, step: int) -> None:
         ids = self._tab_ids()
+        if len(ids) < 2:
+            self.notify("One host here: `]` and `[` switch between hosts of a hosts file.",
+                        timeout=3)
+            return
         active = self._tabs.active
         at = ids.index(active) if active in ids else 0
         self._tabs.active = ids[(at + step) % len(ids)]
@@ -463,7 +473,9 @@ class StackmonApp(App[int]):
         self._switch(-1)
 
     def action_next_instance(self) -> None:
-        self.active_pane().next_instance()
+        if not self.active_pane().next_instance():
+            self.notify("This host has one uWSGI instance: `i` switches between several.",
+                        timeout=3)
 
     def action_events(self) -> None:
         pane = self.active_pane()

@@ -385,6 +385,10 @@ class HostPane(TabPane):
             return "No worker matches the filter (Esc clears it)."
         return None if workers.cursor_key is not None else "No worker selected."
 
+    def worst_count(self) -> int:
+        """How many workers have a request past a threshold."""
+        return len(self.query_one(WorkerList).worst_keys())
+
     def jump_worst(self) -> WorkerKey | None:
         """The cursor to the worst worker, then the next worst (WorkerList.jump_worst)."""
         return self.query_one(WorkerList).jump_worst()
@@ -440,12 +444,15 @@ class HostPane(TabPane):
     def _filter_submitted(self, event: Input.Submitted) -> None:
         self.focus_workers()
 
-    def next_instance(self) -> None:
+    def next_instance(self) -> bool:
+        """Show the next uWSGI instance; False when there is no other one."""
         snap = self.on_screen
-        if snap and len(snap.uwsgi) > 1:
-            nxt = (self._position(snap) + 1) % len(snap.uwsgi)
-            self._instance_address = snap.uwsgi[nxt].address
-            self._draw(snap)
+        if not snap or len(snap.uwsgi) < 2:
+            return False
+        nxt = (self._position(snap) + 1) % len(snap.uwsgi)
+        self._instance_address = snap.uwsgi[nxt].address
+        self._draw(snap)
+        return True
 
     def _redraw_title(self) -> None:
         if self.latest is not None:
