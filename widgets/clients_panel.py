@@ -137,7 +137,7 @@ CLIENTS_STYLES = """
 
 
 class ClientsPanel(StyleMemo, WrappedText):
-    """Status codes, 5xx by cause, upstream time, upstream errors, the LB health check and the
+    """Status codes, the LB health check, 5xx by cause, upstream time, upstream errors and the
     logs' own problems, flowed into the panel's width (the app titles it "Clients").
 
     `set_data(logs, health, causes)` every poll; repaints only when what it shows changed."""
@@ -217,11 +217,13 @@ class ClientsText:
             lines.append(Text("no log found", self._style("muted")))
         else:
             lines.extend(self._http_lines(logs, width))
+        # The load balancer's verdict right under the status codes: below the causes it was
+        # off screen at 120x36 (a new user found it only with Tab and End).
+        lines.extend(self._health_lines(health, width))
+        if logs is not None:
             lines.extend(self._cause_lines(dict(causes), width))
             lines.extend(self._error_lines(logs.upstream_errors, width))
             lines.extend(self._top_5xx_lines(logs))
-        lines.extend(self._health_lines(health, width))
-        if logs is not None:
             lines.extend(self._source_lines(logs.sources))
         return Text("\n", end="").join(lines)
 
