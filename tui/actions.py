@@ -78,8 +78,8 @@ ACTIONS: tuple[ActionSpec, ...] = (
                "overview.", footer=False, key_display="^w"),
     ActionSpec("help", "question_mark", "Help", "Show every key and what it does.",
                key_display="?", narrow=True),
-    ActionSpec("quit", "q", "Quit", "Leave stackmon (what it monitors keeps running; "
-               "`stackmon demo` stops the demo stack it started).", narrow=True),
+    ActionSpec("quit", "q", "Quit", "Leave stackmon (nothing monitored is touched; a demo stops).",
+               narrow=True),
 )
 
 

@@ -160,6 +160,9 @@ _SHORT_WHAT = {"harakiri": "hk", "nginx_read_timeout": "504", "lb_idle_timeout":
 DEADLINE_SHORT = 11  # cells of the deadline column below NARROW_WIDTH
 DEADLINE_MEDIUM = 18  # ... below DEADLINE_FULL_WIDTH
 DEADLINE_FULL_WIDTH = 130  # from this width on, a past deadline is said in full
+# ... in a column this wide ("past nginx's 60 s: the client already has a 504" is 48): at 200
+# columns the sentence pushed the core and URI columns of its row out of line.
+DEADLINE_LONG = 50
 
 
 def client_gone(d: Deadline) -> bool:
@@ -923,7 +926,8 @@ class WorkerList(ScrollView, can_focus=True):
         if not narrow:
             text.append("· ", self._style("label"))
         text.append(words, style)
-        column = DEADLINE_SHORT if narrow else DEADLINE_MEDIUM
+        column = (DEADLINE_SHORT if narrow else
+                  DEADLINE_LONG if width >= DEADLINE_FULL_WIDTH else DEADLINE_MEDIUM)
         text.append(" " * max(1, column - cell_len(words) + 1))
 
     def _request_text(self, r: _RequestLine, width: int) -> Text:
@@ -931,7 +935,7 @@ class WorkerList(ScrollView, can_focus=True):
         out in at most REQUEST_SPAN cells so that columns line up with the worker rows."""
         narrow = width < NARROW_WIDTH
         wide = r.deadline is not None and width >= DEADLINE_FULL_WIDTH
-        span = min(width, REQUEST_SPAN + (DEADLINE_MEDIUM + 2 if wide else 0))
+        span = min(width, REQUEST_SPAN + (DEADLINE_LONG + 2 if wide else 0))
         line_style = self._style(r.level) if r.level != "ok" else Style()
         text = Text(no_wrap=True, end="")
         text.append(" " if narrow else "  ")
