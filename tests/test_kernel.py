@@ -724,3 +724,41 @@ def test_a_poll_dumps_the_listeners_once(stack, monkeypatch) -> None:
     facts = collect.gather_local_facts([inst], None)
     assert calls == ["dump"]
     assert facts.roles and "uwsgi-master" in facts.roles.values(), facts.errors
+
+
+def test_a_confirmed_master_is_reused_only_while_nothing_changed(stack, monkeypatch) -> None:
+    """The {doc pid: host pid} mapping is confirmed from the kernel (the master's fds) and
+    reused for CONFIRM_REUSE_S while the listener, the master's start and the pids the
+    document names are the same; a document naming another worker pid is confirmed afresh,
+    and a pid that is not the master's child gets no mapping."""
+    from dataclasses import replace as dc_replace
+
+    from stackmon import collect
+    from stackmon.sources import uwsgi_stats
+
+    monkeypatch.setattr(collect, "_CONFIRMED", {})
+    listings: list[int] = []
+    real = kernel.socket_inodes
+
+    def counted(pid: int) -> frozenset[int]:
+        listings.append(pid)
+        return real(pid)
+
+    monkeypatch.setattr(kernel, "socket_inodes", counted)
+    doc = json.dumps(stack.stats()).encode()
+    inst = uwsgi_stats.parse_stats(doc, stack.stats_address, time.time(), Thresholds())
+    assert isinstance(inst, UwsgiInstance)
+    raw = kernel.listening_sockets()
+    assert not isinstance(raw, SourceError)
+    first = collect.resolve_instance(inst, raw)
+    assert isinstance(first, dict) and first[inst.master_pid] == inst.master_pid
+    assert listings, "the first poll confirms from the master's fds"
+    listings.clear()
+    assert collect.resolve_instance(inst, raw) == first and listings == []
+    # A worker pid the kernel never confirmed: confirmed afresh, and left unmapped.
+    liar = dc_replace(inst, workers=(dc_replace(inst.workers[0], pid=1), *inst.workers[1:]))
+    again = collect.resolve_instance(liar, raw)
+    assert listings and isinstance(again, dict) and 1 not in again
+    listings.clear()
+    monkeypatch.setattr(collect, "CONFIRM_REUSE_S", 0.0)
+    assert collect.resolve_instance(inst, raw) == first and listings
