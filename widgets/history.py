@@ -119,16 +119,22 @@ class History(StyleMemo, Widget):
 def history_text(queue: Sequence[int], busy: Sequence[int], rps: Sequence[float | None],
                  width: int, get: StyleGetter) -> Text:
     """The three sparkline lines in `width` cells (History's, and the side panel's)."""
+    return Text("\n", no_wrap=True, end="").join(history_lines(queue, busy, rps, width, get))
+
+
+def history_lines(queue: Sequence[int], busy: Sequence[int], rps: Sequence[float | None],
+                  width: int, get: StyleGetter) -> list[Text]:
+    """history_text()'s lines, unjoined (what the side panel lays out)."""
     label_style = get("history--label")
     spark_style = get("history--spark")
     value_style = get("history--value")
-    text = Text(no_wrap=True, end="")
+    lines: list[Text] = []
     rows: tuple[tuple[str, Sequence[float | None], Callable[[float | None], str]], ...] = (
         ("queue", queue, _fmt_int),
         ("busy", busy, _fmt_int),
         ("req/s", rps, fmt_rate),
     )
-    for i, (label, values, fmt) in enumerate(rows):
+    for label, values, fmt in rows:
         current = fmt(values[-1]) if values else "?"
         # Room for the sparkline once the label and the figures are placed; the figures
         # are sized for the whole history so the line does not jitter as values change.
@@ -141,14 +147,14 @@ def history_text(queue: Sequence[int], busy: Sequence[int], rps: Sequence[float 
         window = list(values)[-room:] if room else []
         known = [v for v in window if v is not None]
         top = max(known, default=None)
-        if i:
-            text.append("\n")
+        text = Text(no_wrap=True, end="")
+        lines.append(text)
         text.append(f"{label:<{LABEL_WIDTH}} ", label_style)
         text.append(sparkline(window, top or 0).rjust(room), spark_style)  # newest: right
         text.append(f" {current:>6}", value_style)
         if show_max:
             text.append(f"  max {fmt(top) if top is not None else '?'}", label_style)
-    return text
+    return lines
 
 
 def _fmt_int(value: float | None) -> str:
