@@ -97,6 +97,11 @@ def test_cause_history_one_rate_per_poll_aligned_and_pruned() -> None:
 # ------------------------------------------------------------------ the host view
 
 
+def _tab(app: StackmonApp) -> str:
+    """The host's tab title (the tab bar itself shows only with a second tab)."""
+    return app._tabs.get_tab("host-0").label.plain
+
+
 async def test_badge_reading_and_panel_show_the_502s_by_cause() -> None:
     polls = errors_burst(quiet_host(), [0, 0, 2, 5, 30])
     app = app_for(polls[-1])
@@ -104,13 +109,13 @@ async def test_badge_reading_and_panel_show_the_502s_by_cause() -> None:
         feed(app, polls[0])
         await pilot.pause()
         text = screen_text(app)
-        assert "● web-1" in text  # no 5xx yet
+        assert "● web-1" in _tab(app)  # no 5xx yet
         for poll in polls[1:]:
             app.show_snapshot(0, poll)
         await pilot.pause()
         text = screen_text(app)
         # 37 in 60 s is 0.6/s, and more than 5 % of 600 requests: critical, named by rate
-        assert "✖ web-1 502 0.6/s" in text
+        assert "✖ web-1 502 0.6/s" in _tab(app)
         assert f"✖ 502 ×37 in 60 s: uWSGI listen queue full on {QUEUE_FULL} (×37)" in text
         for part in ("req/s 10 ", "600 in 60 s", "5xx 37", "502 37", "499 0", "504 0",
                      "p50 12ms", "p95 480ms", "p99 1.2s", "most 5xx", "×30 GET /report",
@@ -169,7 +174,7 @@ async def test_the_lb_verdict_failing_then_out_of_service() -> None:
             status={"2xx": 10}, top_5xx=())), health=failing))
         await pilot.pause()
         text = screen_text(app)
-        assert "▲ web-1 HEALTH FAIL" in text
+        assert "▲ web-1 HEALTH FAIL" in _tab(app)
         for part in ("FAIL", "last 5.0s", "fails 1", "out of service in 25 s",
                      "timed out after 5 s", "probe running for 3 s",
                      "▲ health check failed 1× in a row (timed out after 5 s); out of service "
@@ -179,7 +184,7 @@ async def test_the_lb_verdict_failing_then_out_of_service() -> None:
         app.show_snapshot(0, replace(host, taken_at=host.taken_at + 30, health=out))
         await pilot.pause()
         text = screen_text(app)
-        assert "✖ web-1 LB OUT" in text
+        assert "✖ web-1 LB OUT" in _tab(app)
         assert "LB would take this host OUT" in text
         assert "✖ the load balancer would take this host out: 2 health checks failed" in text
 
@@ -310,7 +315,8 @@ async def test_live_502s_from_a_full_queue_reach_the_panel_and_the_badge(
 
         assert await wait_for(pilot, shown, timeout=10), screen_text(app)
         text = screen_text(app)
-        assert "✖ live 502" in text or "▲ live 502" in text  # the tab names the error rate
+        tab = _tab(app)
+        assert "✖ live 502" in tab or "▲ live 502" in tab  # the tab names the error rate
         assert f"502 ×{truth} in" in text and "uWSGI listen queue full on" in text
         snap = app.active_pane().latest
         assert snap is not None and snap.logs is not None

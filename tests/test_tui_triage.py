@@ -11,6 +11,7 @@ from tests.tui_support import app_for, feed, recorded, screen_text, unreachable
 from tui.screens.confirm import KillConfirm
 from tui.screens.reload_view import render_progress, serving
 from tui.screens.worker_detail import WorkerDetailScreen
+from widgets.host_header import HostHeader
 from widgets.text_lines import TextLines
 from widgets.worker_list import WorkerList
 
@@ -37,6 +38,11 @@ def _with_requests(host: HostSnapshot, requests: dict[int, list[tuple[str, float
 def _notes(app) -> str:
     """Every notification's text (toasts wrap: the screen text splits them)."""
     return "\n".join(n.message for n in app._notifications)
+
+
+def _header_row(app) -> str:
+    """The host header's row as on screen (under the tab bar when there is one)."""
+    return screen_text(app).splitlines()[app.query_one(HostHeader).region.y]
 
 
 def _line_of(app, worker_id: int) -> int:
@@ -151,13 +157,13 @@ async def test_paused_is_on_screen_while_true():
     async with app.run_test(size=(80, 24)) as pilot:
         feed(app, host)
         await pilot.pause()
-        assert "PAUSED" not in screen_text(app).splitlines()[2]
+        assert "PAUSED" not in _header_row(app)
         await pilot.press("p")
         await pilot.pause()
-        assert " PAUSED " in screen_text(app).splitlines()[2]  # the host's header line
+        assert " PAUSED " in _header_row(app)  # the host's header line
         await pilot.press("p")
         await pilot.pause()
-        assert "PAUSED" not in screen_text(app).splitlines()[2]
+        assert "PAUSED" not in _header_row(app)
 
 
 async def test_read_only_badge_and_K_says_why():
@@ -167,7 +173,7 @@ async def test_read_only_badge_and_K_says_why():
         feed(app, host)
         await pilot.pause()
         text = screen_text(app)
-        assert " READ-ONLY " in text.splitlines()[2]
+        assert " READ-ONLY " in _header_row(app)
         assert "K Kill" not in text.splitlines()[-1]
         await pilot.press("K")
         await pilot.pause()
@@ -248,7 +254,7 @@ async def test_a_stale_instance_keeps_its_workers_and_says_stale():
         feed(app, host)
         await pilot.pause()
         text = screen_text(app)
-        assert " STALE 12s " in text.splitlines()[2]
+        assert " STALE 12s " in _header_row(app)
         assert "/hang/report" in text and "#4 " in text
 
 
@@ -335,3 +341,19 @@ async def test_keys_with_nothing_to_switch_to_say_why():
         assert "one uWSGI instance" in notes
         assert "One host here" in notes
         assert app.query_one(WorkerList).cursor_worker_id == 4
+
+
+async def test_one_host_has_no_tab_bar_until_a_second_tab_opens():
+    """The header names the host and its state; a bar with one tab repeated it and took two
+    rows from the workers. The overview (`o`) is a second tab: the bar comes back."""
+    host = recorded()
+    app = app_for(host)
+    async with app.run_test(size=(80, 24)) as pilot:
+        feed(app, host)
+        await pilot.pause()
+        rows = screen_text(app).splitlines()
+        assert rows[0].startswith(host.name) and "CRIT" in rows[0]  # the header, first row
+        await pilot.press("o")
+        await pilot.pause()
+        rows = screen_text(app).splitlines()
+        assert "Fleet" in rows[0] and host.name in rows[0]  # both tabs on the bar

@@ -174,6 +174,7 @@ class StackmonApp(App[int]):
         tabs = self._tabs
         for i in self.panes:
             tabs.get_tab(f"host-{i}").label = tab_label(self.targets.hosts[i].name, None)
+        self._show_tab_bar()
         if self._poll:
             # One task per host (stackmon.poller): deadlines and backoff keep a dead host from
             # delaying the others; each snapshot arrives here as a message.
@@ -451,6 +452,12 @@ class StackmonApp(App[int]):
             self.notify(why or f"No request past the slow threshold ({s.slow:g}s) on this "
                         "instance.", timeout=3)
 
+    def _show_tab_bar(self) -> None:
+        """No tab bar for a single tab: the header under it already names the host and its
+        state, the two rows go to the workers (at 80x24 that is two more workers), and the
+        bar's five widgets were repainted with every frame for nothing."""
+        self.set_class(len(self._tab_ids()) < 2, "-one-tab")
+
     def _tab_ids(self) -> list[str]:
         """The tabs in their order: the overview, then hosts in hosts-file order."""
         return ([PANE_ID] if self.overview is not None else []) + [
@@ -721,6 +728,7 @@ class StackmonApp(App[int]):
             later = [i for i in sorted(self.panes) if i > index]
             await self._tabs.add_pane(pane, before=f"host-{later[0]}" if later else None)
             self.panes[index] = pane
+            self._show_tab_bar()
             self._tabs.get_tab(pane).label = tab_label(self.targets.hosts[index].name,
                                                        self._states.get(index),
                                                        no_color=self.no_color)
@@ -738,6 +746,7 @@ class StackmonApp(App[int]):
             if self._tabs.active == pane.id and self.overview is not None:
                 self._tabs.active = PANE_ID
             await self._tabs.remove_pane(pane.id or "")
+            self._show_tab_bar()
 
     def _alarm_tab(self, index: int, critical: bool) -> None:
         """A critical host takes a tab (up to MAX_ALARM_TABS); the tab goes ALARM_LINGER_S
@@ -772,6 +781,7 @@ class StackmonApp(App[int]):
             self.overview = FleetPane(self.targets.hosts)
             first = f"host-{min(self.panes)}" if self.panes else None
             await self._tabs.add_pane(self.overview, before=first)
+            self._show_tab_bar()
             for index, snap in self._latest.items():
                 self.overview.set_host(index, snap, self._assessed[index])
         self._tabs.active = PANE_ID
