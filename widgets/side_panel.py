@@ -20,7 +20,6 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import ClassVar, NamedTuple
 
-from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 from textual.geometry import Size
@@ -47,6 +46,7 @@ from widgets.nginx_panel import (
     nginx_shown,
     nginx_text,
 )
+from widgets.text_lines import line_strip
 
 SECTIONS = ("queues", "fds", "clients", "nginx", "history")
 HOLD_S = 10.0  # the panel's scrollable height shrinks only after this long
@@ -317,14 +317,8 @@ class SidePanel(StyleMemo, ScrollView):
         base = self._base
         if base is None:
             base = self._base = self.rich_style
-        if line_no >= len(self._lines):
-            return Strip([Segment(" " * width, base)], width)
-        text = self._lines[line_no].copy()
-        text.end = ""
-        text.truncate(width, overflow="ellipsis", pad=True)
-        # The widget's style under the line's own (Text.style is lost on a line without
-        # spans, and a None style breaks Textual's NO_COLOR filter).
-        return Strip(text.render(self.app.console, end=""), width).apply_style(base)
+        line = self._lines[line_no] if line_no < len(self._lines) else None
+        return line_strip(line, width, base, self.app.console)
 
 
 def _split_lines(body: list[Text]) -> list[Text]:

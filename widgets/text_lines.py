@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from rich.console import OverflowMethod
+from rich.console import Console, OverflowMethod
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
@@ -186,11 +186,19 @@ class TextLines(Widget):
         base = self._base
         if base is None:
             base = self._base = self.rich_style
-        if y >= len(self._lines):
-            return Strip([Segment(" " * width, base)], width)
-        text = self._lines[y].copy()
         overflow: OverflowMethod = "ellipsis" if self.styles.text_overflow == "ellipsis" \
             else "crop"
-        text.truncate(width, overflow=overflow, pad=True)
-        # The widget's style under the line's own (as a Static draws it).
-        return Strip(text.render(self.app.console, end=""), width).apply_style(base)
+        line = self._lines[y] if y < len(self._lines) else None
+        return line_strip(line, width, base, self.app.console, overflow)
+
+
+def line_strip(line: Text | None, width: int, base: Style, console: Console,
+               overflow: OverflowMethod = "ellipsis") -> Strip:
+    """One line of a line-API widget: `line` cut or padded to `width`, over the widget's own
+    style `base` (as a Static draws it); None: a blank line in that style."""
+    if line is None:
+        return Strip([Segment(" " * width, base)], width)
+    text = line.copy()
+    text.end = ""
+    text.truncate(width, overflow=overflow, pad=True)
+    return Strip(text.render(console, end=""), width).apply_style(base)
