@@ -129,3 +129,21 @@ async def test_jump_to_a_time_and_worker_detail_as_recorded(tmp_path: Path) -> N
         detail = screen_text(app)
         assert STUCK in detail
         assert "HTTP_COOKIE" in detail and "<redacted>" in detail  # the variables as recorded
+
+
+async def test_stepping_back_restarts_the_minute_of_history(tmp_path: Path) -> None:
+    """The side panel's History is built poll by poll: after a step back in time it held the
+    later polls followed by the earlier one. Now it starts again from the poll shown."""
+    app = app_on(make_recording(tmp_path))
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        for _ in range(12):
+            await pilot.press("full_stop")
+        await pilot.pause()
+        pane = app.active_pane()
+        assert len(pane._busy_hist) == 13 and pane._busy_hist[-1] == 4  # worker 4 busy
+        for _ in range(5):
+            await pilot.press("comma")
+        await pilot.pause()
+        assert app.timeline.now == T0 + 7
+        assert list(pane._busy_hist) == [3]  # only the poll shown (worker 4 idle then)

@@ -206,6 +206,8 @@ class HostPane(TabPane):
 
     def set_snapshot(self, snap: HostSnapshot, visible: bool) -> None:
         """Keep the poll (and its history); draw it only when this tab is on screen."""
+        if self.latest is not None and snap.taken_at < self.latest.taken_at:
+            self._restart_history()  # a replay stepped back: the minute starts again there
         self._rps = uwsgi_rate(self.latest, snap) if snap.reachable else None
         self._previous, self.latest = self.latest, snap
         if snap.reachable and snap.stale_s is None:
@@ -218,6 +220,14 @@ class HostPane(TabPane):
             self._causes.push(snap.logs)
         if visible:
             self.show_latest()
+
+    def _restart_history(self) -> None:
+        """Forget the minute of history: it was built from later polls (a replay stepped
+        back in time, and the sparklines kept appending the earlier polls after the later)."""
+        self.latest = self._previous = None
+        for series in (self._queue_hist, self._busy_hist, self._rps_hist):
+            series.clear()
+        self._causes = CauseHistory(HISTORY)
 
     def set_paused(self, paused: bool) -> None:
         self._paused = paused
