@@ -140,3 +140,25 @@ async def test_text_is_literal_and_styled_from_css_and_its_spans() -> None:
         assert strip.text.startswith("plain")
         first = next(iter(strip))
         assert first.style is not None and first.style.bold and first.style.bgcolor is not None
+
+
+async def test_a_fixed_height_that_hides_lines_ends_its_last_row_with_an_ellipsis() -> None:
+    lines = TextLines("first line of three\nsecond line\nthird line", id="fixed")
+    app = Lines(lines)
+    async with app.run_test(size=(30, 8)) as pilot:
+        await pilot.pause()
+        assert screen_text(app).splitlines()[0].rstrip().endswith("…")  # one row, 3 lines
+        lines.show("only one line")
+        await pilot.pause()
+        assert screen_text(app).splitlines()[0].rstrip() == "only one line"
+
+
+def test_the_reading_cuts_socket_paths_not_uris() -> None:
+    from widgets.host_header import short_paths
+
+    text = ("502 ×31 in 33 s: uWSGI listen queue full on unix:/tmp/stackmon-demo-3bs_oeeg/"
+            "uwsgi.sock (×29); 2 request(s) past the critical age; oldest 24 s: worker 3 GET "
+            "/hang/api/v1/orders?page=7")
+    short = short_paths(text)
+    assert "unix:…/uwsgi.sock (×29)" in short and "GET /hang/api/v1/orders?page=7" in short
+    assert short_paths("queue /run/app.sock at 33/32") == "queue /run/app.sock at 33/32"

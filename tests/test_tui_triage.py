@@ -357,3 +357,24 @@ async def test_one_host_has_no_tab_bar_until_a_second_tab_opens():
         await pilot.pause()
         rows = screen_text(app).splitlines()
         assert "Fleet" in rows[0] and host.name in rows[0]  # both tabs on the bar
+
+
+async def test_held_request_lines_say_ended_and_the_stuck_row_stays_on_tall_screens():
+    """A new user read the held (blank) lines as a drawing glitch, and the stuck-together
+    line coming and going with each burst moved every worker row."""
+    base = recorded()
+    app = app_for(base)
+    async with app.run_test(size=(120, 36)) as pilot:
+        def poll(slow: bool) -> None:
+            reqs = {2: [("/slow?s=5", 5.5)]} if slow else {}
+            app.show_snapshot(0, replace(_with_requests(base, {**reqs, 4: [("/hang", 60.0)]}),
+                                         taken_at=base.taken_at))
+
+        poll(True)
+        await pilot.pause()
+        stuck = app.query_one("#stuck", TextLines)
+        before = _line_of(app, 4)
+        poll(False)
+        await pilot.pause()
+        assert "⋯ ended" in screen_text(app) and _line_of(app, 4) == before
+        assert stuck.display and not stuck.content.plain  # shown, empty: its row stays

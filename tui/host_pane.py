@@ -271,7 +271,11 @@ class HostPane(TabPane):
 
     def _draw_stuck(self, snap: HostSnapshot) -> None:
         text = stuck_line(snap, self.stacks.values()) if snap.reachable else Text()
-        self.query_one("#stuck", TextLines).show(text)
+        stuck = self.query_one("#stuck", TextLines)
+        # On a tall screen its row is always there: coming and going with each burst, it
+        # moved every worker row (a new user counted four moves of the worst row in 110 s).
+        stuck.hide_empty = not self.app.has_class("-tall")
+        stuck.show(text)
 
     def remember_stack(self, result: StackResult) -> None:
         """A stack read of one of this host's workers (`t`, a kill's capture): it names where

@@ -9,6 +9,7 @@ are worse than no numbers.
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 
 from rich.text import Text
@@ -24,6 +25,7 @@ from widgets.worker_list import is_cheap
 # stale): the reading is for what the clients and the workers are going through.
 NOTICE_KINDS = frozenset({"unreachable", "stale", "source"})
 READING_REASONS = 2
+READING_PATH = 24  # longer paths are shown as …/name in the reading
 READING_STYLE = {"critical": "bold red", "warn": "bold yellow"}
 # Without colour, red becomes the darkest grey (the reading was grey 237 on 234, the least
 # visible line on the screen): CRIT is reverse video, as everywhere else, and WARN underlined.
@@ -43,8 +45,24 @@ def host_reading(state: HostState, *, no_color: bool = False) -> Text:
     worst = shown[0].severity
     style = (READING_STYLE_NO_COLOR if no_color else READING_STYLE)[worst]
     text = Text(READING_ICON[worst], style=style, end="")
-    text.append("; ".join(plain(r.text) for r in shown))
+    text.append("; ".join(short_paths(plain(r.text)) for r in shown))
     return text
+
+
+# Socket paths only (`unix:/...`, or ending in .sock/.socket): a URI is what the user needs whole.
+_LONG_PATH = re.compile(r"(?:(?<=unix:)/(?:[^\s/()]+/)+([^\s/()]+)"
+                        r"|(?<![\w?=&])/(?:[^\s/()]+/)+([^\s/()?]+\.sock(?:et)?)\b)")
+
+
+def short_paths(text: str) -> str:
+    """Socket paths of more than READING_PATH cells cut to `…/name`: at 80 columns the demo's
+    `unix:/tmp/stackmon-demo-3bs_oeeg/uwsgi.sock` took the reading's two lines and pushed
+    "2 request(s) past the critical age" off screen. The side panel and the events keep the
+    whole path."""
+    def cut(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(2)
+        return m.group(0) if len(m.group(0)) <= READING_PATH else f"…/{name}"
+    return _LONG_PATH.sub(cut, text)
 
 
 class HostHeader(StyleMemo, TextLines):

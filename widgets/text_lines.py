@@ -71,6 +71,21 @@ class TextLines(Widget):
     def content(self) -> Text:
         return self._content
 
+    @property
+    def hide_empty(self) -> bool:
+        return self._hide_empty
+
+    @hide_empty.setter
+    def hide_empty(self, hide: bool) -> None:
+        """Whether an empty text hides the widget (after the hold); False shows it at once and
+        keeps it shown, empty or not: a row that never comes and goes moves nothing."""
+        if hide == self._hide_empty:
+            return
+        self._hide_empty = hide
+        if not hide:
+            self.display = True
+            self._reserved = max(self._reserved, 1)
+
     def render(self) -> Text:
         """The whole text (Textual draws through render_line; this is for tests and pastes)."""
         return self._content.copy()
@@ -94,6 +109,8 @@ class TextLines(Widget):
         old, self._lines = self._lines, self._wrap(text, self._width)
         changed = [y for y in range(max(len(old), len(self._lines)))
                    if y >= len(old) or y >= len(self._lines) or old[y] != self._lines[y]]
+        if len(old) != len(self._lines) and self.size.height > 0:
+            changed.append(self.size.height - 1)  # the last row may gain or lose its "…"
         for y in changed:
             self._strips.pop(y, None)
         if self._resize_for(len(self._lines)):
@@ -189,6 +206,13 @@ class TextLines(Widget):
         overflow: OverflowMethod = "ellipsis" if self.styles.text_overflow == "ellipsis" \
             else "crop"
         line = self._lines[y] if y < len(self._lines) else None
+        if line is not None and not self._auto_height() and y == self.size.height - 1 \
+                and len(self._lines) > self.size.height and width > 1:
+            # More lines than rows: the last row says so (the reading's critical part was
+            # once cut off at 80 columns with nothing to show it).
+            line = line.copy()
+            line.truncate(width - 1, overflow="crop")
+            line.append("…")
         return line_strip(line, width, base, self.app.console, overflow)
 
 

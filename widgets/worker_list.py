@@ -812,7 +812,9 @@ class WorkerList(ScrollView, can_focus=True):
             return Strip.blank(width, self._line_style(False))
         wid, sub = self._lines[line_no]
         if sub > len(self._blocks[wid].requests):  # a held line (HOLD_S): its request ended
-            return Strip.blank(width, self._line_style(False))
+            # Said, not blank: empty rows between workers looked like a drawing glitch.
+            return self._to_strip(Text("      ⋯ ended", self._style("muted"), no_wrap=True,
+                                       end=""), width, False)
         is_cursor = sub == 0 and wid == self._cursor
         cache = self._strips.setdefault(wid, {})
         strip = cache.get((sub, is_cursor))
