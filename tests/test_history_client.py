@@ -24,7 +24,6 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-import zstandard
 
 from stackmon.addresses import parse_stats_address
 from stackmon.agent import server as agent_server
@@ -36,6 +35,7 @@ from stackmon.hosts.agent import AgentHost
 from stackmon.hosts.local import LocalHost
 from stackmon.model import HostSnapshot
 from stackmon.record.history import History, HistoryError, HistoryLimits
+from tests.recording_support import independent_docs as all_docs
 
 TOKEN = "h" * 40
 FIXTURE = Path(__file__).parent / "fixtures" / "snapshots" / "demo-hangs.json"
@@ -78,6 +78,12 @@ class RunningAgent:
         self._thread.join(15)
 
 
+def independent_docs(path: Path, until: float) -> list[dict[str, Any]]:
+    """The agent's polls taken up to `until`, decoded with sqlite3 + zstandard only."""
+    return sorted((d for d in all_docs(path) if d["taken_at"] <= until),
+                  key=lambda d: d["taken_at"])
+
+
 def token_file(path: Path, token: str = TOKEN) -> Path:
     path.write_text(token + "\n")
     path.chmod(0o600)
@@ -109,23 +115,6 @@ def stored_polls(path: Path) -> int:
             db.close()
     except sqlite3.Error:
         return 0
-
-
-def independent_docs(path: Path, until: float) -> list[dict[str, Any]]:
-    """The agent's polls taken up to `until`, decoded with sqlite3 + zstandard only."""
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    out: list[dict[str, Any]] = []
-    previous = b""
-    for kind, data in db.execute("SELECT kind, data FROM poll ORDER BY id"):
-        if kind == 0:
-            raw = zstandard.ZstdDecompressor().decompress(data)
-        else:
-            d = zstandard.ZstdCompressionDict(previous, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-            raw = zstandard.ZstdDecompressor(dict_data=d).decompress(data)
-        previous = raw
-        out.append(json.loads(raw))
-    db.close()
-    return sorted((d for d in out if d["taken_at"] <= until), key=lambda d: d["taken_at"])
 
 
 def figures(snap: HostSnapshot) -> list[Any]:

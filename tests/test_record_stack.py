@@ -22,7 +22,6 @@ from typing import Any
 
 import httpx
 import pytest
-import zstandard
 
 from stackmon.addresses import parse_stats_address
 from stackmon.agent.server import AgentOptions, serve
@@ -33,6 +32,7 @@ from stackmon.record.replay_command import settings_of
 from stackmon.record.report import analyse
 from stackmon.record.report_render import report_html
 from stackmon.record.store import Recording
+from tests.recording_support import independent_docs
 from tests.tui_support import screen_text
 from tui.replay_app import ReplayApp
 
@@ -75,23 +75,6 @@ def stored_polls(path: Path) -> int:
             db.close()
     except sqlite3.Error:
         return 0
-
-
-def independent_docs(path: Path) -> list[dict[str, Any]]:
-    """Every poll, decoded with sqlite3 + zstandard only, in id order."""
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    out: list[dict[str, Any]] = []
-    previous = b""
-    for kind, data in db.execute("SELECT kind, data FROM poll ORDER BY id"):
-        if kind == 0:
-            raw = zstandard.ZstdDecompressor().decompress(data)
-        else:
-            d = zstandard.ZstdCompressionDict(previous, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-            raw = zstandard.ZstdDecompressor(dict_data=d).decompress(data)
-        previous = raw
-        out.append(json.loads(raw))
-    db.close()
-    return out
 
 
 def worker_running(stack: Any, uri: str) -> tuple[int, int] | None:

@@ -4,34 +4,15 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
-
-import zstandard
 
 from stackmon.cli import main
 from stackmon.logs.host import LogSummary
 from stackmon.record.report import analyse
 from stackmon.record.store import Recorder, Recording
+from tests.recording_support import independent_docs
 from tests.test_replay_app import STUCK, T0, make_polls
-
-
-def independent_docs(path: Path) -> list[dict[str, Any]]:
-    """Every poll decoded with sqlite3 and zstandard only (not stackmon's reader)."""
-    db = sqlite3.connect(path)
-    docs: list[dict[str, Any]] = []
-    previous = b""
-    for kind, data in db.execute("SELECT kind, data FROM poll ORDER BY id"):
-        if kind == 0:
-            raw = zstandard.ZstdDecompressor().decompress(data)
-        else:
-            d = zstandard.ZstdCompressionDict(previous, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-            raw = zstandard.ZstdDecompressor(dict_data=d).decompress(data)
-        previous = raw
-        docs.append(json.loads(raw))
-    return docs
 
 
 def recording(tmp_path: Path) -> Path:

@@ -45,6 +45,14 @@ def _header_row(app) -> str:
     return screen_text(app).splitlines()[app.query_one(HostHeader).region.y]
 
 
+def _burst_poll(app, base: HostSnapshot, slow: bool) -> None:
+    """A poll where worker 4 is stuck on /hang and, when `slow`, worker 2 runs a request
+    just past --slow (the demo's bursts)."""
+    reqs = {2: [("/slow?s=5", 5.5)]} if slow else {}
+    app.show_snapshot(0, replace(_with_requests(base, {**reqs, 4: [("/hang", 60.0)]}),
+                                 taken_at=base.taken_at))
+
+
 def _line_of(app, worker_id: int) -> int:
     """The screen line of a worker's row."""
     for y, line in enumerate(screen_text(app).splitlines()):
@@ -118,9 +126,7 @@ async def test_a_request_that_crosses_slow_briefly_moves_the_rows_below_once(mon
     app = app_for(base)
     async with app.run_test(size=(120, 36)) as pilot:
         def poll(slow: bool) -> None:
-            reqs = {2: [("/slow?s=5", 5.5)]} if slow else {}
-            app.show_snapshot(0, replace(_with_requests(base, {**reqs, 4: [("/hang", 60.0)]}),
-                                         taken_at=base.taken_at))
+            _burst_poll(app, base, slow)
 
         poll(False)
         await pilot.pause()
@@ -366,9 +372,7 @@ async def test_held_request_lines_say_ended_and_the_stuck_row_stays_on_tall_scre
     app = app_for(base)
     async with app.run_test(size=(120, 36)) as pilot:
         def poll(slow: bool) -> None:
-            reqs = {2: [("/slow?s=5", 5.5)]} if slow else {}
-            app.show_snapshot(0, replace(_with_requests(base, {**reqs, 4: [("/hang", 60.0)]}),
-                                         taken_at=base.taken_at))
+            _burst_poll(app, base, slow)
 
         poll(True)
         await pilot.pause()
