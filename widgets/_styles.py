@@ -42,3 +42,40 @@ class StyleMemo:
     def notify_style_update(self) -> None:
         self.__dict__.pop("_style_memo", None)
         super().notify_style_update()  # type: ignore[misc]
+
+
+class LineStyles:
+    """Mixin for the line-API lists (WorkerList, FleetTable): their component styles by short
+    name and the style under a whole line (cursor or not), kept with their cached Strips until
+    Textual says the styles changed. `rich_style` walks the DOM and a component style costs a
+    CSS lookup: once per style change, not once per line. Subclasses set STYLE_PREFIX and
+    create `_styles` and `_strips` in their __init__."""
+
+    STYLE_PREFIX = ""
+    _styles: dict[str, Style]
+    _strips: dict[Any, Any]
+
+    def notify_style_update(self) -> None:
+        """Styles changed (theme, focus): every cached Strip carries old colours."""
+        super().notify_style_update()  # type: ignore[misc]
+        self._styles.clear()
+        self._strips.clear()
+
+    def _style(self, name: str) -> Style:
+        style = self._styles.get(name)
+        if style is None:
+            style = self._styles[name] = self.get_component_rich_style(  # type: ignore[attr-defined]
+                f"{self.STYLE_PREFIX}{name}", partial=True)
+        return style
+
+    def _line_style(self, is_cursor: bool) -> Style:
+        """The style under a whole line (background included)."""
+        key = "__cursor__" if is_cursor else "__base__"
+        style = self._styles.get(key)
+        if style is None:
+            style = self.rich_style  # type: ignore[attr-defined]
+            if is_cursor:
+                style += self.get_component_rich_style(  # type: ignore[attr-defined]
+                    f"{self.STYLE_PREFIX}cursor")
+            self._styles[key] = style
+        return style

@@ -49,6 +49,7 @@ from stackmon.health import (
 from stackmon.model import HostSnapshot
 from stackmon.units import human_age
 from widgets._fmt import ellipsize, plain
+from widgets._styles import LineStyles
 
 ICONS: dict[Severity, str] = {"ok": "●", "warn": "▲", "critical": "✖", "unknown": "…"}
 NO_GROUP = "(no group)"
@@ -194,7 +195,7 @@ class _Line(NamedTuple):
     key: int | str  # host index, or the section's group name
 
 
-class FleetTable(ScrollView, can_focus=True):
+class FleetTable(LineStyles, ScrollView, can_focus=True):
     """Every host of the fleet, one line each (see the module docstring).
 
     Build it with the hosts' (name, group) in hosts-file order; feed it `set_row(index, row)`
@@ -206,6 +207,7 @@ class FleetTable(ScrollView, can_focus=True):
     # The NO_COLOR rules below name App:nocolor, outside this widget.
     SCOPED_CSS = False
 
+    STYLE_PREFIX = "fleet-table--"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("up,k", "cursor_up", "Previous host", show=False, id="fleet-table.up"),
         Binding("down,j", "cursor_down", "Next host", show=False, id="fleet-table.down"),
@@ -492,29 +494,6 @@ class FleetTable(ScrollView, can_focus=True):
 
     # ---------------------------------------------------------------------------- rendering
 
-    def notify_style_update(self) -> None:
-        """Styles changed (theme, focus): every cached Strip carries old colours."""
-        super().notify_style_update()
-        self._styles.clear()
-        self._strips.clear()
-
-    def _style(self, name: str) -> Style:
-        style = self._styles.get(name)
-        if style is None:
-            style = self._styles[name] = self.get_component_rich_style(
-                f"fleet-table--{name}", partial=True)
-        return style
-
-    def _base(self, cursor: bool) -> Style:
-        key = "__cursor__" if cursor else "__base__"
-        style = self._styles.get(key)
-        if style is None:
-            style = self.rich_style
-            if cursor:
-                style += self.get_component_rich_style("fleet-table--cursor")
-            self._styles[key] = style
-        return style
-
     def columns(self, width: int) -> Columns:
         activity = 0
         if self._activity:
@@ -532,7 +511,7 @@ class FleetTable(ScrollView, can_focus=True):
         if line_no >= len(self._lines):
             if line_no == 0:
                 return self._strip(self._empty_text(), width, None)
-            return Strip.blank(width, self._base(False))
+            return Strip.blank(width, self._line_style(False))
         line = self._lines[line_no]
         cursor = line.kind == "host" and line.key == self._cursor
         key = (line.key, cursor)
@@ -543,7 +522,7 @@ class FleetTable(ScrollView, can_focus=True):
         return strip
 
     def _strip(self, text: Text, width: int, over: str | None) -> Strip:
-        base = self._base(over == "cursor")
+        base = self._line_style(over == "cursor")
         if over == "header":
             base = base + self._style("header")
         if over is not None:

@@ -51,6 +51,7 @@ from stackmon.deadlines import describe, nearest
 from stackmon.model import LEVELS, Deadline, Level, Request, Thresholds, Worker
 from stackmon.render_text import human_age, human_bytes
 from widgets._fmt import ellipsize, fmt_ms, plain
+from widgets._styles import LineStyles
 
 SortKey = Literal["id", "age", "requests"]
 # A worker's identity in the list: (id, how many workers before it in the list share that id).
@@ -277,7 +278,7 @@ def respawns(w: Worker) -> int:
     return max(0, w.respawn_count - 1)
 
 
-class WorkerList(ScrollView, can_focus=True):
+class WorkerList(LineStyles, ScrollView, can_focus=True):
     """All workers of one uWSGI instance as blocks of lines, with a cursor on a worker.
 
     Feed it with `set_workers(workers, now)` on every poll; it redraws only what changed.
@@ -293,6 +294,7 @@ class WorkerList(ScrollView, can_focus=True):
     # Textual's generic text selection would copy ScrollView's placeholder render, not these
     # lines; the app's worker detail screen is where a URI is shown whole and copied.
     ALLOW_SELECT = False
+    STYLE_PREFIX = "worker-list--"
     # A block keeps lines it no longer needs this long (_held_height); tests set it to 0.
     HOLD_S: ClassVar[float] = 10.0
 
@@ -784,19 +786,6 @@ class WorkerList(ScrollView, can_focus=True):
 
     # ---------------------------------------------------------------------------- rendering
 
-    def notify_style_update(self) -> None:
-        """Styles changed (theme, focus): every cached Strip carries old colours."""
-        super().notify_style_update()
-        self._styles.clear()
-        self._strips.clear()
-
-    def _style(self, name: str) -> Style:
-        style = self._styles.get(name)
-        if style is None:
-            style = self.get_component_rich_style(f"worker-list--{name}", partial=True)
-            self._styles[name] = style
-        return style
-
     def render_line(self, y: int) -> Strip:
         width = self.scrollable_content_region.width
         if width != self._strip_width:
@@ -826,18 +815,6 @@ class WorkerList(ScrollView, can_focus=True):
                 text = self._request_text(block.requests[sub - 1], width)
             strip = cache[(sub, is_cursor)] = self._to_strip(text, width, is_cursor)
         return strip
-
-    def _line_style(self, is_cursor: bool) -> Style:
-        """The style under a whole line (background included). `rich_style` walks the DOM, so
-        it is looked up once per style change, not once per line."""
-        key = "__cursor__" if is_cursor else "__base__"
-        style = self._styles.get(key)
-        if style is None:
-            style = self.rich_style
-            if is_cursor:
-                style += self.get_component_rich_style("worker-list--cursor")
-            self._styles[key] = style
-        return style
 
     def _to_strip(self, text: Text, width: int, is_cursor: bool) -> Strip:
         if is_cursor:
