@@ -363,6 +363,7 @@ async def test_one_host_has_no_tab_bar_until_a_second_tab_opens():
         await pilot.pause()
         rows = screen_text(app).splitlines()
         assert "Fleet" in rows[0] and host.name in rows[0]  # both tabs on the bar
+        assert "1 host " in screen_text(app) and "1 hosts" not in screen_text(app)
 
 
 async def test_held_request_lines_say_ended_and_the_stuck_row_stays_on_tall_screens():

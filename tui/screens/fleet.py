@@ -140,7 +140,8 @@ class FleetPane(TabPane):
 
     def _show_status(self) -> None:
         text = Text(no_wrap=True, end="")
-        text.append(f"{len(self.hosts)} hosts", "bold")
+        n = len(self.hosts)
+        text.append(f"{n} host{'' if n == 1 else 's'}", "bold")
         polled = sum(self._counts.values())
         for sev in SEVERITY_ORDER:
             n = self._counts.get(sev, 0)
