@@ -507,7 +507,13 @@ class Recording:
         self.db.close()
 
     def _note(self, what: str, exc: Exception) -> None:
-        text = f"{what}: {exc}"
+        """A damaged stretch, said as such: sqlite's own words for overwritten pages vary
+        ("malformed", "string or blob too big", "Could not decode to UTF-8 column ... with
+        text '<the garbage>'"), and the garbage itself is made visible and cut short."""
+        reason = clean(str(exc))
+        if len(reason) > 120:
+            reason = reason[:119] + "…"
+        text = f"{what}: damaged, skipped ({reason})"
         if text not in self.problems and len(self.problems) < 50:
             self.problems.append(text)
 
