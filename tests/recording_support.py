@@ -30,3 +30,15 @@ def independent_docs(path: Path) -> list[dict[str, Any]]:
     finally:
         db.close()
     return out
+
+
+def stored_polls(path: Path) -> int:
+    """How many polls the recording at `path` holds now (0 while it is not readable yet)."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            return int(db.execute("SELECT count(*) FROM poll").fetchone()[0])
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return 0

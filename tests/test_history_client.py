@@ -14,7 +14,6 @@ import asyncio
 import json
 import os
 import socket
-import sqlite3
 import sys
 import threading
 import time
@@ -36,6 +35,7 @@ from stackmon.hosts.local import LocalHost
 from stackmon.model import HostSnapshot
 from stackmon.record.history import History, HistoryError, HistoryLimits
 from tests.recording_support import independent_docs as all_docs
+from tests.recording_support import stored_polls
 
 TOKEN = "h" * 40
 FIXTURE = Path(__file__).parent / "fixtures" / "snapshots" / "demo-hangs.json"
@@ -104,17 +104,6 @@ def recording_agent(stack: Any, tmp_path: Path, wait_until: Any) -> Iterator[Run
         yield agent
     finally:
         agent.stop()
-
-
-def stored_polls(path: Path) -> int:
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            return int(db.execute("SELECT count(*) FROM poll").fetchone()[0])
-        finally:
-            db.close()
-    except sqlite3.Error:
-        return 0
 
 
 def figures(snap: HostSnapshot) -> list[Any]:

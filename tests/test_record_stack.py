@@ -11,7 +11,6 @@ import asyncio
 import itertools
 import json
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -32,7 +31,7 @@ from stackmon.record.replay_command import settings_of
 from stackmon.record.report import analyse
 from stackmon.record.report_render import report_html
 from stackmon.record.store import Recording
-from tests.recording_support import independent_docs
+from tests.recording_support import independent_docs, stored_polls
 from tests.tui_support import screen_text
 from tui.replay_app import ReplayApp
 
@@ -64,17 +63,6 @@ def start_recorder(stack: Any, out: Path, audit: Path, interval: str = "0.5s",
         [sys.executable, "-m", "stackmon.cli", "record", *targets(stack), "--out", str(out),
          "--interval", interval, "--audit-log", str(audit)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def stored_polls(path: Path) -> int:
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            return int(db.execute("SELECT count(*) FROM poll").fetchone()[0])
-        finally:
-            db.close()
-    except sqlite3.Error:
-        return 0
 
 
 def worker_running(stack: Any, uri: str) -> tuple[int, int] | None:
