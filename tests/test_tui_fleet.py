@@ -268,7 +268,8 @@ async def test_a_roll_that_cannot_be_audited_says_why_on_the_overview(tmp_path):
         await pilot.pause()
         assert isinstance(app.screen, RollConfirm)
         text = screen_text(app)
-        assert "group web: 2 hosts" in text and "web-001" in text and "web-004" in text
+        assert "group web: 2 hosts, one at a time" in text and "web-001" in text \
+            and "web-004" in text
         await pilot.press("y")
         assert await wait_for(pilot, lambda: "rolling reload failed" in screen_text(app))
         assert app._roll_members is None
@@ -298,18 +299,24 @@ async def test_rolling_reload_from_the_overview_replaces_every_worker_in_order(
         await pilot.pause()
         assert isinstance(app.screen, RollConfirm)
         text = screen_text(app)
-        assert "group api: 2 hosts" in text and "1. web-1" in text and "2. web-2" in text
+        assert "group api: 2 hosts, one at a time" in text and "1. web-1" in text \
+            and "2. web-2" in text and "Max unavailable  1  of 2 hosts" in text
         await pilot.press("y")
         seen: set[str] = set()
+        words = ("1/2 drain", "1/2 ✓ done", "2/2 queued", "2/2 drain", "2/2 ✓ done",
+                 "max unavailable 1: 1 in flight web-1;", "max unavailable 1: 1 in flight "
+                 "web-2;", "in flight web-1, web-2")
         for _ in range(900):
             await pilot.pause(0.1)
             text = screen_text(app)
-            seen.update(w for w in ("1/2 drain", "1/2 ✓ done", "2/2 queued", "2/2 drain",
-                                    "2/2 ✓ done", "Rolling reload [") if w in text)
+            seen.update(w for w in words if w in text)
             if "rolling reload done" in text:
                 break
         assert "rolling reload done: 2 hosts reloaded" in text, text
-        assert {"1/2 ✓ done", "2/2 ✓ done", "Rolling reload ["} <= seen, seen
+        assert "(max unavailable 1; at most 1 reloading at once)" in text, text
+        assert {"1/2 ✓ done", "2/2 ✓ done", "max unavailable 1: 1 in flight web-1;",
+                "max unavailable 1: 1 in flight web-2;"} <= seen, seen
+        assert "in flight web-1, web-2" not in seen, seen  # never both at once
         assert "1/2 drain" in seen or "2/2 drain" in seen, seen
     after = {"web-1": set(one.worker_pids()), "web-2": set(two.worker_pids())}
     for name in before:

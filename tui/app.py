@@ -802,7 +802,8 @@ class StackmonApp(App[int]):
 
     def action_rolling_reload(self) -> None:
         """R on the overview: a rolling reload of the selected host's group, after a
-        confirmation that names the group and every host in order."""
+        confirmation that names the group and every host in order and where the operator
+        chooses how many hosts drain together (max unavailable)."""
         overview = self.overview
         index = overview.table.cursor_index if overview is not None else None
         if overview is None or index is None:
@@ -828,17 +829,16 @@ class StackmonApp(App[int]):
                         "overview).", severity="warning")
             return
         group = host.group
-        policy = RollPolicy()
 
-        def chosen(start: bool | None) -> None:
-            if start and self._roll_members is None:
+        def chosen(policy: RollPolicy | None) -> None:
+            """The policy chosen in the confirmation (its max unavailable), or None."""
+            if policy is not None and self._roll_members is None:
                 self._roll_members = members
-                overview.roll_started(group, members)
+                overview.roll_started(group, members, policy.max_unavailable)
                 self.run_worker(self._roll(group, members, policy), group="roll",
                                 name=f"rolling reload {group}", exit_on_error=False)
 
-        self.push_screen(RollConfirm(group, hosts, policy.mode, policy.settle_timeout),
-                         chosen)
+        self.push_screen(RollConfirm(group, hosts, RollPolicy()), chosen)
 
     async def _roll(self, group: str, members: list[int], policy: RollPolicy) -> RollResult:
         """The roll through the pollers' own Host objects (what it does shows among each

@@ -14,6 +14,7 @@ The pane does no I/O: the app hands it snapshots (already assessed) and roll ste
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from rich.text import Text
 from textual import on
@@ -26,7 +27,7 @@ from textual.widget import Widget
 from textual.widgets import Input, Static, TabbedContent, TabPane
 
 from stackmon.actions.reload_progress import ReloadProgress
-from stackmon.actions.rolling import RollResult, RollStep
+from stackmon.actions.rolling import RollPolicy, RollResult, RollStep
 from stackmon.config import HostConfig
 from stackmon.health import HostState, Severity
 from stackmon.model import HostSnapshot
@@ -83,6 +84,48 @@ def roll_cell(step: RollStep) -> tuple[str, Severity]:
     return f"{where} {step.phase}", "warn"
 
 
+class RollLine:
+    """The status line of a roll in progress: its group and the max unavailable it runs with,
+    the hosts in flight now (those that started and are not done or failed: what the policy
+    bounds, so the operator sees it hold), and the latest step's message."""
+
+    ACTIVE = ("reloading", "draining", "settling")
+
+    def __init__(self, group: str, total: int, max_unavailable: int) -> None:
+        self.group = group
+        self.total = total
+        self.max_unavailable = max_unavailable
+        self.in_flight: dict[int, str] = {}  # position -> host name (shown in roll order)
+        self.finished = 0
+        self.peak = 0  # the most hosts reloading, draining or settling at once so far
+        self.last: RollStep | None = None
+
+    def step(self, step: RollStep) -> None:
+        if step.phase in self.ACTIVE:
+            self.in_flight.setdefault(step.position, step.host)
+            self.peak = max(self.peak, len(self.in_flight))
+        elif step.phase in ("done", "failed"):
+            self.in_flight.pop(step.position, None)
+            self.finished += 1
+        self.last = step
+
+    def text(self) -> Text:
+        text = Text.assemble(("Rolling reload ", "bold"), (visible(self.group), "bold"),
+                             f", max unavailable {self.max_unavailable}: ")
+        if self.in_flight:
+            text.append(f"{len(self.in_flight)} in flight ", "bold")
+            text.append(visible(", ".join(name for _, name in sorted(self.in_flight.items()))))
+        else:
+            text.append("none in flight")
+        text.append(f"; {self.finished}/{self.total} finished", "dim")
+        if self.last is not None:
+            style = "bold red" if self.last.phase == "failed" else ""
+            text.append("\n")
+            text.append(f"[{self.last.position}/{self.last.total}] ")
+            text.append(visible(self.last.message), style)
+        return text
+
+
 class FleetPane(TabPane):
     """The overview tab (see the module docstring)."""
 
@@ -100,6 +143,7 @@ class FleetPane(TabPane):
         self._severity: list[Severity | None] = [None] * len(hosts)
         self._counts: dict[Severity, int] = {}
         self._roll_line: Text | None = None
+        self._roll: RollLine | None = None
         self._status_shown: Text | None = None
 
     def compose(self) -> ComposeResult:
@@ -205,25 +249,28 @@ class FleetPane(TabPane):
             self.table.set_activity(index, f"reload {progress.replaced}/"
                                            f"{len(progress.workers)}", "warn")
 
-    def roll_started(self, group: str, members: Sequence[int]) -> None:
+    def roll_started(self, group: str, members: Sequence[int], max_unavailable: int = 1) -> None:
+        """A roll begins: its hosts queued in order, and the policy it runs with on the status
+        line (where its progress will be)."""
         for n, index in enumerate(members, 1):
             self.table.set_activity(index, f"{n}/{len(members)} queued", "unknown")
-        self._roll_line = Text.assemble(("Rolling reload ", "bold"), (visible(group), "bold"),
-                                        f": {len(members)} hosts, one at a time")
+        self._roll = RollLine(group, len(members), max_unavailable)
+        self._roll_line = self._roll.text()
         self._show_status()
 
     def roll_step(self, index: int, step: RollStep) -> None:
         cell, severity = roll_cell(step)
         self.table.set_activity(index, cell, severity)
-        style = "bold red" if step.phase == "failed" else ""
-        self._roll_line = Text.assemble(("Rolling reload ", "bold"),
-                                        f"[{step.position}/{step.total}] ",
-                                        (visible(step.message), style))
+        if self._roll is None:  # a step without roll_started (not from the app): still shown
+            self._roll = RollLine("", step.total, 1)
+        self._roll.step(step)
+        self._roll_line = self._roll.text()
         self._show_status()
 
     def roll_finished(self, members: Sequence[int], result: RollResult | None,
                       error: str | None = None) -> None:
-        """How the roll ended, kept on the status line; hosts never started say so."""
+        """How the roll ended, kept on the status line with the policy it ran with and how
+        many hosts it actually had reloading at once; hosts never started say so."""
         names = {self.hosts[i].name: i for i in members}
         if result is not None:
             for name in result.not_started:
@@ -236,7 +283,12 @@ class FleetPane(TabPane):
             message = f"rolling reload failed: {error}"
             for index in members:
                 self.table.set_activity(index, None)
-        self._roll_line = Text(visible(message), style="bold green" if ok else "bold red")
+        text = Text(visible(message), style="bold green" if ok else "bold red")
+        if self._roll is not None and result is not None:
+            peak = (f"; at most {self._roll.peak} reloading at once" if self._roll.peak
+                    else "")
+            text.append(f" (max unavailable {self._roll.max_unavailable}{peak})", "dim")
+        self._roll, self._roll_line = None, text
         self._show_status()
 
     def clear_roll(self, members: Sequence[int]) -> None:
@@ -244,9 +296,32 @@ class FleetPane(TabPane):
             self.table.set_activity(index, None)
 
 
-class RollConfirm(ModalScreen[bool]):
-    """Asks before a rolling reload: names the group and every host, in the order of the roll.
-    `y` or Enter starts it; Escape or `n` cancels."""
+def max_unavailable_limit(hosts: int) -> int:
+    """The most hosts of a group that may drain together: all but one, so a host of the group
+    is always serving (a group of one host: that host, alone)."""
+    return max(1, hosts - 1)
+
+
+def max_unavailable_refusal(asked: int, hosts: int) -> str | None:
+    """Why `asked` cannot be the max unavailable of a roll of `hosts` hosts (None: it can).
+    Short enough for one line of the dialog at 80 columns."""
+    if asked < 1:
+        return f"Max unavailable {asked} refused: at least 1 host reloads at a time"
+    limit = max_unavailable_limit(hosts)
+    if asked <= limit:
+        return None
+    if hosts == 1:
+        return f"Max unavailable {asked} refused: the group has 1 host, it reloads alone"
+    return f"Max unavailable {asked} refused: at most {limit} of {hosts}, one host keeps serving"
+
+
+class RollConfirm(ModalScreen[RollPolicy | None]):
+    """Asks before a rolling reload: the group, every host in the order of the roll, and the
+    policy it will run with. `+`/`-` or a digit choose how many hosts drain together (max
+    unavailable, 1 to hosts - 1: the group is never down as a whole; a refusal says why in the
+    dialog), `y` or Enter starts the roll with that policy (the dismiss value), Escape or `n`
+    cancels (None). Every key is on screen at 80x24: the keys line is docked at the dialog's
+    bottom and the host list scrolls in what is left."""
 
     DEFAULT_CSS = """
     RollConfirm { align: center middle; }
@@ -255,52 +330,155 @@ class RollConfirm(ModalScreen[bool]):
         border: thick $error; background: $surface; padding: 0 1;
     }
     RollConfirm .title { text-style: bold; }
-    RollConfirm VerticalScroll { height: auto; max-height: 20; }
+    RollConfirm #plan { height: auto; max-height: 20; }
+    RollConfirm #policy { margin-top: 1; }
+    RollConfirm #refused { text-style: bold reverse; }
+    RollConfirm #bottom { dock: bottom; height: auto; }
     RollConfirm .keys { margin-top: 1; }
     """
     BINDINGS = [
         Binding("y,enter", "start", "Start", show=False),
         Binding("escape,n,q", "cancel", "Cancel", show=False),
+        Binding("plus,equals_sign", "step(1)", "More at once", show=False),
+        Binding("minus", "step(-1)", "Fewer at once", show=False),
+        *(Binding(str(d), f"set({d})", f"{d} at once", show=False) for d in range(10)),
     ]
+    MIN_PLAN = 3  # host lines shown however short the screen (the rest scroll)
 
-    def __init__(self, group: str, hosts: Sequence[HostConfig], mode: str = "graceful",
-                 settle_timeout: float = 60.0) -> None:
+    def __init__(self, group: str, hosts: Sequence[HostConfig],
+                 policy: RollPolicy | None = None) -> None:
         super().__init__()
         self.group = group
         self.hosts = tuple(hosts)
-        self.mode = mode
-        self.settle_timeout = settle_timeout
+        self.policy = policy or RollPolicy()
+        self.max_unavailable = min(self.policy.max_unavailable,
+                                   max_unavailable_limit(len(self.hosts)))
+        self.refused: str | None = None
+        self._scrolls = False  # the host list is longer than the room it has (↑ ↓ scroll it)
+
+    @property
+    def chosen(self) -> RollPolicy:
+        """The policy the roll runs with if started now."""
+        return replace(self.policy, max_unavailable=self.max_unavailable)
 
     def compose(self) -> ComposeResult:
-        title = Text.assemble(f"Rolling {self.mode} reload of group ",
-                              (visible(self.group), "bold"), f": {len(self.hosts)} hosts, "
-                              "one at a time, in this order")
-        plan = Text()
+        with Vertical():
+            yield Static(self._title(), classes="title", id="title", markup=False)
+            with Vertical(id="bottom"):  # docked: on screen however long the list is
+                yield Static(self._keys(), classes="keys", id="keys", markup=False)
+            with VerticalScroll(id="plan"):
+                yield Static(self._plan(), id="plan-text", markup=False)
+            yield Static(self._policy(), id="policy", markup=False)
+            yield Static("", id="refused", markup=False)
+            yield Static(self._per_host(), id="per-host", markup=False)
+
+    def on_mount(self) -> None:
+        self.query_one("#refused").display = False
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self._fit)
+
+    def _fit(self) -> None:
+        """The host list gets what the dialog (90% of the screen) has left after the other
+        parts, so the policy and the keys are never pushed out of view."""
+        plan = self.query_one("#plan", VerticalScroll)
+        dialog = plan.parent
+        assert isinstance(dialog, Widget)
+        others = sum(w.outer_size.height + w.styles.margin.top + w.styles.margin.bottom
+                     for w in dialog.children if w is not plan and w.display)
+        room = max(self.MIN_PLAN, self.size.height * 9 // 10 - 2 - others)
+        if plan.styles.max_height != room:
+            plan.styles.max_height = room
+        scrolls = room < len(self.hosts)
+        if scrolls != self._scrolls:
+            self._scrolls = scrolls
+            self.query_one("#keys", Static).update(self._keys())
+
+    # --- text ---------------------------------------------------------------------------------
+
+    def _title(self) -> Text:
+        k = self.max_unavailable
+        pace = "one at a time" if k == 1 else f"{k} at a time"
+        return Text.assemble("Rolling reload of group ",
+                             (visible(self.group), "bold"),
+                             f": {len(self.hosts)} hosts, {pace}, in this order")
+
+    def _plan(self) -> Text:
+        plan = Text(no_wrap=True, overflow="ellipsis", end="")
+        k = self.max_unavailable
         for n, h in enumerate(self.hosts, 1):
+            if n > 1:
+                plan.append("\n")
             plan.append(f"{n:>3}. ")
             plan.append(visible(h.name), "bold")
             plan.append(f"  {visible(h.health)}" if h.health else "  (no health URL)", "dim")
-            plan.append("\n")
-        what = Text(f"Each host: a {self.mode} reload of every uWSGI instance, every worker "
-                    "replaced, then its health check passing and its queues back to normal "
-                    f"(within {self.settle_timeout:g} s) before the next. The roll stops at the "
-                    "first host that fails.", style="dim")
+            if k > 1 and n <= k:
+                plan.append("  starts at once")
+        return plan
+
+    def _policy(self) -> Text:
+        n, k = len(self.hosts), self.max_unavailable
+        text = Text.assemble(("Max unavailable", "bold"), " ", (f" {k} ", "bold reverse"),
+                             f" of {n} host{'' if n == 1 else 's'}: ")
+        if n == 1:
+            text.append("the only host reloads alone, the group is down meanwhile")
+        elif k == 1:
+            text.append(f"one drains at a time, {n - 1} keep{'s' if n == 2 else ''} serving")
+        else:
+            text.append(f"{k} drain together, {n - k} keep{'s' if n - k == 1 else ''} serving")
+        return text
+
+    def _per_host(self) -> Text:
+        p = self.policy
+        where = "every uWSGI instance" if p.instance is None else f"instance {p.instance}"
+        return Text(f"Each host: {p.mode} reload of {where}, every worker replaced, then "
+                    f"settled within {p.settle_timeout:g} s: its health check passing (a "
+                    "probe after the drain), its queues normal. Stops at the first host that "
+                    f"fails, answers nothing for {p.unreachable_timeout:g} s or that the load "
+                    "balancer would take out; hosts in flight finish, none starts after.",
+                    style="dim")
+
+    def _keys(self) -> Text:
+        limit = max_unavailable_limit(len(self.hosts))
+        digits = "1-9" if limit >= 9 else f"1-{limit}" if limit > 1 else "1"
+        pairs = [("y", "start"), ("Esc", "cancel"), (f"+ - {digits}", "max unavailable")]
+        if self._scrolls:
+            pairs.append(("↑ ↓", "hosts"))
         keys = Text()
-        for key, label in (("y", "start"), ("Esc", "cancel")):
+        for key, label in pairs:
             keys.append(f" {key} ", "bold reverse")
             keys.append(f" {label}   ")
-        with Vertical():
-            yield Static(title, classes="title", markup=False)
-            with VerticalScroll():
-                yield Static(plan, markup=False)
-            yield Static(what, markup=False)
-            yield Static(keys, classes="keys", markup=False)
+        return keys
+
+    def _redraw(self) -> None:
+        self.query_one("#title", Static).update(self._title())
+        self.query_one("#plan-text", Static).update(self._plan())
+        self.query_one("#policy", Static).update(self._policy())
+        refused = self.query_one("#refused", Static)
+        refused.update(Text(self.refused or ""))
+        refused.display = self.refused is not None
+        self.call_after_refresh(self._fit)
+
+    # --- keys ---------------------------------------------------------------------------------
+
+    def action_step(self, delta: int) -> None:
+        self.action_set(self.max_unavailable + delta)
+
+    def action_set(self, asked: int) -> None:
+        """Take `asked` as the max unavailable, or say in the dialog why not (and keep the
+        value it had)."""
+        self.refused = max_unavailable_refusal(asked, len(self.hosts))
+        if self.refused is None:
+            self.max_unavailable = asked
+        else:
+            self.app.bell()
+        self._redraw()
 
     def action_start(self) -> None:
-        self.dismiss(True)
+        self.dismiss(self.chosen)
 
     def action_cancel(self) -> None:
-        self.dismiss(False)
+        self.dismiss(None)
 
 
 class RollProgressed(Message):
