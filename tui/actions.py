@@ -29,6 +29,9 @@ class ActionSpec:
     mutating: bool = False
     key_display: str | None = None
     narrow: bool = False  # kept in the Footer on a narrow terminal
+    # Switches between tabs: with one tab it is listed nowhere (its key still says why).
+    tabs: bool = False
+
     @property
     def name(self) -> str:
         """The action's name without arguments (for check_action and keymaps)."""
@@ -57,9 +60,9 @@ ACTIONS: tuple[ActionSpec, ...] = (
                "latest data is shown on resume). PAUSED shows in the header meanwhile.",
                narrow=True),
     ActionSpec("next_host", "right_square_bracket", "Next host", "Switch to the next host "
-               "tab.", key_display="]"),
+               "tab.", key_display="]", tabs=True),
     ActionSpec("prev_host", "left_square_bracket", "Prev host", "Switch to the previous host "
-               "tab.", footer=False, key_display="["),
+               "tab.", footer=False, key_display="[", tabs=True),
     ActionSpec("next_instance", "i", "Instance", "Show the next uWSGI instance of this host.",
                footer=False),
     ActionSpec("events", "e", "Events", "What happened on this host, newest first: "
@@ -83,9 +86,10 @@ ACTIONS: tuple[ActionSpec, ...] = (
 )
 
 
-def shown(spec: ActionSpec, read_only: bool, narrow: bool) -> bool:
-    """Whether the Footer lists this action (read-only: no mutating action)."""
-    if read_only and spec.mutating:
+def shown(spec: ActionSpec, read_only: bool, narrow: bool, one_tab: bool = False) -> bool:
+    """Whether the Footer lists this action (read-only: no mutating action; one tab: no tab
+    switching)."""
+    if (read_only and spec.mutating) or (one_tab and spec.tabs):
         return False
     return spec.footer and (spec.narrow or not narrow)
 

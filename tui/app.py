@@ -145,7 +145,7 @@ class StackmonApp(App[int]):
         self._tabbed: TabbedContent | None = None
         self._roll_members: list[int] | None = None
         self.paused = False
-        self._narrow_footer: bool | None = None
+        self._footer_shape: tuple[bool, bool] | None = None  # (narrow, one tab)
         for b in bindings(self.read_only):
             self.bind(b.key, b.action, description=b.description, show=b.show,
                       key_display=b.key_display)
@@ -338,11 +338,11 @@ class StackmonApp(App[int]):
     def _footer_for(self, width: int) -> None:
         """At 80 columns the Footer was cut after `d`: K, R and q were off screen. Below
         FOOTER_FULL_WIDTH it lists only the registry's `narrow` keys; the others still work."""
-        narrow = width < FOOTER_FULL_WIDTH
-        if narrow == self._narrow_footer:
+        narrow, one_tab = width < FOOTER_FULL_WIDTH, len(self._tab_ids()) < 2
+        if (narrow, one_tab) == self._footer_shape:
             return
-        self._narrow_footer = narrow
-        registry = {(key, spec.id): shown(spec, self.read_only, narrow)
+        self._footer_shape = (narrow, one_tab)
+        registry = {(key, spec.id): shown(spec, self.read_only, narrow, one_tab)
                     for spec in ACTIONS for key in spec.keys.split(",")}
         keymap = self._bindings.key_to_bindings
         for key, keyed in keymap.items():
@@ -367,7 +367,8 @@ class StackmonApp(App[int]):
 
     def action_help(self) -> None:
         s = self.targets.settings
-        self.push_screen(HelpScreen(self.read_only, (s.slow, s.critical)))
+        self.push_screen(HelpScreen(self.read_only, (s.slow, s.critical),
+                                    one_tab=len(self._tab_ids()) < 2))
 
     def action_open_worker(self, trace: bool = False) -> None:
         pane = self.active_pane()
@@ -457,6 +458,7 @@ class StackmonApp(App[int]):
         state, the two rows go to the workers (at 80x24 that is two more workers), and the
         bar's five widgets were repainted with every frame for nothing."""
         self.set_class(len(self._tab_ids()) < 2, "-one-tab")
+        self._footer_for(self.size.width)  # `]`/`[` listed only with a tab to switch to
 
     def _tab_ids(self) -> list[str]:
         """The tabs in their order: the overview, then hosts in hosts-file order."""

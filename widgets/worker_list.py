@@ -124,6 +124,7 @@ class _Block:
     max_age: int  # longest running request in whole seconds, -1 when none
     haystack: str  # lower-cased text the filter searches
     short: int = 0  # requests in flight too young for a line of their own (a count instead)
+    deadline_cells: int = 0  # its widest deadline in full words (describe), 0: none
 
     @property
     def height(self) -> int:
@@ -161,8 +162,10 @@ _SHORT_WHAT = {"harakiri": "hk", "nginx_read_timeout": "504", "lb_idle_timeout":
 DEADLINE_SHORT = 11  # cells of the deadline column below NARROW_WIDTH
 DEADLINE_MEDIUM = 18  # ... below DEADLINE_FULL_WIDTH
 DEADLINE_FULL_WIDTH = 130  # from this width on, a past deadline is said in full
-# ... in a column this wide ("past nginx's 60 s: the client already has a 504" is 48): at 200
-# columns the sentence pushed the core and URI columns of its row out of line.
+# ... in a column at most this wide ("past nginx's 60 s: the client already has a 504" is 48):
+# at 200 columns the sentence pushed the core and URI columns of its row out of line. The
+# column is as wide as the widest deadline the list shows (WorkerList._deadline_column): a
+# fixed 50 cells left 30 of them blank beside "nginx 504 in 38 s" while a long URI was cut.
 DEADLINE_LONG = 50
 
 
@@ -247,8 +250,10 @@ def _make_block(
                      worker.exceptions, worker.harakiri_count, respawns(worker),
                      fmt_ms(worker.avg_rt_ms), human_bytes(worker.rss) if worker.rss else UNKNOWN,
                      level, short)
+    cells = max((cell_len(describe(line.deadline)) for line in requests
+                 if line.deadline is not None), default=0)
     return _Block(worker, header, ages, tuple(requests), level, max_age,
-                  "\x00".join(parts).lower(), short)
+                  "\x00".join(parts).lower(), short, cells)
 
 
 def _stale_lines(old: _Block, new: _Block) -> set[int]:
@@ -446,6 +451,8 @@ class WorkerList(LineStyles, ScrollView, can_focus=True):
         self._cheap = 0  # workers cheaper mode has not spawned: one summary line, no rows
         # The cursor follows the worst worker until the user moves it (jump_worst resumes).
         self._follow_worst = True
+        # The full-width deadline column, in cells, and when it last needed them (HOLD_S).
+        self._deadline_held: tuple[int, float] = (0, 0.0)
 
     # ----------------------------------------------------------------------------- public API
 
@@ -574,6 +581,7 @@ class WorkerList(LineStyles, ScrollView, can_focus=True):
         removed = [wid for wid in old if wid not in new]
         # Always the newest values (cursor_worker), even when nothing shown changed.
         self._blocks = new
+        self._fit_deadline_column()
         if cheap != self._cheap:
             self._cheap = cheap
             self.virtual_size = Size(0, self.line_count)
@@ -677,6 +685,22 @@ class WorkerList(LineStyles, ScrollView, can_focus=True):
             self._held[wid] = (height, now)
             return height
         return held[0]
+
+    def _fit_deadline_column(self) -> None:
+        """The full-width deadline column as wide as the list's widest deadline, so that the
+        URI gets the rest: wider at once, narrower only once the width has not been needed
+        for HOLD_S (a countdown from 10 s to 9 s, or a past-deadline line that comes and
+        goes, would otherwise move the core and URI columns of every request line)."""
+        # One cell more than the widest: two blanks before the core column, as elsewhere.
+        widest = min(DEADLINE_LONG, 1 + max((b.deadline_cells for b in self._blocks.values()),
+                                            default=0))
+        held, since = self._deadline_held
+        now = monotonic()
+        if widest >= held or now - since >= self.HOLD_S:
+            self._deadline_held = (widest, now)
+            if widest != held and self._strip_width >= DEADLINE_FULL_WIDTH:
+                self._strips.clear()  # every request line moves its columns
+                self.refresh()
 
     def _hold_due(self) -> bool:
         """Some block is taller than its worker needs and its hold is over."""
@@ -906,7 +930,7 @@ class WorkerList(LineStyles, ScrollView, can_focus=True):
             text.append("· ", self._style("label"))
         text.append(words, style)
         column = (DEADLINE_SHORT if narrow else
-                  DEADLINE_LONG if width >= DEADLINE_FULL_WIDTH else DEADLINE_MEDIUM)
+                  self._deadline_held[0] if width >= DEADLINE_FULL_WIDTH else DEADLINE_MEDIUM)
         text.append(" " * max(1, column - cell_len(words) + 1))
 
     def _request_text(self, r: _RequestLine, width: int) -> Text:

@@ -41,6 +41,7 @@ from stackmon.logs.uwsgi_events import Event
 from stackmon.model import Request, UwsgiInstance, Worker
 from stackmon.redact import visible
 from stackmon.render_text import human_age
+from tui.screens.reload_view import UnitsKept
 from widgets.worker_list import client_gone, deadline_text, live_deadlines, respawns
 
 USR2_EVENTS = 3  # latest uWSGI events shown under the SIGUSR2 key
@@ -274,9 +275,11 @@ def modes_text(o: ReloadOutlook, facts: ReloadFacts | None) -> Text:
     text.append("graceful: ", "bold")
     if o.graceful_outage:
         which = ", ".join(str(i) for i in o.held_by[:4]) + ("…" if len(o.held_by) > 4 else "")
-        text.append(f" NO WORKER SERVING for up to {mercy} ", "bold reverse red")
+        # The colon right after the unit: the banner's closing pad made it "15 s :".
+        text.append(f" NO WORKER SERVING for up to {mercy}", "bold reverse red")
         who = f"workers {which} are" if len(o.held_by) > 1 else f"worker {which} is"
-        text.append(f": all {o.workers} stop at once and none respawns until {who} cut; "
+        text.append(":")
+        text.append(f" all {o.workers} stop at once and none respawns until {who} cut; "
                     "nginx queues, then 502s.")
     elif o.busy:
         text.append(f"all {o.workers} replaced at once: none serves until the {o.busy} busy "
@@ -340,7 +343,7 @@ class ReloadConfirm(ModalScreen[ReloadChoice | None]):
             yield Static(title, classes="title")
             with Vertical(id="bottom"):  # docked: on screen however long the list is
                 yield Static(self._keys_text(), id="keys", classes="keys")
-            yield Static(self._facts_text(), id="facts")
+            yield Static(UnitsKept(self._facts_text()), id="facts")
             if any(w.requests_in_flight for w in self.inst.workers):
                 yield Static(Text("CUT: killed at mercy unless it ends first (it is stuck "
                                   "past --slow, or older than the mercy)", style="dim"),
@@ -390,7 +393,7 @@ class ReloadConfirm(ModalScreen[ReloadChoice | None]):
 
     def _redraw(self) -> None:
         if self.is_mounted:
-            self.query_one("#facts", Static).update(self._facts_text())
+            self.query_one("#facts", Static).update(UnitsKept(self._facts_text()))
             self.query_one("#requests", Static).update(self._list_text())
             self.query_one("#keys", Static).update(self._keys_text())
 

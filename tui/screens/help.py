@@ -1,4 +1,4 @@
-"""The `?` screen: every key, generated from the action registry."""
+"""The `?` screen: every key that applies here, generated from the action registry."""
 
 from __future__ import annotations
 
@@ -28,17 +28,21 @@ class HelpScreen(ModalScreen[None]):
     """
     BINDINGS = [Binding("escape,q,question_mark", "dismiss", "Close")]
 
-    def __init__(self, read_only: bool, thresholds: tuple[float, float]) -> None:
+    def __init__(self, read_only: bool, thresholds: tuple[float, float],
+                 one_tab: bool = False) -> None:
+        """one_tab: nothing to switch to, so the tab-switching keys are not listed (they
+        only say so when pressed); `o` or an alarm tab brings them back."""
         super().__init__()
         self.read_only = read_only
         self.thresholds = thresholds
+        self.one_tab = one_tab
 
     def compose(self) -> ComposeResult:
         table = Table.grid(padding=(0, 2))
         table.add_column(style="bold")
         table.add_column()
         for spec in ACTIONS:
-            if self.read_only and spec.mutating:
+            if (self.read_only and spec.mutating) or (self.one_tab and spec.tabs):
                 continue
             table.add_row(key_label(spec), spec.help)
         table.add_row("ctrl+p", "Command palette: every action above, by name.")

@@ -15,14 +15,22 @@ It never shows a countdown nobody updates: when following stops before the end (
 progress) the view says so, with how far it got, and drops the countdowns; when no progress
 arrives for STALE_AFTER seconds (the follow died without a word) it says that too. At 80
 columns the table keeps every pid whole: shorter labels and a shorter bar, the request column
-(the least needed: the "cut at mercy" lines above name it) shrinks first.
+(the least needed: the "cut at mercy" lines above name it) shrinks first. Lines above and
+under the table are wrapped here, at the width the view is drawn at, never between a number
+and its unit ("in 6 s" did wrap as "in 6" / "s"), and the progress line is said shorter where
+the tracker's whole sentence does not fit.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
@@ -49,6 +57,55 @@ STATE_STYLE = {
 STALE_AFTER = 5.0  # seconds without a progress before the view says following went quiet
 WIDE = 100  # from this width on: full state labels and a 20-cell countdown bar
 NARROW = 64  # below it: the countdown in seconds only, no bar
+
+
+# A word, or a number with its unit and what sticks to it ("6 s:", "(15 s)"): a line may break
+# between words, not inside one. Rich and Textual both break at any whitespace, a no-break
+# space included (Python's \s matches it), so the line is wrapped here.
+_WORD = re.compile(r"\S*\d (?:s|ms|min)\b\S*\s*|\S+\s*|\s+")
+
+
+def _break_offsets(line: str, width: int) -> list[int]:
+    """Where a greedy wrap at `width` cells breaks `line` (a break only before a word)."""
+    offsets: list[int] = []
+    used = 0
+    for m in _WORD.finditer(line):
+        word = m.group().rstrip()
+        if used and used + cell_len(word) > width:
+            offsets.append(m.start())
+            used = 0
+        used += cell_len(m.group())
+    return offsets
+
+
+def wrap_keeping_units(text: Text, width: int) -> Text:
+    """`text` wrapped at `width` cells with "6 s", "15 s" and the like never split: the
+    returned lines fit, so that whoever draws them does not wrap them again. A word longer
+    than the width stays whole (the drawing cuts or folds it)."""
+    if width <= 0:
+        return text
+    lines: list[Text] = []
+    for paragraph in text.split("\n", allow_blank=True):
+        for line in paragraph.divide(_break_offsets(paragraph.plain, width)):
+            line.rstrip()
+            lines.append(line)
+    out = Text("\n", style=text.style).join(lines)
+    out.justify, out.overflow, out.end = text.justify, text.overflow, text.end
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class UnitsKept:
+    """A Text drawn wrapped by wrap_keeping_units at whatever width it is given (a dialog's
+    width is only known when it is drawn)."""
+
+    text: Text
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield wrap_keeping_units(self.text, options.max_width)
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement.get(console, options, self.text)
 
 
 def _bar(countdown: float | None, mercy: float, width: int = 20) -> Text:
@@ -165,15 +222,28 @@ def render_progress(host: str, instance: str, p: ReloadProgress,
                           f"   {elapsed}   worker-reload-mercy {p.mercy:g} s\n")
     title.append_text(clients_text(p, none_for, queue))
     title.justify = "left"
-    table.title = title
-    table.caption = _status(p, quiet_for)
+    table.title = wrap_keeping_units(title, width)
+    table.caption = wrap_keeping_units(_status(p, quiet_for, width), width)
     table.caption_justify = "left"
     return table
 
 
-def _status(p: ReloadProgress, quiet_for: float | None) -> Text:
-    """The line under the table: the tracker's message; when following stopped or went
-    quiet, that in reverse video (the figures above are then the last ones seen)."""
+def short_message(p: ReloadProgress) -> str:
+    """The tracker's progress sentence in fewer words, from the same figures: at 80 columns
+    "chain reload: 1/4 workers replaced; 1 finishing a request, mercy runs out in 6 s" took
+    two lines. (The tracker's own sentence is also the CLI's and the audit log's.)"""
+    n = sum(1 for w in p.workers if w.state == "replaced")
+    text = f"{p.mode} reload: {n}/{len(p.workers)} replaced"
+    draining = [w.countdown or 0.0 for w in p.workers if w.state in ("draining", "killing")]
+    if draining:
+        text += f"; {len(draining)} finishing, mercy ends in {max(0.0, min(draining)):.0f} s"
+    return text
+
+
+def _status(p: ReloadProgress, quiet_for: float | None, width: int = WIDE) -> Text:
+    """The line under the table: the tracker's message (shorter where it does not fit); when
+    following stopped or went quiet, that in reverse video (the figures above are then the
+    last ones seen)."""
     if p.stopped:
         said = visible(p.message).removeprefix("stopped following ")
         return Text.assemble((" STOPPED FOLLOWING ", "bold reverse yellow"), " ",
@@ -187,14 +257,34 @@ def _status(p: ReloadProgress, quiet_for: float | None) -> Text:
             ("\nThe figures above are the last seen. Esc: the main view shows the workers' "
              "pids now; e: the host's events.", "dim"))
     style = "bold green" if p.done else ("bold yellow" if p.stats_available else "bold cyan")
-    return Text(visible(p.message), style=style)
+    message = visible(p.message)
+    if cell_len(message) > width and p.stats_available and not p.done:
+        message = short_message(p)
+    return Text(message, style=style)
+
+
+@dataclass(frozen=True, slots=True)
+class _Fitted:
+    """The view laid out at the width it is drawn at (a scrollbar takes some of the screen's),
+    so that the lines wrapped by wrap_keeping_units are not wrapped again."""
+
+    draw: Callable[[int], Table]
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.draw(options.max_width)
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement(options.max_width, options.max_width)
 
 
 class ReloadScreen(Screen[None]):
     DEFAULT_CSS = """
     ReloadScreen > VerticalScroll { padding: 0 1; }
     """
-    BINDINGS = [Binding("escape,q", "close", "Back (the reload goes on)")]
+    # Back says what it leaves behind: while the reload runs it goes on without the view;
+    # once it is done there is nothing left to go on (check_action shows one of the two).
+    BINDINGS = [Binding("escape,q", "close('running')", "Back (the reload goes on)"),
+                Binding("escape,q", "close('done')", "Back")]
 
     def __init__(self, host: str, instance: str, start: ReloadProgress,
                  host_index: int = -1, address: str = "",
@@ -217,9 +307,6 @@ class ReloadScreen(Screen[None]):
     def on_mount(self) -> None:
         self.set_interval(1.0, self._check_quiet)
 
-    def on_resize(self) -> None:
-        self._redraw()
-
     def quiet_for(self) -> float | None:
         """Seconds since the last progress, once that is past STALE_AFTER on a reload that
         is neither done nor stopped (those say their last word themselves)."""
@@ -240,18 +327,24 @@ class ReloadScreen(Screen[None]):
         elif self._none_since is None:
             self._none_since = progress.elapsed
 
-    def _view(self) -> Table:
-        p = self.progress
+    def _view(self) -> _Fitted:
+        p, queue, quiet_for = self.progress, self._queue, self.quiet_for()
         none_for = None if self._none_since is None else p.elapsed - self._none_since
-        width = self.size.width - 2 if self.is_mounted and self.size.width else WIDE
-        return render_progress(self.host, self.instance, p, none_for, self._queue,
-                               width=width, quiet_for=self.quiet_for())
+        return _Fitted(lambda width: render_progress(self.host, self.instance, p, none_for,
+                                                     queue, width=width, quiet_for=quiet_for))
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "close":
+            return parameters == (("done",) if self.progress.done else ("running",))
+        return True
 
     def set_progress(self, progress: ReloadProgress) -> None:
-        self.progress = progress
+        was_done, self.progress = self.progress.done, progress
         self._heard = self._clock()
         self._track(progress)
         self._redraw()
+        if progress.done != was_done:
+            self.refresh_bindings()
 
     def set_host(self, snap: HostSnapshot) -> None:
         """A poll of the host: the instance's listen queue, from the stats or the kernel
@@ -276,5 +369,5 @@ class ReloadScreen(Screen[None]):
         if self.is_mounted:
             self.query_one("#reload", Static).update(self._view())
 
-    def action_close(self) -> None:
+    def action_close(self, _when: str = "running") -> None:
         self.dismiss(None)
