@@ -271,7 +271,8 @@ async def test_a_roll_that_cannot_be_audited_says_why_on_the_overview(tmp_path):
         assert "group web: 2 hosts, one at a time" in text and "web-001" in text \
             and "web-004" in text
         await pilot.press("y")
-        assert await wait_for(pilot, lambda: "rolling reload failed" in screen_text(app))
+        assert await wait_for(pilot, lambda: "Rolling reload web, max unavailable 1: failed: "
+                              in screen_text(app))
         assert app._roll_members is None
 
 
@@ -310,10 +311,10 @@ async def test_rolling_reload_from_the_overview_replaces_every_worker_in_order(
             await pilot.pause(0.1)
             text = screen_text(app)
             seen.update(w for w in words if w in text)
-            if "rolling reload done" in text:
+            if "max unavailable 1: done" in text:
                 break
-        assert "rolling reload done: 2 hosts reloaded" in text, text
-        assert "(max unavailable 1; at most 1 reloading at once)" in text, text
+        assert "Rolling reload api, max unavailable 1: done: 2 hosts reloaded" in text, text
+        assert "(at most 1 reloading at once)" in text, text
         assert {"1/2 ✓ done", "2/2 ✓ done", "max unavailable 1: 1 in flight web-1;",
                 "max unavailable 1: 1 in flight web-2;"} <= seen, seen
         assert "in flight web-1, web-2" not in seen, seen  # never both at once

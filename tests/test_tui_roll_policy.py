@@ -190,13 +190,13 @@ async def test_the_roll_runs_with_the_chosen_max_unavailable(tmp_path, keys, exp
         await pilot.press(*keys)
         assert f"4 hosts, {'one' if expected == 1 else expected} at a time" in screen_text(app)
         await pilot.press("y")
-        assert await wait_for(pilot, lambda: "rolling reload stopped" in screen_text(app),
-                              timeout=10), screen_text(app)
+        line = f"Rolling reload api, max unavailable {expected}: stopped at api-0"
+        assert await wait_for(pilot, lambda: line in screen_text(app), timeout=10), \
+            screen_text(app)
         text = screen_text(app)
         assert started(audit) == [f"api-{i}" for i in range(expected)]
         rest = [f"api-{i}" for i in range(expected, 4)]
         assert f"not started: {', '.join(rest)})" in text
-        assert f"(max unavailable {expected})" in text
         overview = app.overview
         assert overview is not None
         cells = [overview.table._activity.get(i, ("", "ok"))[0] for i in range(4)]
@@ -328,12 +328,12 @@ async def test_choosing_two_in_the_tui_drains_two_hosts_together(ns_fleet, tmp_p
                 text = screen_text(app)
                 seen_in_flight.update(ln.strip() for ln in text.splitlines()
                                       if " in flight " in ln)
-                if "rolling reload done" in text or "rolling reload stopped" in text:
+                if "max unavailable 2: done" in text or "max unavailable 2: stopped" in text:
                     break
     finally:
         first.command("release")
-    assert "rolling reload done: 3 hosts reloaded" in text, text
-    assert "(max unavailable 2; at most 2 reloading at once)" in text, text
+    assert "Rolling reload fleet, max unavailable 2: done: 3 hosts reloaded in" in text, text
+    assert "(at most 2 reloading at once)" in text, text
     pair = f"2 in flight {first.name}, {second.name}"
     assert any(pair in ln for ln in seen_in_flight), seen_in_flight
     assert not any("3 in flight" in ln for ln in seen_in_flight), seen_in_flight

@@ -5,8 +5,11 @@ and a tab bar of 100 names cannot answer it. The overview is the app's first tab
 host (widgets.fleet_table), its state and reasons from the health model, busy/total workers,
 the oldest request, the fullest queue and fd table, 5xx/s, the LB health check and any reload
 in progress; a status line counts the hosts by severity. `/` filters, Enter opens the host in a
-tab of its own, and `R` here is the rolling reload of the selected host's group (the app runs
-it; this pane shows its progress per host and how it ended).
+tab of its own, and `R` here is the rolling reload of the selected host's group: RollConfirm
+shows its hosts in order and the policy, where the operator chooses how many hosts drain
+together (max unavailable, as `--max-unavailable` on the command line); the app runs the roll
+with that policy; this pane shows its progress per host, the hosts in flight against the max
+unavailable, and how it ended.
 
 The pane does no I/O: the app hands it snapshots (already assessed) and roll steps.
 """
@@ -86,8 +89,8 @@ def roll_cell(step: RollStep) -> tuple[str, Severity]:
 
 class RollLine:
     """The status line of a roll in progress: its group and the max unavailable it runs with,
-    the hosts in flight now (those that started and are not done or failed: what the policy
-    bounds, so the operator sees it hold), and the latest step's message."""
+    the hosts in flight now (reloading, draining or settling, not yet done or failed: what the
+    policy bounds, so the operator sees it hold), and the latest step's message."""
 
     ACTIVE = ("reloading", "draining", "settling")
 
@@ -283,11 +286,16 @@ class FleetPane(TabPane):
             message = f"rolling reload failed: {error}"
             for index in members:
                 self.table.set_activity(index, None)
-        text = Text(visible(message), style="bold green" if ok else "bold red")
-        if self._roll is not None and result is not None:
-            peak = (f"; at most {self._roll.peak} reloading at once" if self._roll.peak
-                    else "")
-            text.append(f" (max unavailable {self._roll.max_unavailable}{peak})", "dim")
+        style = "bold green" if ok else "bold red"
+        roll = self._roll
+        if roll is None:
+            text = Text(visible(message), style=style)
+        else:  # the policy first: a long reason wraps and the status shows three lines
+            text = Text.assemble(("Rolling reload ", "bold"), (visible(roll.group), "bold"),
+                                 f", max unavailable {roll.max_unavailable}: ",
+                                 (visible(message.removeprefix("rolling reload ")), style))
+            if roll.peak:
+                text.append(f" (at most {roll.peak} reloading at once)", "dim")
         self._roll, self._roll_line = None, text
         self._show_status()
 
