@@ -25,7 +25,7 @@ from rich.text import Text
 from textual import events, on
 from textual.app import App, ComposeResult, SystemCommand
 from textual.screen import Screen
-from textual.widgets import Footer, TabbedContent
+from textual.widgets import TabbedContent
 from textual.worker import Worker as TaskWorker
 from textual.worker import WorkerState
 
@@ -53,6 +53,7 @@ from tui.screens.reload_view import ReloadScreen
 from tui.screens.stack import StackCaptured, StackScreen
 from tui.screens.worker_detail import Tracer, WorkerDetailScreen
 from widgets.fleet_table import FleetTable
+from widgets.keys_footer import KeysFooter
 from widgets.worker_list import WorkerList
 
 BADGE_STYLE: dict[Severity, str] = {"ok": "green", "warn": "bold yellow",
@@ -161,7 +162,7 @@ class StackmonApp(App[int]):
             if self.overview is not None:
                 yield self.overview
             yield from self.panes.values()
-        yield Footer()
+        yield KeysFooter()
 
     def _new_pane(self, index: int) -> HostPane:
         return HostPane(index, self.targets.hosts[index], self.targets.settings, self.clock,

@@ -291,6 +291,10 @@ class FleetTable(LineStyles, ScrollView, can_focus=True):
         # Until the user moves it, the cursor stays on the top line: the worst host.
         self._follow_top = True
         self._strips: dict[tuple[int | str, bool], Strip] = {}
+        # The Strips drawn in each set of styles seen last (focused and not: see
+        # notify_style_update); _strips is the set in use, None: not known yet.
+        self._strip_sets: dict[tuple[Style, ...], dict[tuple[int | str, bool], Strip]] = {}
+        self._strips_style: tuple[Style, ...] | None = None
         self._strip_width = -1
         self._styles: dict[str, Style] = {}
         self._relayout_due = False
@@ -350,7 +354,7 @@ class FleetTable(LineStyles, ScrollView, can_focus=True):
             self._activity[index] = new
         self._drop(index)
         if bool(self._activity) != had_any:  # the column appears or goes: every line changes
-            self._strips.clear()
+            self._clear_strips()
             self.refresh()
         else:
             self._refresh_host(index)
@@ -410,8 +414,9 @@ class FleetTable(LineStyles, ScrollView, can_focus=True):
         self._line_of = {int(ln.key): y for y, ln in enumerate(lines) if ln.kind == "host"}
         self._host_lines = sorted(self._line_of.values())
         # Section headers count their hosts by severity: redrawn with every new order.
-        for key in [k for k in self._strips if isinstance(k[0], str)]:
-            del self._strips[key]
+        for strips in self._all_strips():
+            for key in [k for k in strips if isinstance(k[0], str)]:
+                del strips[key]
         self.virtual_size = Size(0, len(lines) + 1)
         if self._follow_top or self._cursor not in self._line_of:
             top = self._first_host()
@@ -425,8 +430,9 @@ class FleetTable(LineStyles, ScrollView, can_focus=True):
         return int(self._lines[self._host_lines[0]].key) if self._host_lines else None
 
     def _drop(self, index: int) -> None:
-        self._strips.pop((index, False), None)
-        self._strips.pop((index, True), None)
+        for strips in self._all_strips():
+            strips.pop((index, False), None)
+            strips.pop((index, True), None)
 
     def _refresh_host(self, index: int) -> None:
         y = self._line_of.get(index)
@@ -503,8 +509,10 @@ class FleetTable(LineStyles, ScrollView, can_focus=True):
     def render_line(self, y: int) -> Strip:
         width = self.scrollable_content_region.width
         if width != self._strip_width:
-            self._strips.clear()
+            self._clear_strips()
             self._strip_width = width
+        if self._strips_style is None:
+            self._use_strips_of_style()
         if y == 0:
             return self._strip(self._header_text(width), width, "header")
         line_no = round(self.scroll_y) + y - 1
@@ -520,6 +528,40 @@ class FleetTable(LineStyles, ScrollView, can_focus=True):
             text = self._line_text(line, width, cursor)
             strip = self._strips[key] = self._strip(text, width, "cursor" if cursor else None)
         return strip
+
+    # ------------------------------------------------------------------ strips across styles
+
+    def notify_style_update(self) -> None:
+        """Styles changed: the Strips drawn so far are kept with the styles they were drawn in
+        (see _use_strips_of_style), not dropped. Focus is what changes them most: the table
+        is focused and unfocused each time the overview's tab is shown and left, and
+        redrawing every line shown was a third of what showing it cost."""
+        self._strips = {}  # until the next render knows the new styles
+        self._strips_style = None
+        super().notify_style_update()  # LineStyles: component styles to be looked up again
+
+    def _use_strips_of_style(self) -> None:
+        """The Strips drawn in the styles now in force (every component style and the line's
+        own: what a Strip's look depends on besides its text and width), if any were; the
+        set drawn in the previous styles is kept too (back to focused, back to unfocused)."""
+        key = (*(self._style(name.removeprefix(self.STYLE_PREFIX))
+                 for name in sorted(self.COMPONENT_CLASSES)),
+               self._line_style(False), self._line_style(True))
+        strips = self._strip_sets.pop(key, None)
+        if strips is None:
+            strips = {}
+        while len(self._strip_sets) >= 2:  # keep the last two sets of styles
+            del self._strip_sets[next(iter(self._strip_sets))]
+        self._strip_sets[key] = self._strips = strips
+        self._strips_style = key
+
+    def _all_strips(self) -> list[dict[tuple[int | str, bool], Strip]]:
+        """Every cached set of Strips: a host's changed line is dropped from each."""
+        return [*self._strip_sets.values(), self._strips]
+
+    def _clear_strips(self) -> None:
+        for strips in self._all_strips():
+            strips.clear()
 
     def _strip(self, text: Text, width: int, over: str | None) -> Strip:
         base = self._line_style(over == "cursor")
