@@ -24,9 +24,17 @@ from textual.app import App, ComposeResult
 
 from stackmon.actions.reload_progress import ReloadProgress
 from stackmon.model import HostSnapshot, Thresholds
-from tests.test_reload_view import SIZES, _chain_midway, _hangs, _open_confirm, _open_view
+from tests.test_reload_view import (
+    FACTS,
+    SIZES,
+    _chain_midway,
+    _hangs,
+    _open_confirm,
+    _open_view,
+)
 from tests.test_tui_stack import two_ages
 from tests.tui_support import app_for, feed, recorded, screen_text
+from tui.screens.confirm import ReloadConfirm
 from tui.screens.help import HelpScreen
 from tui.screens.reload_view import ReloadScreen, wrap_keeping_units
 from widgets.worker_list import WorkerList
@@ -122,6 +130,31 @@ async def test_the_reload_confirm_keeps_numbers_with_their_units(size):
     joined = " ".join(row.strip() for row in rows)
     assert "NO WORKER SERVING for up to 15 s: all 4 stop" in joined
     assert " s :" not in joined
+
+
+async def test_the_reload_confirm_cuts_a_long_uri_instead_of_wrapping_it():
+    """Seen on the live demo at 80x24: "CUT worker 1 pid 13098 29s CRIT GET" / "/hang/api/
+    v1/orders?page=7&sort=created", two rows per request where the list counts one."""
+    hangs = _hangs()
+    inst = hangs.uwsgi[0]
+    uri = "/hang/api/v1/orders?page=7&sort=created&customer=acme"
+    workers = tuple(replace(w, cores=tuple(
+        replace(c, request=replace(c.request, uri=uri)) if c.request is not None else c
+        for c in w.cores)) for w in inst.workers)
+    long = replace(hangs, uwsgi=(replace(inst, workers=workers),))
+    app = app_for(long)
+    async with app.run_test(size=(80, 24)) as pilot:
+        feed(app, long)
+        await pilot.pause()
+        await app.push_screen(ReloadConfirm("web-1", long.uwsgi[0], app.clock(), "graceful",
+                                            facts=FACTS))
+        await pilot.pause()
+        await pilot.pause()
+        rows = _dialog_rows(screen_text(app))
+    listed = [row for row in rows if re.match(r"\s+(CUT|ok)\s+worker", row)]
+    assert len(listed) >= 2 and all(row.rstrip().endswith("…") for row in listed), rows
+    assert not any(row.strip().startswith("/hang/api") for row in rows), rows
+    assert any("Esc" in row for row in rows)
 
 
 # --- 3. `]` and `[` only where there is a tab to switch to ----------------------------------

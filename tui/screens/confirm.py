@@ -68,6 +68,7 @@ _CSS = """
 {name} .title {{ text-style: bold; }}
 {name} .keys {{ margin-top: 1; }}
 {name} #bottom {{ dock: bottom; height: auto; }}
+{name} #requests {{ text-wrap: nowrap; text-overflow: ellipsis; }}
 """
 # Rows the dialog needs besides its request lines (border, title, facts, warnings, keys):
 # what is left of the screen's 90% is for the list, never less than MIN_LIST.
