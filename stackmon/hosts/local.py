@@ -37,7 +37,7 @@ from stackmon.logs.host import HostLogs, LogSummary
 from stackmon.logs.uwsgi_events import Event
 from stackmon.model import HostSnapshot, NginxStatus, SourceError, Thresholds, UwsgiInstance
 from stackmon.sources.lb_probe import HealthProbe, ProbePolicy
-from stackmon.sources.nginx_status import fetch_stub_status
+from stackmon.sources.nginx_status import StubStatusClient
 from stackmon.sources.uwsgi_stats import poll_stats
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ class LocalHost(Host):
 
     def __init__(self, config: HostConfig, settings: Settings) -> None:
         super().__init__(config, settings)
-        self.previous_nginx: NginxStatus | None = None
+        self._nginx = StubStatusClient(config.nginx) if config.nginx else None
         self._nginx_roles: dict[int, str] | None = None
         self._nginx_roles_at = 0.0
         self._last_instances: dict[int, tuple[UwsgiInstance, float]] = {}
@@ -103,13 +103,9 @@ class LocalHost(Host):
 
     async def sample_nginx(self) -> NginxStatus | SourceError | None:
         """One stub_status sample (kept for the next one's request rate)."""
-        if not self.config.nginx:
+        if self._nginx is None:
             return None
-        result = await fetch_stub_status(self.config.nginx, timeout=self.settings.timeout,
-                                         previous=self.previous_nginx)
-        if isinstance(result, NginxStatus):
-            self.previous_nginx = result
-        return result
+        return await self._nginx.sample(self.settings.timeout)
 
     def _carry_stale(self, results: list[tuple[int, UwsgiInstance | SourceError]],
                      now: float) -> list[UwsgiInstance]:
@@ -132,6 +128,8 @@ class LocalHost(Host):
         await self.sample_nginx()
 
     async def aclose(self) -> None:
+        if self._nginx is not None:
+            self._nginx.close()
         if self.probe is not None:
             await self.probe.aclose()
         if self._logs is not None:

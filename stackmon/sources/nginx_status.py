@@ -7,6 +7,7 @@ guessed at, because a wrong number here would send the on-call engineer down the
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from urllib.parse import urlsplit
@@ -14,6 +15,7 @@ from urllib.parse import urlsplit
 from stackmon import redact
 from stackmon.addresses import StatsAddress
 from stackmon.model import NginxStatus, SourceError
+from stackmon.sources.keepalive_http import KeptGet
 from stackmon.sources.uwsgi_stats import fetch_raw
 
 _STUB = re.compile(
@@ -87,3 +89,39 @@ async def fetch_stub_status(
         return body
     return parse_stub_status(body.decode("utf-8", errors="replace"), url, time.time(),
                              previous)
+
+
+class StubStatusClient:
+    """stub_status samples of one URL over a connection kept between polls (see
+    stackmon.sources.keepalive_http for why and what is checked); each sample carries the
+    request rate since the previous one. `close()` when done."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.previous: NginxStatus | None = None
+        self._get: KeptGet | None = None
+        # A URL whose host or port cannot be read: parse_nginx_url refuses it; sample() says so.
+        with contextlib.suppress(ValueError):
+            self._get = KeptGet(url, max_bytes=MAX_BODY, source=f"nginx {redact.clean(url)}",
+                                label="stub_status")
+
+    @property
+    def connects(self) -> int:
+        """Connections opened so far (one while nginx keeps the connection alive)."""
+        return self._get.connects if self._get is not None else 0
+
+    async def sample(self, timeout: float = 2.0) -> NginxStatus | SourceError:
+        if self._get is None:
+            return SourceError(f"nginx {redact.clean(self.url)}", "bad host or port in the URL")
+        body = await self._get.get(timeout)
+        if isinstance(body, SourceError):
+            return body
+        result = parse_stub_status(body.decode("utf-8", errors="replace"), self.url,
+                                   time.time(), self.previous)
+        if isinstance(result, NginxStatus):
+            self.previous = result
+        return result
+
+    def close(self) -> None:
+        if self._get is not None:
+            self._get.close()

@@ -166,7 +166,7 @@ class _Exchange:
                 f" a busy master answers late)")
 
 
-def _describe_os_error(exc: OSError, addr: StatsAddress, received: int) -> str:
+def describe_os_error(exc: OSError, addr: StatsAddress, received: int) -> str:
     """An OSError as a sentence about the stats server rather than about a syscall."""
     after = f" after {received} bytes" if received else ""
     if isinstance(exc, ConnectionRefusedError):
@@ -312,7 +312,7 @@ async def fetch_raw(addr: StatsAddress, timeout: float, max_bytes: int, *, sourc
     except TimeoutError:
         return SourceError(source, f"{label}: {state.timeout_message(timeout)}")
     except OSError as exc:
-        return SourceError(source, f"{label}: {_describe_os_error(exc, addr, 0)}")
+        return SourceError(source, f"{label}: {describe_os_error(exc, addr, 0)}")
     except ValueError as exc:  # e.g. a unix path too long for sun_path
         return SourceError(source, f"{label}: cannot connect ({exc})")
     reply = state.reply
@@ -322,7 +322,7 @@ async def fetch_raw(addr: StatsAddress, timeout: float, max_bytes: int, *, sourc
     if isinstance(outcome, _TooBig):
         return SourceError(source, f"{label}: reply exceeded {max_bytes} bytes; gave up reading")
     if isinstance(outcome, OSError):
-        message = _describe_os_error(outcome, addr, reply.size)
+        message = describe_os_error(outcome, addr, reply.size)
         if addr.kind == "http" and reply.chunks and reply.chunks[0].lstrip()[:1] == b"{":
             # A plain stats server answers our HTTP request with the bare document, then
             # resets because the request was never read.
@@ -333,7 +333,7 @@ async def fetch_raw(addr: StatsAddress, timeout: float, max_bytes: int, *, sourc
         return SourceError(source, f"{label}: connection failed ({outcome!r})")
     data = b"".join(reply.chunks)
     if addr.kind == "http":
-        return _strip_http(data, source, label)
+        return strip_http(data, source, label)
     if not data:
         return SourceError(source, f"{label}: empty reply (connected, but the server closed the"
                                    f" connection without sending anything)")
@@ -350,7 +350,7 @@ def _http_hint(addr: StatsAddress) -> str:
             f" http://{host}:{addr.port}")
 
 
-def _strip_http(data: bytes, source: str, label: str) -> bytes | SourceError:
+def strip_http(data: bytes, source: str, label: str) -> bytes | SourceError:
     """The body of a stats-http reply, or why it is not one."""
     if not data:
         return SourceError(source, f"{label}: empty reply (no HTTP status line)")
