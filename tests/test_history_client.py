@@ -503,3 +503,12 @@ async def test_the_command_line_says_one_line_for_a_broken_agent(fake_agent: Any
         assert proc.returncode == 2 and text.count("\n") == 1, text
         assert "not valid JSON" in text and "Traceback" not in text
         assert not (tmp_path / "kept.db").exists()  # no half-written file left
+
+
+def test_each_poll_is_recorded_once(recording_agent: RunningAgent) -> None:
+    """The agent records every 0.25 s and reuses a poll for 0.25 s (its cache): a poll handed
+    back twice by the cache was stored twice, and the history showed it twice."""
+    docs = independent_docs(recording_agent.recording, time.time() - 1.0)
+    times = [d["taken_at"] for d in docs]
+    assert len(times) >= 10
+    assert len(times) == len(set(times)), sorted(times)

@@ -181,6 +181,12 @@ class SnapshotCache:
     def invalidate(self) -> None:
         self._snap, self._body = None, None
 
+    def expires_in(self) -> float:
+        """Seconds until get() polls again rather than handing back the cached poll."""
+        if self._snap is None:
+            return 0.0
+        return max(0.0, self._at + self.max_age - time.monotonic())
+
     async def get(self) -> HostSnapshot:
         if self._snap is not None and time.monotonic() - self._at <= self.max_age:
             return self._snap
@@ -346,10 +352,18 @@ class AgentApp:
     async def record_loop(self) -> None:
         """A poll every interval, stored (shared with clients through the cache)."""
         interval = self.options.settings.interval
+        last: HostSnapshot | None = None
         while True:
             started = time.monotonic()
             snap = await self.cache.get()
+            if snap is last:
+                # The cache handed the same poll back (an interval no longer than its max
+                # age): it was stored twice and the history showed it twice. Ask again once
+                # it has expired.
+                await asyncio.sleep(self.cache.expires_in() + 0.001)
+                continue
             self.recorder.submit(snap)
+            last = snap
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
     async def history(self, request: web.Request) -> web.Response:
