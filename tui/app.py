@@ -76,6 +76,9 @@ FLEET_MIN_HOSTS = 4
 # build 500 host panes); the overview lists every one of them anyway.
 MAX_ALARM_TABS = 8
 
+# Allocations between two collections of the youngest objects (Python's default: 700).
+GC_YOUNG = 10_000
+
 # Signals that end the TUI the way `q` does (exit status 128 + n, as a shell reports it).
 EXIT_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
@@ -193,8 +196,13 @@ class StackmonApp(App[int]):
         """Everything built to start (Textual, the widgets, the config: ~80,000 objects) lives
         as long as the app: kept out of the cyclic GC's full collections, which scanned them
         all every ~40 s (43 ms each on the demo, 1 ms/s: as much as the rest of a poll's
-        drawing). Objects made later are collected as usual."""
+        drawing). Objects made later are collected as usual, the youngest after GC_YOUNG
+        allocations instead of 700: a frame's Strips and a poll's objects then die before a
+        collection looks at them, instead of being promoted until a full collection (20-40
+        ms with 500 hosts here) fell due every second or so, on whatever key was pressed
+        (bench/bench_overview.py: 15-20 of them in a run, 0-1 with this)."""
         gc.freeze()
+        gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
 
     # --- signals ----------------------------------------------------------------------------
 
@@ -719,6 +727,7 @@ class StackmonApp(App[int]):
         self._dismissed.discard(index)
         pane = await self._ensure_pane(index)
         self._tabs.active = pane.id or ""
+        self._focus_workers()  # now, not after a frame drawn with the focus still on the overview
 
     async def _ensure_pane(self, index: int) -> HostPane:
         """The host's pane, mounted in hosts-file order after the overview, and given the
@@ -788,6 +797,7 @@ class StackmonApp(App[int]):
             for index, snap in self._latest.items():
                 self.overview.set_host(index, snap, self._assessed[index])
         self._tabs.active = PANE_ID
+        self._focus_workers()  # now: a frame drawn before would redraw the overview unfocused
 
     async def action_close_tab(self) -> None:
         index = self._active_index()
