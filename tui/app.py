@@ -25,7 +25,7 @@ from rich.text import Text
 from textual import events, on
 from textual.app import App, ComposeResult, SystemCommand
 from textual.screen import Screen
-from textual.widgets import TabbedContent
+from textual.widgets import ContentSwitcher, TabbedContent
 from textual.worker import Worker as TaskWorker
 from textual.worker import WorkerState
 
@@ -52,6 +52,7 @@ from tui.screens.help import HelpScreen
 from tui.screens.reload_view import ReloadScreen
 from tui.screens.stack import StackCaptured, StackScreen
 from tui.screens.worker_detail import Tracer, WorkerDetailScreen
+from widgets.blank import mark_blank
 from widgets.fleet_table import FleetTable
 from widgets.keys_footer import KeysFooter
 from widgets.worker_list import WorkerList
@@ -176,6 +177,8 @@ class StackmonApp(App[int]):
 
     def on_mount(self) -> None:
         tabs = self._tabs
+        for container in (self.screen, tabs, tabs.query_one(ContentSwitcher)):
+            mark_blank(container)  # covered by their children: widgets.blank says why
         for i in self.panes:
             tabs.get_tab(f"host-{i}").label = tab_label(self.targets.hosts[i].name, None)
         self._show_tab_bar()

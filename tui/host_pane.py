@@ -17,7 +17,6 @@ from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
 from textual.content import Content
 from textual.widgets import Input, Static, Tab, TabPane
 
@@ -29,6 +28,7 @@ from stackmon.redact import visible
 from stackmon.render_text import human_age
 from stackmon.stuck import group_stuck
 from tui.screens.events import KIND_STYLE, event_fields
+from widgets.blank import BlankHorizontal, BlankVertical
 from widgets.clients_panel import CauseHistory
 from widgets.gauge import fd_items, listen_queue_items
 from widgets.host_header import HostHeader, host_reading
@@ -154,6 +154,7 @@ class HostPane(TabPane):
     HostPane #stuck { height: 1; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis; }
     """
     BINDINGS = [Binding("escape", "clear_filter", "Clear filter", show=False)]
+    BLANK = True  # its children cover it (widgets.blank says why this matters)
 
     def __init__(self, index: int, host: HostConfig, settings: Settings,
                  clock: Callable[[], float], *, id: str) -> None:
@@ -186,8 +187,8 @@ class HostPane(TabPane):
         # they need less (widgets.text_lines): the worker rows below them stay in place.
         yield TextLines(id="reading", hold_s=HOLD_S, hide_empty=True)
         yield TextLines(id="stuck", hold_s=HOLD_S, hide_empty=True)
-        with Horizontal(id="body"):
-            with Vertical(id="main"):
+        with BlankHorizontal(id="body"):
+            with BlankVertical(id="main"):
                 yield TextLines(Text("connecting…", style="dim"), id="instance-title")
                 yield TextLines(id="notice", hide_empty=True)
                 yield WorkerList(thresholds=self.settings.thresholds, id="workers")
