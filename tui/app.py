@@ -239,7 +239,8 @@ class StackmonApp(App[int]):
         assessed = self._assessed[index] = assess(snap)
         pane = self.panes.get(index)
         if pane is not None:
-            pane.set_snapshot(snap, visible=not self.paused and self._active_index() == index)
+            pane.set_snapshot(snap, visible=not self.paused and self._active_index() == index,
+                              state=assessed)
         state = (assessed.label, assessed.severity)
         before = self._states.get(index)
         if before != state:

@@ -22,7 +22,7 @@ from textual.widgets import Input, Static, Tab, TabPane
 
 from stackmon.actions.stack import StackResult
 from stackmon.config import HostConfig, Settings
-from stackmon.health import assess
+from stackmon.health import HostState, assess
 from stackmon.model import HostSnapshot, UwsgiInstance, Worker
 from stackmon.redact import visible
 from stackmon.render_text import human_age
@@ -166,6 +166,7 @@ class HostPane(TabPane):
         self.clock = clock
         self.latest: HostSnapshot | None = None
         self._shown: HostSnapshot | None = None
+        self._state: tuple[HostSnapshot, HostState] | None = None  # the latest's assess()
         self._previous: HostSnapshot | None = None
         self._rps: float | None = None
         # The instance shown, by its address: a failed poll of another instance shortens the
@@ -205,8 +206,11 @@ class HostPane(TabPane):
 
     # --- data in ----------------------------------------------------------------------------
 
-    def set_snapshot(self, snap: HostSnapshot, visible: bool) -> None:
-        """Keep the poll (and its history); draw it only when this tab is on screen."""
+    def set_snapshot(self, snap: HostSnapshot, visible: bool,
+                     state: HostState | None = None) -> None:
+        """Keep the poll (and its history); draw it only when this tab is on screen. `state`:
+        the poll's assess() when the caller has it (it is not cheap: every rule, each poll)."""
+        self._state = (snap, state) if state is not None else None
         if self.latest is not None and snap.taken_at < self.latest.taken_at:
             self._restart_history()  # a replay stepped back: the minute starts again there
         self._rps = uwsgi_rate(self.latest, snap) if snap.reachable else None
@@ -256,7 +260,8 @@ class HostPane(TabPane):
     def _draw(self, snap: HostSnapshot) -> None:
         self._shown = snap
         now = self.clock()
-        state = assess(snap)
+        known = self._state
+        state = known[1] if known is not None and known[0] is snap else assess(snap)
         self.query_one(HostHeader).set_snapshot(snap, self._rps, state)
         self._show_flags(snap)
         self.query_one("#reading", TextLines).show(host_reading(state,
