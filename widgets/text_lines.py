@@ -20,13 +20,16 @@ markup: callers pass rich Text or str and nothing in it is interpreted.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 
+from rich.cells import cell_len, set_cell_size
 from rich.console import Console, OverflowMethod
+from rich.control import STRIP_CONTROL_CODES, strip_control_codes
 from rich.segment import Segment
 from rich.style import Style
-from rich.text import Text
+from rich.text import Span, Text
 from textual.geometry import Region, Size
 from textual.strip import Strip
 from textual.widget import Widget
@@ -216,13 +219,185 @@ class TextLines(Widget):
         return line_strip(line, width, base, self.app.console, overflow)
 
 
+# A piece of a line: its text (plain already: widgets._fmt.plain) and its style, None for the
+# line's own. Lines built from pieces skip rich.text.Text: Text.append / truncate / render cost
+# 40-80 us a line here (Text.render sorts span events and combines a style stack for every
+# segment), and a poll redraws a dozen lines or more.
+Piece = tuple[str, Style | None]
+_Run = tuple[int, int, Style]
+_NULL = Style.null()
+# What rich's strip_control_codes removes (Text.append, Text.plain): a search finds them
+# ten times faster than str.translate with its table takes to copy a line without them.
+_STRIPPED = re.compile("[" + "".join(chr(c) for c in STRIP_CONTROL_CODES) + "]")
+
+
 def line_strip(line: Text | None, width: int, base: Style, console: Console,
                overflow: OverflowMethod = "ellipsis") -> Strip:
     """One line of a line-API widget: `line` cut or padded to `width`, over the widget's own
-    style `base` (as a Static draws it); None: a blank line in that style."""
+    style `base` (as a Static draws it); None: a blank line in that style.
+
+    Segment for segment what `_text_strip` makes (copy, truncate with pad, render, apply
+    `base`): a line that fits and whose spans are laid out simply (one after the other, with
+    spans over the whole line before or after them, as appends and `_plain_text` make them)
+    is turned into segments here; any other goes through rich's Text."""
     if line is None:
         return Strip([Segment(" " * width, base)], width)
+    plain = line.plain
+    length = cell_len(plain)
+    if length > width or _STRIPPED.search(plain):
+        return _text_strip(line, width, base, console, overflow)
+    padded = plain + " " * (width - length) if length < width else plain
+    spans = line.spans
+    if not spans:  # Text.render ignores Text.style when there are no spans
+        return Strip([Segment(padded, base or None)], width)
+    layers = _layers(spans, len(plain))
+    if layers is None:
+        return _text_strip(line, width, base, console, overflow)
+    under, runs, over = layers
+    get_style = console.get_style
+    own = get_style(line.style, default=_NULL)
+    prefix = own
+    for span in under:
+        prefix = prefix + get_style(span.style, default=_NULL)
+    return Strip(_segments(
+        padded, [(start, end, get_style(style, default=_NULL)) for start, end, style in runs],
+        prefix, [get_style(span.style, default=_NULL) for span in over], own,
+        len(plain) if under or over else -1, base or None, {}), width)
+
+
+def _text_strip(line: Text, width: int, base: Style, console: Console,
+                overflow: OverflowMethod) -> Strip:
+    """The line through rich's Text: what line_strip gives, for any line."""
     text = line.copy()
     text.end = ""
     text.truncate(width, overflow=overflow, pad=True)
     return Strip(text.render(console, end=""), width).apply_style(base)
+
+
+def _layers(spans: list[Span], size: int) -> tuple[list[Span], list[Span], list[Span]] | None:
+    """`spans` as (spans over the whole text first, spans one after the other, spans over the
+    whole text last), or None when they are not laid out that way (overlapping, out of
+    order). Text.render combines the styles of the spans over a character in list order: for
+    this layout, the under ones, the one run, the over ones."""
+    count = len(spans)
+    first = 0
+    while first < count and spans[first].start == 0 and spans[first].end == size:
+        first += 1
+    last = count
+    while last > first and spans[last - 1].start == 0 and spans[last - 1].end == size:
+        last -= 1
+    pos = 0
+    for index in range(first, last):
+        start, end, _ = spans[index]
+        if start < pos or end < start or end > size:
+            return None
+        pos = end
+    return spans[:first], spans[first:last], spans[last:]
+
+
+def _segments(plain: str, runs: list[_Run], prefix: Style, over: list[Style], outer: Style,
+              cover_end: int, base: Style | None, cache: dict[Style, Style]) -> list[Segment]:
+    """The segments Text.render gives for `plain` with `runs` (spans one after the other) and
+    spans over [0, cover_end) (-1: none): a run's style is prefix + its own + `over`, the
+    rest before cover_end prefix + `over`, the rest after it `outer`; each then put over
+    `base` as Strip.apply_style does (None: not). `cache` holds a run style's result for these
+    same prefix, over and base (the caller may keep it across lines)."""
+    inner = prefix
+    for style in over:
+        inner = inner + style
+    if base is not None:
+        inner, outer = base + inner, base + outer
+    segments: list[Segment] = []
+    append = segments.append
+    pos = 0
+    for start, end, style in runs:
+        if start > pos:
+            append(Segment(plain[pos:start], inner))
+        if end > start:
+            combined = cache.get(style)
+            if combined is None:
+                combined = prefix + style
+                for layer in over:
+                    combined = combined + layer
+                if base is not None:
+                    combined = base + combined
+                cache[style] = combined
+            append(Segment(plain[start:end], combined))
+        pos = end
+    size = len(plain)
+    if pos < size:
+        if pos < cover_end < size:
+            append(Segment(plain[pos:cover_end], inner))
+            append(Segment(plain[cover_end:], outer))
+        else:
+            append(Segment(plain[pos:], inner if pos < cover_end else outer))
+    return segments
+
+
+def pieces_strip(pieces: list[Piece], width: int, line_style: Style,
+                 overlays: tuple[Style, ...] = (), *, rstrip: bool = False,
+                 cache: dict[Style, Style] | None = None) -> Strip:
+    """The Strip of a line made of `pieces`, segment for segment what this gives (the worker
+    list's way, see tests/test_line_render.py):
+
+        text = Text(no_wrap=True, end="")
+        for piece, style in pieces: text.append(piece, style)
+        if rstrip: text.rstrip()
+        for overlay in overlays: text.stylize(overlay)
+        text.style = line_style
+        text.truncate(width, overflow="ellipsis", pad=True)
+        Strip(text.render(console, end=""), width)
+
+    `cache`: run styles combined with `line_style` and `overlays`, for callers that draw many
+    lines with the same ones (drop it when they change)."""
+    plain, runs = _collect(pieces, False)
+    if _STRIPPED.search(plain):  # what Text.append does, piece by piece
+        plain, runs = _collect(pieces, True)
+    size = len(plain)
+    if rstrip:
+        stripped = plain.rstrip()
+        if len(stripped) < size:
+            plain = stripped
+            size = len(plain)
+            runs = _trim(runs, size)
+    over = [overlay for overlay in overlays if overlay] if size else []
+    cover_end = size if over else -1
+    length = cell_len(plain)
+    if length > width:
+        cut = set_cell_size(plain, width - 1) + "…"
+        if cut != plain:
+            cut = strip_control_codes(cut)
+            if len(cut) < len(plain):
+                runs = _trim(runs, len(cut))
+                cover_end = min(cover_end, len(cut))
+            plain = cut
+    elif length < width:
+        plain += " " * (width - length)
+    if not runs and not over:
+        return Strip([Segment(plain)], width)
+    return Strip(_segments(plain, runs, line_style, over, line_style, cover_end, None,
+                           {} if cache is None else cache), width)
+
+
+def _collect(pieces: list[Piece], strip: bool) -> tuple[str, list[_Run]]:
+    """The pieces' text and styled runs as Text.append makes them: a piece that is empty
+    adds nothing, one that control codes are stripped from (`strip`) adds its run even when
+    nothing is left of it (zero cells, but where segments are cut)."""
+    texts: list[str] = []
+    runs: list[_Run] = []
+    size = 0
+    for piece, style in pieces:
+        if piece:
+            if strip:
+                piece = strip_control_codes(piece)
+            if style:
+                runs.append((size, size + len(piece), style))
+            texts.append(piece)
+            size += len(piece)
+    return "".join(texts), runs
+
+
+def _trim(runs: list[_Run], size: int) -> list[_Run]:
+    """Text._trim_spans: runs past `size` dropped, the one across it cut there."""
+    return [run if run[1] < size else (run[0], min(size, run[1]), run[2])
+            for run in runs if run[0] < size]

@@ -25,8 +25,9 @@ spawned) are one summary line at the end, not rows.
 The cursor starts on the worst worker (the oldest request past a threshold) and follows it
 until the user moves it; `jump_worst()` goes to the worst, then the next worst.
 
-Untrusted text (method, URI, remote address, status) is appended to `rich.text.Text` as plain
-strings with control characters made visible; nothing is ever parsed as markup.
+Untrusted text (method, URI, remote address, status) goes into a line as plain strings with
+control characters made visible (widgets._fmt.plain), as (text, style) pieces that
+widgets.text_lines.pieces_strip turns into segments; nothing is ever parsed as markup.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ from typing import ClassVar, Literal, NamedTuple
 
 from rich.cells import cell_len
 from rich.style import Style
-from rich.text import Text
 from textual import events
 from textual.binding import Binding, BindingType
 from textual.geometry import Region, Size
@@ -52,6 +52,7 @@ from stackmon.model import LEVELS, Deadline, Level, Request, Thresholds, Worker
 from stackmon.render_text import human_age, human_bytes
 from widgets._fmt import ellipsize, fmt_ms, plain
 from widgets._styles import LineStyles
+from widgets.text_lines import Piece, pieces_strip
 
 SortKey = Literal["id", "age", "requests"]
 # A worker's identity in the list: (id, how many workers before it in the list share that id).
@@ -73,6 +74,7 @@ REQUEST_SPAN = 112
 HOST_COLUMN_MIN_SPAN = 110  # from this width on, request lines also show the Host header
 HOST_WIDTH = 20
 SHORT_WORDS_WIDTH = 70  # narrower lists count short requests as `+2`, not `2 short`
+_BOLD = Style(bold=True)
 
 
 class _RequestLine(NamedTuple):
@@ -446,7 +448,10 @@ class WorkerList(LineStyles, ScrollView, can_focus=True):
         self._cursor: WorkerKey | None = None
         # Rendered lines: worker key -> (sub line, is cursor) -> Strip, all of one width.
         self._strips: dict[WorkerKey, dict[tuple[int, bool], Strip]] = {}
+        # Piece styles over a line style (and overlays), as pieces_strip combines them.
+        self._combined: dict[tuple[Style, ...], dict[Style, Style]] = {}
         self._strip_width = -1
+        self._frame_at: tuple[int, int] | None = None  # (width, top line) in render_lines
         self._styles: dict[str, Style] = {}
         self._cheap = 0  # workers cheaper mode has not spawned: one summary line, no rows
         # The cursor follows the worst worker until the user moves it (jump_worst resumes).
@@ -809,13 +814,28 @@ class WorkerList(LineStyles, ScrollView, can_focus=True):
             self.post_message(self.Selected(self, worker_id[0], worker_id))
 
     # ---------------------------------------------------------------------------- rendering
+    # Lines are lists of (text, style) pieces turned into Strips by pieces_strip, segment for
+    # segment what appending them to a rich Text and rendering it gave (tests/
+    # test_line_render.py keeps that path as the reference): the Text path cost 60-90 us a
+    # line, and every request line is drawn again each second (its age).
+
+    def render_lines(self, crop: Region) -> list[Strip]:
+        """The width and the top line, once for all the lines of a frame: the region and
+        the scroll offset took a third of render_line's own time, asked for on every line."""
+        self._frame_at = (self.scrollable_content_region.width, round(self.scroll_y))
+        try:
+            return super().render_lines(crop)
+        finally:
+            self._frame_at = None
 
     def render_line(self, y: int) -> Strip:
-        width = self.scrollable_content_region.width
+        frame_at = self._frame_at
+        width, top = frame_at if frame_at is not None else \
+            (self.scrollable_content_region.width, round(self.scroll_y))
         if width != self._strip_width:
             self._strips.clear()
             self._strip_width = width
-        line_no = round(self.scroll_y) + y
+        line_no = top + y
         if line_no >= len(self._lines):
             content_lines = max(1, len(self._lines))
             if line_no == 0 and not self._lines:
@@ -825,48 +845,58 @@ class WorkerList(LineStyles, ScrollView, can_focus=True):
             return Strip.blank(width, self._line_style(False))
         wid, sub = self._lines[line_no]
         if sub > len(self._blocks[wid].requests):  # a held line (HOLD_S): its request ended
-            # Said, not blank: empty rows between workers looked like a drawing glitch.
-            return self._to_strip(Text("      ⋯ ended", self._style("muted"), no_wrap=True,
-                                       end=""), width, False)
+            # Said, not blank: empty rows between workers looked like a drawing glitch. Muted
+            # over the line style: it was a rich Text's own style, which the line style then
+            # replaced, so its segment had no style at all, and with NO_COLOR Textual's
+            # Monochrome filter raised AttributeError on it (the app crashed).
+            return self._to_strip([("      ⋯ ended", self._style("muted"))], width, False)
         is_cursor = sub == 0 and wid == self._cursor
         cache = self._strips.setdefault(wid, {})
         strip = cache.get((sub, is_cursor))
         if strip is None:
             block = self._blocks[wid]
             if sub == 0:
-                text = self._header_text(block.header, is_cursor, width)
+                pieces, overlays = self._header_text(block.header, is_cursor, width)
+                strip = self._to_strip(pieces, width, is_cursor, overlays, rstrip=True)
             else:
-                text = self._request_text(block.requests[sub - 1], width)
-            strip = cache[(sub, is_cursor)] = self._to_strip(text, width, is_cursor)
+                strip = self._to_strip(self._request_text(block.requests[sub - 1], width),
+                                       width, False)
+            cache[(sub, is_cursor)] = strip
         return strip
 
-    def _to_strip(self, text: Text, width: int, is_cursor: bool) -> Strip:
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._combined.clear()
+
+    def _to_strip(self, pieces: list[Piece], width: int, is_cursor: bool,
+                  overlays: tuple[Style, ...] = (), rstrip: bool = False) -> Strip:
+        """The line cut or padded to `width` over the line style; the cursor line like
+        DataTable's row cursor: one bar over the whole line, on top of field colours."""
+        line_style = self._line_style(is_cursor)
         if is_cursor:
-            # Like DataTable's row cursor: one bar over the whole line, on top of field colours.
-            text.stylize(self._line_style(True))
-        text.style = self._line_style(is_cursor)
-        text.truncate(width, overflow="ellipsis", pad=True)
-        return Strip(text.render(self.app.console, end=""), width)
+            overlays = (*overlays, line_style)
+        key = (line_style, *overlays)
+        cache = self._combined.get(key)
+        if cache is None:
+            cache = self._combined[key] = {}
+        return pieces_strip(pieces, width, line_style, overlays, rstrip=rstrip, cache=cache)
 
-    def _cheap_text(self) -> Text:
-        text = Text(no_wrap=True, end="")
-        text.append(f"  {self._cheap} cheap", self._style("idle"))
-        text.append(" (not spawned: cheaper mode starts them under load)", self._style("muted"))
-        return text
+    def _cheap_text(self) -> list[Piece]:
+        return [(f"  {self._cheap} cheap", self._style("idle")),
+                (" (not spawned: cheaper mode starts them under load)", self._style("muted"))]
 
-    def _empty_text(self) -> Text:
-        text = Text(no_wrap=True, end="")
+    def _empty_text(self) -> list[Piece]:
+        muted = self._style("muted")
         if self._cheap and not self._blocks:
-            text.append("  no spawned worker", self._style("muted"))
-        elif self._blocks and self._filter:
-            text.append("  no worker matches ", self._style("muted"))
-            text.append(plain(self._filter), self._style("muted"))
-        else:
-            text.append("  no workers", self._style("muted"))
-        return text
+            return [("  no spawned worker", muted)]
+        if self._blocks and self._filter:
+            return [("  no worker matches ", muted), (plain(self._filter), muted)]
+        return [("  no workers", muted)]
 
-    def _header_text(self, w: _Header, is_cursor: bool, width: int) -> Text:
-        """The worker's row, from what `_Header` holds and nothing else (see _Header)."""
+    def _header_text(self, w: _Header, is_cursor: bool,
+                     width: int) -> tuple[list[Piece], tuple[Style, ...]]:
+        """The worker's row, from what `_Header` holds and nothing else (see _Header): its
+        pieces (the blanks at its end are dropped) and the style over the whole row (dead)."""
         label = self._style("label")
         alert = self._style("alert")
         status = plain(w.status)
@@ -905,17 +935,14 @@ class WorkerList(LineStyles, ScrollView, can_focus=True):
             drop = max(range(len(fields)), key=lambda i: fields[i][0])
             _, caption, value, _ = fields.pop(drop)
             total -= len(caption) + cell_len(value)
-        text = Text(no_wrap=True, end="")
+        pieces: list[Piece] = []
         for _, caption, value, style in fields:
             if caption:
-                text.append(caption, label)
-            text.append(value, style)
-        text.rstrip()
-        if w.pid == 0:
-            text.stylize(self._style("dead"))
-        return text
+                pieces.append((caption, label))
+            pieces.append((value, style))
+        return pieces, ((self._style("dead"),) if w.pid == 0 else ())
 
-    def _deadline_text(self, text: Text, d: Deadline, width: int) -> None:
+    def _deadline_text(self, pieces: list[Piece], d: Deadline, width: int) -> None:
         """`· nginx 504 in 2 s` in a column of its own; a client already gone (past nginx's
         or the LB's timeout) in the critical label's style: it changes what the user does."""
         narrow = width < NARROW_WIDTH
@@ -927,31 +954,30 @@ class WorkerList(LineStyles, ScrollView, can_focus=True):
         else:
             style = self._style("slow") if d.after_s < 5 else self._style("label")
         if not narrow:
-            text.append("· ", self._style("label"))
-        text.append(words, style)
+            pieces.append(("· ", self._style("label")))
+        pieces.append((words, style))
         column = (DEADLINE_SHORT if narrow else
                   self._deadline_held[0] if width >= DEADLINE_FULL_WIDTH else DEADLINE_MEDIUM)
-        text.append(" " * max(1, column - cell_len(words) + 1))
+        pieces.append((" " * max(1, column - cell_len(words) + 1), None))
 
-    def _request_text(self, r: _RequestLine, width: int) -> Text:
+    def _request_text(self, r: _RequestLine, width: int) -> list[Piece]:
         """`  ✖ CRIT    31s c0  GET     /hang/report?id=42        host  from 10.0.0.7`, laid
         out in at most REQUEST_SPAN cells so that columns line up with the worker rows."""
         narrow = width < NARROW_WIDTH
         wide = r.deadline is not None and width >= DEADLINE_FULL_WIDTH
         span = min(width, REQUEST_SPAN + (DEADLINE_LONG + 2 if wide else 0))
         line_style = self._style(r.level) if r.level != "ok" else Style()
-        text = Text(no_wrap=True, end="")
-        text.append(" " if narrow else "  ")
+        pieces: list[Piece] = [(" " if narrow else "  ", None)]
         if r.level == "ok":
-            text.append(LEVEL_LABELS["ok"])
+            pieces.append((LEVEL_LABELS["ok"], None))
         else:
-            text.append(LEVEL_LABELS[r.level], self._style(f"{r.level}-label"))
-        text.append(f" {human_age(r.age):>6} ", line_style + Style(bold=True))
+            pieces.append((LEVEL_LABELS[r.level], self._style(f"{r.level}-label")))
+        pieces.append((f" {human_age(r.age):>6} ", line_style + _BOLD))
         if r.deadline is not None:
-            self._deadline_text(text, r.deadline, width)
+            self._deadline_text(pieces, r.deadline, width)
         if not narrow:  # the core matters less than the URI when space is short
             core = f"c{r.core}" if r.core >= 0 else "c?"
-            text.append(f"{core:<3} ", self._style("label"))
+            pieces.append((f"{core:<3} ", self._style("label")))
         captured = bool(r.method or r.uri)
         method = ellipsize(plain(r.method), 7)
         method_width = (cell_len(method) + 1 if narrow else 8) if captured else 0
@@ -960,7 +986,7 @@ class WorkerList(LineStyles, ScrollView, can_focus=True):
         host = host + " " * (HOST_WIDTH - cell_len(host)) if host else ""
         host_width = HOST_WIDTH + 2 if host else 0
         tail_width = len(FROM) + cell_len(remote) if remote else 0
-        room = span - text.cell_len
+        room = span - cell_len("".join(piece for piece, _ in pieces))
         uri_room = room - tail_width - host_width - method_width
         uri_len = cell_len(plain(r.uri)) if captured else len(NOT_CAPTURED)
         if uri_room < min(uri_len, MIN_URI_WIDTH):
@@ -969,19 +995,19 @@ class WorkerList(LineStyles, ScrollView, can_focus=True):
             remote = host = ""
         what_width = room - tail_width - host_width - method_width
         if captured:
-            text.append(method + " " * (method_width - cell_len(method)), line_style)
+            pieces.append((method + " " * (method_width - cell_len(method)), line_style))
             what = ellipsize(plain(r.uri), what_width)
-            text.append(what, line_style)
+            pieces.append((what, line_style))
         else:
             what = ellipsize(NOT_CAPTURED, what_width)
-            text.append(what, self._style("muted"))
+            pieces.append((what, self._style("muted")))
         if remote or host:
             # Host and client line up in columns at the end of the span.
-            text.append(" " * max(0, what_width - cell_len(what)))
+            pieces.append((" " * max(0, what_width - cell_len(what)), None))
         if host:
-            text.append("  ")
-            text.append(host, self._style("label"))
+            pieces.append(("  ", None))
+            pieces.append((host, self._style("label")))
         if remote:
-            text.append(FROM, self._style("label"))
-            text.append(remote, line_style)
-        return text
+            pieces.append((FROM, self._style("label")))
+            pieces.append((remote, line_style))
+        return pieces
