@@ -22,7 +22,7 @@ from typing import ClassVar, NamedTuple
 
 from rich.style import Style
 from rich.text import Text
-from textual.geometry import Size
+from textual.geometry import Region, Size
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
@@ -148,6 +148,7 @@ class SidePanel(StyleMemo, ScrollView):
         self._base: Style | None = None
         self._count = 0  # the scrollable height in lines (>= the lines shown, see HOLD_S)
         self._count_needed_at = 0.0
+        self._frame_at: tuple[int, int] | None = None  # (width, top line) while drawing a frame
 
     # --- data in ----------------------------------------------------------------------------
 
@@ -299,15 +300,26 @@ class SidePanel(StyleMemo, ScrollView):
             self._layout(self._width, repaint=False)
             self.refresh()
 
+    def render_lines(self, crop: Region) -> list[Strip]:
+        """The width and the top line once for all the lines of a frame (as WorkerList):
+        the region and scroll offset were a tenth of this widget's drawing, asked per line."""
+        self._frame_at = (self.scrollable_content_region.width, round(self.scroll_y))
+        try:
+            return super().render_lines(crop)
+        finally:
+            self._frame_at = None
+
     def render_line(self, y: int) -> Strip:
-        width = self.scrollable_content_region.width
+        frame_at = self._frame_at
+        width, top = frame_at if frame_at is not None else \
+            (self.scrollable_content_region.width, round(self.scroll_y))
         if width != self._width and width > 0:
             # A resize or a scrollbar that came or went: the whole widget is being repainted.
             count = len(self._lines)
             self._layout(width, repaint=False)
             if len(self._lines) != count:
                 self.call_after_refresh(self.refresh)
-        line_no = round(self.scroll_y) + y
+        line_no = top + y
         strip = self._strips.get(line_no)
         if strip is None:
             strip = self._strips[line_no] = self._line_strip(line_no, width)
