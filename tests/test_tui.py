@@ -394,3 +394,24 @@ async def test_odd_text_from_the_stack_never_breaks_the_screens():
         assert isinstance(app.screen, WorkerDetailScreen)
         text = screen_text(app)
         assert "[/x] busy\\x1b[2J" in text
+
+
+async def test_help_at_80x24_scrolls_with_the_keys_it_names_and_esc_closes_it():
+    """At 80x24 the help is taller than the screen: the frame says how to scroll and close
+    (the Footer underneath is the main screen's), and those keys do it."""
+    host = recorded()
+    app = app_for(host)
+    async with app.run_test(size=(80, 24)) as pilot:
+        feed(app, host)
+        await pilot.press("question_mark")
+        await pilot.pause()
+        assert isinstance(app.screen, HelpScreen)
+        assert "Esc close" in screen_text(app)
+        scroll = app.screen.query_one("VerticalScroll")
+        assert scroll.max_scroll_y > 0 and scroll.scroll_y == 0
+        await pilot.press("pagedown")
+        await pilot.pause()
+        assert scroll.scroll_y > 0
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not isinstance(app.screen, HelpScreen)

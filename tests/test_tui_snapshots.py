@@ -70,8 +70,9 @@ def test_screen(snap_compare, screen, size):
     assert _snap(snap_compare, SCREENS[screen], size)
 
 
-def test_help(snap_compare):
-    assert _snap(snap_compare, ("question_mark",), (100, 30))
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_help(snap_compare, size):
+    assert _snap(snap_compare, ("question_mark",), size)
 
 
 # States that must show at 80x24, where space is shortest: PAUSED after p, READ-ONLY (K then

@@ -55,7 +55,10 @@ class HelpScreen(ModalScreen[None]):
         legend.append(f"Thresholds: slow >= {slow:g}s, critical >= {critical:g}s.")
         if self.read_only:
             legend.append("\nRead-only mode: actions that change the stack are disabled.")
-        with VerticalScroll():
+        with VerticalScroll() as scroll:
+            # The Footer below is the main screen's (a modal has none): how to leave and
+            # scroll is said on the frame, where it shows at every size.
+            scroll.border_subtitle = "Esc close · ↑↓ PgUp PgDn scroll"
             yield Static(Text("stackmon keys", style="bold"))
             yield Static(table)
             yield Static(legend)
