@@ -73,7 +73,8 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("reload('chain')", "C", "Chain reload", "Chain reload: one worker at a time.",
                mutating=True, footer=False, key_display="C"),
     ActionSpec("rolling_reload", "R", "Roll group", "On the overview: rolling reload of the "
-               "selected host's group, host by host (asks first).", mutating=True,
+               "selected host's group; the confirmation sets how many hosts may drain at "
+               "once (+/-, never the whole group).", mutating=True,
                key_display="R", narrow=True),
     ActionSpec("overview", "o", "Overview", "Every host on one line, worst first; / filters, "
                "Enter opens one.", footer=False),
