@@ -85,6 +85,8 @@ class LocalFacts:
     roles: dict[int, str] = field(default_factory=dict)
     scan: FdScan | None = None
     rescanned: bool = True  # False when `scan` is an earlier poll's
+    # The kernel counters' own errors, carried with them when a later poll reuses them.
+    kernel_errors: tuple[SourceError, ...] = ()
 
 
 def _nginx_pids(url: str | None, raw: list[kernel.RawListener]) -> dict[int, str]:
@@ -337,7 +339,14 @@ def gather_local_facts(instances: list[UwsgiInstance], nginx_url: str | None,
         assert previous is not None and previous.scan is not None
         scan = replace(previous.scan, vanished=())
     errors.extend(scan.errors)
-    counters, counter_errors = kernel.read_kernel_counters()
+    if rescanned or previous is None:
+        counters, counter_errors = kernel.read_kernel_counters()
+    else:
+        # somaxconn (a sysctl) and the ListenOverflows counter, read with the fds (every
+        # FD_RESCAN_S): /proc/net/netstat is generated whole on each read (0.19 ms, the
+        # poll's largest read), no screen shows the counter, and /metrics exports it as a
+        # counter (rate() over minutes); the doctor samples it itself.
+        counters, counter_errors = previous.kernel, previous.kernel_errors
     errors.extend(counter_errors)
     if set(scan.vanished) & set(found):
         found = {}
@@ -346,7 +355,7 @@ def gather_local_facts(instances: list[UwsgiInstance], nginx_url: str | None,
         for li in kernel.listeners_for(raw, scan.inode_pids, roles))
     return LocalFacts(listeners=listeners, fds=scan.report, kernel=counters,
                       errors=tuple(errors), nginx_roles=found, roles=roles, scan=scan,
-                      rescanned=rescanned)
+                      rescanned=rescanned, kernel_errors=tuple(counter_errors))
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

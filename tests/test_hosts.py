@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from stackmon.addresses import parse_stats_address
 from stackmon.config import HostConfig, Settings
 from stackmon.doctor.api import diagnose_host
@@ -151,3 +153,35 @@ async def test_fds_are_listed_again_once_due(stack, monkeypatch) -> None:
     await host.poll()
     await host.poll()
     assert host._last_facts is not None and host._last_facts.rescanned
+
+
+async def test_kernel_counters_are_read_with_the_fds_and_keep_their_errors(
+        stack, monkeypatch) -> None:
+    """/proc/net/netstat is the poll's largest read and no screen shows its counter: it is
+    read when the fds are (every FD_RESCAN_S), and a reason it could not be read stays in
+    every poll's errors meanwhile."""
+    import stackmon.hosts.local as local
+    from stackmon.model import SourceError
+    from stackmon.sources import kernel
+
+    calls: list[float] = []
+    real = kernel.read_kernel_counters
+
+    def counted() -> Any:
+        calls.append(1.0)
+        counters, _errors = real()
+        return counters, (SourceError("kernel", "cannot read /proc/net/netstat: test"),)
+
+    monkeypatch.setattr(kernel, "read_kernel_counters", counted)
+    host = local.LocalHost(HostConfig(name="s", uwsgi=(parse_stats_address(stack.stats_address),)),
+                           Settings())
+    first = await host.poll()
+    second = await host.poll()
+    assert len(calls) == 1
+    assert host._last_facts is not None and not host._last_facts.rescanned
+    assert second.kernel == first.kernel and second.kernel.somaxconn
+    for snap in (first, second):
+        assert any("netstat: test" in e.message for e in snap.errors), snap.errors
+    monkeypatch.setattr(local, "FD_RESCAN_S", 0.0)
+    await host.poll()
+    assert len(calls) == 2
