@@ -415,3 +415,18 @@ async def test_help_at_80x24_scrolls_with_the_keys_it_names_and_esc_closes_it():
         await pilot.press("escape")
         await pilot.pause()
         assert not isinstance(app.screen, HelpScreen)
+
+
+async def test_the_filter_shows_first_on_the_instance_line_at_80_columns():
+    """Workers are hidden while a filter is set: at 80x24 the instance line is cut at its end,
+    so the filter text comes right after the label, before the address and the sort."""
+    host = recorded()
+    app = app_for(host)
+    async with app.run_test(size=(80, 24)) as pilot:
+        feed(app, host)
+        await pilot.pause()
+        await pilot.press("slash", *"search", "enter")
+        await pilot.pause()
+        title = next(line for line in screen_text(app).splitlines()
+                     if line.startswith(" uWSGI "))
+        assert "filter: search" in title, title

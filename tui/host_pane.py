@@ -353,14 +353,17 @@ class HostPane(TabPane):
                 text.append("no uWSGI stats configured for this host", "dim")
             return text
         text.append("uWSGI ", "bold")
+        workers = self.query_one(WorkerList)
+        if workers.filter_text:
+            # First after the label: workers are hidden, and at 80 columns the end of this
+            # line is cut (the review found "filter: …" with the text itself cut off).
+            text.append("filter: ", "dim")
+            text.append(visible(workers.filter_text), "bold reverse")
+            text.append("  ")
         text.append(visible(inst.address))
         if len(snap.uwsgi) > 1:
             text.append(f"  [{self._position(snap) + 1}/{len(snap.uwsgi)}, i: next]", "dim")
         text.append(f"  sort: {SORTS[self._sort]}", "dim")
-        workers = self.query_one(WorkerList)
-        if workers.filter_text:
-            text.append("  filter: ", "dim")
-            text.append(visible(workers.filter_text), "bold")
         if snap.stale_s is not None:
             text.append(f"  data {snap.stale_s:.0f}s old", "bold yellow")
         for warning in inst.warnings:
