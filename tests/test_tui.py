@@ -430,3 +430,25 @@ async def test_the_filter_shows_first_on_the_instance_line_at_80_columns():
         title = next(line for line in screen_text(app).splitlines()
                      if line.startswith(" uWSGI "))
         assert "filter: search" in title, title
+
+
+async def test_sorted_by_requests_at_80_columns_the_req_column_is_shown():
+    """At 80x24 a worker row has no room for `req N`; sorted by requests served, that column
+    explains the order, so it is kept then (and only then)."""
+    host = recorded()
+    app = app_for(host)
+    async with app.run_test(size=(80, 24)) as pilot:
+        feed(app, host)
+        await pilot.pause()
+
+        def rows() -> list[str]:
+            return [line for line in screen_text(app).splitlines() if " pid " in line]
+
+        assert rows() and not any("req " in line for line in rows())
+        await pilot.press("s", "s")  # id -> age -> requests
+        await pilot.pause()
+        assert app.query_one(WorkerList).sort_key == "requests"
+        assert rows() and all("req " in line for line in rows()), rows()
+        await pilot.press("s")
+        await pilot.pause()
+        assert not any("req " in line for line in rows())

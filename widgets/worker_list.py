@@ -605,6 +605,9 @@ class WorkerList(LineStyles, ScrollView, can_focus=True):
         if key not in SORT_KEYS:
             raise ValueError(f"sort key must be one of {SORT_KEYS}, not {key!r}")
         if key != self._sort:
+            if "requests" in (key, self._sort):
+                self._strips.clear()  # the req column is kept only while it is the order
+                self.refresh()
             self._sort = key
             self._relayout(None, follow_cursor=True)
             self._follow()
@@ -923,7 +926,9 @@ class WorkerList(LineStyles, ScrollView, can_focus=True):
              no_style if w.pid else status_style),
             # Requests younger than the slow threshold: a count, so rows do not move.
             (1.5, "", _short_field(w.short, width), self._style("busy")),
-            (4, "req ", f"{w.requests:<6} ", no_style),
+            # Sorted by requests served: the column that explains the order stays (at 80
+            # columns it was dropped first, and the order looked random).
+            (0.5 if self._sort == "requests" else 4, "req ", f"{w.requests:<6} ", no_style),
             (2, "exc ", f"{w.exceptions:<3} ", alert if w.exceptions else no_style),
             (1, "hk ", f"{w.harakiri_count:<2} ", alert if w.harakiri_count else no_style),
             (6, "resp ", f"{w.respawns:<2} ", no_style),
