@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import pytest
@@ -14,6 +15,7 @@ from stackmon.actions.reload_progress import ReloadProgress, ReloadTracker, foll
 from stackmon.addresses import parse_stats_address
 from stackmon.model import Core, Request, Thresholds, UwsgiInstance, Worker
 from stackmon.sources.uwsgi_stats import poll_stats
+from tests.conftest import uwsgi_packet, wait_until
 
 
 def target_of(stack, read_only: bool = False) -> ActionTarget:
@@ -135,3 +137,119 @@ def test_reload_refused_when_the_master_changed_since_the_user_looked(fresh_stac
         asyncio.run(reload_uwsgi(target_of(st), "graceful", audit=AuditLog(tmp_path / "a.log"),
                                  expect_master=st.master_pid + 100000))
     assert info.value.kind == "stale"
+
+
+# --- what mercy cuts: only a running clock predicts, only a look at its end counts ----------
+
+def _tracker(mode: str, mercy: float, *wids: int) -> ReloadTracker:
+    return ReloadTracker({w: 100 + w for w in wids}, mode, mercy=mercy, started_at=1000.0)
+
+
+def test_graceful_idle_workers_are_asked_to_stop_not_waiting_their_turn():
+    """The review at 1 s: `1  waits its turn` in a graceful reload, where every worker is
+    asked to stop at once."""
+    t = _tracker("graceful", 10, 1, 2)
+    p = t.update(_inst(_worker(1, 101), _worker(2, 102, "/slow", 999.0)), 1000.5)
+    assert [w.state for w in p.workers] == ["stopping", "draining"]
+    assert p.workers[0].countdown is None and p.workers[1].countdown == 9.5
+
+
+def test_chain_only_the_worker_whose_turn_it_is_has_a_mercy_clock():
+    """The review at 18 s: a short /slow in a chain reload; its worker's clock starts at its
+    turn, it ends long before, and the summary must not count it as cut."""
+    t = _tracker("chain", 15, 1, 2, 3)
+    p = t.update(_inst(_worker(1, 101), _worker(2, 102), _worker(3, 103, "/slow?s=0.6")), 1000.5)
+    assert [w.state for w in p.workers] == ["stopping", "waiting", "waiting"]
+    assert [w.countdown for w in p.workers] == [None, None, None]
+    assert p.workers[2].request is not None  # what it serves, without a prediction
+    t.update(_inst(_worker(1, 201), _worker(2, 102), _worker(3, 103, "/slow?s=0.6")), 1001.0)
+    p = t.update(_inst(_worker(1, 201), _worker(2, 202), _worker(3, 103, "/slow?s=0.6")), 1017.0)
+    assert p.workers[2].state == "draining" and p.workers[2].countdown == 15.0  # its turn now
+    p = t.update(_inst(_worker(1, 201), _worker(2, 202), _worker(3, 103, "/slow?s=0.6")), 1018.0)
+    assert p.workers[2].countdown == 14.0
+    p = t.update(_inst(_worker(1, 201), _worker(2, 202), _worker(3, 203)), 1018.5)
+    assert p.done and p.cut == 0
+    assert p.message == ("chain reload done: 3 workers replaced in 18.5 s; no request was cut "
+                         "at mercy")
+
+
+def test_chain_counts_the_request_still_in_flight_when_its_workers_mercy_ran_out():
+    t = _tracker("chain", 2, 1, 2)
+    for now in (1000.5, 1001.0, 1001.5, 1002.0):  # worker 1 stuck to its mercy's end
+        p = t.update(_inst(_worker(1, 101, "/hang"), _worker(2, 102, "/slow")), now)
+    assert p.workers[0].state == "killing" and p.workers[1].countdown is None
+    p = t.update(_inst(_worker(1, 201), _worker(2, 102, "/slow")), 1002.5)  # NO MERCY
+    assert p.workers[0].cut == 1 and p.workers[1].countdown == 2.0  # worker 2's turn now
+    p = t.update(_inst(_worker(1, 201), _worker(2, 202)), 1003.0)  # its /slow ended: exited
+    assert p.done and p.cut == 1 and [w.cut for w in p.workers] == [1, 0]
+    assert p.message.endswith("; 1 request was in flight when its worker's mercy ran out "
+                              "(worker 1)")
+
+
+def test_graceful_cuts_are_judged_across_the_masters_re_exec():
+    """Graceful: the stats vanish once every old worker has exited (the master re-execs). A
+    request that ended before the mercy is not cut, even if the new pids show up after it."""
+    ended = _tracker("graceful", 4, 1)
+    ended.update(_inst(_worker(1, 101, "/slow")), 1003.5)
+    ended.update(None, 1003.8)  # the worker exited when its request ended: re-exec
+    p = ended.update(_inst(_worker(1, 201)), 1004.6)
+    assert p.done and p.cut == 0 and "no request was cut at mercy" in p.message
+    killed = _tracker("graceful", 4, 1, 2)
+    killed.update(_inst(_worker(1, 101, "/hang"), _worker(2, 102, "/hang")), 1003.5)
+    killed.update(_inst(_worker(1, 101, "/hang"), _worker(2, 102, "/hang")), 1003.9)
+    killed.update(None, 1004.4)
+    p = killed.update(_inst(_worker(1, 201), _worker(2, 202)), 1005.0)
+    assert p.done and p.cut == 2
+    assert "2 requests were in flight when their worker's mercy ran out (workers 1, 2)" in \
+        p.message
+
+
+def test_a_cut_that_was_not_seen_near_the_mercy_is_unknown_not_counted():
+    t = _tracker("chain", 10, 1)
+    t.update(_inst(_worker(1, 101, "/slow")), 1001.0)
+    p = t.update(_inst(_worker(1, 201)), 1012.0)  # the follow was away for 11 s
+    assert p.done and p.cut == 0 and p.workers[0].unsure
+    assert "whether worker 1 was cut is unknown" in p.message
+
+
+def _send_slow(stack, seconds: float) -> socket.socket:
+    """A /slow?s=N request straight to uWSGI's unix socket, left to finish on its own."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.connect(str(stack.uwsgi_socket_path))
+    sock.sendall(uwsgi_packet({"REQUEST_METHOD": "GET", "REQUEST_URI": f"/slow?s={seconds}",
+                               "PATH_INFO": "/slow", "QUERY_STRING": f"s={seconds}",
+                               "SERVER_PROTOCOL": "HTTP/1.1", "SERVER_NAME": "t",
+                               "SERVER_PORT": "80", "REMOTE_ADDR": "127.0.0.1"}))
+    return sock
+
+
+def test_a_chain_reload_counts_the_stuck_request_cut_and_not_the_short_one(fresh_stack, hang,
+                                                                           tmp_path):
+    """Real uWSGI: one worker stuck, the other finishing a 1 s /slow. Whatever their order in
+    the chain, only the stuck one is cut (uWSGI logs NO MERCY for it alone), only the worker
+    whose turn it is has a countdown, and the summary says 1 request."""
+    st = fresh_stack(workers=2, threads=1, mercy=3, nginx=False)
+    hang(st, "/hang/cut-me", n=1, via="unix")
+    stuck = next(w for w in st.stats()["workers"] if w["status"] == "busy")
+    slow = _send_slow(st, 1.0)
+    try:
+        wait_until(lambda: all(w["status"] == "busy" for w in st.stats()["workers"]), 5)
+        target = target_of(st)
+        seen: list[ReloadProgress] = []
+
+        async def go() -> ReloadProgress:
+            result = await reload_uwsgi(target, "chain", audit=AuditLog(tmp_path / "a.log"))
+            return await follow_reload(target, result, seen.append, interval=0.2, margin=20)
+
+        final = asyncio.run(go())
+    finally:
+        slow.close()
+    assert final.done, final.message
+    assert all(sum(w.countdown is not None for w in p.workers) <= 1 for p in seen)
+    assert [(w.id, w.cut) for w in final.workers if w.cut] == [(stuck["id"], 1)]
+    assert final.message.endswith("; 1 request was in flight when its worker's mercy ran out "
+                                  f"(worker {stuck['id']})")
+    no_mercy = [line for line in st.uwsgi_log_path.read_text(errors="replace").splitlines()
+                if "NO MERCY" in line]
+    assert len(no_mercy) == 1 and f"worker {stuck['id']} (pid: {stuck['pid']})" in no_mercy[0]

@@ -7,7 +7,9 @@ SIGKILL), then all come back with new pids; the master re-execs, so the stats se
 for a moment. Chain (`c`): one worker at a time, in id order, each replaced before the next.
 
 ReloadTracker turns that into per-worker states with a countdown against the mercy, so the
-screen can say which request the reload is waiting for and when it will be killed.
+screen can say which request the reload is waiting for and when its mercy runs out. A worker's
+mercy clock starts when it is asked to stop (graceful: all at once; chain: at its turn), and a
+request is cut only if it still runs then: no one can say so before, only count it after.
 
 How long to follow depends on the mode: a graceful reload is over within one mercy (every busy
 worker gets the same one), a chain reload gives each worker its own mercy in turn, so it can
@@ -33,10 +35,13 @@ from stackmon.actions.reload import plan_for
 from stackmon.model import Request, SourceError, Thresholds, UwsgiInstance, Worker
 from stackmon.sources.uwsgi_stats import poll_stats
 
-WorkerState = Literal["replaced", "draining", "killing", "exited", "waiting", "gone"]
+WorkerState = Literal["replaced", "draining", "killing", "exited", "stopping", "waiting", "gone"]
 KILL_SOON = 3.0  # seconds before mercy runs out when a draining worker counts as "killing"
 TURN_SLACK = 2.0  # per chain turn, past its mercy: the master's once-a-second check, a respawn
 MARGIN = 30.0  # past the mode's own worst case, before following gives up
+# How close to its mercy's end a worker must have been last seen busy for its requests to count
+# as cut when it then went (at least this, or the gap between two looks if longer).
+CUT_LOOK = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +53,11 @@ class WorkerReload:
     request: Request | None = None  # what a draining worker is finishing
     countdown: float | None = None  # seconds until mercy runs out (draining/killing)
     replaced_after: float | None = None  # seconds from the reload's start
+    # Requests in flight when its mercy ran out (seen busy at the last look before, then gone):
+    # what the reload cut. unsure: it went after its mercy, busy when last seen, but that look
+    # was too long before the end to tell whether its requests were still running.
+    cut: int = 0
+    unsure: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +76,11 @@ class ReloadProgress:
     @property
     def replaced(self) -> int:
         return sum(1 for w in self.workers if w.state == "replaced")
+
+    @property
+    def cut(self) -> int:
+        """Requests the reload cut so far: in flight when their worker's mercy ran out."""
+        return sum(w.cut for w in self.workers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +132,29 @@ def stopped_progress(p: ReloadProgress, why: str = "") -> ReloadProgress:
     return replace(p, workers=workers, message=message, stopped=True)
 
 
+@dataclass(frozen=True, slots=True)
+class _Look:
+    """An old worker as last seen, still with its old pid."""
+
+    at: float
+    requests: int  # in flight then
+    deadline: float | None  # when its mercy runs out (None: its clock had not started)
+    gap: float  # seconds since the look before: how far apart the looks are
+
+
+def _plural(n: int, one: str, many: str) -> str:
+    return one if n == 1 else many
+
+
 class ReloadTracker:
-    """Feed it each new sample with `update(instance_or_None, now)`; it keeps the timeline."""
+    """Feed it each new sample with `update(instance_or_None, now)`; it keeps the timeline.
+
+    A worker's mercy clock starts when it is asked to stop: every worker at once in a graceful
+    reload, each one when its turn comes in a chain (the previous one replaced). Only a worker
+    whose clock runs gets a countdown. A request is cut only if it still runs when that clock
+    runs out, which nobody can know before: what the tracker counts, afterwards, is the
+    requests seen in flight at a worker's last look near its mercy's end when the worker then
+    went (NO MERCY kills it at that moment; a worker whose request ends exits at once, before)."""
 
     def __init__(self, workers_before: Mapping[int, int], mode: str, mercy: float,
                  started_at: float) -> None:
@@ -131,19 +167,31 @@ class ReloadTracker:
         self.replaced_at: dict[int, float] = {}
         self._turn_started = started_at  # chain: when the current worker's turn began
         self.finished_at: float | None = None
+        self._looks: dict[int, _Look] = {}  # old worker id -> its last look with the old pid
+        self._went: set[int] = set()  # old pid seen gone
+        self._cut: dict[int, int] = {}  # old worker id -> requests in flight at its mercy
+        self._unsure: set[int] = set()  # went after its mercy; last look too early to tell
+        self._last_sample: float | None = None
 
-    def _countdown(self, wid: int, now: float) -> float:
-        start = self.started_at if self.mode != "chain" else self._turn_started
-        return self.mercy - (now - start)
+    def _deadline(self, wid: int) -> float | None:
+        """When `wid`'s mercy runs out, if its clock has started."""
+        if self.mode != "chain":
+            return self.started_at + self.mercy
+        return self._turn_started + self.mercy if self._is_current(wid) else None
 
     def update(self, inst: UwsgiInstance | None, now: float) -> ReloadProgress:
         elapsed = now - self.started_at
+        gap = 0.0 if self._last_sample is None else now - self._last_sample
+        self._last_sample = now
         if inst is None:
+            if self.mode != "chain":  # graceful: the master re-execs once every old worker
+                for wid in self._looks.keys() - self._went:  # has exited
+                    self._gone(wid, now)
             return ReloadProgress(
                 self.mode, self.mercy, elapsed,
-                tuple(WorkerReload(wid, pid, 0, "replaced" if wid in self.replaced_at else "gone",
-                                   replaced_after=self.replaced_at.get(wid))
-                      for wid, pid in self.old.items()),
+                tuple(self._judged(WorkerReload(
+                    wid, pid, 0, "replaced" if wid in self.replaced_at else "gone",
+                    replaced_after=self.replaced_at.get(wid))) for wid, pid in self.old.items()),
                 stats_available=False, done=False,
                 message="the master is re-executing: stats unavailable for a moment")
         live = {w.id: w for w in inst.workers}
@@ -152,31 +200,64 @@ class ReloadTracker:
                     and now_w.pid not in (0, *self.old_pids)):
                 self.replaced_at[wid] = elapsed
                 self._turn_started = now
-        states: list[WorkerReload] = []
-        for wid, old_pid in self.old.items():
-            w: Worker | None = live.get(wid)
-            if wid in self.replaced_at:
-                states.append(WorkerReload(wid, old_pid, w.pid if w else 0, "replaced",
-                                           replaced_after=self.replaced_at[wid]))
-            elif w is None:
-                states.append(WorkerReload(wid, old_pid, 0, "gone"))
-            elif w.pid == 0:
-                states.append(WorkerReload(wid, old_pid, 0, "exited"))
-            elif w.busy:
-                left = self._countdown(wid, now)
-                request = max(w.requests_in_flight, key=lambda r: r.running_s or 0, default=None)
-                waiting_turn = self.mode == "chain" and not self._is_current(wid)
-                state: WorkerState = "waiting" if waiting_turn else (
-                    "killing" if left <= KILL_SOON else "draining")
-                states.append(WorkerReload(wid, old_pid, w.pid, state, request=request,
-                                           countdown=None if waiting_turn else left))
-            else:
-                states.append(WorkerReload(wid, old_pid, w.pid, "waiting"))
+        self._look(live, now, gap)
+        states = [self._state(wid, old_pid, live.get(wid), now)
+                  for wid, old_pid in self.old.items()]
         done = bool(states) and all(s.state == "replaced" for s in states)
         if done and self.finished_at is None:
             self.finished_at = now
         return ReloadProgress(self.mode, self.mercy, elapsed, tuple(states), True, done,
                               self._message(states, done, now))
+
+    def _look(self, live: Mapping[int, Worker], now: float, gap: float) -> None:
+        """Note each old worker still on its old pid (busy or not, its mercy's end), and judge
+        those whose old pid is gone now."""
+        for wid, old_pid in self.old.items():
+            w = live.get(wid)
+            if wid in self._went or w is None:  # not in the stats: that tells nothing
+                continue
+            if old_pid and w.pid == old_pid:
+                busy = len(w.requests_in_flight) or int(w.busy)
+                self._looks[wid] = _Look(now, busy, self._deadline(wid), gap)
+            else:
+                self._gone(wid, now)
+
+    def _gone(self, wid: int, now: float) -> None:
+        """`wid`'s old pid is seen gone at `now`: were requests cut by its mercy? Only if it was
+        busy at its last look, went after its mercy ran out, and that look was near the end
+        (a request that ends lets its worker exit at once, before the mercy)."""
+        self._went.add(wid)
+        look = self._looks.get(wid)
+        if look is None or not look.requests or look.deadline is None or now < look.deadline:
+            return
+        if look.at + max(CUT_LOOK, look.gap) >= look.deadline:
+            self._cut[wid] = look.requests
+        else:
+            self._unsure.add(wid)
+
+    def _judged(self, w: WorkerReload) -> WorkerReload:
+        """`w` with what its mercy cut, once its old pid is gone."""
+        if w.id not in self._went:
+            return w
+        return replace(w, cut=self._cut.get(w.id, 0), unsure=w.id in self._unsure)
+
+    def _state(self, wid: int, old_pid: int, w: Worker | None, now: float) -> WorkerReload:
+        if wid in self.replaced_at:
+            return self._judged(WorkerReload(wid, old_pid, w.pid if w else 0, "replaced",
+                                             replaced_after=self.replaced_at[wid]))
+        if w is None:
+            return self._judged(WorkerReload(wid, old_pid, 0, "gone"))
+        if w.pid == 0:
+            return self._judged(WorkerReload(wid, old_pid, 0, "exited"))
+        deadline = self._deadline(wid)
+        if deadline is None:  # chain, not its turn yet: no clock, no countdown
+            request = _oldest(w) if w.busy else None
+            return WorkerReload(wid, old_pid, w.pid, "waiting", request=request)
+        if not w.busy:  # asked to stop, idle: it exits at once
+            return WorkerReload(wid, old_pid, w.pid, "stopping")
+        left = deadline - now
+        return WorkerReload(wid, old_pid, w.pid, "killing" if left <= KILL_SOON else "draining",
+                            request=_oldest(w), countdown=left)
 
     def _is_current(self, wid: int) -> bool:
         pending = sorted(w for w in self.old if w not in self.replaced_at)
@@ -187,7 +268,8 @@ class ReloadTracker:
         n = sum(1 for s in states if s.state == "replaced")
         if done:
             took = (self.finished_at or now) - self.started_at
-            return f"{self.mode} reload done: {total} workers replaced in {took:.1f} s"
+            return (f"{self.mode} reload done: {total} workers replaced in {took:.1f} s; "
+                    f"{cut_summary(states)}")
         draining = [s for s in states if s.state in ("draining", "killing")]
         text = f"{self.mode} reload: {n}/{total} workers replaced"
         if draining:
@@ -195,6 +277,30 @@ class ReloadTracker:
             text += (f"; {len(draining)} finishing a request, mercy runs out in "
                      f"{max(0.0, worst):.0f} s")
         return text
+
+
+def _oldest(w: Worker) -> Request | None:
+    return max(w.requests_in_flight, key=lambda r: r.running_s or 0, default=None)
+
+
+def cut_summary(workers: tuple[WorkerReload, ...] | list[WorkerReload]) -> str:
+    """What the reload cut, as far as the looks tell: "2 requests were in flight when their
+    worker's mercy ran out (workers 3, 4)", or that none was."""
+    cut = [w for w in workers if w.cut]
+    unsure = [w for w in workers if w.unsure]
+    parts: list[str] = []
+    if cut:
+        n = sum(w.cut for w in cut)
+        ids = ", ".join(str(w.id) for w in cut)
+        parts.append(f"{n} {_plural(n, 'request was', 'requests were')} in flight when "
+                     f"{_plural(n, 'its', 'their')} worker's mercy ran out "
+                     f"({_plural(len(cut), 'worker', 'workers')} {ids})")
+    if unsure:
+        ids = ", ".join(str(w.id) for w in unsure)
+        parts.append(f"whether {_plural(len(unsure), 'worker', 'workers')} {ids} "
+                     f"{_plural(len(unsure), 'was', 'were')} cut is unknown (last seen busy "
+                     "well before the mercy ran out)")
+    return "; ".join(parts) or "no request was cut at mercy"
 
 
 async def follow_reload(target: ActionTarget, result: ActionResult,
