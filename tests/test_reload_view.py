@@ -13,6 +13,7 @@ import time
 from dataclasses import replace
 
 import pytest
+from rich.console import Console
 
 from stackmon.actions.audit import AuditLog
 from stackmon.actions.base import ActionTarget
@@ -27,10 +28,18 @@ from stackmon.actions.reload_progress import (
 )
 from stackmon.addresses import parse_stats_address
 from stackmon.config import HostConfig, Settings, Targets
-from tests.tui_support import app_for, event, feed, recorded, screen_text, wait_for
+from tests.tui_support import (
+    app_for,
+    event,
+    feed,
+    recorded,
+    screen_text,
+    summary,
+    wait_for,
+)
 from tui.app import StackmonApp
 from tui.screens.confirm import KillConfirm, ReloadChoice, ReloadConfirm
-from tui.screens.reload_view import ReloadScreen
+from tui.screens.reload_view import ReloadScreen, render_progress
 
 
 def target_of(stack) -> ActionTarget:
@@ -283,6 +292,99 @@ async def test_enter_waits_for_the_facts_that_decide_it():
         gate.set()
         await wait_for(pilot, lambda: results)
     assert results == [ReloadChoice("chain")]
+
+
+# --- what mercy cuts: said only where a clock runs, counted only after ------------------------
+
+def _review_chain_at_18s() -> ReloadProgress:
+    """The review's moment: a chain reload at 18 s, worker 3's turn with a /slow of 0.6 s
+    (1 s old, mercy 14 s left), worker 4 waiting its turn with the stuck request."""
+    stuck = _hangs().uwsgi[0].workers[3].requests_in_flight[0]
+    short = replace(stuck, uri="/slow?s=0.6", running_s=1.0)
+    return ReloadProgress(
+        "chain", 15.0, 18.0,
+        (WorkerReload(1, 101, 201, "replaced", replaced_after=1.0),
+         WorkerReload(2, 102, 202, "replaced", replaced_after=17.0),
+         WorkerReload(3, 103, 103, "draining", request=short, countdown=14.0),
+         WorkerReload(4, 104, 104, "waiting", request=stuck)),
+        stats_available=True, done=False,
+        message="chain reload: 2/4 workers replaced; 1 finishing a request, mercy runs out "
+                "in 14 s")
+
+
+def _text(p: ReloadProgress, width: int) -> str:
+    console = Console(width=width, record=True, color_system=None)
+    console.print(render_progress("web-1", "web-1/127.0.0.1:9002", p, width=width))
+    return " ".join(console.export_text().split())  # wrapped lines joined
+
+
+@pytest.mark.parametrize("width", [80, 120, 200])
+def test_a_cut_is_said_only_for_the_worker_whose_mercy_runs_and_only_if_still_running(width):
+    text = _text(_review_chain_at_18s(), width)
+    assert "cut in 14 s if still running: worker 3 GET /slow?s=0.6 1s" in text
+    assert "cut at mercy" not in text  # the review's prediction
+    assert "worker 4" not in text  # waiting its turn: its clock has not started
+    assert ("waiting its turn" if width >= 100 else "waits its turn") in text
+
+
+def test_a_request_past_a_run_out_mercy_is_cut_now_if_still_running():
+    p = _review_chain_at_18s()
+    late = replace(p, workers=(*p.workers[:2], replace(p.workers[2], state="killing",
+                                                       countdown=-0.4), p.workers[3]))
+    assert "mercy ran out: cut now if still running: worker 3" in _text(late, 120)
+
+
+@pytest.mark.parametrize("width", [80, 120, 200])
+def test_a_graceful_reload_asks_every_worker_to_stop_from_the_first_poll(width):
+    """The review at 1 s: `1  waits its turn` in a graceful reload."""
+    stuck = _hangs().uwsgi[0].workers[3].requests_in_flight[0]
+    p = ReloadProgress("graceful", 15.0, 1.0,
+                       (WorkerReload(1, 101, 101, "stopping"),
+                        WorkerReload(2, 102, 102, "waiting"),  # as an older tracker said
+                        WorkerReload(3, 103, 103, "draining", request=stuck, countdown=14.0)),
+                       stats_available=True, done=False, message="graceful reload: 0/3")
+    text = _text(p, width)
+    assert "turn" not in text
+    assert text.count("asked to stop") == 2
+
+
+def test_the_done_summary_says_how_many_requests_were_cut_and_whose():
+    p = ReloadProgress(
+        "chain", 15.0, 34.7,
+        (WorkerReload(1, 101, 201, "replaced", replaced_after=1.0),
+         WorkerReload(2, 102, 202, "replaced", replaced_after=17.0),
+         WorkerReload(3, 103, 203, "replaced", replaced_after=19.1),
+         WorkerReload(4, 104, 204, "replaced", replaced_after=34.7, cut=1)),
+        stats_available=True, done=True,
+        message="chain reload done: 4 workers replaced in 34.7 s; 1 request was in flight "
+                "when its worker's mercy ran out (worker 4)")
+    assert "1 request was in flight when its worker's mercy ran out (worker 4)" in _text(p, 80)
+    console = Console(width=80, record=True, color_system=None)
+    console.print(render_progress("web-1", "i", p, width=80))
+    lines = console.export_text().splitlines()
+    assert [line.split()[0] for line in lines if "cut at mercy" in line] == ["4"]
+    assert "104 → 204  after 34.7 s  1 request cut at mercy" in lines[-3]
+
+
+async def test_the_view_names_the_no_mercy_kills_the_uwsgi_log_shows():
+    """uWSGI's own word on a cut: a NO MERCY line for one of this reload's old pids (not for
+    another pid, not from before the reload) is named in the view."""
+    hangs = _hangs()
+    old = BIG_PIDS[0] + 2  # worker 3's pid in _chain_midway
+    at = hangs.taken_at
+    logged = replace(hangs, logs=summary(at, events=(
+        event(at - 1, "no_mercy", "NO MERCY", 3, old),
+        event(at - 1, "no_mercy", "NO MERCY", 2, 55555),  # not one of this reload's pids
+        event(at - 300, "no_mercy", "NO MERCY", 4, old + 1))))  # before the reload began
+    app = app_for(hangs)
+    async with app.run_test(size=(120, 36)) as pilot:
+        screen = await _open_view(app, pilot, _chain_midway())
+        assert "NO MERCY" not in screen_text(app)
+        screen.set_host(logged)
+        await pilot.pause()
+        text = screen_text(app)
+    assert f"uWSGI logged NO MERCY for worker 3 (pid {old})" in text
+    assert "55555" not in text and "worker 4 (pid" not in text
 
 
 # --- SVG snapshots: read the diff before --snapshot-update --------------------------------

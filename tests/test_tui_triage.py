@@ -281,7 +281,7 @@ def test_reload_view_says_no_worker_serving_and_what_mercy_will_cut():
     assert "exited, no respawn until the last exits" in text
     assert "exited, respawning" not in text
     assert "listen queue 31/100 growing" in text
-    assert f"cut at mercy in 3 s: worker 3 GET {stuck.uri}" in text
+    assert f"cut in 3 s if still running: worker 3 GET {stuck.uri}" in text
     replaced = replace(p, workers=(WorkerReload(1, 101, 201, "replaced"), *p.workers[1:]))
     assert serving(replaced) == 1
     console = Console(width=140, record=True, color_system=None)

@@ -3,22 +3,26 @@
 Fed ReloadProgress values (from stackmon.actions.reload_progress) by the app's worker that
 follows the reload; this screen only renders them. Each worker shows replaced (old pid -> new),
 draining (the request it is finishing and its age, with a countdown bar), about to be killed,
-exited or waiting its turn (chain); then the outcome and how long it took.
+exited, asked to stop (idle, exiting) or waiting its turn (chain); then the outcome, how long
+it took and how many requests were in flight when their worker's mercy ran out.
 
 Above the table, what the clients get, from the stats and the kernel: how many workers serve
 new requests right now, "NO WORKER SERVING for 12 s" when none does (a graceful reload respawns
 nothing until the last old worker has exited: one stuck request keeps the whole instance from
 serving until mercy, and nginx meanwhile gets no answer), the listen queue and whether it is
-growing, and the requests that mercy will cut.
+growing, and the requests mercy cuts if they still run when it runs out. Only a worker whose
+mercy clock runs has such a line: in a chain reload that is the worker whose turn it is (the
+others' clocks start at their turn), and a request of 1 s may well end before: the line says
+"cut in 14 s if still running", never "cut at mercy in 14 s".
 
 It never shows a countdown nobody updates: when following stops before the end (a `stopped`
 progress) the view says so, with how far it got, and drops the countdowns; when no progress
 arrives for STALE_AFTER seconds (the follow died without a word) it says that too. At 80
 columns the table keeps every pid whole: shorter labels and a shorter bar, the request column
-(the least needed: the "cut at mercy" lines above name it) shrinks first. Lines above and
-under the table are wrapped here, at the width the view is drawn at, never between a number
-and its unit ("in 6 s" did wrap as "in 6" / "s"), and the progress line is said shorter where
-the tracker's whole sentence does not fit.
+(the least needed: the "cut in N s if still running" lines above name it) shrinks first.
+Lines above and under the table are wrapped here, at the width the view is drawn at, never
+between a number and its unit ("in 6 s" did wrap as "in 6" / "s"), and the progress line is
+said shorter where the tracker's whole sentence does not fit.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ STATE_STYLE = {
     "draining": ("draining", "bold yellow"),
     "killing": ("KILL SOON", "bold white on red"),
     "exited": ("exited", "cyan"),
+    "stopping": ("asked to stop", "cyan"),
     "waiting": ("waiting its turn", "dim"),
     "gone": ("not in stats", "dim"),
 }
@@ -140,7 +145,9 @@ def serving(p: ReloadProgress) -> int:
 def _row(w: WorkerReload, mercy: float, mode: str = "graceful", *, wide: bool = True,
          bar: int = 20) -> tuple[Text, Text, Text, Text, Text]:
     label, style = STATE_STYLE.get(w.state, (w.state, ""))
-    if not wide:
+    if w.state == "waiting" and mode != "chain":  # graceful asks every worker at once
+        label, style = STATE_STYLE["stopping"]
+    elif not wide:
         label = STATE_SHORT.get(w.state, label)
     if w.state == "exited":
         label = f"exited, {(EXITED_NOTE if wide else EXITED_SHORT).get(mode, 'respawning')}"
@@ -153,6 +160,11 @@ def _row(w: WorkerReload, mercy: float, mode: str = "graceful", *, wide: bool = 
         what.append(f"  {human_age(w.request.running_s)}", "bold")
     elif w.replaced_after is not None:
         what.append(f"after {w.replaced_after:.1f} s", "dim")
+    if w.cut or w.unsure:
+        what.append("  " if what else "")
+        said = (f"{w.cut} {'request' if w.cut == 1 else 'requests'} cut at mercy" if w.cut
+                else "cut at mercy? unknown")
+        what.append(said, "bold yellow")
     return (Text(str(w.id)), Text(label, style=style), pids, what,
             _bar(w.countdown, mercy, bar))
 
@@ -182,12 +194,11 @@ def clients_text(p: ReloadProgress, none_for: float | None,
         text.append(f"{depth}/{backlog or '?'}", "bold reverse red" if full else "bold")
         if before is not None and depth > before:
             text.append(" growing", "bold yellow")
-    cut = [w for w in p.workers if w.state in ("draining", "killing") and w.request]
-    for w in cut:
-        assert w.request is not None
+    for w in p.workers:
+        if w.request is None or w.countdown is None or w.state not in ("draining", "killing"):
+            continue  # only a running mercy clock can cut: a worker waiting its turn has none
         text.append("\n")
-        when = f"in {max(0.0, w.countdown or 0):.0f} s" if w.countdown is not None else "soon"
-        text.append(f"cut at mercy {when}: ", "bold yellow")
+        text.append(f"{cut_when(w.countdown)}: ", "bold yellow")
         text.append(f"worker {w.id} ")
         text.append(visible(w.request.method or "?"), "bold")
         text.append(" ")
@@ -196,11 +207,31 @@ def clients_text(p: ReloadProgress, none_for: float | None,
     return text
 
 
+def cut_when(countdown: float) -> str:
+    """When mercy cuts a request that is still running: nobody knows whether it will be (a
+    request of 1 s may end long before), so the line says on what it depends."""
+    if countdown <= 0:
+        return "mercy ran out: cut now if still running"
+    return f"cut in {countdown:.0f} s if still running"
+
+
+def no_mercy_text(no_mercy: tuple[tuple[int, int], ...]) -> Text:
+    """uWSGI's own word on what mercy killed: the tracker's count of cut requests is what its
+    looks saw, this line is what the master did."""
+    text = Text()
+    if no_mercy:
+        text.append("\nuWSGI logged NO MERCY for ", "bold yellow")
+        text.append(", ".join(f"worker {wid} (pid {pid})" for wid, pid in no_mercy))
+    return text
+
+
 def render_progress(host: str, instance: str, p: ReloadProgress,
                     none_for: float | None = None, queue: QueueFigures | None = None,
-                    width: int = WIDE, quiet_for: float | None = None) -> Table:
+                    width: int = WIDE, quiet_for: float | None = None,
+                    no_mercy: tuple[tuple[int, int], ...] = ()) -> Table:
     """The whole view as one renderable (pure: the screen and tests use it), for `width`
-    columns. quiet_for: seconds since the last progress arrived, when that is too long."""
+    columns. quiet_for: seconds since the last progress arrived, when that is too long.
+    no_mercy: (worker, pid) of this reload's old workers the uWSGI log says it killed."""
     wide = width >= WIDE
     bar = 20 if wide else (8 if width >= NARROW else 0)
     rows = [_row(w, p.mercy, p.mode, wide=wide, bar=bar) for w in p.workers]
@@ -221,6 +252,7 @@ def render_progress(host: str, instance: str, p: ReloadProgress,
                           (visible(instance), "bold"), " on ", (visible(host), "bold"),
                           f"   {elapsed}   worker-reload-mercy {p.mercy:g} s\n")
     title.append_text(clients_text(p, none_for, queue))
+    title.append_text(no_mercy_text(no_mercy))
     title.justify = "left"
     table.title = wrap_keeping_units(title, width)
     table.caption = wrap_keeping_units(_status(p, quiet_for, width), width)
@@ -256,7 +288,9 @@ def _status(p: ReloadProgress, quiet_for: float | None, width: int = WIDE) -> Te
             (f"following this reload went quiet; last: {visible(p.message)}", "bold yellow"),
             ("\nThe figures above are the last seen. Esc: the main view shows the workers' "
              "pids now; e: the host's events.", "dim"))
-    style = "bold green" if p.done else ("bold yellow" if p.stats_available else "bold cyan")
+    cut = any(w.cut or w.unsure for w in p.workers)
+    style = (("bold yellow" if cut else "bold green") if p.done else
+             ("bold yellow" if p.stats_available else "bold cyan"))
     message = visible(p.message)
     if cell_len(message) > width and p.stats_available and not p.done:
         message = short_message(p)
@@ -297,6 +331,7 @@ class ReloadScreen(Screen[None]):
         self._clock = clock
         self._heard = clock()  # when the last progress arrived
         self._quiet = False  # the view says "no progress for N s"
+        self._no_mercy: dict[int, int] = {}  # old pid -> worker, from the uWSGI log's events
         self._track(start)
 
     def compose(self) -> ComposeResult:
@@ -330,8 +365,10 @@ class ReloadScreen(Screen[None]):
     def _view(self) -> _Fitted:
         p, queue, quiet_for = self.progress, self._queue, self.quiet_for()
         none_for = None if self._none_since is None else p.elapsed - self._none_since
+        no_mercy = tuple(sorted((wid, pid) for pid, wid in self._no_mercy.items()))
         return _Fitted(lambda width: render_progress(self.host, self.instance, p, none_for,
-                                                     queue, width=width, quiet_for=quiet_for))
+                                                     queue, width=width, quiet_for=quiet_for,
+                                                     no_mercy=no_mercy))
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "close":
@@ -348,7 +385,9 @@ class ReloadScreen(Screen[None]):
 
     def set_host(self, snap: HostSnapshot) -> None:
         """A poll of the host: the instance's listen queue, from the stats or the kernel
-        (which keeps answering while the master re-executes)."""
+        (which keeps answering while the master re-executes), and the NO MERCY kills of this
+        reload's old workers its uWSGI log shows."""
+        self._note_no_mercy(snap)
         depth = backlog = -1
         for inst in snap.uwsgi:
             if inst.address == self.address:
@@ -364,6 +403,18 @@ class ReloadScreen(Screen[None]):
         before = self._queue[0] if self._queue is not None else None
         self._queue = (depth, backlog, before)
         self._redraw()
+
+    def _note_no_mercy(self, snap: HostSnapshot) -> None:
+        """NO MERCY events naming one of this reload's old pids, logged since it began."""
+        if snap.logs is None:
+            return
+        old = {w.old_pid: w.id for w in self.progress.workers if w.old_pid}
+        since = snap.taken_at - self.progress.elapsed - 2.0  # the log's times: whole seconds
+        found = {e.pid: old[e.pid] for e in snap.logs.events
+                 if e.kind == "no_mercy" and e.pid in old and e.at >= since}
+        if found.keys() - self._no_mercy.keys():
+            self._no_mercy.update(found)
+            self._redraw()
 
     def _redraw(self) -> None:
         if self.is_mounted:
