@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from rich.text import Text
 from textual import events, on
 from textual.app import App, ComposeResult, SystemCommand
+from textual.notifications import Notification, Notify
 from textual.screen import Screen
 from textual.widgets import ContentSwitcher, TabbedContent
 from textual.worker import Worker as TaskWorker
@@ -44,7 +45,13 @@ from tui.actions import ACTIONS, bindings, shown
 from tui.commands import HostCommands
 from tui.host_pane import HOLD_S, HostPane, relabel_tab
 from tui.messages import ActionFinished, DoctorDone, HostPolled, ReloadProgressed
-from tui.screens.confirm import KillChoice, KillConfirm, ReloadChoice, ReloadConfirm
+from tui.screens.confirm import (
+    KillChoice,
+    KillConfirm,
+    ReloadChoice,
+    ReloadConfirm,
+    kill_progress_text,
+)
 from tui.screens.doctor import DoctorScreen
 from tui.screens.events import EventsScreen
 from tui.screens.fleet import PANE_ID, FleetPane, RollConfirm, RollProgressed
@@ -70,6 +77,9 @@ FOOTER_FULL_WIDTH = 132
 # How long a kill waits for its stack capture before it kills without it (the kill ends an
 # outage; py-spy itself may take up to stackmon.actions.stack.DUMP_TIMEOUT).
 CAPTURE_TIMEOUT = 3.0
+# The longest a kill's progress notification stays (it is removed when the outcome comes):
+# capture, confirm, SIGTERM's grace, SIGKILL, the respawn wait, with room to spare.
+KILL_TOAST_S = 30.0
 
 # From this many hosts on, the overview is the first tab and only some hosts take a tab.
 FLEET_MIN_HOSTS = 4
@@ -559,23 +569,47 @@ class StackmonApp(App[int]):
             self.notify("No uWSGI data for this host yet.", severity="warning")
             return
         index, instance, address = pane.index, inst.index, inst.address
+        host = self._host(index)
+        timeout = host.settings.timeout
+        # How old the data the user decides on is: the instance's (a hung master), else the
+        # whole host's (it did not answer at all).
+        snap = pane.on_screen
+        stale_s, who = inst.stale_s, "the uWSGI master"
+        if stale_s is None and snap is not None and snap.stale_s is not None:
+            stale_s, who = snap.stale_s, "this host"
 
         def chosen(choice: KillChoice | None) -> None:
             if choice is not None:
-                self.run_worker(self._kill(index, instance, worker, choice, address),
+                # At once: confirming the pid takes up to a stats timeout (a hung master: all
+                # of it), the capture and the signals seconds more; never a silent wait.
+                toast = Notification(
+                    kill_progress_text(worker, choice, timeout, CAPTURE_TIMEOUT),
+                    f"Killing worker {worker.id}", "information", KILL_TOAST_S, markup=False)
+                self.post_message(Notify(toast))
+                self.run_worker(self._kill(index, instance, worker, choice, address, toast),
                                 group="actions", exit_on_error=False)
 
         logs = pane.latest.logs if pane.latest is not None else None
         uwsgi_log = next((s.path for s in (logs.sources if logs else ()) if s.kind == "uwsgi"
                           and s.path and s.label in (None, str(instance))), None)
         # Capturing is on by default where py-spy can run: here, or on an agent's host.
-        capture = self._host(pane.index).captures_stacks
+        capture = host.captures_stacks
         self.push_screen(KillConfirm(pane.host.name, address, worker, self.clock(),
                                      capture=capture, uwsgi_log=uwsgi_log,
-                                     events=logs.events if logs else ()), chosen)
+                                     events=logs.events if logs else (), stale_s=stale_s,
+                                     stale_who=who, timeout=timeout), chosen)
 
     async def _kill(self, index: int, instance: int, worker: Worker,
-                    choice: KillChoice, address: str = "") -> None:
+                    choice: KillChoice, address: str = "",
+                    toast: Notification | None = None) -> None:
+        try:
+            await self._kill_steps(index, instance, worker, choice, address)
+        finally:  # the outcome's notification replaces the progress one
+            if toast is not None and toast in self._notifications:
+                self._unnotify(toast)
+
+    async def _kill_steps(self, index: int, instance: int, worker: Worker,
+                          choice: KillChoice, address: str) -> None:
         host = self._host(index)
         stack: StackResult | None = None
         summary: dict[str, object] | None = None

@@ -16,6 +16,7 @@ hands it a result, an error message, or "reading…".
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from rich.cells import cell_len
@@ -74,7 +75,7 @@ def _thread_head(t: ThreadStack) -> Text:
     text = Text(no_wrap=True, end="")
     text.append("▶ " if t.marked else "  ", "bold")
     text.append(visible(t.name) or "thread", "bold" if t.marked else "")
-    text.append(" (active)" if t.active else " (idle)", "dim")
+    text.append(f" ({t.state})", "dim")
     if t.request is not None:
         age = f"{t.request.running_s:.0f} s" if t.request.running_s is not None else "?"
         text.append("  serving ")
@@ -88,8 +89,10 @@ def _is_waiting_core(t: ThreadStack) -> bool:
 
 
 def render_stack(result: StackResult, width: int, now: float | None = None,
-                 note: str = "") -> Text:
-    """The stack as lines for `width` cells (pure: the widget and its tests use it)."""
+                 note: str | Sequence[str] = "") -> Text:
+    """The stack as lines for `width` cells (pure: the widget and its tests use it). `note`:
+    a line, or several, above the stack; each is made visible on its own, so lines stay
+    lines while a newline inside one (untrusted text) is still shown escaped."""
     width = max(20, width)
     out = Text(end="")
     head = Text(no_wrap=True, end="")
@@ -106,7 +109,8 @@ def render_stack(result: StackResult, width: int, now: float | None = None,
     out.append_text(head)
     # The core's sentence names the CLI's `>>` marker; here the marked thread has `▶`.
     reason = result.marked_reason.replace("(>>)", "(▶)")
-    for line in (note, reason, *result.notes):
+    notes = (note,) if isinstance(note, str) else tuple(note)
+    for line in (*notes, reason, *result.notes):
         if line:
             out.append("\n")
             out.append(visible(line), "italic")
@@ -216,8 +220,10 @@ class StackView(Widget):
         if self.result is not None:
             if out.plain:
                 out.append("\n")
-            note = "\n".join(n for n in (self._origin, self._note) if n)
-            out.append_text(render_stack(self.result, width, self._now, note))
+            # Two lines, not one joined with "\n": render_stack escapes control characters
+            # in each (a joined one showed a literal \x0a between them).
+            notes = [n for n in (self._origin, self._note) if n]
+            out.append_text(render_stack(self.result, width, self._now, notes))
         elif not out.plain:
             out.append(self._hint, "dim")
         return out

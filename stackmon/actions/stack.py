@@ -126,6 +126,17 @@ class ThreadStack:
     marked: bool = False
     request: InFlight | None = None
 
+    @property
+    def state(self) -> str:
+        """The thread's state in words, true to both sources. py-spy's `active` says only
+        whether the OS thread was on a CPU when sampled; a core thread blocked in a sleep, a
+        lock or a socket read while the stats say it serves a request is not "idle" (seen:
+        "(idle)  serving GET /hang/export.csv for 15 s"): it waits, and the request waits
+        with it."""
+        if self.active:
+            return "active"
+        return "waiting: not on CPU" if self.request is not None else "idle"
+
 
 @dataclass(frozen=True, slots=True)
 class StackResult:
@@ -668,10 +679,9 @@ def render_stack(result: StackResult) -> str:
              f"{result.took_s * 1000:.0f} ms)", result.marked_reason]
     lines += [f"note: {n}" for n in result.notes]
     for t in result.threads:
-        state = "active" if t.active else "idle"
         # The name, not the OS thread id: in a forked worker, py-spy reports the main thread
         # with the id it had in the master (seen), which would look like another process.
-        head = f"{'>>' if t.marked else '  '} {t.name or 'thread'} ({state})"
+        head = f"{'>>' if t.marked else '  '} {t.name or 'thread'} ({t.state})"
         if t.request is not None:
             age = f"{t.request.running_s:.1f} s" if t.request.running_s is not None else "?"
             head += f"  serving {t.request.method} {t.request.uri} for {age}"

@@ -127,6 +127,40 @@ def usr2_text(log_path: str | None, events: Sequence[Event]) -> Text:
     return text
 
 
+def consequence_text(worker: Worker, stale_s: float | None, timeout: float,
+                     who: str = "the uWSGI master") -> Text:
+    """What Enter will do, true to the data's age. Fresh: the request(s) are aborted and the
+    master respawns the worker. Stale (`who` has not answered for `stale_s`): everything above
+    is the last good data, and the kill (stackmon.actions.kill) confirms the pid with the
+    live stats before any signal, so it is refused, nothing done, unless `who` answers within
+    `timeout`; saying "the master respawns it" there promised what a hung master cannot do."""
+    if stale_s is None:
+        return Text("The master respawns the worker with a new pid; the request(s) above are "
+                    "aborted (the client gets a 502).", style="italic")
+    text = Text()
+    text.append(f" STALE {human_age(stale_s)} ", "bold reverse")
+    text.append(f" {who} has not answered for {human_age(stale_s)}: the worker, pid and "
+                "requests above are its last good data.\n")
+    text.append(f"Before any signal, stackmon confirms pid {worker.pid} is still worker "
+                f"{worker.id} with the live stats: unless {who} answers within "
+                f"{timeout:g} s, the kill is refused and nothing is done.", "bold")
+    text.append(" If it answers in time, the worker's request(s) are aborted (the client "
+                "gets a 502) and the master respawns it.", "italic")
+    return text
+
+
+def kill_progress_text(worker: Worker, choice: KillChoice, timeout: float,
+                       capture_budget: float) -> str:
+    """What the kill is doing, shown at once after Enter: confirming the pid with the master
+    (one stats read, up to `timeout`), capturing the stack first (up to `capture_budget`),
+    and the signals take seconds; without this line the wait was silent."""
+    first = (f"capturing its stack (up to {capture_budget:g} s), then " if choice.capture
+             else "")
+    signal = "SIGUSR2, then SIGTERM" if choice.usr2_first else f"SIG{choice.signal}"
+    return (f"Worker {worker.id} pid {worker.pid}: {first}confirming the pid with the master "
+            f"(up to {timeout:g} s), then {signal} and waiting for its respawn…")
+
+
 def _keys(*pairs: tuple[str, str]) -> Text:
     text = Text()
     for key, label in pairs:
@@ -147,15 +181,22 @@ class KillConfirm(ModalScreen[KillChoice | None]):
 
     def __init__(self, host: str, instance: str, worker: Worker, now: float, *,
                  capture: bool | None = None, uwsgi_log: str | None = None,
-                 events: Sequence[Event] = ()) -> None:
+                 events: Sequence[Event] = (), stale_s: float | None = None,
+                 stale_who: str = "the uWSGI master", timeout: float = 2.0) -> None:
         """`capture`: whether "capture the stack first" starts on (None: not offered);
-        `uwsgi_log` and `events`: where SIGUSR2's output goes, and what was read from it."""
+        `uwsgi_log` and `events`: where SIGUSR2's output goes, and what was read from it;
+        `stale_s`: how long `stale_who` has not answered (None: the data is live), and
+        `timeout` how long the kill's own stats read waits for it."""
         super().__init__()
         # Host name and address come from configuration: shown literally, like request data.
         self.host, self.instance = visible(host), visible(instance)
         self.worker, self.now = worker, now
+        self.stale_s, self.stale_who, self.timeout = stale_s, stale_who, timeout
         self.offer_capture = capture is not None
-        self.capture = bool(capture)
+        # Stale: the capture confirms the pid with the stats too, so it would wait a whole
+        # timeout for the master before the kill waits another (4 s for nothing, seen): off
+        # unless asked for.
+        self.capture = bool(capture) and stale_s is None
         self.uwsgi_log = uwsgi_log
         self.events = tuple(events)
 
@@ -176,15 +217,19 @@ class KillConfirm(ModalScreen[KillChoice | None]):
             yield Static(sub)
             # A request line wraps to about two rows where the dialog is narrow.
             yield Static(_requests_text(w, self.now, list_rows(self.app.size.height, 16) // 2))
-            yield Static(Text("The master respawns the worker with a new pid; the request(s) "
-                              "above are aborted (the client gets a 502).", style="italic"))
+            yield Static(consequence_text(w, self.stale_s, self.timeout, self.stale_who),
+                         id="consequence")
             yield Static(usr2_text(self.uwsgi_log, self.events), id="usr2")
 
     def _capture_text(self) -> Text:
         text = _keys(("s", "[x] capture its Python stack first" if self.capture
                       else "[ ] capture its Python stack first"))
-        text.append("(kept in the kill's audit record)" if self.capture
-                    else "(off: the kill destroys where it was stuck)", "dim")
+        if self.capture:
+            text.append("(kept in the kill's audit record)", "dim")
+        elif self.stale_s is not None:
+            text.append("(off: it needs the master to answer too)", "dim")
+        else:
+            text.append("(off: the kill destroys where it was stuck)", "dim")
         return text
 
     def action_toggle_capture(self) -> None:
