@@ -513,7 +513,8 @@ class StackmonApp(App[int]):
         pane = self.active_pane()
         snap = pane.latest
         self.push_screen(EventsScreen(pane.index, pane.host.name,
-                                      snap.logs if snap is not None else None))
+                                      snap.logs if snap is not None else None,
+                                      pane.event_memory))
 
     def action_doctor(self) -> None:
         pane = self.active_pane()

@@ -27,7 +27,7 @@ from stackmon.model import HostSnapshot, UwsgiInstance, Worker
 from stackmon.redact import visible
 from stackmon.render_text import human_age
 from stackmon.stuck import group_stuck
-from tui.screens.events import KIND_STYLE, event_fields
+from tui.screens.events import KIND_STYLE, EventMemory, event_fields, shown_events
 from widgets.blank import BlankHorizontal, BlankVertical
 from widgets.clients_panel import CauseHistory
 from widgets.gauge import fd_items, listen_queue_items
@@ -121,20 +121,22 @@ def stuck_line(snap: HostSnapshot, stacks: Iterable[StackResult]) -> Text:
     return text
 
 
-def recent_events(snap: HostSnapshot) -> Text:
+def recent_events(snap: HostSnapshot, memory: EventMemory | None = None) -> Text:
     """The newest events under the workers, on a tall terminal (the `e` screen has them all):
-    what just happened to which worker, where the lower half of the screen was empty."""
+    what just happened to which worker, where the lower half of the screen was empty. The
+    same rows as the events screen (upstream failure episodes, stackmon's actions)."""
     text = Text("Recent events", style="bold", end="")
     logs = snap.logs
     if logs is None:
         text.append("  no log source: harakiri, deaths, respawns and reloads come from "
                     "uWSGI's log", "dim")
         return text
-    if not logs.events:
+    rows = shown_events(logs, memory)
+    if not rows:
         text.append(f"  none in the last {logs.window_s:.0f} s (e: events screen)", "dim")
         return text
-    text.append(f"  newest first, {len(logs.events)} in {logs.window_s:.0f} s (e: all)", "dim")
-    for e in logs.events[:RECENT_EVENTS]:
+    text.append(f"  newest first, {len(rows)} (e: all)", "dim")
+    for e in rows[:RECENT_EVENTS]:
         clock, _source, kind, worker, pid, uri, words = event_fields(e)
         text.append(f"\n{clock} ", "dim")
         text.append(f"{kind:<12} ", KIND_STYLE.get(e.kind, "bold"))
@@ -178,6 +180,7 @@ class HostPane(TabPane):
         self._busy_hist: deque[int] = deque(maxlen=HISTORY)
         self._rps_hist: deque[float | None] = deque(maxlen=HISTORY)
         self._causes = CauseHistory(HISTORY)
+        self.event_memory = EventMemory()  # what the events screen keeps beyond one poll
         # Stacks read this session ((instance index, worker id) -> the newest), for the
         # "stuck together" line: stackmon.stuck uses one only for its own pid and request.
         self.stacks: dict[tuple[int, int], StackResult] = {}
@@ -213,6 +216,7 @@ class HostPane(TabPane):
         self._state = (snap, state) if state is not None else None
         if self.latest is not None and snap.taken_at < self.latest.taken_at:
             self._restart_history()  # a replay stepped back: the minute starts again there
+        self.event_memory.observe(snap.logs)
         self._rps = uwsgi_rate(self.latest, snap) if snap.reachable else None
         self._previous, self.latest = self.latest, snap
         if snap.reachable and snap.stale_s is None:
@@ -233,6 +237,7 @@ class HostPane(TabPane):
         for series in (self._queue_hist, self._busy_hist, self._rps_hist):
             series.clear()
         self._causes = CauseHistory(HISTORY)
+        self.event_memory.reset()
 
     def set_paused(self, paused: bool) -> None:
         self._paused = paused
@@ -273,7 +278,7 @@ class HostPane(TabPane):
         self.query_one("#notice", TextLines).show(self._notice(snap))
         workers.set_workers(inst.workers if inst else (), now)
         self._draw_side(snap)
-        self.query_one("#recent", TextLines).show(recent_events(snap))
+        self.query_one("#recent", TextLines).show(recent_events(snap, self.event_memory))
 
     def _draw_stuck(self, snap: HostSnapshot) -> None:
         text = stuck_line(snap, self.stacks.values()) if snap.reachable else Text()

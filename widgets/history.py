@@ -6,6 +6,12 @@ still filling. One widget renders the three series as block characters in a sing
 is scaled to its own maximum over the window, printed at the end of the line, so a flat line of
 "█" at max 1 is not mistaken for a full queue. Zero is a blank, any non-zero value at least "▁";
 an unknown req/s (first sample, nginx down) is "·".
+
+The whole history is drawn whatever the width (the README promises a minute): where there are
+more samples than cells, each cell is the largest of a few consecutive samples, counted from
+the newest, so a one-second queue spike is never averaged or dropped away. The side panel is
+35-56 columns wide: one cell per second there would show 12-40 s, not a minute. The figures
+(now, max) are placed first and the sparkline gets what is left: a figure is never cut.
 """
 
 from __future__ import annotations
@@ -124,7 +130,8 @@ def history_text(queue: Sequence[int], busy: Sequence[int], rps: Sequence[float 
 
 def history_lines(queue: Sequence[int], busy: Sequence[int], rps: Sequence[float | None],
                   width: int, get: StyleGetter) -> list[Text]:
-    """history_text()'s lines, unjoined (what the side panel lays out)."""
+    """history_text()'s lines, unjoined (what the side panel lays out): each at most `width`
+    cells whenever the label and the current figure fit."""
     label_style = get("history--label")
     spark_style = get("history--spark")
     value_style = get("history--value")
@@ -135,26 +142,45 @@ def history_lines(queue: Sequence[int], busy: Sequence[int], rps: Sequence[float
         ("req/s", rps, fmt_rate),
     )
     for label, values, fmt in rows:
-        current = fmt(values[-1]) if values else "?"
-        # Room for the sparkline once the label and the figures are placed; the figures
-        # are sized for the whole history so the line does not jitter as values change.
-        known_all = [v for v in values if v is not None]
-        widest = len(f" {current:>6}  max {fmt(max(known_all)) if known_all else '?'}")
-        show_max = width - LABEL_WIDTH - 1 - widest >= MIN_SPARK_WIDTH
-        if not show_max:  # a narrow panel: the trend matters more than its scale
-            widest = len(f" {current:>6}")
-        room = max(0, width - LABEL_WIDTH - 1 - widest)
-        window = list(values)[-room:] if room else []
-        known = [v for v in window if v is not None]
-        top = max(known, default=None)
+        # The max is the whole history's (every sample is drawn), so the figure budgeted
+        # is the figure printed: a window's max formatted wider than the history's ("9.5"
+        # against "10") once pushed "max 9.5" one cell past the panel.
+        top = max((v for v in values if v is not None), default=None)
+        now = f" {fmt(values[-1]) if values else '?':>6}"
+        scale = f"  max {fmt(top) if top is not None else '?'}"
+        head = f"{label:<{LABEL_WIDTH}} "
+        if width - len(head) - len(now) - len(scale) < MIN_SPARK_WIDTH:
+            scale = ""  # a narrow panel: the trend matters more than its scale
+        if width < len(head) + len(now):
+            head = ""  # narrower still: the figure before its label
+        room = max(0, width - len(head) - len(now) - len(scale))
         text = Text(no_wrap=True, end="")
         lines.append(text)
-        text.append(f"{label:<{LABEL_WIDTH}} ", label_style)
-        text.append(sparkline(window, top or 0).rjust(room), spark_style)  # newest: right
-        text.append(f" {current:>6}", value_style)
-        if show_max:
-            text.append(f"  max {fmt(top) if top is not None else '?'}", label_style)
+        text.append(head, label_style)
+        text.append(sparkline(bucket_max(values, room), top or 0).rjust(room), spark_style)
+        text.append(now, value_style)
+        text.append(scale, label_style)
     return lines
+
+
+def bucket_max(values: Sequence[float | None], cells: int) -> list[float | None]:
+    """`values` in at most `cells` cells: one each when they fit, else each cell the largest of
+    the same number of consecutive values, counted from the newest (the oldest cell may hold
+    fewer). A cell of unknowns only is unknown."""
+    if cells <= 0:
+        return []
+    if not isinstance(values, list | tuple):
+        values = list(values)  # a deque: no slices
+    n = len(values)
+    if n <= cells:
+        return list(values)
+    per = -(-n // cells)  # ceil
+    out: list[float | None] = []
+    for end in range(n, 0, -per):
+        known = [v for v in values[max(0, end - per):end] if v is not None]
+        out.append(max(known) if known else None)
+    out.reverse()
+    return out
 
 
 def _fmt_int(value: float | None) -> str:
