@@ -35,13 +35,13 @@ from stackmon.actions.base import ActionError
 from stackmon.actions.reload_progress import ReloadProgress
 from stackmon.actions.rolling import RollPolicy, RollResult, RollStep, rolling_reload
 from stackmon.actions.stack import StackResult, capture_for_kill
-from stackmon.config import Targets
+from stackmon.config import HostConfig, Targets
 from stackmon.health import HostState, Severity, assess
 from stackmon.hosts import Host, open_host
 from stackmon.model import HostSnapshot, Worker
 from stackmon.poller import Fleet
 from stackmon.redact import visible
-from tui.actions import ACTIONS, bindings, shown
+from tui.actions import ACTIONS, bindings, host_only, overview_hint, shown
 from tui.commands import HostCommands
 from tui.host_pane import HOLD_S, HostPane, relabel_tab
 from tui.messages import ActionFinished, DoctorDone, HostPolled, ReloadProgressed
@@ -159,6 +159,7 @@ class StackmonApp(App[int]):
         self._pane_lock = asyncio.Lock()  # tabs are added and removed one at a time
         self._tabbed: TabbedContent | None = None
         self._roll_members: list[int] | None = None
+        self._last_host: int | None = None  # the host tab shown last (see _back_to)
         self.paused = False
         self._footer_shape: tuple[bool, bool] | None = None  # (narrow, one tab)
         for b in bindings(self.read_only):
@@ -169,7 +170,7 @@ class StackmonApp(App[int]):
 
     def compose(self) -> ComposeResult:
         if self.fleet_mode:
-            self.overview = FleetPane(self.targets.hosts)
+            self.overview = FleetPane(self.targets.hosts, read_only=self.read_only)
         else:
             self.panes = {i: self._new_pane(i) for i in range(len(self.targets.hosts))}
         with TabbedContent(id="hosts"):
@@ -264,16 +265,16 @@ class StackmonApp(App[int]):
             self.overview.set_host(index, snap, assessed)
         if self.fleet_mode:
             self._alarm_tab(index, assessed.critical)
+        screen = self.screen
+        if isinstance(screen, EventsScreen) and screen.host_index == index:
+            screen.set_logs(snap.logs)  # opened from the overview, the host may have no tab
         if pane is None:
             return
-        screen = self.screen
         if isinstance(screen, ReloadScreen) and screen.host_index == index:
             screen.set_host(snap)
         if isinstance(screen, WorkerDetailScreen) and screen.host_index == index:
             screen.set_worker(pane.find_worker(screen.worker_id, screen.address,
                                                nth=screen.worker_nth), self.clock())
-        elif isinstance(screen, EventsScreen) and screen.host_index == index:
-            screen.set_logs(snap.logs)
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -298,11 +299,12 @@ class StackmonApp(App[int]):
         return not (action in self._MAIN_ONLY and len(self.screen_stack) > 1)
 
     # Keys of one host's view: inert on the overview, whose own keys reuse some (R there is
-    # the rolling reload); and the overview's own keys, inert elsewhere and under a screen.
-    _HOST_ONLY = frozenset({"open_worker", "cycle_sort", "next_instance", "kill_worker",
-                            "reload", "doctor", "events", "worst", "trace_worker"})
-    _FLEET_ONLY = frozenset({"rolling_reload"})
-    _TAB_KEYS = frozenset({"rolling_reload", "overview", "close_tab"})
+    # the rolling reload), where their hint says what to do instead (tui.actions); and the
+    # overview's own keys, inert elsewhere and under a screen.
+    _HOST_ONLY = host_only()
+    _FLEET_ONLY = frozenset({"rolling_reload", "overview_hint", "leave_overview"})
+    _TAB_KEYS = frozenset({"rolling_reload", "overview", "close_tab", "overview_hint",
+                           "leave_overview"})
 
     def _fleet_check(self, action: str) -> bool | None:
         """check_action's answer for the overview and its keys; None: not decided here."""
@@ -380,6 +382,8 @@ class StackmonApp(App[int]):
     @on(TabbedContent.TabActivated)
     def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
         pane = self._active_host_pane()
+        if pane is not None:
+            self._last_host = pane.index  # where Esc on the overview goes back to
         if pane is not None and not self.paused:
             pane.show_latest()
         # The focus moves with the tab, and with it Textual refreshes the Footer's keys (the
@@ -393,7 +397,7 @@ class StackmonApp(App[int]):
         self.push_screen(HelpScreen(self.read_only, (s.slow, s.critical),
                                     one_tab=len(self._tab_ids()) < 2))
 
-    def action_open_worker(self, trace: bool = False) -> None:
+    def action_open_worker(self, trace: bool = False, with_locals: bool = False) -> None:
         pane = self.active_pane()
         worker = pane.selected_worker()
         if worker is None:
@@ -408,11 +412,12 @@ class StackmonApp(App[int]):
                                     tracer=self._tracer(pane, address))
         self.push_screen(screen)
         if trace:
+            screen.with_locals = with_locals
             screen.call_after_refresh(screen.action_trace)
 
-    def action_trace_worker(self) -> None:
-        """t: the worker's detail, its stack being read (issue 13)."""
-        self.action_open_worker(trace=True)
+    def action_trace_worker(self, with_locals: bool = False) -> None:
+        """t: the worker's detail, its stack being read (issue 13); l: with its locals."""
+        self.action_open_worker(trace=True, with_locals=with_locals)
 
     def _traceable(self, pane: HostPane) -> bool:
         """A host with uWSGI stats (or an agent) has workers to trace; a recording does not."""
@@ -452,6 +457,8 @@ class StackmonApp(App[int]):
         self.sub_title = "PAUSED" if self.paused else ""
         for pane in self.panes.values():
             pane.set_paused(self.paused)
+        if self.overview is not None:
+            self.overview.set_paused(self.paused)
         if not self.paused:
             active = self._active_host_pane()
             if active is not None:
@@ -509,17 +516,30 @@ class StackmonApp(App[int]):
             self.notify("This host has one uWSGI instance: `i` switches between several.",
                         timeout=3)
 
+    def _subject(self) -> int | None:
+        """The host a key of one host acts on: the tab shown, or on the overview its selected
+        host (e and d need no tab of their own: they open a screen for that host)."""
+        if self._on_overview():
+            return self.overview.table.cursor_index if self.overview is not None else None
+        return self.active_pane().index
+
     def action_events(self) -> None:
-        pane = self.active_pane()
-        snap = pane.latest
-        self.push_screen(EventsScreen(pane.index, pane.host.name,
-                                      snap.logs if snap is not None else None,
-                                      pane.event_memory))
+        index = self._subject()
+        if index is None:
+            self.notify("No host selected.", severity="warning")
+            return
+        snap = self._latest.get(index)
+        self.push_screen(EventsScreen(index, self.targets.hosts[index].name,
+                                      snap.logs if snap is not None else None))
 
     def action_doctor(self) -> None:
-        pane = self.active_pane()
-        self.push_screen(DoctorScreen(pane.index, pane.host.name))
-        self.run_worker(lambda: self._diagnose(pane.index, pane.latest), thread=True,
+        index = self._subject()
+        if index is None:
+            self.notify("No host selected.", severity="warning")
+            return
+        self.push_screen(DoctorScreen(index, self.targets.hosts[index].name))
+        snap = self._latest.get(index)
+        self.run_worker(lambda: self._diagnose(index, snap), thread=True,
                         group="doctor", exit_on_error=False)
 
     def _diagnose(self, index: int, snapshot: HostSnapshot | None) -> None:
@@ -538,13 +558,20 @@ class StackmonApp(App[int]):
     # --- actions that change the stack (confirm -> worker -> message) ------------------------
 
     def _actionable(self, pane: HostPane) -> bool:
-        if self.read_only or pane.host.read_only:
-            where = "--read-only" if self.read_only else \
-                f"read_only = true for {visible(pane.host.name)} in the hosts file"
-            self.notify(f"Read-only ({where}): stackmon does not kill or reload here.",
-                        severity="warning", markup=False)
+        why = self._read_only_reason(pane.host)
+        if why is not None:
+            self.notify(why, severity="warning", markup=False)
             return False
         return True
+
+    def _read_only_reason(self, host: HostConfig | None) -> str | None:
+        """Why nothing is killed or reloaded on `host` (None: it may be). Said before any
+        other reason a mutating key has, on a host's tab and on the overview alike."""
+        if not (self.read_only or (host is not None and host.read_only)):
+            return None
+        where = "--read-only" if self.read_only or host is None else \
+            f"read_only = true for {visible(host.name)} in the hosts file"
+        return f"Read-only ({where}): stackmon does not kill or reload here."
 
     def action_kill_worker(self) -> None:
         pane = self.active_pane()
@@ -829,7 +856,8 @@ class StackmonApp(App[int]):
     async def action_overview(self) -> None:
         """Show the overview; with a few hosts (no overview yet) it is added as first tab."""
         if self.overview is None:
-            self.overview = FleetPane(self.targets.hosts)
+            self.overview = FleetPane(self.targets.hosts, read_only=self.read_only)
+            self.overview.set_paused(self.paused)
             first = f"host-{min(self.panes)}" if self.panes else None
             await self._tabs.add_pane(self.overview, before=first)
             self._show_tab_bar()
@@ -837,6 +865,34 @@ class StackmonApp(App[int]):
                 self.overview.set_host(index, snap, self._assessed[index])
         self._tabs.active = PANE_ID
         self._focus_workers()  # now: a frame drawn before would redraw the overview unfocused
+
+    def _back_to(self) -> int | None:
+        """The host tab the overview was reached from, if it is still open."""
+        back = self._last_host
+        return back if back is not None and back in self.panes else None
+
+    def action_leave_overview(self) -> None:
+        """Esc on the overview (a filter, if any, was cleared first by the overview): back
+        to the host tab it came from, or why not."""
+        back = self._back_to()
+        if back is None:
+            self.notify("No host tab to go back to: Enter opens the selected host.",
+                        timeout=3)
+            return
+        self._tabs.active = f"host-{back}"
+
+    def action_overview_hint(self, keys: str) -> None:
+        """A key of one host's view pressed on the overview: what to do instead, naming the
+        selected host; read-only, a mutating key says that first (as on a host's tab)."""
+        spec = overview_hint(keys)
+        index = self.overview.table.cursor_index if self.overview is not None else None
+        host = self.targets.hosts[index] if index is not None else None
+        why = self._read_only_reason(host) if spec.mutating else None
+        if why is None:
+            name = visible(host.name) if host is not None else "a host"
+            why = (spec.overview_hint or "").format(host=name)
+        self.notify(why, severity="warning" if spec.mutating else "information",
+                    timeout=5, markup=False)
 
     async def action_close_tab(self) -> None:
         index = self._active_index()
@@ -862,6 +918,10 @@ class StackmonApp(App[int]):
             self.notify("No host selected.", severity="warning")
             return
         host = self.targets.hosts[index]
+        why = self._read_only_reason(host)  # first: it holds whatever the group
+        if why is not None:
+            self.notify(why, severity="warning", markup=False)
+            return
         if host.group is None:
             self.notify(f"{visible(host.name)} is in no group: a rolling reload reloads a "
                         'group (group = "NAME" in the hosts file).', severity="warning",
@@ -870,10 +930,9 @@ class StackmonApp(App[int]):
         members = [i for i, h in enumerate(self.targets.hosts) if h.group == host.group]
         hosts = [self.targets.hosts[i] for i in members]
         locked = [h.name for h in hosts if h.read_only]
-        if self.read_only or locked:
-            where = "--read-only" if self.read_only else \
-                f"read_only = true for {visible(', '.join(locked))} in the hosts file"
-            self.notify(f"Read-only ({where}): stackmon does not reload group "
+        if locked:
+            self.notify(f"Read-only (read_only = true for {visible(', '.join(locked))} in "
+                        f"the hosts file): stackmon does not reload group "
                         f"{visible(host.group)}.", severity="warning", markup=False)
             return
         if self._roll_members is not None:
@@ -943,7 +1002,7 @@ class StackmonApp(App[int]):
         """The palette lists the same registry as the keys (plus Textual's own commands)."""
         yield from super().get_system_commands(screen)
         for spec in ACTIONS:
-            if (self.read_only and spec.mutating) or spec.id == "quit":
+            if (self.read_only and spec.mutating) or spec.id == "quit" or not spec.listed:
                 continue
             yield SystemCommand(spec.description, spec.help,
                                 lambda a=spec.id: self.run_action(a))

@@ -4,7 +4,9 @@ With tens or hundreds of hosts the first question in an incident is "which hosts
 and a tab bar of 100 names cannot answer it. The overview is the app's first tab: one line per
 host (widgets.fleet_table), its state and reasons from the health model, busy/total workers,
 the oldest request, the fullest queue and fd table, 5xx/s, the LB health check and any reload
-in progress; a status line counts the hosts by severity. `/` filters, Enter opens the host in a
+in progress; a status line counts the hosts by severity, after READ-ONLY and PAUSED when they
+hold (states of the screen, as the host header shows them). `/` filters, Esc clears the filter
+and then goes back to the host tab the overview was reached from, Enter opens the host in a
 tab of its own, and `R` here is the rolling reload of the selected host's group: RollConfirm
 shows its hosts in order and the policy, where the operator chooses how many hosts drain
 together (max unavailable, as `--max-unavailable` on the command line); the app runs the roll
@@ -21,6 +23,7 @@ from dataclasses import replace
 
 from rich.text import Text
 from textual import on
+from textual.actions import SkipAction
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
@@ -41,6 +44,8 @@ PANE_ID = "fleet"
 SEVERITY_ORDER: tuple[Severity, ...] = ("critical", "warn", "unknown", "ok")
 STYLE: dict[Severity, str] = {"ok": "green", "warn": "bold yellow", "critical": "bold red",
                               "unknown": "dim"}
+# PAUSED, READ-ONLY: reversed, so they read without colour too (the host header's flags).
+FLAG_STYLE = "bold reverse"
 
 
 class StatusLine(Widget):
@@ -139,9 +144,11 @@ class FleetPane(TabPane):
     """
     BINDINGS = [Binding("escape", "clear_filter", "Clear filter", show=False)]
 
-    def __init__(self, hosts: Sequence[HostConfig]) -> None:
+    def __init__(self, hosts: Sequence[HostConfig], *, read_only: bool = False) -> None:
         super().__init__("Fleet", id=PANE_ID)
         self.hosts = tuple(hosts)
+        self.read_only = read_only
+        self.paused = False
         self.table = FleetTable([(h.name, h.group) for h in hosts], id="fleet-table")
         self._severity: list[Severity | None] = [None] * len(hosts)
         self._counts: dict[Severity, int] = {}
@@ -174,6 +181,18 @@ class FleetPane(TabPane):
                 self._counts[severity] = self._counts.get(severity, 0) + 1
             self._show_status()
 
+    def set_paused(self, paused: bool) -> None:
+        """The app froze (or thawed) the screen: say so, or the frozen lines read as live."""
+        if paused != self.paused:
+            self.paused = paused
+            self._show_status()
+
+    def flags(self) -> tuple[str, ...]:
+        """States of the screen itself, first on the status line (never cut at 80 columns):
+        PAUSED (the lines are frozen), READ-ONLY (K, R and C only say why)."""
+        return (("PAUSED",) if self.paused else ()) + (("READ-ONLY",) if self.read_only
+                                                        else ())
+
     def counts(self) -> dict[Severity, int]:
         return {s: n for s, n in self._counts.items() if n}
 
@@ -188,6 +207,9 @@ class FleetPane(TabPane):
     def _show_status(self) -> None:
         text = Text(no_wrap=True, end="")
         n = len(self.hosts)
+        for flag in self.flags():
+            text.append(f" {flag} ", FLAG_STYLE)
+            text.append(" ")
         text.append(f"{n} host{'' if n == 1 else 's'}", "bold")
         polled = sum(self._counts.values())
         for sev in SEVERITY_ORDER:
@@ -236,7 +258,11 @@ class FleetPane(TabPane):
         self.table.focus()
 
     def action_clear_filter(self) -> None:
+        """Esc clears the filter; with none, the key goes on to the app (back to the host tab
+        the overview was reached from)."""
         box = self.query_one(FleetFilter)
+        if not (box.value or box.display or self.table.filter_text):
+            raise SkipAction()
         if box.value or box.display:
             box.action_close()
         self.table.set_filter("")

@@ -42,7 +42,8 @@ class HelpScreen(ModalScreen[None]):
         table.add_column(style="bold")
         table.add_column()
         for spec in ACTIONS:
-            if (self.read_only and spec.mutating) or (self.one_tab and spec.tabs):
+            if (self.read_only and spec.mutating) or (self.one_tab and spec.tabs) \
+                    or not spec.listed:
                 continue
             table.add_row(key_label(spec), spec.help)
         table.add_row("ctrl+p", "Command palette: every action above, by name.")
