@@ -529,8 +529,10 @@ class StackmonApp(App[int]):
             self.notify("No host selected.", severity="warning")
             return
         snap = self._latest.get(index)
+        pane = self.panes.get(index)  # its memory: failure episodes, actions of the session
         self.push_screen(EventsScreen(index, self.targets.hosts[index].name,
-                                      snap.logs if snap is not None else None))
+                                      snap.logs if snap is not None else None,
+                                      pane.event_memory if pane is not None else None))
 
     def action_doctor(self) -> None:
         index = self._subject()
