@@ -47,7 +47,7 @@ import sys
 import sysconfig
 import time
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -370,6 +370,42 @@ def mark(threads: list[ThreadStack], worker: Worker) -> tuple[tuple[ThreadStack,
         f"({oldest.method} {oldest.uri}, {age})")
 
 
+def _task_state(pid: int, tid: int) -> str | None:
+    """The kernel's one-letter state of thread `tid` of `pid` (R running, S sleeping...)."""
+    text = _proc_text(f"/proc/{pid}/task/{tid}/stat")
+    if not text or ")" not in text:
+        return None
+    rest = text[text.rindex(")") + 1:].split()  # the name, in (), may hold spaces and ")"
+    return rest[0] if rest else None
+
+
+def forked_main_thread(threads: list[ThreadStack], pid: int,
+                       tasks: set[int] | None = None) -> list[ThreadStack]:
+    """The threads with a forked worker's main thread given its own OS thread and activity.
+
+    Why: py-spy names a worker's main thread (uWSGI's core 0) with the OS thread id it had in
+    the master before fork() (seen: the master's pid), finds no such thread in the worker, and
+    reports it `active` whatever it does: a core 0 sleeping in the request it serves read
+    "(active)". When exactly one thread has an id that is not a thread of the worker and
+    exactly one of the worker's threads is claimed by none, they are the same thread: its
+    state is read from /proc (`R`: on a CPU). Otherwise nothing is changed."""
+    if tasks is None:
+        try:
+            tasks = {int(n) for n in os.listdir(f"/proc/{pid}/task") if n.isdigit()}
+        except OSError:
+            return threads
+    strays = [t for t in threads if t.os_thread_id not in tasks]
+    free = tasks - {t.os_thread_id for t in threads}
+    if len(strays) != 1 or len(free) != 1:
+        return threads
+    tid = free.pop()
+    state = _task_state(pid, tid)
+    if state is None:
+        return threads
+    fixed = replace(strays[0], os_thread_id=tid, active=state == "R")
+    return [fixed if t is strays[0] else t for t in threads]
+
+
 def _order(t: ThreadStack) -> tuple[bool, int, str]:
     return t.core is None, t.core if t.core is not None else 0, t.name
 
@@ -636,6 +672,7 @@ async def trace_worker(target: ActionTarget, worker_id: int, expect_pid: int, *,
         if identity(expect_pid) != ident:
             raise ActionError("stale", f"pid {expect_pid} was replaced during the dump")
     threads, truncated = parse_dump(data)
+    threads = forked_main_thread(threads, expect_pid)
     ordered, reason = mark(threads, worker)
     return StackResult(
         host=target.host, instance=target.index, address=clean(str(target.address)),

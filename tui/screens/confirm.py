@@ -139,13 +139,12 @@ def consequence_text(worker: Worker, stale_s: float | None, timeout: float,
                     "aborted (the client gets a 502).", style="italic")
     text = Text()
     text.append(f" STALE {human_age(stale_s)} ", "bold reverse")
-    text.append(f" {who} has not answered for {human_age(stale_s)}: the worker, pid and "
-                "requests above are its last good data.\n")
-    text.append(f"Before any signal, stackmon confirms pid {worker.pid} is still worker "
-                f"{worker.id} with the live stats: unless {who} answers within "
-                f"{timeout:g} s, the kill is refused and nothing is done.", "bold")
-    text.append(" If it answers in time, the worker's request(s) are aborted (the client "
-                "gets a 502) and the master respawns it.", "italic")
+    text.append(f" {who} has not answered for {human_age(stale_s)}; above is its last good "
+                "data.\n")
+    text.append(f"The kill first confirms pid {worker.pid} with the live stats: refused, "
+                f"nothing done, unless {who} answers within {timeout:g} s", "bold")
+    text.append("; then the request(s) are aborted (502) and the master respawns the worker.",
+                "italic")
     return text
 
 
@@ -227,7 +226,7 @@ class KillConfirm(ModalScreen[KillChoice | None]):
         if self.capture:
             text.append("(kept in the kill's audit record)", "dim")
         elif self.stale_s is not None:
-            text.append("(off: it needs the master to answer too)", "dim")
+            text.append("(off: needs the master)", "dim")
         else:
             text.append("(off: the kill destroys where it was stuck)", "dim")
         return text
