@@ -363,7 +363,8 @@ def test_the_done_summary_says_how_many_requests_were_cut_and_whose():
     console.print(render_progress("web-1", "i", p, width=80))
     lines = console.export_text().splitlines()
     assert [line.split()[0] for line in lines if "cut at mercy" in line] == ["4"]
-    assert "104 → 204  after 34.7 s  1 request cut at mercy" in lines[-3]
+    assert "104 → 204  after 34.7 s  1 cut at mercy" in lines[-3]  # "1 request" from 100
+    assert "104 → 204 after 34.7 s 1 request cut at mercy" in _text(p, 120)
 
 
 async def test_the_view_names_the_no_mercy_kills_the_uwsgi_log_shows():

@@ -162,8 +162,8 @@ def _row(w: WorkerReload, mercy: float, mode: str = "graceful", *, wide: bool = 
         what.append(f"after {w.replaced_after:.1f} s", "dim")
     if w.cut or w.unsure:
         what.append("  " if what else "")
-        said = (f"{w.cut} {'request' if w.cut == 1 else 'requests'} cut at mercy" if w.cut
-                else "cut at mercy? unknown")
+        noun = ("request " if w.cut == 1 else "requests ") if wide else ""
+        said = f"{w.cut} {noun}cut at mercy" if w.cut else "cut at mercy? unknown"
         what.append(said, "bold yellow")
     return (Text(str(w.id)), Text(label, style=style), pids, what,
             _bar(w.countdown, mercy, bar))
