@@ -234,7 +234,7 @@ def _print_progress(p: ReloadProgress, last: list[str]) -> None:
             line += (f" pid {w.pid} finishing {w.request.method} {w.request.uri} "
                      f"({human_age(w.request.running_s)})")
         if w.countdown is not None and w.state in ("draining", "killing"):
-            line += f", killed in {max(0.0, w.countdown):.0f} s"
+            line += f", cut in {max(0.0, w.countdown):.0f} s if still running"
         lines.append(line)
     text = "\n".join(lines)
     if not last or text != last[0]:
