@@ -300,3 +300,21 @@ def test_overview_read_only_snapshot(snap_compare, size):
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=size, run_before=run_before)
+
+
+async def test_status_line_counts_read_without_colour(monkeypatch):
+    """NO_COLOR: '✖ 2 critical' was red made dark grey (237 on 234); now bold reverse, as the
+    tab badges are, and the flags keep their reverse video."""
+    monkeypatch.setenv("NO_COLOR", "1")
+    snaps = five()
+    app = fleet_app(snaps, read_only=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        feed(app, *snaps)
+        await pilot.pause()
+        assert app.no_color and app.overview is not None
+        text = app.overview._status_shown
+        assert text is not None
+        styles = {text.plain[span.start:span.end]: str(span.style) for span in text.spans}
+        assert styles["✖ 2 critical"] == "bold reverse"
+        assert styles["▲ 1 warn"] == "bold underline"
+        assert styles[" READ-ONLY "] == "bold reverse"

@@ -44,6 +44,10 @@ PANE_ID = "fleet"
 SEVERITY_ORDER: tuple[Severity, ...] = ("critical", "warn", "unknown", "ok")
 STYLE: dict[Severity, str] = {"ok": "green", "warn": "bold yellow", "critical": "bold red",
                               "unknown": "dim"}
+# NO_COLOR: Textual turns red and yellow into dark greys (the status line's "✖ 3 critical" was
+# grey 237 on 234, the least visible thing on it): emphasis instead, as the tab badges have.
+STYLE_NO_COLOR: dict[Severity, str] = {"ok": "", "warn": "bold underline",
+                                       "critical": "bold reverse", "unknown": "dim"}
 # PAUSED, READ-ONLY: reversed, so they read without colour too (the host header's flags).
 FLAG_STYLE = "bold reverse"
 
@@ -196,12 +200,15 @@ class FleetPane(TabPane):
     def counts(self) -> dict[Severity, int]:
         return {s: n for s, n in self._counts.items() if n}
 
+    def _styles(self) -> dict[Severity, str]:
+        return STYLE_NO_COLOR if self.is_attached and self.app.no_color else STYLE
+
     def tab_title(self) -> Text:
         """`≡ Fleet 500  ✖ 3`: the overview's tab shows how many hosts are critical."""
         text = Text.assemble(("≡ ", "bold"), "Fleet")
         critical = self._counts.get("critical", 0)
         if critical:
-            text.append(f" {ICONS['critical']} {critical}", STYLE["critical"])
+            text.append(f" {ICONS['critical']} {critical}", self._styles()["critical"])
         return text
 
     def _show_status(self) -> None:
@@ -212,11 +219,12 @@ class FleetPane(TabPane):
             text.append(" ")
         text.append(f"{n} host{'' if n == 1 else 's'}", "bold")
         polled = sum(self._counts.values())
+        styles = self._styles()
         for sev in SEVERITY_ORDER:
             n = self._counts.get(sev, 0)
             if n:
                 text.append("  ")
-                text.append(f"{ICONS[sev]} {n} {sev}", STYLE[sev])
+                text.append(f"{ICONS[sev]} {n} {sev}", styles[sev])
         if polled < len(self.hosts):
             text.append(f"  {len(self.hosts) - polled} connecting…", "dim")
         if self.table.filter_text:
