@@ -252,3 +252,12 @@ def test_the_main_thread_is_left_alone_when_the_threads_do_not_say_which_it_is()
     # one stray, one free thread (this test's own main thread, on a CPU now): they are one
     (fixed,) = forked_main_thread([thread(1)], os.getpid(), {os.getpid()})
     assert fixed.os_thread_id == os.getpid() and fixed.active
+
+
+def test_the_thread_line_keeps_the_requests_age_at_80_columns() -> None:
+    """"(waiting: not on CPU)" is longer than "(idle)": a long URI is cut, not the age."""
+    uri = "/hang/api/v1/orders?page=7&sort=created&customer=12345"
+    lines = render_stack(_stack(False, InFlight("GET", uri, 19.0)), 76).plain.splitlines()
+    (head,) = [ln for ln in lines if "uWSGIWorker2Core1" in ln]
+    assert head.endswith("… for 19 s") and len(head) <= 76, head
+    assert "(waiting: not on CPU)  serving GET /hang/api/v" in head

@@ -71,16 +71,20 @@ def _frame_line(frame: Frame, width: int, highlight: bool, name_width: int) -> T
     return text
 
 
-def _thread_head(t: ThreadStack) -> Text:
+def _thread_head(t: ThreadStack, width: int = 1000) -> Text:
+    """The thread's name, state and request; the request's URI is cut with … to fit `width`,
+    so that its age ("for 19 s") stays on screen at 80 columns."""
     text = Text(no_wrap=True, end="")
     text.append("▶ " if t.marked else "  ", "bold")
     text.append(visible(t.name) or "thread", "bold" if t.marked else "")
     text.append(f" ({t.state})", "dim")
     if t.request is not None:
-        age = f"{t.request.running_s:.0f} s" if t.request.running_s is not None else "?"
+        age = f" for {t.request.running_s:.0f} s" if t.request.running_s is not None \
+            else " for ?"
         text.append("  serving ")
-        text.append(visible(f"{t.request.method} {t.request.uri}"), "bold")
-        text.append(f" for {age}")
+        room = max(12, width - text.cell_len - len(age))
+        text.append(ellipsize(visible(f"{t.request.method} {t.request.uri}"), room), "bold")
+        text.append(age)
     return text
 
 
@@ -124,7 +128,7 @@ def render_stack(result: StackResult, width: int, now: float | None = None,
             waiting += 1
             continue
         out.append("\n")
-        out.append_text(_thread_head(t))
+        out.append_text(_thread_head(t, width))
         if not t.frames:
             out.append("\n" + FRAME_INDENT)
             out.append("(no Python frames)", "dim italic")
