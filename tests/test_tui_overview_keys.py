@@ -191,7 +191,7 @@ async def test_events_opened_from_the_overview_follow_a_host_without_a_tab():
         screen = app.screen
         assert isinstance(screen, EventsScreen) and screen.host_index == 0
         seen: list[object] = []
-        screen.set_logs = seen.append  # type: ignore[method-assign]
+        screen.set_logs = seen.append  # type: ignore[method-assign,assignment]
         app.show_snapshot(0, snaps[0])
         assert seen == [snaps[0].logs]
 
