@@ -26,7 +26,7 @@ from rich.style import Style
 from rich.text import Text
 
 from stackmon.logs.host import LogSummary, SourceStatus
-from stackmon.logs.nginx_errors import UpstreamError
+from stackmon.logs.nginx_errors import UpstreamError, arrivals
 from stackmon.sources.lb_probe import HealthCheck
 from widgets._fmt import flow, fmt_count, fmt_ms, fmt_rate, plain
 from widgets._styles import StyleGetter, StyleMemo
@@ -43,23 +43,12 @@ STATUS_CODES = ("499", "502", "503", "504")
 # ------------------------------------------------------------------------- 5xx/s history
 
 
-def _arrivals(prev: UpstreamError | None, cur: UpstreamError) -> int:
-    """Failures of one (cause, upstream) logged since the previous summary."""
-    if prev is None:
-        return cur.count
-    if cur.first_at == prev.first_at:  # nothing left the window: the difference is exact
-        return max(0, cur.count - prev.count)
-    if cur.last_at == prev.last_at:  # some left, none came
-        return 0
-    return max(1, cur.count - prev.count)
-
-
 def new_errors(prev: Sequence[UpstreamError], cur: Sequence[UpstreamError]) -> dict[str, int]:
     """Per cause, the upstream failures logged between two summaries of the same logs."""
     before = {(e.cause, e.upstream): e for e in prev}
     out: dict[str, int] = {}
     for e in cur:
-        n = _arrivals(before.get((e.cause, e.upstream)), e)
+        n = arrivals(before.get((e.cause, e.upstream)), e)
         out[e.cause] = out.get(e.cause, 0) + n
     return out
 

@@ -40,6 +40,7 @@ __all__ = [
     "ErrorLine",
     "ErrorWindow",
     "UpstreamError",
+    "arrivals",
     "classify",
     "line_time",
     "parse_error_line",
@@ -226,3 +227,21 @@ class ErrorWindow:
 def _sample(message: str) -> str:
     text = clean(message)
     return text if len(text) <= _SAMPLE_LEN else text[: _SAMPLE_LEN - 1] + "…"
+
+
+def arrivals(prev: UpstreamError | None, cur: UpstreamError, total_before: int | None = None,
+             total: int | None = None) -> int:
+    """Failures of one (cause, upstream) logged between two summaries of the same logs.
+
+    Exact from the running totals when both summaries have them; else from the window's
+    tallies: exact while nothing left the window, 0 when some left and none came, and at
+    least 1 when the window both lost and gained some (what left is not known)."""
+    if total_before is not None and total is not None and total >= total_before:
+        return total - total_before
+    if prev is None:
+        return cur.count
+    if cur.first_at == prev.first_at:  # nothing left the window: the difference is exact
+        return max(0, cur.count - prev.count)
+    if cur.last_at == prev.last_at:  # some left, none came
+        return 0
+    return max(1, cur.count - prev.count)

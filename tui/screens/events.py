@@ -42,7 +42,7 @@ from textual.widgets import Footer, Input, Static
 
 from stackmon.health import CAUSE_WORDS
 from stackmon.logs.host import LogSummary
-from stackmon.logs.nginx_errors import UpstreamError
+from stackmon.logs.nginx_errors import arrivals
 from stackmon.logs.uwsgi_events import Event
 from stackmon.redact import visible
 
@@ -129,7 +129,7 @@ class EventMemory:
         for e in cur.upstream_errors:
             key = (e.cause, e.upstream)
             old = before.get(key)
-            n = _arrivals(old, e, totals_before.get(key), totals.get(key), first=prev is None)
+            n = arrivals(old, e, totals_before.get(key), totals.get(key))
             if n <= 0:
                 continue
             episode = self._open.get(key)
@@ -149,23 +149,6 @@ class EventMemory:
 
 def _totals(logs: LogSummary) -> dict[tuple[str, str], int]:
     return {(c, u): n for c, u, n in logs.upstream_totals}
-
-
-def _arrivals(old: UpstreamError | None, cur: UpstreamError, total_before: int | None,
-              total: int | None, *, first: bool) -> int:
-    """Failures of one cause and upstream logged since the previous summary: the running
-    totals' difference when both polls have them (exact), else from the window's tallies."""
-    if first:
-        return cur.count
-    if total_before is not None and total is not None and total >= total_before:
-        return total - total_before
-    if old is None:
-        return cur.count
-    if cur.first_at == old.first_at:  # nothing left the window: the difference is exact
-        return max(0, cur.count - old.count)
-    if cur.last_at == old.last_at:  # some left, none came
-        return 0
-    return max(1, cur.count - old.count)
 
 
 def shown_events(logs: LogSummary, memory: EventMemory | None) -> list[Event]:
