@@ -41,6 +41,7 @@ from stackmon.hosts import Host, open_host
 from stackmon.model import HostSnapshot, Worker
 from stackmon.poller import Fleet
 from stackmon.redact import visible
+from tui import partial_frames
 from tui.actions import ACTIONS, bindings, host_only, overview_hint, shown
 from tui.commands import HostCommands
 from tui.host_pane import HOLD_S, HostPane, relabel_tab
@@ -184,6 +185,7 @@ class StackmonApp(App[int]):
                         id=f"host-{index}")
 
     def on_load(self) -> None:
+        partial_frames.install()  # a frame renders only what its changed lines cross
         self._catch_exit_signals()
 
     def on_mount(self) -> None:
