@@ -452,3 +452,28 @@ async def test_sorted_by_requests_at_80_columns_the_req_column_is_shown():
         await pilot.press("s")
         await pilot.pause()
         assert not any("req " in line for line in rows())
+
+
+async def test_recent_events_arriving_and_ageing_out_never_lay_the_screen_out():
+    """The recent events box has a height fixed per screen size: growing with each new event
+    (and shrinking as they aged out) laid the whole screen out each time (12 layouts in 70 s
+    on the demo, against 3). Events come one by one, then all age out: no layout."""
+    from tests.tui_support import LayoutCounter, event, summary
+
+    host = recorded()
+    app = app_for(host)
+    async with app.run_test(size=(120, 36)) as pilot:
+        feed(app, replace(host, logs=summary(host.taken_at)))
+        await pilot.pause()
+        layouts = LayoutCounter(app)
+        for n in range(1, 8):
+            events = tuple(event(host.taken_at + i, "respawn", f"worker {i} respawned",
+                                 worker=i) for i in range(n))
+            feed(app, replace(host, taken_at=host.taken_at + n,
+                              logs=summary(host.taken_at + n, events=events)))
+            await pilot.pause()
+        assert "worker 6 respawned" in screen_text(app)
+        feed(app, replace(host, taken_at=host.taken_at + 200,
+                          logs=summary(host.taken_at + 200)))
+        await pilot.pause()
+        assert layouts.count == 0

@@ -360,6 +360,7 @@ class StackmonApp(App[int]):
         self.set_class(event.size.width < 110, "-narrow")
         self.set_class(event.size.width >= 180, "-wide")
         self.set_class(event.size.height >= 34, "-tall")
+        self.set_class(event.size.height >= 46, "-taller")
         self._footer_for(event.size.width)
 
     def _footer_for(self, width: int) -> None:
