@@ -34,7 +34,6 @@ from widgets.text_lines import Piece, line_strip, pieces_strip
 from widgets.worker_list import (
     CURSOR_MARK,
     DEADLINE_FULL_WIDTH,
-    DEADLINE_LONG,
     DEADLINE_MEDIUM,
     DEADLINE_SHORT,
     FROM,
@@ -45,7 +44,6 @@ from widgets.worker_list import (
     NARROW_WIDTH,
     NO_MARK,
     NOT_CAPTURED,
-    REQUEST_SPAN,
     WorkerList,
     _Header,
     _RequestLine,
@@ -207,7 +205,7 @@ class TextWorkerList(WorkerList):
     def _old_request_text(self, r: _RequestLine, width: int) -> Text:
         narrow = width < NARROW_WIDTH
         wide = r.deadline is not None and width >= DEADLINE_FULL_WIDTH
-        span = min(width, REQUEST_SPAN + (DEADLINE_LONG + 2 if wide else 0))
+        span = min(width, self._span(wide))  # the layout policy is the widget's own
         line_style = self._style(r.level) if r.level != "ok" else Style()
         text = Text(no_wrap=True, end="")
         text.append(" " if narrow else "  ")

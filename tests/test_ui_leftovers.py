@@ -37,7 +37,7 @@ from tests.tui_support import app_for, feed, recorded, screen_text
 from tui.screens.confirm import ReloadConfirm
 from tui.screens.help import HelpScreen
 from tui.screens.reload_view import ReloadScreen, wrap_keeping_units
-from widgets.worker_list import WorkerList
+from widgets.worker_list import REQUEST_SPAN, WorkerList
 
 
 def _footer(app: App[Any]) -> str:
@@ -289,6 +289,34 @@ async def test_the_uri_gets_what_the_deadline_column_does_not_use(monkeypatch):
         await pilot.pause()
         row = _row(app, " c0 ")
         assert row.index(" c0 ") < wide_at and LONG_URI in row, row
+
+
+async def test_short_uris_keep_the_client_near_the_worker_rows(monkeypatch):
+    """At 200x50 (a list 143 cells wide) with short URIs and short deadlines, the client
+    column ends near REQUEST_SPAN: it ran to the list's edge (a 50-cell deadline column was counted
+    whatever the deadlines said), 60 cells right of the worker rows. A long URI widens the
+    lines to show it whole, and the columns come back once it has been gone for HOLD_S."""
+    clock = [1000.0]
+    monkeypatch.setattr("widgets.worker_list.monotonic", lambda: clock[0])
+    host, now = two_ages(recorded())
+    app = ListApp(host, now - 20)  # "nginx 504 in 22 s" and "in 17 s", short URIs
+    async with app.run_test(size=(143, 8)) as pilot:
+        await pilot.pause()
+        short_end = len(_row(app, "c0 ").rstrip())
+        # The widest URI (28 cells) needs 3 cells over REQUEST_SPAN, and gets just those: two
+        # blanks before the host column. (The lines ran to the list's edge, column 143.)
+        assert "/hang/search?q=invoices+2024  127.0.0.1:" in _row(app, "c1 ")
+        assert short_end == REQUEST_SPAN + 3, _row(app, "c0 ")
+        assert "from " in _row(app, "c0 ")
+        app.show(_long_uri(host), now - 20)
+        await pilot.pause()
+        row = _row(app, "c0 ")
+        assert LONG_URI in row and len(row.rstrip()) > short_end, row
+        assert len(_row(app, "c1 ").rstrip()) == len(row.rstrip())  # the columns line up
+        clock[0] += WorkerList.HOLD_S
+        app.show(host, now - 20)
+        await pilot.pause()
+        assert len(_row(app, "c0 ").rstrip()) == short_end
 
 
 def test_snapshot_list_with_a_long_uri_and_short_deadlines(snap_compare: Any) -> None:

@@ -68,9 +68,16 @@ FROM = "  from "
 NARROW_WIDTH = 64  # below this, request lines drop the core column and the indent
 MIN_URI_WIDTH = 20
 MAX_REFRESH_REGIONS = 8
-# Request lines are laid out in at most this many cells, so that on a wide terminal the client
-# column sits near the end of the worker rows instead of 60 columns to their right.
+# Request lines are laid out in at least this many cells (and more only for URIs that need
+# it, see WorkerList._fit_columns), so that on a wide terminal the client column sits near the
+# end of the worker rows instead of 60 columns to their right.
 REQUEST_SPAN = 112
+# Cells before the deadline column of a full-width request line: indent, label, age, and after
+# it the core column (`  ✖ CRIT    31s ` ... `c0  `).
+_LEAD_CELLS = 2 + 6 + 8
+_CORE_CELLS = 4
+_METHOD_CELLS = 8
+REMOTE_WIDTH = 24
 HOST_COLUMN_MIN_SPAN = 110  # from this width on, request lines also show the Host header
 HOST_WIDTH = 20
 SHORT_WORDS_WIDTH = 70  # narrower lists count short requests as `+2`, not `2 short`
@@ -127,6 +134,7 @@ class _Block:
     haystack: str  # lower-cased text the filter searches
     short: int = 0  # requests in flight too young for a line of their own (a count instead)
     deadline_cells: int = 0  # its widest deadline in full words (describe), 0: none
+    tail_cells: int = 0  # its widest method + URI + host + client, as a wide list lays them out
 
     @property
     def height(self) -> int:
@@ -254,8 +262,19 @@ def _make_block(
                      level, short)
     cells = max((cell_len(describe(line.deadline)) for line in requests
                  if line.deadline is not None), default=0)
+    tail = max((_tail_cells(line) for line in requests), default=0)
     return _Block(worker, header, ages, tuple(requests), level, max_age,
-                  "\x00".join(parts).lower(), short, cells)
+                  "\x00".join(parts).lower(), short, cells, tail)
+
+
+def _tail_cells(line: _RequestLine) -> int:
+    """What a request line needs after its core column to show its URI whole with the host
+    and client columns after it (a wide list; see WorkerList._request_text)."""
+    if not (line.method or line.uri):
+        return len(NOT_CAPTURED) + HOST_WIDTH + 2 + len(FROM) + REMOTE_WIDTH
+    remote = min(cell_len(plain(line.remote_addr)), REMOTE_WIDTH)
+    return (_METHOD_CELLS + cell_len(plain(line.uri)) + HOST_WIDTH + 2
+            + (len(FROM) + remote if remote else 0))
 
 
 def _stale_lines(old: _Block, new: _Block) -> set[int]:
@@ -277,6 +296,16 @@ def _short_field(short: int, width: int) -> str:
 
 
 UNKNOWN = "?"  # a figure the stats did not give (rss 0: uWSGI without memory-report)
+
+
+def _hold(held: tuple[int, float], widest: int, now: float,
+          hold_s: float) -> tuple[tuple[int, float], bool]:
+    """A column width that grows at once and shrinks only after `hold_s` without the need:
+    the new (width, since) and whether the width changed."""
+    width, since = held
+    if widest >= width or now - since >= hold_s:
+        return (widest, now), widest != width
+    return held, False
 
 
 def respawns(w: Worker) -> int:
@@ -458,6 +487,8 @@ class WorkerList(LineStyles, ScrollView, can_focus=True):
         self._follow_worst = True
         # The full-width deadline column, in cells, and when it last needed them (HOLD_S).
         self._deadline_held: tuple[int, float] = (0, 0.0)
+        # ... and the same for what the widest request needs after its core column.
+        self._tail_held: tuple[int, float] = (0, 0.0)
 
     # ----------------------------------------------------------------------------- public API
 
@@ -586,7 +617,7 @@ class WorkerList(LineStyles, ScrollView, can_focus=True):
         removed = [wid for wid in old if wid not in new]
         # Always the newest values (cursor_worker), even when nothing shown changed.
         self._blocks = new
-        self._fit_deadline_column()
+        self._fit_columns()
         if cheap != self._cheap:
             self._cheap = cheap
             self.virtual_size = Size(0, self.line_count)
@@ -694,21 +725,27 @@ class WorkerList(LineStyles, ScrollView, can_focus=True):
             return height
         return held[0]
 
-    def _fit_deadline_column(self) -> None:
-        """The full-width deadline column as wide as the list's widest deadline, so that the
-        URI gets the rest: wider at once, narrower only once the width has not been needed
-        for HOLD_S (a countdown from 10 s to 9 s, or a past-deadline line that comes and
-        goes, would otherwise move the core and URI columns of every request line)."""
+    def _fit_columns(self) -> None:
+        """The full-width deadline column as wide as the list's widest deadline, and request
+        lines as long as the widest URI needs (from REQUEST_SPAN to the list's width), so that
+        a long URI is shown whole while short ones keep the client column near the worker rows.
+        Each widens at once and narrows only once the width has not been needed for HOLD_S (a
+        countdown from 10 s to 9 s, or a long request that comes and goes, would otherwise
+        move the columns of every request line)."""
+        blocks = self._blocks.values()
         # One cell more than the widest: two blanks before the core column, as elsewhere.
-        widest = min(DEADLINE_LONG, 1 + max((b.deadline_cells for b in self._blocks.values()),
-                                            default=0))
-        held, since = self._deadline_held
+        deadline = min(DEADLINE_LONG,
+                       1 + max((b.deadline_cells for b in blocks), default=0))
+        tail = max((b.tail_cells for b in blocks), default=0)
         now = monotonic()
-        if widest >= held or now - since >= self.HOLD_S:
-            self._deadline_held = (widest, now)
-            if widest != held and self._strip_width >= DEADLINE_FULL_WIDTH:
-                self._strips.clear()  # every request line moves its columns
-                self.refresh()
+        changed = False
+        self._deadline_held, moved = _hold(self._deadline_held, deadline, now, self.HOLD_S)
+        changed |= moved
+        self._tail_held, moved = _hold(self._tail_held, tail, now, self.HOLD_S)
+        changed |= moved
+        if changed and self._strip_width >= DEADLINE_FULL_WIDTH:
+            self._strips.clear()  # every request line moves its columns
+            self.refresh()
 
     def _hold_due(self) -> bool:
         """Some block is taller than its worker needs and its hold is over."""
@@ -965,12 +1002,24 @@ class WorkerList(LineStyles, ScrollView, can_focus=True):
                   self._deadline_held[0] if width >= DEADLINE_FULL_WIDTH else DEADLINE_MEDIUM)
         pieces.append((" " * max(1, column - cell_len(words) + 1), None))
 
+    def _span(self, wide: bool) -> int:
+        """The cells a request line is laid out in (before the list's width caps it): the
+        REQUEST_SPAN, whose deadline column is DEADLINE_MEDIUM, plus what a full-width
+        deadline column needs beyond that; and on a wide list, more if the widest URI needs it.
+        (It added DEADLINE_LONG: at 200 columns a `nginx 504 in 36 s` line put its client at
+        column 143, 60 cells right of its worker's row, while its URI was short.)"""
+        if not wide:
+            return REQUEST_SPAN
+        column = self._deadline_held[0]
+        fitted = _LEAD_CELLS + 2 + column + 1 + _CORE_CELLS + self._tail_held[0]
+        return max(REQUEST_SPAN + max(0, column - DEADLINE_MEDIUM), fitted)
+
     def _request_text(self, r: _RequestLine, width: int) -> list[Piece]:
         """`  ✖ CRIT    31s c0  GET     /hang/report?id=42        host  from 10.0.0.7`, laid
         out in at most REQUEST_SPAN cells so that columns line up with the worker rows."""
         narrow = width < NARROW_WIDTH
         wide = r.deadline is not None and width >= DEADLINE_FULL_WIDTH
-        span = min(width, REQUEST_SPAN + (DEADLINE_LONG + 2 if wide else 0))
+        span = min(width, self._span(wide))
         line_style = self._style(r.level) if r.level != "ok" else Style()
         pieces: list[Piece] = [(" " if narrow else "  ", None)]
         if r.level == "ok":
@@ -985,8 +1034,8 @@ class WorkerList(LineStyles, ScrollView, can_focus=True):
             pieces.append((f"{core:<3} ", self._style("label")))
         captured = bool(r.method or r.uri)
         method = ellipsize(plain(r.method), 7)
-        method_width = (cell_len(method) + 1 if narrow else 8) if captured else 0
-        remote = ellipsize(plain(r.remote_addr), 24)
+        method_width = (cell_len(method) + 1 if narrow else _METHOD_CELLS) if captured else 0
+        remote = ellipsize(plain(r.remote_addr), REMOTE_WIDTH)
         host = ellipsize(plain(r.host), HOST_WIDTH) if span >= HOST_COLUMN_MIN_SPAN else ""
         host = host + " " * (HOST_WIDTH - cell_len(host)) if host else ""
         host_width = HOST_WIDTH + 2 if host else 0
