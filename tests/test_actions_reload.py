@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -253,3 +254,77 @@ def test_a_chain_reload_counts_the_stuck_request_cut_and_not_the_short_one(fresh
     no_mercy = [line for line in st.uwsgi_log_path.read_text(errors="replace").splitlines()
                 if "NO MERCY" in line]
     assert len(no_mercy) == 1 and f"worker {stuck['id']} (pid: {stuck['pid']})" in no_mercy[0]
+
+
+# --- a chain turn begins when uWSGI's does: the previous worker's new process accepts --------
+
+def _loading(wid: int, pid: int) -> Worker:
+    """A new process still importing the app (lazy-apps): a pid, not accepting yet."""
+    return replace(_worker(wid, pid), accepting=False)
+
+
+def test_chain_waits_for_the_new_process_to_accept_before_the_next_turn():
+    """uWSGI asks the next worker to stop only once the previous one's new process accepts
+    (uwsgi_master_check_chain): with an app that loads for 8 s, the countdown started 8 s
+    early and predicted a cut that never came."""
+    t = _tracker("chain", 10, 1, 2)
+    t.update(_inst(_worker(1, 101), _worker(2, 102, "/report")), 1000.5)
+    p = t.update(_inst(_loading(1, 201), _worker(2, 102, "/report")), 1001.0)
+    assert [w.state for w in p.workers] == ["replaced", "waiting"]
+    assert p.workers[1].countdown is None
+    assert "worker 1's new process is loading the app" in p.message
+    p = t.update(_inst(_loading(1, 201), _worker(2, 102, "/report")), 1009.0)
+    assert p.workers[1].countdown is None  # still loading: uWSGI has not asked worker 2
+    p = t.update(_inst(_worker(1, 201), _worker(2, 102, "/report")), 1009.5)  # accepting
+    assert p.workers[1].state == "draining" and p.workers[1].countdown == 10.0
+    assert "loading" not in p.message
+    # the report ends at 1015: before worker 2's mercy (1019.5), so nothing was cut
+    p = t.update(_inst(_worker(1, 201), _worker(2, 202)), 1015.5)
+    assert p.done and p.cut == 0 and not p.workers[1].unsure
+
+
+def test_a_new_process_that_dies_while_loading_does_not_hold_the_chain():
+    t = _tracker("chain", 10, 1, 2)
+    t.update(_inst(_loading(1, 201), _worker(2, 102, "/report")), 1001.0)
+    p = t.update(_inst(_worker(1, 0), _worker(2, 102, "/report")), 1002.0)  # died: pid 0
+    assert p.workers[1].countdown == 10.0  # uWSGI does not wait for a dead worker either
+
+
+def _log_time(line: str) -> float:
+    """The wall-clock second of a uWSGI log_verbose line ("Fri Nov 27 14:02:03 2026 - ...")."""
+    return time.mktime(time.strptime(line.split(" - ", 1)[0].strip(), "%a %b %d %H:%M:%S %Y"))
+
+
+def test_a_chain_reload_starts_each_countdown_when_uwsgi_curses_the_worker(fresh_stack, hang,
+                                                                          tmp_path):
+    """Real uWSGI with lazy-apps and an app that takes 3 s to load, both workers stuck: worker
+    2's countdown starts once worker 1's new process accepts, and runs out when uWSGI's own
+    NO MERCY for it comes (its log, to the second), not 3 s before."""
+    load_s = 3
+    st = fresh_stack(workers=2, threads=1, mercy=3, nginx=False, lazy_apps=True,
+                     extra_uwsgi={"env": f"STACKMON_DEMO_LOAD_S={load_s}"},
+                     startup_timeout=30.0)
+    hang(st, "/hang/stuck", n=2, via="unix")
+    target = target_of(st)
+    seen: list[tuple[float, ReloadProgress]] = []
+
+    async def go() -> ReloadProgress:
+        result = await reload_uwsgi(target, "chain", audit=AuditLog(tmp_path / "a.log"))
+        return await follow_reload(target, result, lambda p: seen.append((time.time(), p)),
+                                   interval=0.2, margin=20)
+
+    final = asyncio.run(go())
+    assert final.done, final.message
+    assert final.cut == 2 and [w.cut for w in final.workers] == [1, 1]
+    replaced_1 = min(at for at, p in seen if p.workers[0].state == "replaced")
+    counted_2 = [(at, p.workers[1].countdown) for at, p in seen
+                 if p.workers[1].countdown is not None]
+    assert counted_2 and counted_2[0][0] - replaced_1 >= load_s - 1, (replaced_1, counted_2)
+    assert any("loading the app" in p.message for _, p in seen)
+    log = st.uwsgi_log_path.read_text(errors="replace").splitlines()
+    no_mercy = [_log_time(line) for line in log if "NO MERCY" in line and "worker 2 " in line]
+    assert len(no_mercy) == 1, log[-30:]
+    at, countdown = counted_2[0]
+    # uWSGI kills in the first second past its whole-second deadline: the countdown runs out
+    # up to ~2 s before its log line (whole seconds, a once-a-second master check).
+    assert -1.0 <= no_mercy[0] - (at + countdown) <= 2.5, (no_mercy[0], at + countdown)

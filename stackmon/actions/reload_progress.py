@@ -11,6 +11,11 @@ screen can say which request the reload is waiting for and when its mercy runs o
 mercy clock starts when it is asked to stop (graceful: all at once; chain: at its turn), and a
 request is cut only if it still runs then: no one can say so before, only count it after.
 
+A chain turn begins when uWSGI's does (core/master_checks.c, uwsgi_master_check_chain): once the
+previous worker's new process is *accepting* (its app loaded), not when its new pid appears. An
+app that takes 20 s to import would otherwise start the next worker's countdown 20 s before
+uWSGI asks that worker to stop, and predict cuts that never come.
+
 How long to follow depends on the mode: a graceful reload is over within one mercy (every busy
 worker gets the same one), a chain reload gives each worker its own mercy in turn, so it can
 take workers x mercy (4 workers, mercy 15 s: a minute). Following a chain reload only for one
@@ -166,6 +171,9 @@ class ReloadTracker:
         self.old_pids = set(self.old.values()) - {0}
         self.replaced_at: dict[int, float] = {}
         self._turn_started = started_at  # chain: when the current worker's turn began
+        # chain: the worker whose new process must accept before the next turn begins
+        self.loading: int | None = None
+        self.progress_at = started_at  # the last replacement or turn: the reload moves
         self.finished_at: float | None = None
         self._looks: dict[int, _Look] = {}  # old worker id -> its last look with the old pid
         self._went: set[int] = set()  # old pid seen gone
@@ -177,7 +185,9 @@ class ReloadTracker:
         """When `wid`'s mercy runs out, if its clock has started."""
         if self.mode != "chain":
             return self.started_at + self.mercy
-        return self._turn_started + self.mercy if self._is_current(wid) else None
+        if self.loading is not None or not self._is_current(wid):
+            return None
+        return self._turn_started + self.mercy
 
     def update(self, inst: UwsgiInstance | None, now: float) -> ReloadProgress:
         elapsed = now - self.started_at
@@ -199,7 +209,11 @@ class ReloadTracker:
             if (wid in self.old and wid not in self.replaced_at
                     and now_w.pid not in (0, *self.old_pids)):
                 self.replaced_at[wid] = elapsed
-                self._turn_started = now
+                self.progress_at = now
+                self.loading = wid
+        if self.loading is not None and self._ready(live.get(self.loading)):
+            self.loading = None
+            self._turn_started = self.progress_at = now
         self._look(live, now, gap)
         states = [self._state(wid, old_pid, live.get(wid), now)
                   for wid, old_pid in self.old.items()]
@@ -208,6 +222,11 @@ class ReloadTracker:
             self.finished_at = now
         return ReloadProgress(self.mode, self.mercy, elapsed, tuple(states), True, done,
                               self._message(states, done, now))
+
+    def _ready(self, w: Worker | None) -> bool:
+        """Whether uWSGI would go on to the next worker: the new process accepts (serving
+        shows it too), or it is gone again (pid 0: uWSGI does not wait for a dead worker)."""
+        return w is None or w.pid == 0 or w.accepting or w.busy
 
     def _look(self, live: Mapping[int, Worker], now: float, gap: float) -> None:
         """Note each old worker still on its old pid (busy or not, its mercy's end), and judge
@@ -272,6 +291,9 @@ class ReloadTracker:
                     f"{cut_summary(states)}")
         draining = [s for s in states if s.state in ("draining", "killing")]
         text = f"{self.mode} reload: {n}/{total} workers replaced"
+        if self.loading is not None and self.mode == "chain" and n < total:
+            text += (f"; worker {self.loading}'s new process is loading the app (the next "
+                     "worker is asked to stop once it accepts)")
         if draining:
             worst = min(s.countdown or 0 for s in draining)
             text += (f"; {len(draining)} finishing a request, mercy runs out in "
@@ -333,12 +355,16 @@ async def follow_reload(target: ActionTarget, result: ActionResult,
         progress = tracker.update(inst, now)
         if on_progress is not None:
             on_progress(progress)
+        if tracker.mode == "chain":  # each turn also waits for an app to load: while the
+            # chain moves, give the current turn its whole mercy
+            deadline = max(deadline, tracker.progress_at + tracker.mercy + TURN_SLACK + margin)
         if progress.done or now > deadline:
             break
         await asyncio.sleep(interval)
     if not progress.done:
         progress = stopped_progress(progress, f"the limit for a {tracker.mode} reload of "
-                                              f"{len(tracker.old)} workers is {limit:.0f} s")
+                                              f"{len(tracker.old)} workers is "
+                                              f"{deadline - tracker.started_at:.0f} s")
         if on_progress is not None:
             on_progress(progress)
     log = audit if audit is not None else AuditLog.default()

@@ -13,6 +13,10 @@ Routes:
   /error               raises, so uWSGI's per-worker `exceptions` counter goes up
   anything else        404
 
+Loading takes $STACKMON_DEMO_LOAD_S seconds (default 0, at most LOAD_CAP), as a real app's
+imports do: with lazy-apps each new worker accepts only after it, which is what a chain reload
+waits for between two workers.
+
 A hanging request can be released early without killing its worker: when the file named by
 $STACKMON_RELEASE_FILE changes content, every /hang in flight returns. The test suite shares one
 stack between tests and uses this to give back the cores a test left stuck; a killed worker
@@ -32,6 +36,18 @@ HANG_CAP = 3600.0
 _RELEASE_POLL = 0.2
 
 StartResponse = Callable[..., object]
+LOAD_CAP = 30.0
+
+
+def _load_seconds() -> float:
+    try:
+        seconds = float(os.environ.get("STACKMON_DEMO_LOAD_S") or 0)
+    except ValueError:
+        return 0.0
+    return min(seconds, LOAD_CAP) if 0 < seconds < float("inf") else 0.0
+
+
+time.sleep(_load_seconds())
 
 
 def _seconds(environ: dict, default: float, cap: float) -> float:
