@@ -98,6 +98,22 @@ def test_main_view_states(snap_compare, variant, monkeypatch):
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_reload_no_worker_serving(snap_compare, size):
     """A graceful reload held by one stuck request: three workers exited, none serving."""
+    assert _reload_snap(snap_compare, size)
+
+
+@pytest.mark.parametrize("screen", ["worker_detail", "help", "reload"])
+def test_screens_without_colour(snap_compare, screen, monkeypatch):
+    """NO_COLOR on the detail, help and reload screens at 80x24: CRIT, the draining
+    countdown and the key hints must read without colour there too."""
+    monkeypatch.setenv("NO_COLOR", "1")
+    if screen == "reload":
+        assert _reload_snap(snap_compare, (80, 24))
+    else:
+        keys = SCREENS["worker_detail"] if screen == "worker_detail" else ("question_mark",)
+        assert _snap(snap_compare, keys, (80, 24))
+
+
+def _reload_snap(snap_compare, size: tuple[int, int]) -> bool:
     from stackmon.actions.reload_progress import ReloadProgress, WorkerReload
     from tui.screens.reload_view import ReloadScreen
 
@@ -122,7 +138,7 @@ def test_reload_no_worker_serving(snap_compare, size):
         screen.set_host(hangs)
         await pilot.pause()
 
-    assert snap_compare(app, terminal_size=size, run_before=run_before)
+    return bool(snap_compare(app, terminal_size=size, run_before=run_before))
 
 
 def _clients_snap(snap_compare, keys: tuple[str, ...], size: tuple[int, int]) -> bool:
