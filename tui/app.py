@@ -52,6 +52,8 @@ from tui.screens.confirm import (
     ReloadChoice,
     ReloadConfirm,
     kill_progress_text,
+    kill_staleness,
+    live_worker,
 )
 from tui.screens.doctor import DoctorScreen
 from tui.screens.events import EventsScreen
@@ -277,6 +279,8 @@ class StackmonApp(App[int]):
         if isinstance(screen, WorkerDetailScreen) and screen.host_index == index:
             screen.set_worker(pane.find_worker(screen.worker_id, screen.address,
                                                nth=screen.worker_nth), self.clock())
+        if isinstance(screen, KillConfirm) and screen.host_index == index:
+            self._feed_kill_confirm(screen, snap)
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -604,12 +608,15 @@ class StackmonApp(App[int]):
         index, instance, address = pane.index, inst.index, inst.address
         host = self._host(index)
         timeout = host.settings.timeout
-        # How old the data the user decides on is: the instance's (a hung master), else the
-        # whole host's (it did not answer at all).
-        snap = pane.on_screen
-        stale_s, who = inst.stale_s, "the uWSGI master"
-        if stale_s is None and snap is not None and snap.stale_s is not None:
-            stale_s, who = snap.stale_s, "this host"
+        # The dialog shows the latest poll, not the frozen screen (polling goes on while
+        # paused): the worker as it is now when it is still the same process.
+        snap = pane.latest or pane.on_screen
+        live_inst = next((u for u in snap.uwsgi if u.address == address), None) if snap \
+            else None
+        live = live_worker(live_inst, worker.id)
+        if live is not None and live.pid == worker.pid:
+            worker = live
+        stale_s, who = kill_staleness(live_inst or inst, snap)
 
         def chosen(choice: KillChoice | None) -> None:
             if choice is not None:
@@ -627,10 +634,23 @@ class StackmonApp(App[int]):
                           and s.path and s.label in (None, str(instance))), None)
         # Capturing is on by default where py-spy can run: here, or on an agent's host.
         capture = host.captures_stacks
-        self.push_screen(KillConfirm(pane.host.name, address, worker, self.clock(),
-                                     capture=capture, uwsgi_log=uwsgi_log,
-                                     events=logs.events if logs else (), stale_s=stale_s,
-                                     stale_who=who, timeout=timeout), chosen)
+        dialog = KillConfirm(pane.host.name, address, worker, self.clock(),
+                             capture=capture, uwsgi_log=uwsgi_log,
+                             events=logs.events if logs else (), stale_s=stale_s,
+                             stale_who=who, timeout=timeout, host_index=index,
+                             paused=self.paused, by_id=len(pane.host.uwsgi) == 1)
+        self.push_screen(dialog, chosen)
+        if snap is not None:  # a respawned or gone worker: it says so at once
+            self._feed_kill_confirm(dialog, snap)
+
+    def _feed_kill_confirm(self, dialog: KillConfirm, snap: HostSnapshot) -> None:
+        """A poll of its host to an open kill confirmation: it lists what a kill would hit
+        now (a snapshot dialog killed two requests it never showed)."""
+        inst = next((u for u in snap.uwsgi if u.address == dialog.address), None)
+        stale_s, who = kill_staleness(inst, snap)
+        dialog.set_live(live_worker(inst, dialog.target.id), self.clock(),
+                        instance_seen=inst is not None, stale_s=stale_s, stale_who=who,
+                        events=snap.logs.events if snap.logs else (), paused=self.paused)
 
     async def _kill(self, index: int, instance: int, worker: Worker,
                     choice: KillChoice, address: str = "",

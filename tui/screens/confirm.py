@@ -38,7 +38,7 @@ from textual.widgets import Static
 from stackmon.actions.reload_progress import ReloadFacts
 from stackmon.deadlines import nearest
 from stackmon.logs.uwsgi_events import Event
-from stackmon.model import Request, UwsgiInstance, Worker
+from stackmon.model import HostSnapshot, Request, UwsgiInstance, Worker
 from stackmon.redact import visible
 from stackmon.render_text import human_age
 from tui.screens.reload_view import UnitsKept
@@ -109,8 +109,22 @@ def _requests_text(worker: Worker, now: float, limit: int = 1000) -> Text:
     return text
 
 
-def usr2_text(log_path: str | None, events: Sequence[Event]) -> Text:
-    """Where SIGUSR2's output goes (the uWSGI log), and the latest uWSGI events read from it."""
+def about_worker(events: Sequence[Event], worker: Worker, *, by_id: bool = True,
+                 limit: int = USR2_EVENTS) -> list[Event]:
+    """The latest uWSGI events about `worker`, by the fields the parser filled (never by the
+    line's text): its pid, or its id where ids are unambiguous (`by_id`: the host has one
+    uWSGI instance; the events do not say which instance wrote them). The dialog showed the
+    latest uWSGI lines whatever they were about: `worker 4 ... NO MERCY` under a kill of
+    worker 3 read as worker 3's."""
+    def ours(e: Event) -> bool:
+        return e.source == "uwsgi" and (e.pid == worker.pid or (by_id and e.worker == worker.id))
+    return [e for e in events if ours(e)][:limit]
+
+
+def usr2_text(log_path: str | None, events: Sequence[Event], worker: Worker | None = None,
+              now: float | None = None, *, by_id: bool = True) -> Text:
+    """Where SIGUSR2's output goes (the uWSGI log), and the latest uWSGI events read from it
+    about `worker` (all uWSGI events when None), with their age when `now` is given."""
     text = Text("SIGUSR2: the worker writes its request and a backtrace to the uWSGI log",
                 style="dim")
     if log_path:
@@ -120,10 +134,15 @@ def usr2_text(log_path: str | None, events: Sequence[Event]) -> Text:
     else:
         text.append(" (not found from uWSGI's config: see the doctor, d)")
     text.append(", not here.")
-    latest = [e for e in events if e.source == "uwsgi"][:USR2_EVENTS]
+    latest = ([e for e in events if e.source == "uwsgi"][:USR2_EVENTS] if worker is None
+              else about_worker(events, worker, by_id=by_id))
     for e in latest:
         text.append("\n  ")
+        if now is not None:
+            text.append(f"{human_age(max(0.0, now - e.at))} ago  ", "dim")
         text.append(visible(e.text), "dim")
+    if worker is not None and not latest and (log_path or events):
+        text.append(f"\n  no recent uWSGI log line about worker {worker.id}", "dim italic")
     return text
 
 
@@ -168,7 +187,69 @@ def _keys(*pairs: tuple[str, str]) -> Text:
     return text
 
 
+RequestKey = tuple[int, int, float | None]
+
+
+def in_flight(worker: Worker) -> dict[RequestKey, Request]:
+    """The worker's requests in flight by identity: (core, the core's request count, start
+    time). uWSGI counts a core's request when it ends, so a new request on the same core has
+    a new count even with the same URI in the same second; the URI is left out, it can be
+    missing in one poll (the vars copy raced) and not the next."""
+    return {(c.id, c.requests, c.request.started_at): c.request for c in worker.cores
+            if c.request is not None}
+
+
+def _named(requests: Sequence[Request], most: int = 2) -> str:
+    """`core 0 GET /slow?s=5, core 1 GET /x` (URIs cut at 40), "+N" past `most`."""
+    out = [f"core {r.core} {visible(r.method or '?')} {visible(r.uri or '?')[:40]}"
+           for r in requests[:most]]
+    if len(requests) > most:
+        out.append(f"+{len(requests) - most}")
+    return ", ".join(out) if out else "none"
+
+
+def changed_text(listed: dict[RequestKey, Request], now: dict[RequestKey, Request]) -> str:
+    """How the requests in flight differ from those the user was shown."""
+    ended = [r for k, r in listed.items() if k not in now]
+    what = f"listed ones ended: {_named(ended)}" if ended else \
+        f"new: {_named([r for k, r in now.items() if k not in listed])}"
+    return f"{what}; now: {_named(list(now.values()))}"
+
+
+def live_worker(inst: UwsgiInstance | None, worker_id: int) -> Worker | None:
+    """The worker with `worker_id` in `inst` (ids are positions: unique in an instance)."""
+    return next((w for w in inst.workers if w.id == worker_id), None) if inst else None
+
+
+def kill_staleness(inst: UwsgiInstance | None,
+                   snap: HostSnapshot | None) -> tuple[float | None, str]:
+    """How old the data the user decides on is, and whose silence made it so: the
+    instance's (a hung master), else the whole host's (it did not answer at all)."""
+    if inst is not None and inst.stale_s is not None:
+        return inst.stale_s, "the uWSGI master"
+    if snap is not None and snap.stale_s is not None:
+        return snap.stale_s, "this host"
+    return None, "the uWSGI master"
+
+
+def gone_reason(target: Worker, now: Worker | None) -> str | None:
+    """Why `target`'s process can no longer be the one killed (None: it is still there)."""
+    if now is None:
+        return f"worker {target.id} is no longer in the stats"
+    if not now.spawned:
+        return f"pid {target.pid} is gone (worker {target.id} is waiting for its respawn)"
+    if now.pid != target.pid:
+        return f"pid {target.pid} is gone: worker {target.id} was respawned as pid {now.pid}"
+    return None
+
+
 class KillConfirm(ModalScreen[KillChoice | None]):
+    """The kill's confirmation, kept live: the app feeds it each poll of its host (set_live),
+    the latest even while the main screen is paused, so the list shows what a kill would hit
+    now. A snapshot dialog listed two requests, and `t` 8 s later killed two others. Confirming
+    after the requests changed asks again instead of killing; a respawned or gone worker
+    cannot be confirmed at all."""
+
     DEFAULT_CSS = _CSS.format(name="KillConfirm")
     BINDINGS = [
         Binding("t,enter", "choose('TERM')", "SIGTERM", show=False),
@@ -181,15 +262,20 @@ class KillConfirm(ModalScreen[KillChoice | None]):
     def __init__(self, host: str, instance: str, worker: Worker, now: float, *,
                  capture: bool | None = None, uwsgi_log: str | None = None,
                  events: Sequence[Event] = (), stale_s: float | None = None,
-                 stale_who: str = "the uWSGI master", timeout: float = 2.0) -> None:
+                 stale_who: str = "the uWSGI master", timeout: float = 2.0,
+                 host_index: int = -1, paused: bool = False, by_id: bool = True) -> None:
         """`capture`: whether "capture the stack first" starts on (None: not offered);
         `uwsgi_log` and `events`: where SIGUSR2's output goes, and what was read from it;
         `stale_s`: how long `stale_who` has not answered (None: the data is live), and
-        `timeout` how long the kill's own stats read waits for it."""
+        `timeout` how long the kill's own stats read waits for it. `host_index` and the
+        instance's address say which polls feed it; `paused`: the main screen is;
+        `by_id`: events name the worker by id unambiguously (one instance on the host)."""
         super().__init__()
         # Host name and address come from configuration: shown literally, like request data.
         self.host, self.instance = visible(host), visible(instance)
-        self.worker, self.now = worker, now
+        self.address, self.host_index = instance, host_index
+        self.target = self.worker = worker  # target: the process asked about (its pid)
+        self.now = now
         self.stale_s, self.stale_who, self.timeout = stale_s, stale_who, timeout
         self.offer_capture = capture is not None
         # Stale: the capture confirms the pid with the stats too, so it would wait a whole
@@ -198,27 +284,113 @@ class KillConfirm(ModalScreen[KillChoice | None]):
         self.capture = bool(capture) and stale_s is None
         self.uwsgi_log = uwsgi_log
         self.events = tuple(events)
+        self.paused, self.by_id = paused, by_id
+        self.listed = in_flight(worker)  # what the user is deciding on
+        self.gone: str | None = None
+        self.asked_again: str | None = None  # the change that made a confirm ask again
+        self.no_data = False  # the latest poll had nothing from this instance
 
     def compose(self) -> ComposeResult:
-        w = self.worker
+        w = self.target
         title = Text.assemble("Kill worker ", (str(w.id), "bold"), " (pid ", (str(w.pid), "bold"),
                               ") of ", (self.host, "bold"), "?")
-        sub = Text(f"uWSGI {self.instance}   status {w.status}   requests served {w.requests}   "
-                   f"respawns {respawns(w)}", style="dim")
         with Vertical():
             yield Static(title, classes="title")
             with Vertical(id="bottom"):  # docked: on screen however long the rest is
                 if self.offer_capture:
                     yield Static(self._capture_text(), id="capture", classes="keys")
-                yield Static(_keys(("t/Enter", "SIGTERM (KILL after 3 s)"),
-                                   ("k", "SIGKILL now"), ("u", "SIGUSR2 to log it, then SIGTERM"),
-                                   ("Esc", "cancel")), classes="keys")
-            yield Static(sub)
-            # A request line wraps to about two rows where the dialog is narrow.
-            yield Static(_requests_text(w, self.now, list_rows(self.app.size.height, 16) // 2))
+                yield Static(self._keys_text(), id="keys", classes="keys")
+            yield Static(self._sub_text(), id="sub")
+            live = self._live_text()
+            yield Static(live, id="live").set_styles(f"display: {'block' if live else 'none'};")
+            yield Static(self._requests(), id="requests-list")
             yield Static(consequence_text(w, self.stale_s, self.timeout, self.stale_who),
                          id="consequence")
-            yield Static(usr2_text(self.uwsgi_log, self.events), id="usr2")
+            yield Static(self._usr2(), id="usr2")
+
+    def set_live(self, worker: Worker | None, now: float, *, instance_seen: bool = True,
+                 stale_s: float | None = None, stale_who: str = "the uWSGI master",
+                 events: Sequence[Event] | None = None, paused: bool | None = None) -> None:
+        """One poll of the host: the worker as it is now (None: not in the stats), or
+        `instance_seen` False when the poll had nothing from its instance (kept as it was)."""
+        self.now = now
+        self.no_data = not instance_seen
+        if instance_seen:
+            self.gone = gone_reason(self.target, worker)
+            if self.gone is None and worker is not None:
+                self.worker = worker
+            self.stale_s, self.stale_who = stale_s, stale_who
+        if events is not None:
+            self.events = tuple(events)
+        if paused is not None:
+            self.paused = paused
+        self._redraw()
+
+    def _redraw(self) -> None:
+        if not self.is_mounted:
+            return
+        live = self.query_one("#live", Static)
+        text = self._live_text()
+        live.update(text)
+        live.display = bool(text)
+        self.query_one("#sub", Static).update(self._sub_text())
+        self.query_one("#requests-list", Static).update(self._requests())
+        self.query_one("#consequence", Static).update(
+            consequence_text(self.target, self.stale_s, self.timeout, self.stale_who))
+        self.query_one("#usr2", Static).update(self._usr2())
+        self.query_one("#keys", Static).update(self._keys_text())
+
+    def _sub_text(self) -> Text:
+        w = self.worker
+        return Text(f"uWSGI {self.instance}   status {w.status}   requests served "
+                    f"{w.requests}   respawns {respawns(w)}", style="dim")
+
+    def _requests(self) -> Text:
+        if self.gone:
+            return Text(f"  {self.gone}: nothing of it is in flight", style="dim")
+        # A request line wraps to about two rows where the dialog is narrow.
+        rows = list_rows(self.app.size.height, 16 + 2 * bool(self._live_text())) // 2
+        return _requests_text(self.worker, self.now, rows)
+
+    def _usr2(self) -> Text:
+        return usr2_text(self.uwsgi_log, self.events, self.target, self.now, by_id=self.by_id)
+
+    def _live_text(self) -> Text:
+        """What the user must know before a key: the worker is gone, the requests changed,
+        the main screen is paused (this is live), the latest poll missed the instance."""
+        text = Text()
+        if self.paused:
+            text.append("The main screen is PAUSED; this dialog shows live data (each poll).",
+                        "bold")
+        if self.gone:
+            text.append("\n" if text else "")
+            text.append(" GONE ", "bold reverse")
+            text.append(f" {self.gone}. Nothing to kill: Esc closes (K on the new process).",
+                        "bold")
+            return text
+        if self.no_data:
+            text.append("\n" if text else "")
+            text.append("The latest poll has nothing from this instance: below is the last "
+                        "seen.", "bold")
+        now = in_flight(self.worker)
+        if now.keys() != self.listed.keys():
+            text.append("\n" if text else "")
+            text.append(" CHANGED ", "bold reverse")
+            text.append(" The requests changed since you opened this "
+                        f"({changed_text(self.listed, now)}). Confirming asks again.", "bold")
+        elif self.asked_again:
+            text.append("\n" if text else "")
+            text.append(" CHANGED ", "bold reverse")
+            text.append(f" The requests changed since you opened this ({self.asked_again}). "
+                        "Nothing was killed: press the key again to kill the ones listed now.",
+                        "bold")
+        return text
+
+    def _keys_text(self) -> Text:
+        if self.gone:
+            return _keys(("Esc", "close: nothing to kill"))
+        return _keys(("t/Enter", "SIGTERM (KILL after 3 s)"), ("k", "SIGKILL now"),
+                     ("u", "SIGUSR2 to log it, then SIGTERM"), ("Esc", "cancel"))
 
     def _capture_text(self) -> Text:
         text = _keys(("s", "[x] capture its Python stack first" if self.capture
@@ -237,6 +409,17 @@ class KillConfirm(ModalScreen[KillChoice | None]):
             self.query_one("#capture", Static).update(self._capture_text())
 
     def action_choose(self, how: str) -> None:
+        """Kill what is listed, only if it is what is in flight now: else list it, say what
+        changed and wait for the key again (the user decides on what the kill hits)."""
+        if self.gone:
+            self.app.bell()
+            return
+        now = in_flight(self.worker)
+        if now.keys() != self.listed.keys():
+            self.asked_again = changed_text(self.listed, now)
+            self.listed = now
+            self._redraw()
+            return
         if how == "USR2":
             self.dismiss(KillChoice("TERM", usr2_first=True, capture=self.capture))
         else:

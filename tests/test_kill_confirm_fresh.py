@@ -1,0 +1,286 @@
+"""The kill confirmation shows what a kill would hit now, and only the target's log lines.
+
+A new-user review of the live demo: K on worker 3 listed two requests (`/slow?s=1.8`,
+`/slow?s=2.1`); 8 s later the dialog still showed them, and `t` killed two others (`/slow?s=5`
+twice, per the audit log). While paused, K opened on the frozen screen's data (a request long
+finished) and did not say so. And under the SIGUSR2 note it showed uWSGI lines about other
+workers (`worker 4 ... NO MERCY` under a kill of worker 3) as if about the target.
+
+Now the app feeds every poll of the host to the open dialog (the latest, also while the
+main screen is paused, which the dialog says); a confirm after the requests changed lists
+the new ones, says so, kills nothing and waits for the key again; a respawned or gone worker
+cannot be confirmed; the log lines are matched on the events' worker/pid fields.
+
+Recorded snapshots of the demo for the dialog's text (the kill itself replaced by a recorder:
+their pids are not this machine's); one real uWSGI whose request is swapped under the open
+dialog, and the second key really kills.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from stackmon.actions.audit import AuditLog
+from stackmon.addresses import parse_stats_address
+from stackmon.config import HostConfig, Settings, Targets
+from stackmon.model import HostSnapshot, Worker
+from tests.tui_support import app_for, event, feed, recorded, screen_text, summary, wait_for
+from tui.app import StackmonApp
+from tui.screens.confirm import KillConfirm, about_worker
+
+TARGET = 4  # the worker under the cursor in the recording (its two requests hang)
+
+
+def _flat(app: StackmonApp) -> str:
+    """The dialog's text on one line: what lies between its borders (█), row by row."""
+    rows = [ln.split("█")[1] for ln in screen_text(app).splitlines() if ln.count("█") >= 2]
+    return " ".join(" ".join(rows).split())
+
+
+def _worker(host: HostSnapshot, wid: int = TARGET) -> Worker:
+    return next(w for w in host.uwsgi[0].workers if w.id == wid)
+
+
+def _with(host: HostSnapshot, worker: Worker, later: float = 2.0) -> HostSnapshot:
+    """`host` polled `later` s on, with `worker` replacing the one with its id."""
+    inst = host.uwsgi[0]
+    workers = tuple(worker if w.id == worker.id else w for w in inst.workers)
+    return replace(host, taken_at=host.taken_at + later,
+                   uwsgi=(replace(inst, workers=workers), *host.uwsgi[1:]))
+
+
+def _new_requests(host: HostSnapshot, uri: str = "/slow?s=5") -> HostSnapshot:
+    """The next poll: the target's requests ended and each core serves a new one (the core's
+    request count moved on, a new start time)."""
+    w = _worker(host)
+    cores = tuple(replace(c, requests=c.requests + 1, request=replace(
+        c.request, uri=uri, started_at=host.taken_at + 1.0)) if c.request else c
+        for c in w.cores)
+    return _with(host, replace(w, cores=cores))
+
+
+def _kills(app: StackmonApp) -> list[tuple[Any, ...]]:
+    """Record the kills the app starts instead of sending signals to the recording's pids."""
+    started: list[tuple[Any, ...]] = []
+
+    async def kill(*args: Any, **kwargs: Any) -> None:
+        started.append(args)
+
+    app._kill = kill  # type: ignore[method-assign]
+    return started
+
+
+async def test_a_poll_updates_the_open_dialog_and_a_confirm_after_a_change_asks_again() -> None:
+    host = recorded()
+    app = app_for(host)
+    kills = _kills(app)
+    async with app.run_test(size=(120, 36)) as pilot:
+        feed(app, host)
+        await pilot.pause()
+        await pilot.press("K")
+        await pilot.pause()
+        assert isinstance(app.screen, KillConfirm)
+        flat = _flat(app)
+        assert "/hang/report?id=42" in flat and "CHANGED" not in flat
+        feed(app, _new_requests(host))  # the listed requests ended, two others run
+        await pilot.pause()
+        flat = _flat(app)
+        assert "/hang/report?id=42" not in flat.split("requests served")[1].split("CHANGED")[0]
+        assert re.search(r"core 0 GET /slow\?s=5 from \S+ running 2s", flat), flat
+        assert ("The requests changed since you opened this (listed ones ended: core 0 GET "
+                "/hang/report?id=42, core 1 GET /hang/search?q=invoices+2024; now: core 0 GET "
+                "/slow?s=5, core 1 GET /slow?s=5). Confirming asks again.") in flat, flat
+        await pilot.press("t")
+        await pilot.pause()
+        assert isinstance(app.screen, KillConfirm) and kills == []
+        flat = _flat(app)
+        assert "Nothing was killed: press the key again to kill the ones listed now" in flat
+        await pilot.press("t")  # the same requests still: this one kills
+        await pilot.pause()
+        assert not isinstance(app.screen, KillConfirm)
+        assert len(kills) == 1 and kills[0][2].pid == _worker(host).pid
+
+
+async def test_an_unchanged_list_kills_at_the_first_key_and_ages_move_on() -> None:
+    host = recorded()
+    app = app_for(host)
+    kills = _kills(app)
+    async with app.run_test(size=(120, 36)) as pilot:
+        feed(app, host)
+        await pilot.pause()
+        await pilot.press("K")
+        await pilot.pause()
+        assert "running 67s" in _flat(app)
+        app.clock = lambda: host.taken_at + 13.0  # 10 s later, the same requests
+        feed(app, _with(host, _worker(host), later=10.0))
+        await pilot.pause()
+        flat = _flat(app)
+        assert "running 77s" in flat and "CHANGED" not in flat
+        await pilot.press("k")
+        await pilot.pause()
+        assert len(kills) == 1 and kills[0][3].signal == "KILL"
+
+
+async def test_a_respawned_worker_cannot_be_confirmed() -> None:
+    host = recorded()
+    app = app_for(host)
+    kills = _kills(app)
+    old = _worker(host)
+    async with app.run_test(size=(120, 36)) as pilot:
+        feed(app, host)
+        await pilot.pause()
+        await pilot.press("K")
+        await pilot.pause()
+        feed(app, _with(host, replace(old, pid=old.pid + 97, cores=())))
+        await pilot.pause()
+        flat = _flat(app)
+        assert (f"GONE pid {old.pid} is gone: worker {TARGET} was respawned as pid "
+                f"{old.pid + 97}. Nothing to kill") in flat, flat
+        assert "SIGKILL now" not in flat and "Esc close: nothing to kill" in flat
+        for key in ("t", "enter", "k", "u"):
+            await pilot.press(key)
+        await pilot.pause()
+        assert isinstance(app.screen, KillConfirm) and kills == []
+        await pilot.press("escape")
+
+
+async def test_paused_the_dialog_uses_the_latest_poll_and_says_so() -> None:
+    host = recorded()
+    app = app_for(host)
+    _kills(app)
+    async with app.run_test(size=(120, 36)) as pilot:
+        feed(app, host)
+        await pilot.pause()
+        await pilot.press("p")
+        feed(app, _new_requests(host))  # polling goes on; the screen stays frozen
+        await pilot.pause()
+        assert "/hang/report?id=42" in screen_text(app)  # the frozen main screen
+        await pilot.press("K")
+        await pilot.pause()
+        assert isinstance(app.screen, KillConfirm)
+        flat = _flat(app)
+        assert "The main screen is PAUSED; this dialog shows live data" in flat, flat
+        assert "/slow?s=5" in flat and "/hang/report" not in flat
+        assert "CHANGED" not in flat  # what it opened on is what it lists
+
+
+async def test_paused_on_a_worker_respawned_since_the_dialog_says_gone_at_once() -> None:
+    host = recorded()
+    app = app_for(host)
+    old = _worker(host)
+    async with app.run_test(size=(120, 36)) as pilot:
+        feed(app, host)
+        await pilot.pause()
+        await pilot.press("p")
+        feed(app, _with(host, replace(old, pid=0, status="idle", cores=())))
+        await pilot.press("K")
+        await pilot.pause()
+        flat = _flat(app)
+        assert f"GONE pid {old.pid} is gone (worker {TARGET} is waiting for its respawn)" \
+            in flat, flat
+
+
+async def test_a_master_gone_stale_under_the_open_dialog_keeps_the_stale_refusal() -> None:
+    host = recorded()
+    app = app_for(host)
+    async with app.run_test(size=(120, 36)) as pilot:
+        feed(app, host)
+        await pilot.pause()
+        await pilot.press("K")
+        await pilot.pause()
+        assert "STALE" not in _flat(app)
+        stale = _with(host, _worker(host))
+        feed(app, replace(stale, uwsgi=(replace(stale.uwsgi[0], stale_s=6.0),)))
+        await pilot.pause()
+        flat = _flat(app)
+        assert "STALE 6s" in flat and "refused, nothing done, unless the uWSGI master" in flat
+
+
+async def test_only_log_lines_about_the_target_are_shown() -> None:
+    base = recorded()
+    at, pid = base.taken_at, _worker(base).pid
+    others = (
+        event(at - 2, "no_mercy", "[0] worker 3 (pid: 15702) is taking too much time to die"
+              "...NO MERCY !!!", 3, 15702),
+        event(at - 3, "respawn", "Respawned uWSGI worker 2 (new pid: 6600)", 2, 6600),
+        event(at - 4, "reload", "...gracefully killing workers..."),
+    )
+    host = replace(base, logs=summary(at, events=others))
+    app = app_for(host)
+    async with app.run_test(size=(120, 36)) as pilot:
+        feed(app, host)
+        await pilot.pause()
+        await pilot.press("K")
+        await pilot.pause()
+        flat = _flat(app)
+        assert "NO MERCY" not in flat and "Respawned" not in flat and "killing" not in flat
+        assert f"no recent uWSGI log line about worker {TARGET}" in flat, flat
+        # a poll brings lines about the target: by its pid, and by its id
+        ours = (event(at + 1, "usr2", f"SIGUSR2: --- uWSGI worker {TARGET} (pid: {pid}) is "
+                      "managing request /hang/report?id=42 since x ---", TARGET, pid),
+                event(at - 60, "respawn", f"Respawned uWSGI worker {TARGET} (new pid: {pid})",
+                      TARGET, pid))
+        polled = _with(host, _worker(host))
+        feed(app, replace(polled, logs=summary(at + 2, events=ours + others)))
+        await pilot.pause()
+        flat = _flat(app)
+        assert f"2s ago SIGUSR2: --- uWSGI worker {TARGET} (pid: {pid})" in flat, flat
+        assert f"Respawned uWSGI worker {TARGET}" in flat
+        assert "NO MERCY" not in flat and "no recent uWSGI log line" not in flat
+
+
+def test_on_a_host_with_two_instances_only_the_pid_names_the_worker() -> None:
+    """The events do not say which instance wrote them: worker 3 of the other one is not
+    this worker 3."""
+    w = _worker(recorded())
+    same_id = event(0.0, "no_mercy", "worker 4 (pid: 9) NO MERCY", TARGET, 9)
+    same_pid = event(0.0, "usr2", "SIGUSR2 ...", TARGET, w.pid)
+    assert about_worker((same_id, same_pid), w) == [same_id, same_pid]
+    assert about_worker((same_id, same_pid), w, by_id=False) == [same_pid]
+
+
+# ------------------------------------------------------------------ real uWSGI
+
+
+async def test_a_real_request_swapped_under_the_dialog_asks_again_then_kills(
+        fresh_stack: Any, hang: Any, tmp_path: Path) -> None:
+    """One worker, one thread: the listed request ends and another starts on the same worker
+    while the dialog is open. The first `t` kills nothing (the audit log is empty, same pid);
+    the second kills the request now listed and the master respawns the worker."""
+    st = fresh_stack(workers=1, threads=1, nginx=False)
+    first = hang(st, "/hang/listed-first", n=1, via="unix")
+    host = HostConfig(name="swap", uwsgi=(parse_stats_address(st.stats_address),))
+    audit = AuditLog(tmp_path / "audit.log")
+    app = StackmonApp(Targets(hosts=(host,), settings=Settings(interval=0.3)), audit=audit)
+    async with app.run_test(size=(120, 36)) as pilot:
+        assert await wait_for(pilot, lambda: "/hang/listed-first" in screen_text(app), 15)
+        victim = app.active_pane().selected_worker()
+        assert victim is not None and victim.requests_in_flight
+        await pilot.press("K")
+        await pilot.pause()
+        assert isinstance(app.screen, KillConfirm)
+        await asyncio.to_thread(first.close)  # the listed request ends...
+        await asyncio.to_thread(hang, st, "/hang/started-later", 1, via="unix")  # ...another
+        assert await wait_for(pilot, lambda: "/hang/started-later" in _flat(app), 10)
+        flat = _flat(app)
+        assert ("The requests changed since you opened this (listed ones ended: core 0 GET "
+                "/hang/listed-first; now: core 0 GET /hang/started-later)") in flat, flat
+        await pilot.press("t")
+        await pilot.pause(0.8)  # a kill would have written "started" by now
+        assert isinstance(app.screen, KillConfirm)
+        assert audit.entries() == []
+        assert "press the key again" in _flat(app)
+        await pilot.press("t")
+
+        def respawned() -> bool:
+            now = app.active_pane().find_worker(victim.id)
+            return now is not None and now.pid not in (0, victim.pid)
+
+        assert await wait_for(pilot, respawned, timeout=10)
+        assert await wait_for(pilot, lambda: [e["outcome"] for e in audit.entries()]
+                              == ["started", "ok"], timeout=10)
+        assert audit.entries()[0]["target_pid"] == victim.pid
