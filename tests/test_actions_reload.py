@@ -328,3 +328,105 @@ def test_a_chain_reload_starts_each_countdown_when_uwsgi_curses_the_worker(fresh
     # uWSGI kills in the first second past its whole-second deadline: the countdown runs out
     # up to ~2 s before its log line (whole seconds, a once-a-second master check).
     assert -1.0 <= no_mercy[0] - (at + countdown) <= 2.5, (no_mercy[0], at + countdown)
+
+
+# --- every request a draining worker holds, and how long no worker served -------------------
+
+def _two_cores(wid: int, pid: int, *ages: float, uri: str = "/hang/export.csv") -> Worker:
+    """A worker with one core per age, each busy with a GET `uri` that old (2 threads/cores:
+    mercy cuts every one still running)."""
+    cores = tuple(Core(id=i, requests=0, in_request=True, request=Request(
+        core=i, method="GET", uri=uri, remote_addr="1.2.3.4", host="h", started_at=None,
+        running_s=age, level="critical")) for i, age in enumerate(ages))
+    return replace(_worker(wid, pid), status="busy", cores=cores)
+
+
+def test_a_draining_worker_lists_every_request_it_holds_oldest_first():
+    """The review: worker 4's row showed one /hang/export.csv, mercy then cut 2 (nginx logged
+    two 502s). Both must be in the progress, the oldest first, and counted in its message."""
+    t = _tracker("graceful", 15, 1, 2)
+    p = t.update(_inst(_worker(1, 0), _two_cores(2, 102, 40.0, 42.0)), 1002.0)
+    w = p.workers[1]
+    assert w.state == "draining" and [r.running_s for r in w.in_flight] == [42.0, 40.0]
+    assert w.request is w.requests[0]  # `request` is still the oldest
+    assert p.message.endswith("; 1 finishing 2 requests, mercy runs out in 13 s")
+    p = t.update(_inst(_worker(1, 0), _two_cores(2, 102, 53.0, 55.0)), 1014.5)
+    assert p.workers[1].state == "killing" and len(p.workers[1].in_flight) == 2
+    p = t.update(_inst(_worker(1, 201), _worker(2, 202)), 1015.5)
+    assert p.done and p.cut == 2 and p.workers[1].cut == 2
+
+
+def test_a_chain_worker_waiting_its_turn_lists_its_requests_too():
+    t = _tracker("chain", 15, 1, 2)
+    p = t.update(_inst(_worker(1, 101, "/a"), _two_cores(2, 102, 3.0, 9.0)), 1001.0)
+    assert p.workers[1].state == "waiting"
+    assert [r.running_s for r in p.workers[1].in_flight] == [9.0, 3.0]
+    assert p.message.endswith("; 1 finishing a request, mercy runs out in 14 s")
+
+
+def test_the_done_line_says_how_long_no_worker_was_serving():
+    """Graceful: every old worker exited or draining from 1002 (none serving), the master
+    re-execs at 1010 (no stats), new workers at 1014: 12 s with no worker, as the view's
+    NO WORKER SERVING banner counted them."""
+    t = _tracker("graceful", 15, 1, 2)
+    first = t.update(None, 1000.1)  # follow_reload's first look, before any stats: nothing
+    assert first.none_serving_since is None and first.none_serving_s == 0
+    p = t.update(_inst(_worker(1, 0), _two_cores(2, 102, 30.0)), 1002.0)
+    assert p.none_serving_since == 2.0 and p.none_serving_s == 0.0
+    p = t.update(None, 1010.0)
+    assert p.none_serving_since == 2.0 and p.none_serving_s == 8.0
+    p = t.update(_inst(_worker(1, 201), _worker(2, 202)), 1014.0)
+    assert p.done and p.none_serving_since is None and p.none_serving_s == 12.0
+    assert p.message == ("graceful reload done: 2 workers replaced in 14.0 s; no worker was "
+                         "serving for 12 s; no request was cut at mercy")
+
+
+def test_stretches_with_no_worker_serving_add_up_and_a_chain_that_always_served_says_none():
+    t = _tracker("chain", 10, 1)  # one worker: nobody serves while it drains
+    t.update(_inst(_worker(1, 101, "/a")), 1001.0)
+    p = t.update(_inst(_worker(1, 101, "/a")), 1004.0)
+    assert p.none_serving_s == 3.0
+    p = t.update(_inst(_worker(1, 201)), 1005.5)
+    assert p.done and "no worker was serving for 4 s;" in p.message
+    chain = _tracker("chain", 10, 1, 2)
+    chain.update(_inst(_worker(1, 101, "/a"), _worker(2, 102)), 1001.0)
+    chain.update(_inst(_worker(1, 201), _worker(2, 102)), 1002.0)
+    p = chain.update(_inst(_worker(1, 201), _worker(2, 202)), 1003.0)
+    assert p.done and p.none_serving_s == 0 and "serving" not in p.message
+    short = _tracker("graceful", 10, 1)
+    short.update(_inst(_worker(1, 0)), 1000.5)
+    p = short.update(_inst(_worker(1, 201)), 1000.9)
+    assert "no worker was serving for under 1 s" in p.message
+
+
+def test_a_graceful_reload_of_a_worker_holding_two_requests_cuts_and_lists_both(fresh_stack,
+                                                                              hang, tmp_path):
+    """Real uWSGI: one worker, 2 threads, both stuck, mercy 3 s. The progress lists both
+    requests while it drains, the summary counts 2 cut (uWSGI logs one NO MERCY, for the worker
+    holding the 2 requests), and says how long no worker was serving (the whole drain)."""
+    mercy = 3
+    st = fresh_stack(workers=1, threads=2, mercy=mercy, nginx=False)
+    held = hang(st, "/hang/x", n=2, via="unix")
+    worker = st.stats()["workers"][0]
+    sent = len(held.matching())
+    assert sent == 2
+    target = target_of(st)
+    seen: list[ReloadProgress] = []
+
+    async def go() -> ReloadProgress:
+        result = await reload_uwsgi(target, "graceful", audit=AuditLog(tmp_path / "a.log"))
+        return await follow_reload(target, result, seen.append, interval=0.2, margin=10)
+
+    final = asyncio.run(go())
+    assert final.done, final.message
+    draining = [w for p in seen for w in p.workers if w.state in ("draining", "killing")]
+    assert draining and all(len(w.in_flight) == 2 for w in draining)
+    assert all(r.uri == "/hang/x" for w in draining for r in w.in_flight)
+    no_mercy = [line for line in st.uwsgi_log_path.read_text(errors="replace").splitlines()
+                if "NO MERCY" in line]
+    assert len(no_mercy) == 1 and f"(pid: {worker['pid']})" in no_mercy[0], no_mercy
+    assert final.cut == sent  # every request the worker held was cut
+    assert "2 requests were in flight when their worker's mercy ran out (worker 1)" in \
+        final.message
+    assert mercy - 1 <= final.none_serving_s <= mercy + 3, final.none_serving_s
+    assert f"no worker was serving for {final.none_serving_s:.0f} s;" in final.message

@@ -23,6 +23,14 @@ mercy left the screen frozen on a countdown that had long run out while the relo
 When following does stop before the end, the last progress says so (`stopped`, its message
 "stopped following after N s: K of M workers replaced; check ..."), countdowns cleared: a
 countdown nobody updates any more is a lie.
+
+A worker with several threads (or cores) can be finishing several requests, and its mercy cuts
+all that still run: each WorkerReload carries every one (`requests`, oldest first), not only
+the oldest, so that nobody learns of the second request from nginx's 502 only.
+
+How long no worker served (none of the new ones up, no old one still taking requests: see
+serving_count) is the tracker's figure too: the view says "NO WORKER SERVING for 12 s" while it
+lasts, and the done line "no worker was serving for 12 s" after, from the same samples.
 """
 
 from __future__ import annotations
@@ -55,7 +63,10 @@ class WorkerReload:
     old_pid: int
     pid: int
     state: WorkerState
-    request: Request | None = None  # what a draining worker is finishing
+    request: Request | None = None  # what a draining worker is finishing: the oldest
+    # Every request it is finishing, oldest first (a worker with 2 threads can hold 2, and its
+    # mercy cuts both). Empty where only `request` was given: see in_flight.
+    requests: tuple[Request, ...] = ()
     countdown: float | None = None  # seconds until mercy runs out (draining/killing)
     replaced_after: float | None = None  # seconds from the reload's start
     # Requests in flight when its mercy ran out (seen busy at the last look before, then gone):
@@ -63,6 +74,14 @@ class WorkerReload:
     # was too long before the end to tell whether its requests were still running.
     cut: int = 0
     unsure: bool = False
+
+    @property
+    def in_flight(self) -> tuple[Request, ...]:
+        """Every request this worker is finishing, oldest first (`request` alone when that
+        is all a producer gave)."""
+        if self.requests:
+            return self.requests
+        return () if self.request is None else (self.request,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +96,10 @@ class ReloadProgress:
     # Following stopped before every worker was replaced (its deadline, or it failed): the
     # figures are the last ones seen, and nothing will update them any more.
     stopped: bool = False
+    # When (seconds into the reload) the current stretch with no worker serving began (None:
+    # some worker serves), and how long no worker served in all, this stretch included.
+    none_serving_since: float | None = None
+    none_serving_s: float = 0.0
 
     @property
     def replaced(self) -> int:
@@ -131,10 +154,26 @@ def stopped_progress(p: ReloadProgress, why: str = "") -> ReloadProgress:
                             state="draining" if w.state == "killing" else w.state)
                     for w in p.workers)
     reason = f" ({why})" if why else ""
+    none = f"; {none_serving_said(p.none_serving_s)}" if p.none_serving_s else ""
     message = (f"stopped following after {p.elapsed:.0f} s{reason}: {p.replaced} of "
-               f"{len(p.workers)} workers replaced; check the workers' pids (stackmon "
+               f"{len(p.workers)} workers replaced{none}; check the workers' pids (stackmon "
                "snapshot) and the uWSGI log for the rest of the reload")
-    return replace(p, workers=workers, message=message, stopped=True)
+    return replace(p, workers=workers, message=message, stopped=True,
+                   none_serving_since=None)
+
+
+def serving_count(mode: str, workers: tuple[WorkerReload, ...] | list[WorkerReload]) -> int:
+    """Workers that take new requests now: the new ones (replaced, with a pid), and in a chain
+    reload the old ones still waiting their turn. A draining worker finishes its requests and
+    takes no other; an exited one has no process."""
+    return sum(1 for w in workers
+               if (w.state == "replaced" and w.pid) or (mode == "chain" and w.state == "waiting"))
+
+
+def none_serving_said(seconds: float) -> str:
+    """ "no worker was serving for 12 s": the whole outage the samples saw, in one clause."""
+    said = f"{seconds:.0f} s" if seconds >= 1 else "under 1 s"
+    return f"no worker was serving for {said}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +219,9 @@ class ReloadTracker:
         self._cut: dict[int, int] = {}  # old worker id -> requests in flight at its mercy
         self._unsure: set[int] = set()  # went after its mercy; last look too early to tell
         self._last_sample: float | None = None
+        self._seen = False  # a sample with stats came: a None one before tells nothing
+        self._none_since: float | None = None  # elapsed when no worker served, this stretch
+        self._none_before = 0.0  # seconds no worker served in the stretches that ended
 
     def _deadline(self, wid: int) -> float | None:
         """When `wid`'s mercy runs out, if its clock has started."""
@@ -197,13 +239,15 @@ class ReloadTracker:
             if self.mode != "chain":  # graceful: the master re-execs once every old worker
                 for wid in self._looks.keys() - self._went:  # has exited
                     self._gone(wid, now)
+            gone = tuple(self._judged(WorkerReload(
+                wid, pid, 0, "replaced" if wid in self.replaced_at else "gone",
+                replaced_after=self.replaced_at.get(wid))) for wid, pid in self.old.items())
+            since, total = self._serving(gone, elapsed, done=False, known=self._seen)
             return ReloadProgress(
-                self.mode, self.mercy, elapsed,
-                tuple(self._judged(WorkerReload(
-                    wid, pid, 0, "replaced" if wid in self.replaced_at else "gone",
-                    replaced_after=self.replaced_at.get(wid))) for wid, pid in self.old.items()),
-                stats_available=False, done=False,
-                message="the master is re-executing: stats unavailable for a moment")
+                self.mode, self.mercy, elapsed, gone, stats_available=False, done=False,
+                message="the master is re-executing: stats unavailable for a moment",
+                none_serving_since=since, none_serving_s=total)
+        self._seen = True
         live = {w.id: w for w in inst.workers}
         for wid, now_w in live.items():
             if (wid in self.old and wid not in self.replaced_at
@@ -220,8 +264,26 @@ class ReloadTracker:
         done = bool(states) and all(s.state == "replaced" for s in states)
         if done and self.finished_at is None:
             self.finished_at = now
+        since, total = self._serving(states, elapsed, done)
         return ReloadProgress(self.mode, self.mercy, elapsed, tuple(states), True, done,
-                              self._message(states, done, now))
+                              self._message(states, done, now, total),
+                              none_serving_since=since, none_serving_s=total)
+
+    def _serving(self, states: tuple[WorkerReload, ...] | list[WorkerReload], elapsed: float,
+                 done: bool, known: bool = True) -> tuple[float | None, float]:
+        """(when the current stretch with no worker serving began, seconds none served in all).
+        A stretch runs from the first sample that sees no worker serving to the first that
+        sees one again (each end late by up to one interval: the two errors cancel out). A
+        sample before any with stats (the one follow_reload takes as it starts) tells nothing:
+        `known` False leaves the figures as they are."""
+        if known and (done or serving_count(self.mode, states)):
+            if self._none_since is not None:
+                self._none_before += elapsed - self._none_since
+                self._none_since = None
+        elif known and self._none_since is None:
+            self._none_since = elapsed
+        now_for = 0.0 if self._none_since is None else elapsed - self._none_since
+        return self._none_since, self._none_before + now_for
 
     def _ready(self, w: Worker | None) -> bool:
         """Whether uWSGI would go on to the next worker: the new process accepts (serving
@@ -269,26 +331,29 @@ class ReloadTracker:
         if w.pid == 0:
             return self._judged(WorkerReload(wid, old_pid, 0, "exited"))
         deadline = self._deadline(wid)
+        requests = _by_age(w) if w.busy else ()
         if deadline is None:  # chain, not its turn yet: no clock, no countdown
-            request = _oldest(w) if w.busy else None
-            return WorkerReload(wid, old_pid, w.pid, "waiting", request=request)
+            return WorkerReload(wid, old_pid, w.pid, "waiting", request=_first(requests),
+                                requests=requests)
         if not w.busy:  # asked to stop, idle: it exits at once
             return WorkerReload(wid, old_pid, w.pid, "stopping")
         left = deadline - now
         return WorkerReload(wid, old_pid, w.pid, "killing" if left <= KILL_SOON else "draining",
-                            request=_oldest(w), countdown=left)
+                            request=_first(requests), requests=requests, countdown=left)
 
     def _is_current(self, wid: int) -> bool:
         pending = sorted(w for w in self.old if w not in self.replaced_at)
         return bool(pending) and pending[0] == wid
 
-    def _message(self, states: list[WorkerReload], done: bool, now: float) -> str:
+    def _message(self, states: list[WorkerReload], done: bool, now: float,
+                 none_serving: float = 0.0) -> str:
         total = len(states)
         n = sum(1 for s in states if s.state == "replaced")
         if done:
             took = (self.finished_at or now) - self.started_at
+            none = f"{none_serving_said(none_serving)}; " if none_serving else ""
             return (f"{self.mode} reload done: {total} workers replaced in {took:.1f} s; "
-                    f"{cut_summary(states)}")
+                    f"{none}{cut_summary(states)}")
         draining = [s for s in states if s.state in ("draining", "killing")]
         text = f"{self.mode} reload: {n}/{total} workers replaced"
         if self.loading is not None and self.mode == "chain" and n < total:
@@ -296,13 +361,21 @@ class ReloadTracker:
                      "worker is asked to stop once it accepts)")
         if draining:
             worst = min(s.countdown or 0 for s in draining)
-            text += (f"; {len(draining)} finishing a request, mercy runs out in "
+            held = sum(len(s.in_flight) for s in draining)
+            what = ("a request" if held <= len(draining)
+                    else f"{held} {_plural(held, 'request', 'requests')}")
+            text += (f"; {len(draining)} finishing {what}, mercy runs out in "
                      f"{max(0.0, worst):.0f} s")
         return text
 
 
-def _oldest(w: Worker) -> Request | None:
-    return max(w.requests_in_flight, key=lambda r: r.running_s or 0, default=None)
+def _by_age(w: Worker) -> tuple[Request, ...]:
+    """Every request `w` is finishing, the oldest first (ties: in core order)."""
+    return tuple(sorted(w.requests_in_flight, key=lambda r: -(r.running_s or 0)))
+
+
+def _first(requests: tuple[Request, ...]) -> Request | None:
+    return requests[0] if requests else None
 
 
 def cut_summary(workers: tuple[WorkerReload, ...] | list[WorkerReload]) -> str:
