@@ -105,19 +105,23 @@ def _percent(value: int, limit: int) -> int:
 
 
 def _request_reasons(host: HostSnapshot) -> Iterator[Reason]:
-    critical: list[tuple[float, str]] = []
+    # (age, -worker id, what): of equal ages the lowest worker id, as the worker list's worst
+    critical: list[tuple[float, int, str]] = []
     slow = 0
     for inst in host.uwsgi:
         for w in inst.workers:
             for r in w.requests_in_flight:
                 if r.level == "critical":
-                    critical.append((r.running_s or 0.0, f"worker {w.id} {r.method} {r.uri}"))
+                    critical.append((r.running_s or 0.0, -w.id,
+                                     f"worker {w.id} {r.method} {r.uri}"))
                 elif r.level == "slow":
                     slow += 1
     if critical:
-        age, what = max(critical)
+        age, _, what = max(critical)
+        # Whole seconds cut down, as the rows show ages: rounded, it read "oldest 30 s" over
+        # a row's "CRIT 29s".
         yield Reason("critical", "request", f"CRIT {len(critical)}",
-                     f"{len(critical)} request(s) past the critical age; oldest {age:.0f} s: "
+                     f"{len(critical)} request(s) past the critical age; oldest {int(age)} s: "
                      f"{what}")
     if slow:
         yield Reason("warn", "request", f"SLOW {slow}", f"{slow} slow request(s)")

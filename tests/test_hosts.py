@@ -39,11 +39,13 @@ async def test_an_unreachable_host_keeps_its_last_good_data_with_its_age(stack) 
     assert later.uwsgi == good.uwsgi
 
 
-async def test_a_hung_master_keeps_its_stuck_requests_aging_and_the_kernel_figures(
+async def test_a_hung_master_keeps_its_last_requests_as_they_were_and_the_kernel_figures(
         fresh_stack, hang) -> None:
-    """SIGSTOP the master: its stats server stops answering, but the requests it was running
-    are still running. The last good workers stay on screen, stale, their ages growing; the
-    kernel's queue and fd figures (no stats server needed) keep coming."""
+    """SIGSTOP the master: its stats server stops answering while its workers go on serving.
+    The last good workers stay on screen, stale, their requests as they were then: ages are
+    not grown (a review watched a 0.9 s /slow, ended per nginx's log, age into CRIT under a
+    stopped master). The kernel's queue and fd figures (no stats server needed) keep coming,
+    and the reading names the uWSGI stats that stopped answering."""
     import os
     import signal
 
@@ -54,8 +56,8 @@ async def test_a_hung_master_keeps_its_stuck_requests_aging_and_the_kernel_figur
                                 nginx=stack.nginx_status_url),
                      Settings(timeout=0.5, slow=1.0, critical=3.0))
     first = await host.poll()
-    ages = [r.running_s for w in first.uwsgi[0].workers for r in w.requests_in_flight]
-    assert len(ages) == 1 and ages[0] is not None
+    (before,) = [r for w in first.uwsgi[0].workers for r in w.requests_in_flight]
+    assert before.running_s is not None
     os.kill(stack.master_pid, signal.SIGSTOP)
     try:
         import asyncio
@@ -70,13 +72,13 @@ async def test_a_hung_master_keeps_its_stuck_requests_aging_and_the_kernel_figur
     (inst,) = later.uwsgi
     assert inst.stale_s is not None and inst.stale_s >= 3.0
     (req,) = [r for w in inst.workers for r in w.requests_in_flight]
-    assert req.running_s is not None and req.running_s >= ages[0] + 3.0
-    assert req.level == "critical"
+    assert (req.running_s, req.level) == (before.running_s, before.level)  # was: grown to CRIT
     assert {p.role for p in later.fds.processes} >= {"uwsgi-master", "uwsgi-worker"}
     assert any(li.owner == "uwsgi" for li in later.listeners)
     from stackmon.health import assess
 
-    assert assess(later).severity == "critical"
+    state = assess(later)
+    assert any(r.kind == "source" and "uwsgi" in r.badge for r in state.reasons), state.reasons
 
 
 async def test_a_kill_through_the_host_is_an_event_of_that_host(fresh_stack, hang,

@@ -51,9 +51,11 @@ SCREENS = {
 def _snap(snap_compare, keys: tuple[str, ...], size: tuple[int, int], *,
           read_only: bool = False, stale: bool = False) -> bool:
     hosts = _hosts()
-    if stale:  # web-1's stats stopped answering 12 s ago: its last good workers stay
+    if stale:  # web-1's stats stopped answering 12 s ago: its last good workers stay, as
+        # they were then (the poll 12 s after the recording)
         inst = hosts[0].uwsgi[0]
-        hosts = (replace(hosts[0], uwsgi=(replace(inst, stale_s=12.0),)), *hosts[1:])
+        hosts = (replace(hosts[0], taken_at=hosts[0].taken_at + 12.0,
+                         uwsgi=(replace(inst, stale_s=12.0),)), *hosts[1:])
     app = app_for(*hosts, read_only=read_only)
 
     async def run_before(pilot):

@@ -264,6 +264,25 @@ async def test_a_stale_instance_keeps_its_workers_and_says_stale():
         assert "/hang/report" in text and "#4 " in text
 
 
+async def test_stale_rows_keep_the_ages_of_the_last_good_sample():
+    """Polls go on while the stats stay silent: the rows keep the ages of the last good
+    sample, marked "≥", and the title says how old they are; they do not age into CRIT."""
+    base = recorded()
+    app = app_for(base, now=base.taken_at + 30)
+    async with app.run_test(size=(120, 36)) as pilot:
+        rows = []
+        for later in (12.0, 20.0):
+            host = replace(base, taken_at=base.taken_at + later,
+                           uwsgi=(replace(base.uwsgi[0], stale_s=later),))
+            feed(app, host)
+            await pilot.pause()
+            text = screen_text(app)
+            rows.append([line for line in text.splitlines() if "/hang/report" in line])
+            assert f"as of {int(later)}s ago" in text
+        assert rows[0] == rows[1] and rows[0], rows
+        assert "≥64s" in rows[0][0]
+
+
 def test_reload_view_says_no_worker_serving_and_what_mercy_will_cut():
     stuck = recorded().uwsgi[0].workers[3].requests_in_flight[0]
     p = ReloadProgress("graceful", 15.0, 12.0, (

@@ -319,6 +319,25 @@ async def test_short_uris_keep_the_client_near_the_worker_rows(monkeypatch):
         assert len(_row(app, "c0 ").rstrip()) == short_end
 
 
+async def test_stale_requests_read_at_least_and_predict_no_deadline():
+    """Stale data (the stats stopped answering): a request's age is the one it had at the last
+    good sample, read "at least", and no deadline is predicted from it (a review saw a 0.9 s
+    request, long ended, shown CRIT with "nginx 504 in 35 s")."""
+    host, now = two_ages(recorded())
+    app = ListApp(host, now - 20)
+    async with app.run_test(size=(143, 8)) as pilot:
+        await pilot.pause()
+        assert "38s · nginx 504 in 22 s" in _row(app, "c0 ")
+        worker_list = app.query_one(WorkerList)
+        worker_list.set_workers(host.uwsgi[0].workers, now - 20, stale=True)
+        await pilot.pause()
+        row = _row(app, "c0 ")
+        assert "≥38s " in row and "504" not in row and "/hang/report" in row, row
+        worker_list.set_workers(host.uwsgi[0].workers, now - 19)  # it answers again
+        await pilot.pause()
+        assert "39s · nginx 504 in 21 s" in _row(app, "c0 ")
+
+
 def test_snapshot_list_with_a_long_uri_and_short_deadlines(snap_compare: Any) -> None:
     host, now = two_ages(recorded())
     assert snap_compare(ListApp(_long_uri(host), now - 20), terminal_size=(143, 8))

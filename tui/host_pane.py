@@ -276,7 +276,11 @@ class HostPane(TabPane):
         workers = self.query_one(WorkerList)
         self.query_one("#instance-title", TextLines).show(self._instance_title(snap, inst))
         self.query_one("#notice", TextLines).show(self._notice(snap))
-        workers.set_workers(inst.workers if inst else (), now)
+        stale_s = _stale_s(snap, inst)
+        if stale_s is None:
+            workers.set_workers(inst.workers if inst else (), now)
+        else:  # ages as of the last good sample: whether those requests still run is unknown
+            workers.set_workers(inst.workers if inst else (), snap.taken_at - stale_s, stale=True)
         self._draw_side(snap)
         self.query_one("#recent", TextLines).show(recent_events(snap, self.event_memory))
 
@@ -338,7 +342,11 @@ class HostPane(TabPane):
                 text.append("  no data received yet", "bold")
         else:
             text.append(" PARTIAL ", "bold black on yellow")
-            text.append("  some sources failed; the rest is current", "bold")
+            if any(u.stale_s is not None for u in snap.uwsgi):
+                # It said "the rest is current" under a STALE header (a review found both).
+                text.append("  some sources failed; uWSGI shows its last good data", "bold")
+            else:
+                text.append("  some sources failed; the rest is current", "bold")
         for e in snap.errors:
             text.append("\n • ")
             text.append(visible(e.source), "bold")
@@ -365,12 +373,14 @@ class HostPane(TabPane):
             text.append("filter: ", "dim")
             text.append(visible(workers.filter_text), "bold reverse")
             text.append("  ")
+        stale_s = _stale_s(snap, inst)
+        if stale_s is not None:  # first too: at 80 columns the line's end is cut
+            text.append(f"as of {human_age(stale_s)} ago", "bold reverse")
+            text.append("  ")
         text.append(visible(inst.address))
         if len(snap.uwsgi) > 1:
             text.append(f"  [{self._position(snap) + 1}/{len(snap.uwsgi)}, i: next]", "dim")
         text.append(f"  sort: {SORTS[self._sort]}", "dim")
-        if snap.stale_s is not None:
-            text.append(f"  data {snap.stale_s:.0f}s old", "bold yellow")
         for warning in inst.warnings:
             text.append(f"  ! {visible(warning)}", "yellow")
         return text
@@ -486,3 +496,11 @@ class HostPane(TabPane):
         if self.latest is not None:
             self.query_one("#instance-title", TextLines).show(
                 self._instance_title(self.latest, self._current_instance(self.latest)))
+
+
+def _stale_s(snap: HostSnapshot, inst: UwsgiInstance | None) -> float | None:
+    """How old the shown workers are: the instance's stats stopped answering (its last good
+    sample stands in), or the whole host's data is the last good one (an agent unreachable)."""
+    if inst is not None and inst.stale_s is not None:
+        return inst.stale_s
+    return snap.stale_s

@@ -97,6 +97,7 @@ class _RequestLine(NamedTuple):
     level: Level
     host: str = ""
     deadline: Deadline | None = None  # the nearest one, live (see live_deadlines)
+    at_least: bool = False  # stale data: the age it had at the last good sample, shown "≥"
 
 
 class _Header(NamedTuple):
@@ -135,6 +136,7 @@ class _Block:
     short: int = 0  # requests in flight too young for a line of their own (a count instead)
     deadline_cells: int = 0  # its widest deadline in full words (describe), 0: none
     tail_cells: int = 0  # its widest method + URI + host + client, as a wide list lays them out
+    oldest_start: float = 0.0  # when its oldest request started (epoch s): ties of max_age
 
     @property
     def height(self) -> int:
@@ -212,10 +214,12 @@ def _ages(worker: Worker, now: float) -> tuple[int | None, ...]:
 
 
 def _request_lines(
-    worker: Worker, now: float, thresholds: Thresholds | None
+    worker: Worker, now: float, thresholds: Thresholds | None, stale: bool = False
 ) -> tuple[list[_RequestLine], int]:
     """The lines a worker's requests get (those past the slow threshold), and how many are
-    too young for one (counted in the worker's row so that rows do not move)."""
+    too young for one (counted in the worker's row so that rows do not move). `stale`: `now`
+    is the last good sample's time; the requests may have ended since, so no deadline is
+    predicted for them and their ages read "at least"."""
     lines: list[_RequestLine] = []
     short = 0
     for core in worker.cores:
@@ -233,8 +237,9 @@ def _request_lines(
             short += 1
             continue
         age = int(age_f) if age_f is not None else None
+        deadline = None if stale else nearest(live_deadlines(r, age))
         lines.append(_RequestLine(r.core, r.method, r.uri, r.remote_addr, age, level, r.host,
-                                  nearest(live_deadlines(r, age))))
+                                  deadline, stale))
     if not lines and not short and worker.status == "busy" and worker.pid:
         # Busy but no per-core detail (stats-no-cores, or a race): still one in flight.
         short = 1
@@ -242,9 +247,10 @@ def _request_lines(
 
 
 def _make_block(
-    worker: Worker, ages: tuple[int | None, ...], now: float, thresholds: Thresholds | None
+    worker: Worker, ages: tuple[int | None, ...], now: float, thresholds: Thresholds | None,
+    stale: bool = False,
 ) -> _Block:
-    requests, short = _request_lines(worker, now, thresholds)
+    requests, short = _request_lines(worker, now, thresholds, stale)
     level: Level = "ok"
     max_age = -1
     parts = [str(worker.id), str(worker.pid), worker.status]
@@ -263,8 +269,12 @@ def _make_block(
     cells = max((cell_len(describe(line.deadline)) for line in requests
                  if line.deadline is not None), default=0)
     tail = max((_tail_cells(line) for line in requests), default=0)
+    # Ties in whole seconds go to the request that started first, as in the header's reading
+    # (health: the oldest critical request): the cursor sat on #3 while it named worker 4.
+    oldest = min((now - a for r in worker.requests_in_flight
+                  if (a := _age(r, now)) is not None), default=now)
     return _Block(worker, header, ages, tuple(requests), level, max_age,
-                  "\x00".join(parts).lower(), short, cells, tail)
+                  "\x00".join(parts).lower(), short, cells, tail, oldest)
 
 
 def _tail_cells(line: _RequestLine) -> int:
@@ -462,6 +472,7 @@ class WorkerList(LineStyles, ScrollView, can_focus=True):
         """
         super().__init__(name=name, id=id, classes=classes, disabled=disabled)
         self._thresholds = thresholds
+        self._stale = False  # showing the last good sample of an instance that stopped answering
         self._blocks: dict[WorkerKey, _Block] = {}
         self._sort: SortKey = "id"
         self._filter = ""
@@ -551,7 +562,8 @@ class WorkerList(LineStyles, ScrollView, can_focus=True):
         then the oldest request first."""
         blocks = self._blocks
         bad = [k for k in self._order if blocks[k].level != "ok"]
-        bad.sort(key=lambda k: (-LEVELS.index(blocks[k].level), -blocks[k].max_age, k))
+        bad.sort(key=lambda k: (-LEVELS.index(blocks[k].level), -blocks[k].max_age,
+                                blocks[k].oldest_start, k))
         return bad
 
     def jump_worst(self) -> WorkerKey | None:
@@ -575,13 +587,19 @@ class WorkerList(LineStyles, ScrollView, can_focus=True):
             if worst and worst[0] != self._cursor:
                 self._move_cursor(worst[0], scroll=self.is_mounted)
 
-    def set_workers(self, workers: Sequence[Worker], now: float) -> None:
+    def set_workers(self, workers: Sequence[Worker], now: float, stale: bool = False) -> None:
         """Show these workers; `now` (epoch seconds) is what request ages are measured from.
+        `stale`: the data is the last good sample and `now` its time (see _request_lines).
 
         Cheap when little changed: a worker's lines are redrawn only when what they show
         changed (a counter of its row, a request's age-second), not when some field it does
         not show did; nothing at all happens when nothing shown changed.
         """
+        if stale != self._stale:
+            self._stale = stale
+            self._blocks = {}  # every request line reads differently
+            self._strips.clear()
+            self.refresh()
         old = self._blocks
         new: dict[WorkerKey, _Block] = {}
         changed: list[WorkerKey] = []
@@ -601,16 +619,16 @@ class WorkerList(LineStyles, ScrollView, can_focus=True):
             if previous is not None and previous.ages == ages and previous.worker == worker:
                 new[key] = previous
                 continue
-            block = new[key] = _make_block(worker, ages, now, self._thresholds)
+            block = new[key] = _make_block(worker, ages, now, self._thresholds, stale)
             if previous is None:
                 changed.append(key)
                 continue
-            stale = _stale_lines(previous, block)
-            if stale:
+            redraw = _stale_lines(previous, block)
+            if redraw:
                 changed.append(key)
                 cached = strips.get(key)
                 if cached is not None:
-                    for line in [k for k in cached if k[0] in stale]:
+                    for line in [k for k in cached if k[0] in redraw]:
                         del cached[line]
             elif self._filter and block.haystack != previous.haystack:
                 refilter = True
@@ -1026,7 +1044,8 @@ class WorkerList(LineStyles, ScrollView, can_focus=True):
             pieces.append((LEVEL_LABELS["ok"], None))
         else:
             pieces.append((LEVEL_LABELS[r.level], self._style(f"{r.level}-label")))
-        pieces.append((f" {human_age(r.age):>6} ", line_style + _BOLD))
+        age = human_age(r.age)
+        pieces.append((f" {'≥' + age if r.at_least else age:>6} ", line_style + _BOLD))
         if r.deadline is not None:
             self._deadline_text(pieces, r.deadline, width)
         if not narrow:  # the core matters less than the URI when space is short

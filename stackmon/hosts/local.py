@@ -35,7 +35,7 @@ from stackmon.hosts.base import Host
 from stackmon.hosts.local_logs import nginx_specs, uwsgi_specs
 from stackmon.logs.host import HostLogs, LogSummary
 from stackmon.logs.uwsgi_events import Event
-from stackmon.model import HostSnapshot, NginxStatus, SourceError, Thresholds, UwsgiInstance
+from stackmon.model import HostSnapshot, NginxStatus, SourceError, UwsgiInstance
 from stackmon.sources.lb_probe import HealthProbe, ProbePolicy
 from stackmon.sources.nginx_status import StubStatusClient
 from stackmon.sources.uwsgi_stats import poll_stats
@@ -54,21 +54,13 @@ FD_RESCAN_S = 5.0
 MAX_VASSALS = 256
 
 
-def aged(inst: UwsgiInstance, sampled: float, now: float,
-         thresholds: Thresholds) -> UwsgiInstance:
-    """`inst` (sampled at `sampled`) as of `now`: stale since then, every request's age
-    recomputed from its start time and its level graded again."""
-    workers = []
-    for w in inst.workers:
-        cores = []
-        for c in w.cores:
-            r = c.request
-            if r is not None and r.started_at is not None:
-                running = max(0.0, now - r.started_at)
-                r = replace(r, running_s=running, level=thresholds.level(running))
-            cores.append(replace(c, request=r))
-        workers.append(replace(w, cores=tuple(cores)))
-    return replace(inst, workers=tuple(workers), stale_s=max(0.0, now - sampled))
+def aged(inst: UwsgiInstance, sampled: float, now: float) -> UwsgiInstance:
+    """`inst` (sampled at `sampled`) standing in at `now`: marked stale since then, its
+    requests as they were then. Their ages are not grown from their start times: nobody knows
+    whether they still run (a review stopped the master and watched a 0.9 s /slow, ended per
+    nginx's log, age into CRIT with a made-up "nginx 504 in 35 s"). The screen says how old
+    the data is and shows those ages as "at least"."""
+    return replace(inst, stale_s=max(0.0, now - sampled))
 
 
 @functools.lru_cache(maxsize=1)
@@ -111,15 +103,15 @@ class LocalHost(Host):
                      now: float) -> list[UwsgiInstance]:
         """This poll's instances, with the last good sample standing in for each instance whose
         stats did not answer (a master stopped, busy or hung: exactly when its stuck requests
-        matter most). The stand-in says how old it is (stale_s) and its requests' ages keep
-        growing from their start times, so severity is kept and grows as it would; its master
-        and workers are still scanned for fds and queues, which need no stats server."""
+        matter most). The stand-in says how old it is (stale_s) and keeps its requests as they
+        were then (see aged); its master and workers are still scanned for fds and queues,
+        which need no stats server."""
         out: list[UwsgiInstance] = []
         for index, result in results:
             if isinstance(result, UwsgiInstance):
                 out.append(result)
             elif (last := self._last_instances.get(index)) is not None:
-                out.append(aged(*last, now, self.settings.thresholds))
+                out.append(aged(*last, now))
         return out
 
     async def prime(self) -> None:
