@@ -264,6 +264,26 @@ async def test_a_stale_instance_keeps_its_workers_and_says_stale():
         assert "/hang/report" in text and "#4 " in text
 
 
+async def test_the_cursor_and_the_reading_name_the_same_worker_when_ages_tie():
+    """Two CRIT requests of the same whole-second age: the one that started first is the
+    worst, for the cursor as for the reading (the cursor sat on #3, the lower id, while the
+    reading named worker 4)."""
+    base = _with_requests(recorded(), {3: [("/hang/b", 30.2)], 4: [("/hang/a", 30.7)]})
+    inst = base.uwsgi[0]
+    workers = tuple(replace(w, cores=tuple(
+        replace(c, request=replace(c.request, level="critical")) if c.request else c
+        for c in w.cores)) for w in inst.workers)
+    host = replace(base, uwsgi=(replace(inst, workers=workers),))
+    app = app_for(host, now=host.taken_at + 0.1)
+    async with app.run_test(size=(120, 36)) as pilot:
+        feed(app, host)
+        await pilot.pause()
+        text = screen_text(app)
+        assert sum(" 30s " in line and "CRIT" in line for line in text.splitlines()) == 2
+        assert "oldest 30 s: worker 4 GET /hang/a" in text.replace("\n", " ")
+        assert app.query_one(WorkerList).cursor_worker_id == 4
+
+
 async def test_stale_rows_keep_the_ages_of_the_last_good_sample():
     """Polls go on while the stats stay silent: the rows keep the ages of the last good
     sample, marked "≥", and the title says how old they are; they do not age into CRIT."""
