@@ -8,6 +8,7 @@ a chain reload then takes workers x mercy, each worker cut at its own mercy in t
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from dataclasses import replace
@@ -169,8 +170,9 @@ async def test_the_progress_table_fits_80_columns_with_every_pid_whole():
         assert header in text
     row = next(line for line in text.splitlines() if "KILL SOON" in line)
     assert str(old + 2) in row and row.rstrip().endswith("2s")  # the countdown, not cut
-    assert "…" not in text.split("mercy left")[1].split("chain reload:")[0].replace(
-        "GET /hang/report?id…", "")  # only the request may be shortened
+    table = text.split("mercy left")[1].split("chain reload:")[0]
+    assert "…" not in re.sub(r"GET /hang/\S*…  64s", "", table)  # only a URI may be shortened
+    assert "64s" in row  # its age too: the URI gives way, not what follows it
 
 
 async def test_the_view_says_when_following_stopped_and_drops_the_countdowns():
@@ -388,6 +390,87 @@ async def test_the_view_names_the_no_mercy_kills_the_uwsgi_log_shows():
     assert "55555" not in text and "worker 4 (pid" not in text
 
 
+# --- every request a draining worker holds; how long no worker served ------------------------
+
+def _two_requests_draining() -> ReloadProgress:
+    """The review's chain reload at 40 s: worker 4 (2 threads) finishing two /hang/export.csv,
+    42 s and 40 s old, its mercy 13 s from running out."""
+    first, second = _hangs().uwsgi[0].workers[3].requests_in_flight
+    older = replace(first, uri="/hang/export.csv", running_s=42.0)
+    newer = replace(second, uri="/hang/export.csv", running_s=40.0)
+    return ReloadProgress(
+        "chain", 15.0, 40.0,
+        (WorkerReload(1, 5848, 6577, "replaced", replaced_after=1.2),
+         WorkerReload(2, 5849, 6578, "replaced", replaced_after=2.5),
+         WorkerReload(3, 5850, 6579, "replaced", replaced_after=24.1),
+         WorkerReload(4, 5851, 5851, "draining", request=older, requests=(older, newer),
+                      countdown=13.0)),
+        stats_available=True, done=False,
+        message="chain reload: 3/4 workers replaced; 1 finishing 2 requests, mercy runs out "
+                "in 13 s")
+
+
+def _lines(p: ReloadProgress, width: int) -> list[str]:
+    console = Console(width=width, record=True, color_system=None)
+    console.print(render_progress("web-1", "web-1/127.0.0.1:9002", p, width=width))
+    return console.export_text().splitlines()
+
+
+@pytest.mark.parametrize("width", [80, 120, 200])
+def test_every_request_a_draining_worker_holds_is_shown_and_counted(width):
+    """The review: worker 4 showed one GET /hang/export.csv, and mercy then cut two."""
+    p = _two_requests_draining()
+    assert ("cut in 13 s if still running: worker 4: 2 requests: GET /hang/export.csv 42s, "
+            "GET /hang/export.csv 40s") in _text(p, width)
+    lines = _lines(p, width)
+    at = next(i for i, line in enumerate(lines) if line.startswith("4 "))
+    if width >= 100:  # a line each
+        assert "GET /hang/export.csv  42s" in lines[at] and "13s" in lines[at]
+        assert lines[at + 1].split() == ["GET", "/hang/export.csv", "40s"]
+    else:  # the oldest, and how many more
+        assert "GET /hang/export.csv  42s +1 more" in lines[at]
+        assert "40s" not in lines[at + 1]
+
+
+def test_at_80_columns_the_count_of_more_requests_outlasts_the_uri():
+    """A long URI in a narrow column gives way; "+1 more" and the age do not."""
+    p = _two_requests_draining()
+    long = replace(p.workers[3].requests[0], uri="/hang/export.csv?" + "x" * 80)
+    w4 = replace(p.workers[3], request=long, requests=(long, p.workers[3].requests[1]),
+                 state="exited")
+    narrow = replace(p, workers=(*p.workers[:3], replace(w4, state="draining")))
+    row = next(line for line in _lines(narrow, 80) if line.startswith("4 "))
+    assert "GET /hang/export.csv?x" in row and "…  42s +1 more" in row and "13s" in row
+
+
+def test_the_done_line_says_how_long_no_worker_was_serving_as_the_banner_counted():
+    """Graceful, fed through the tracker: the banner counts from the first sample with no
+    worker serving (even in a view opened later), the done line says the whole stretch, 2 to
+15 s, and both requests cut."""
+    from stackmon.actions.reload_progress import ReloadTracker
+    from tests.test_actions_reload import _inst, _two_cores, _worker
+
+    t = ReloadTracker({1: 101, 2: 102}, "graceful", mercy=15, started_at=1000.0)
+    t.update(_inst(_worker(1, 0), _two_cores(2, 102, 30.0, 31.0)), 1002.0)
+    live = t.update(_inst(_worker(1, 0), _two_cores(2, 102, 36.0, 37.0)), 1008.0)
+    assert "NO WORKER SERVING for 6 s" in _text(live, 80)  # as the tracker counted
+    screen = ReloadScreen("web-1", "i", live)  # a view that saw only this progress
+    assert "NO WORKER SERVING for 6 s" in _text_of(screen, 80)
+    t.update(_inst(_worker(1, 0), _two_cores(2, 102, 42.5, 43.5)), 1014.5)  # mercy's end
+    done = t.update(_inst(_worker(1, 201), _worker(2, 202)), 1015.0)  # NO MERCY, respawned
+    last = " ".join(" ".join(_lines(done, 80)[-2:]).split())
+    assert "no worker was serving for 13 s;" in last
+    assert last.endswith("2 requests were in flight when their worker's mercy ran out "
+                         "(worker 2)")
+    assert "NO WORKER SERVING" not in _text(done, 80)
+
+
+def _text_of(screen: ReloadScreen, width: int) -> str:
+    console = Console(width=width, record=True, color_system=None)
+    console.print(screen._view())
+    return " ".join(console.export_text().split())
+
+
 # --- SVG snapshots: read the diff before --snapshot-update --------------------------------
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
@@ -406,6 +489,16 @@ def test_snapshot_chain_reload_view(snap_compare, size):
 
     async def run_before(pilot):
         await _open_view(app, pilot, _chain_midway())
+
+    assert snap_compare(app, terminal_size=size, run_before=run_before)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_snapshot_a_worker_draining_two_requests(snap_compare, size):
+    app = app_for(_hangs())
+
+    async def run_before(pilot):
+        await _open_view(app, pilot, _two_requests_draining())
 
     assert snap_compare(app, terminal_size=size, run_before=run_before)
 

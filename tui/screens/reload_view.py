@@ -2,7 +2,9 @@
 
 Fed ReloadProgress values (from stackmon.actions.reload_progress) by the app's worker that
 follows the reload; this screen only renders them. Each worker shows replaced (old pid -> new),
-draining (the request it is finishing and its age, with a countdown bar), about to be killed,
+draining (the requests it is finishing and their ages, with a countdown bar: from 100 columns
+one line per request, narrower the oldest and "+1 more", the URI giving way, never the count;
+a worker with 2 threads holds 2 and its mercy cuts both), about to be killed,
 exited, asked to stop (idle, exiting) or waiting its turn (chain); then the outcome, how long
 it took and how many requests were in flight when their worker's mercy ran out.
 
@@ -10,10 +12,13 @@ Above the table, what the clients get, from the stats and the kernel: how many w
 new requests right now, "NO WORKER SERVING for 12 s" when none does (a graceful reload respawns
 nothing until the last old worker has exited: one stuck request keeps the whole instance from
 serving until mercy, and nginx meanwhile gets no answer), the listen queue and whether it is
-growing, and the requests mercy cuts if they still run when it runs out. Only a worker whose
+growing, and the requests mercy cuts if they still run when it runs out ("worker 4: 2 requests:
+GET /a 42s, GET /b 40s", every one). Only a worker whose
 mercy clock runs has such a line: in a chain reload that is the worker whose turn it is (the
 others' clocks start at their turn), and a request of 1 s may well end before: the line says
-"cut in 14 s if still running", never "cut at mercy in 14 s".
+"cut in 14 s if still running", never "cut at mercy in 14 s". How long no worker has served
+is the tracker's figure (ReloadProgress.none_serving_since), so that the done line's "no worker
+was serving for 12 s" and the banner count the same samples.
 
 It never shows a countdown nobody updates: when following stops before the end (a `stopped`
 progress) the view says so, with how far it got, and drops the countdowns; when no progress
@@ -32,7 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from rich.cells import cell_len
+from rich.cells import cell_len, set_cell_size
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.measure import Measurement
 from rich.table import Table
@@ -43,8 +48,8 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
-from stackmon.actions.reload_progress import ReloadProgress, WorkerReload
-from stackmon.model import HostSnapshot
+from stackmon.actions.reload_progress import ReloadProgress, WorkerReload, serving_count
+from stackmon.model import HostSnapshot, Request
 from stackmon.redact import visible
 from stackmon.render_text import human_age
 
@@ -60,7 +65,9 @@ STATE_STYLE = {
 
 
 STALE_AFTER = 5.0  # seconds without a progress before the view says following went quiet
-WIDE = 100  # from this width on: full state labels and a 20-cell countdown bar
+WIDE = 100  # from this width on: full state labels, a 20-cell countdown bar, and a line for
+# each request a worker is finishing (up to REQUEST_LINES; narrower: the oldest and "+N more")
+REQUEST_LINES = 4
 NARROW = 64  # below it: the countdown in seconds only, no bar
 
 
@@ -134,16 +141,56 @@ STATE_SHORT = {"waiting": "waits its turn"}
 
 
 def serving(p: ReloadProgress) -> int:
-    """Workers that take new requests now: the new ones (replaced, with a pid), and in a chain
-    reload the old ones still waiting their turn. A draining worker finishes its request and
-    takes no other; an exited one has no process."""
-    return sum(1 for w in p.workers
-               if (w.state == "replaced" and w.pid) or (p.mode == "chain" and
-                                                         w.state == "waiting"))
+    """Workers that take new requests now (the tracker's own count: serving_count)."""
+    return serving_count(p.mode, p.workers)
+
+
+def _request_line(r: Request, width: int | None, more: int = 0) -> Text:
+    """`GET /uri  42s +1 more` in at most `width` cells (None: whole): the URI gives way, so
+    that the method, the age and how many more requests the worker holds stay in sight."""
+    method, uri = visible(r.method or "?"), visible(r.uri or "(not captured)")
+    age = f"  {human_age(r.running_s)}"
+    tail = f" +{more} more" if more else ""
+    if width is not None:
+        room = width - cell_len(method) - 1 - cell_len(age) - cell_len(tail)
+        if room < cell_len(uri):
+            uri = set_cell_size(uri, room - 1) + "…" if room >= 4 else uri
+    line = Text.assemble((method, "bold"), " ", uri, (age, "bold"), (tail, "bold yellow"),
+                         no_wrap=True, overflow="ellipsis")
+    if width is not None:
+        line.truncate(width, overflow="ellipsis")
+    return line
+
+
+@dataclass(frozen=True, slots=True)
+class RequestsCell:
+    """The requests a draining worker is finishing, laid out at its column's width when drawn
+    (the table only knows it then): up to `lines` lines, the last saying "+N more" for the
+    rest. A plain Text was cut at its end, and "+1 more" with it."""
+
+    requests: tuple[Request, ...]
+    lines: int = 1
+
+    def render(self, width: int | None) -> Text:
+        shown = self.requests[:max(1, self.lines)]
+        more = len(self.requests) - len(shown)
+        return Text("\n").join(_request_line(r, width, more if i == len(shown) - 1 else 0)
+                               for i, r in enumerate(shown))
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.render(options.max_width)
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        whole = max((cell_len(line) for line in self.render(None).plain.split("\n")),
+                    default=0)
+        return Measurement(min(whole, 12), whole)
+
+
+Row = tuple[Text, Text, Text, Text | RequestsCell, Text]
 
 
 def _row(w: WorkerReload, mercy: float, mode: str = "graceful", *, wide: bool = True,
-         bar: int = 20) -> tuple[Text, Text, Text, Text, Text]:
+         bar: int = 20) -> Row:
     label, style = STATE_STYLE.get(w.state, (w.state, ""))
     if w.state == "waiting" and mode != "chain":  # graceful asks every worker at once
         label, style = STATE_STYLE["stopping"]
@@ -152,21 +199,19 @@ def _row(w: WorkerReload, mercy: float, mode: str = "graceful", *, wide: bool = 
     if w.state == "exited":
         label = f"exited, {(EXITED_NOTE if wide else EXITED_SHORT).get(mode, 'respawning')}"
     pids = Text(f"{w.old_pid} → {w.pid}" if w.state == "replaced" else str(w.pid or w.old_pid))
+    cells = (Text(str(w.id)), Text(label, style=style), pids)
+    if w.in_flight:  # draining or waiting: nothing cut yet, nothing replaced
+        return (*cells, RequestsCell(w.in_flight, REQUEST_LINES if wide else 1),
+                _bar(w.countdown, mercy, bar))
     what = Text()
-    if w.request is not None:
-        what.append(w.request.method or "?", "bold")
-        what.append(" ")
-        what.append(w.request.uri or "(not captured)")
-        what.append(f"  {human_age(w.request.running_s)}", "bold")
-    elif w.replaced_after is not None:
+    if w.replaced_after is not None:
         what.append(f"after {w.replaced_after:.1f} s", "dim")
     if w.cut or w.unsure:
         what.append("  " if what else "")
         noun = ("request " if w.cut == 1 else "requests ") if wide else ""
         said = f"{w.cut} {noun}cut at mercy" if w.cut else "cut at mercy? unknown"
         what.append(said, "bold yellow")
-    return (Text(str(w.id)), Text(label, style=style), pids, what,
-            _bar(w.countdown, mercy, bar))
+    return (*cells, what, _bar(w.countdown, mercy, bar))
 
 
 QueueFigures = tuple[int, int, int | None]  # depth, backlog, the previous depth
@@ -183,6 +228,8 @@ def clients_text(p: ReloadProgress, none_for: float | None,
     if p.stopped:
         return text  # no banner, no countdowns: nothing updates them any more
     if not p.done and n == 0:
+        if none_for is None and p.none_serving_since is not None:  # the tracker's count
+            none_for = p.elapsed - p.none_serving_since
         text.append("  ")
         since = f" for {none_for:.0f} s" if none_for is not None else ""
         text.append(f" NO WORKER SERVING{since} ", "bold reverse red")
@@ -195,15 +242,27 @@ def clients_text(p: ReloadProgress, none_for: float | None,
         if before is not None and depth > before:
             text.append(" growing", "bold yellow")
     for w in p.workers:
-        if w.request is None or w.countdown is None or w.state not in ("draining", "killing"):
+        if not w.in_flight or w.countdown is None or w.state not in ("draining", "killing"):
             continue  # only a running mercy clock can cut: a worker waiting its turn has none
         text.append("\n")
         text.append(f"{cut_when(w.countdown)}: ", "bold yellow")
-        text.append(f"worker {w.id} ")
-        text.append(visible(w.request.method or "?"), "bold")
+        text.append_text(_cut_requests(w.id, w.in_flight))
+    return text
+
+
+def _cut_requests(wid: int, requests: tuple[Request, ...]) -> Text:
+    """`worker 3 GET /slow  1s`, or with more than one `worker 4: 2 requests: GET /a 42s,
+    GET /b 40s`: every request its mercy cuts if still running, counted."""
+    text = Text(f"worker {wid} ")
+    if len(requests) > 1:
+        text = Text(f"worker {wid}: {len(requests)} requests: ")
+    for i, r in enumerate(requests):
+        if i:
+            text.append(", ")
+        text.append(visible(r.method or "?"), "bold")
         text.append(" ")
-        text.append(visible(w.request.uri or "(not captured)"))
-        text.append(f"  {human_age(w.request.running_s)}", "bold")
+        text.append(visible(r.uri or "(not captured)"))
+        text.append(f"{' ' if len(requests) > 1 else '  '}{human_age(r.running_s)}", "bold")
     return text
 
 
@@ -236,7 +295,8 @@ def render_progress(host: str, instance: str, p: ReloadProgress,
     bar = 20 if wide else (8 if width >= NARROW else 0)
     rows = [_row(w, p.mercy, p.mode, wide=wide, bar=bar) for w in p.workers]
     if quiet_for is not None:  # countdowns nobody updates: dropped, like a stopped follow
-        rows = [(*r[:4], Text("?", style="dim") if r[4].plain else r[4]) for r in rows]
+        rows = [(r[0], r[1], r[2], r[3], Text("?", style="dim") if r[4].plain else r[4])
+                for r in rows]
     table = Table(expand=True, box=None, header_style="bold", pad_edge=False)
     table.add_column("worker" if wide else "#", no_wrap=True)
     table.add_column("state", no_wrap=True)
@@ -357,7 +417,11 @@ class ReloadScreen(Screen[None]):
             self._redraw()
 
     def _track(self, progress: ReloadProgress) -> None:
-        if serving(progress) or progress.done:
+        """When no worker began serving: the tracker's figure (its samples, whether or not
+        this view saw them all), else (a progress without it) from the progresses seen."""
+        if progress.none_serving_since is not None:
+            self._none_since = progress.none_serving_since
+        elif serving(progress) or progress.done:
             self._none_since = None
         elif self._none_since is None:
             self._none_since = progress.elapsed
