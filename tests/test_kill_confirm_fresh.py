@@ -141,6 +141,7 @@ async def test_a_respawned_worker_cannot_be_confirmed() -> None:
         assert (f"GONE pid {old.pid} is gone: worker {TARGET} was respawned as pid "
                 f"{old.pid + 97}. Nothing to kill") in flat, flat
         assert "SIGKILL now" not in flat and "Esc close: nothing to kill" in flat
+        assert "The master respawns" not in flat and "capture its Python stack" not in flat
         for key in ("t", "enter", "k", "u"):
             await pilot.press(key)
         await pilot.pause()
@@ -182,6 +183,7 @@ async def test_paused_on_a_worker_respawned_since_the_dialog_says_gone_at_once()
         flat = _flat(app)
         assert f"GONE pid {old.pid} is gone (worker {TARGET} is waiting for its respawn)" \
             in flat, flat
+        assert "The master respawns" not in flat and "SIGKILL now" not in flat
 
 
 async def test_a_master_gone_stale_under_the_open_dialog_keeps_the_stale_refusal() -> None:

@@ -20,7 +20,12 @@ Killing a stuck worker ends the outage and destroys the evidence, so the kill of
 the worker's Python stack first (`s` toggles it; on by default where it can work): the kill's
 own audit record then carries it (Host.kill(stack=...)). SIGUSR2's output goes to the uWSGI
 log, never to stackmon: the dialog says which log, and shows the latest uWSGI events stackmon
-read from it.
+read from it about the target worker (by the events' pid/id fields; never another worker's).
+
+The kill's dialog is live (KillConfirm.set_live, fed each poll of its host by the app, the
+latest even while the main screen is paused): what it lists is what a kill hits now. Confirming
+after the requests in flight changed kills nothing: it lists the new ones, says what changed
+and waits for the key again; a respawned or vanished worker cannot be confirmed.
 """
 
 from __future__ import annotations
@@ -205,7 +210,7 @@ def _named(requests: Sequence[Request], most: int = 2) -> str:
            for r in requests[:most]]
     if len(requests) > most:
         out.append(f"+{len(requests) - most}")
-    return ", ".join(out) if out else "none"
+    return ", ".join(out) if out else "no request in flight"
 
 
 def changed_text(listed: dict[RequestKey, Request], now: dict[RequestKey, Request]) -> str:
@@ -298,15 +303,23 @@ class KillConfirm(ModalScreen[KillChoice | None]):
             yield Static(title, classes="title")
             with Vertical(id="bottom"):  # docked: on screen however long the rest is
                 if self.offer_capture:
-                    yield Static(self._capture_text(), id="capture", classes="keys")
+                    yield self._unless_gone(Static(self._capture_text(), id="capture",
+                                                   classes="keys"))
                 yield Static(self._keys_text(), id="keys", classes="keys")
             yield Static(self._sub_text(), id="sub")
             live = self._live_text()
             yield Static(live, id="live").set_styles(f"display: {'block' if live else 'none'};")
             yield Static(self._requests(), id="requests-list")
-            yield Static(consequence_text(w, self.stale_s, self.timeout, self.stale_who),
-                         id="consequence")
+            yield self._unless_gone(Static(
+                consequence_text(w, self.stale_s, self.timeout, self.stale_who),
+                id="consequence"))
             yield Static(self._usr2(), id="usr2")
+
+    def _unless_gone(self, widget: Static) -> Static:
+        """Shown while the worker is there: gone (a poll fed before it was mounted), the
+        consequence promised what no key can do now."""
+        widget.display = self.gone is None
+        return widget
 
     def set_live(self, worker: Worker | None, now: float, *, instance_seen: bool = True,
                  stale_s: float | None = None, stale_who: str = "the uWSGI master",
@@ -335,8 +348,12 @@ class KillConfirm(ModalScreen[KillChoice | None]):
         live.display = bool(text)
         self.query_one("#sub", Static).update(self._sub_text())
         self.query_one("#requests-list", Static).update(self._requests())
-        self.query_one("#consequence", Static).update(
-            consequence_text(self.target, self.stale_s, self.timeout, self.stale_who))
+        consequence = self.query_one("#consequence", Static)
+        consequence.update(consequence_text(self.target, self.stale_s, self.timeout,
+                                            self.stale_who))
+        self._unless_gone(consequence)
+        for capture in self.query("#capture").results(Static):
+            self._unless_gone(capture)
         self.query_one("#usr2", Static).update(self._usr2())
         self.query_one("#keys", Static).update(self._keys_text())
 
@@ -347,7 +364,7 @@ class KillConfirm(ModalScreen[KillChoice | None]):
 
     def _requests(self) -> Text:
         if self.gone:
-            return Text(f"  {self.gone}: nothing of it is in flight", style="dim")
+            return Text(f"  nothing to list: pid {self.target.pid} no longer runs", style="dim")
         # A request line wraps to about two rows where the dialog is narrow.
         rows = list_rows(self.app.size.height, 16 + 2 * bool(self._live_text())) // 2
         return _requests_text(self.worker, self.now, rows)
