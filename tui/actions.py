@@ -129,6 +129,33 @@ def shown(spec: ActionSpec, read_only: bool, narrow: bool, one_tab: bool = False
     return spec.footer and (spec.narrow or not narrow)
 
 
+# What the Footer holds besides the registry's keys: the focused list's own (`⏎ Detail`), the
+# command palette's key on its right with its border, and a margin for rounding.
+FOOTER_RESERVED = 24
+
+
+def footer_cells(spec: ActionSpec) -> int:
+    """The cells the Footer gives a key: ` K Kill ` (one blank each side, one between)."""
+    return len(spec.key_display or spec.keys.split(",")[0]) + len(spec.description) + 3
+
+
+def footer_fit(read_only: bool, width: int, one_tab: bool = False,
+               elsewhere: frozenset[str] = frozenset()) -> frozenset[str]:
+    """The actions the Footer lists at `width`: every `narrow` one, then the others in the
+    registry's order while they fit. Below 132 columns it listed only the narrow ones, and at
+    120 a review found s, /, e and t missing beside 45 empty columns. `elsewhere`: actions
+    the host view never shows (the overview's), left out of the count."""
+    listed = [spec for spec in ACTIONS if spec.name not in elsewhere
+              and shown(spec, read_only, narrow=False, one_tab=one_tab)]
+    chosen = {spec.id for spec in listed if spec.narrow}
+    room = width - FOOTER_RESERVED - sum(footer_cells(spec) for spec in listed if spec.narrow)
+    for spec in listed:
+        if not spec.narrow and footer_cells(spec) <= room:
+            chosen.add(spec.id)
+            room -= footer_cells(spec)
+    return frozenset(chosen)
+
+
 def bindings(read_only: bool = False, narrow: bool = False) -> list[Binding]:
     """Textual bindings for the registry. Read-only keeps the mutating actions' keys (they say
     why they do nothing) out of the Footer; `narrow` keeps only the `narrow` ones there. The

@@ -42,7 +42,7 @@ from stackmon.model import HostSnapshot, Worker
 from stackmon.poller import Fleet
 from stackmon.redact import visible
 from tui import partial_frames
-from tui.actions import ACTIONS, bindings, host_only, overview_hint, shown
+from tui.actions import ACTIONS, bindings, footer_fit, host_only, overview_hint, shown
 from tui.commands import HostCommands
 from tui.host_pane import HOLD_S, HostPane, relabel_tab
 from tui.messages import ActionFinished, DoctorDone, HostPolled, ReloadProgressed
@@ -73,9 +73,6 @@ BADGE_STYLE: dict[Severity, str] = {"ok": "green", "warn": "bold yellow",
 BADGE_STYLE_NO_COLOR: dict[Severity, str] = {"ok": "", "warn": "bold underline",
                                              "critical": "bold reverse", "unknown": "dim"}
 BADGE_ICON: dict[Severity, str] = {"ok": "●", "warn": "▲", "critical": "✖", "unknown": "…"}
-
-# Below this width the Footer keeps only the triage keys (tui.actions, `narrow`).
-FOOTER_FULL_WIDTH = 132
 
 # How long a kill waits for its stack capture before it kills without it (the kill ends an
 # outage; py-spy itself may take up to stackmon.actions.stack.DUMP_TIMEOUT).
@@ -164,7 +161,7 @@ class StackmonApp(App[int]):
         self._roll_members: list[int] | None = None
         self._last_host: int | None = None  # the host tab shown last (see _back_to)
         self.paused = False
-        self._footer_shape: tuple[bool, bool] | None = None  # (narrow, one tab)
+        self._footer_shape: frozenset[str] | None = None  # the actions the Footer lists
         for b in bindings(self.read_only):
             self.bind(b.key, b.action, description=b.description, show=b.show,
                       key_display=b.key_display)
@@ -368,13 +365,16 @@ class StackmonApp(App[int]):
         self._footer_for(event.size.width)
 
     def _footer_for(self, width: int) -> None:
-        """At 80 columns the Footer was cut after `d`: K, R and q were off screen. Below
-        FOOTER_FULL_WIDTH it lists only the registry's `narrow` keys; the others still work."""
-        narrow, one_tab = width < FOOTER_FULL_WIDTH, len(self._tab_ids()) < 2
-        if (narrow, one_tab) == self._footer_shape:
+        """At 80 columns the Footer was cut after `d`: K, R and q were off screen. It lists
+        the registry's `narrow` keys, then the others that fit (tui.actions.footer_fit); the
+        keys left out still work and the help lists them."""
+        fit = footer_fit(self.read_only, width, len(self._tab_ids()) < 2, self._FLEET_ONLY)
+        if fit == self._footer_shape:
             return
-        self._footer_shape = (narrow, one_tab)
-        registry = {(key, spec.id): shown(spec, self.read_only, narrow, one_tab)
+        self._footer_shape = fit
+        fleet = self._FLEET_ONLY  # the overview's keys: listed there, as before
+        registry = {(key, spec.id): spec.id in fit or (spec.name in fleet and shown(
+                        spec, self.read_only, narrow=True))
                     for spec in ACTIONS for key in spec.keys.split(",")}
         keymap = self._bindings.key_to_bindings
         for key, keyed in keymap.items():
