@@ -459,7 +459,7 @@ def test_the_done_line_says_how_long_no_worker_was_serving_as_the_banner_counted
     t.update(_inst(_worker(1, 0), _two_cores(2, 102, 42.5, 43.5)), 1014.5)  # mercy's end
     done = t.update(_inst(_worker(1, 201), _worker(2, 202)), 1015.0)  # NO MERCY, respawned
     last = " ".join(" ".join(_lines(done, 80)[-2:]).split())
-    assert "no worker was serving for 13 s;" in last
+    assert "no worker was serving for 13.0 s;" in last
     assert last.endswith("2 requests were in flight when their worker's mercy ran out "
                          "(worker 2)")
     assert "NO WORKER SERVING" not in _text(done, 80)

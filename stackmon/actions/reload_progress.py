@@ -30,7 +30,7 @@ the oldest, so that nobody learns of the second request from nginx's 502 only.
 
 How long no worker served (none of the new ones up, no old one still taking requests: see
 serving_count) is the tracker's figure too: the view says "NO WORKER SERVING for 12 s" while it
-lasts, and the done line "no worker was serving for 12 s" after, from the same samples.
+lasts, and the done line "no worker was serving for 12.4 s" after, from the same samples.
 """
 
 from __future__ import annotations
@@ -171,9 +171,9 @@ def serving_count(mode: str, workers: tuple[WorkerReload, ...] | list[WorkerRelo
 
 
 def none_serving_said(seconds: float) -> str:
-    """ "no worker was serving for 12 s": the whole outage the samples saw, in one clause."""
-    said = f"{seconds:.0f} s" if seconds >= 1 else "under 1 s"
-    return f"no worker was serving for {said}"
+    """ "no worker was serving for 12.4 s": the whole outage the samples saw, in one clause
+    (tenths, as the reload's own "replaced in 16.7 s": whole seconds said "for 17 s" there)."""
+    return f"no worker was serving for {seconds:.1f} s"
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ mercy clock runs has such a line: in a chain reload that is the worker whose tur
 others' clocks start at their turn), and a request of 1 s may well end before: the line says
 "cut in 14 s if still running", never "cut at mercy in 14 s". How long no worker has served
 is the tracker's figure (ReloadProgress.none_serving_since), so that the done line's "no worker
-was serving for 12 s" and the banner count the same samples.
+was serving for 12.4 s" and the banner count the same samples.
 
 It never shows a countdown nobody updates: when following stops before the end (a `stopped`
 progress) the view says so, with how far it got, and drops the countdowns; when no progress
