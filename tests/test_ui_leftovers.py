@@ -36,7 +36,8 @@ from tests.test_tui_stack import two_ages
 from tests.tui_support import app_for, feed, recorded, screen_text
 from tui.screens.confirm import ReloadConfirm
 from tui.screens.help import HelpScreen
-from tui.screens.reload_view import ReloadScreen, wrap_keeping_units
+from tui.screens.reload_view import ReloadScreen
+from widgets.unit_wrap import wrap_keeping_units
 from widgets.worker_list import REQUEST_SPAN, WorkerList
 
 

@@ -34,6 +34,8 @@ from textual.geometry import Region, Size
 from textual.strip import Strip
 from textual.widget import Widget
 
+from widgets.unit_wrap import wrap_line
+
 
 def _plain_text(content: Text | str) -> Text:
     """`content` as a Text whose own style is a span (Text equality and Text.render on a line
@@ -176,12 +178,14 @@ class TextLines(Widget):
         lines = text.split("\n", allow_blank=True)
         if self.styles.text_wrap == "nowrap" or width <= 0:
             return list(lines)
-        console = self.app.console
         out: list[Text] = []
         for line in lines:
-            # Text.wrap splits and divides every line: only the too long ones need it.
-            out.extend([line] if line.cell_len <= width
-                       else line.wrap(console, width, overflow="fold"))
+            if line.cell_len <= width:  # most lines: no split, no divide
+                out.append(line)
+                continue
+            # Broken between words, a figure kept with its unit (widgets.unit_wrap); a word
+            # wider than the line (a long URI) is folded.
+            out.extend(wrap_line(line, width, fold=True))
         return out
 
     def notify_style_update(self) -> None:

@@ -32,7 +32,6 @@ said shorter where the tracker's whole sentence does not fit.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ from stackmon.actions.reload_progress import ReloadProgress, WorkerReload, servi
 from stackmon.model import HostSnapshot, Request
 from stackmon.redact import visible
 from stackmon.render_text import human_age
+from widgets.unit_wrap import wrap_keeping_units
 
 STATE_STYLE = {
     "replaced": ("replaced", "bold green"),
@@ -69,41 +69,6 @@ WIDE = 100  # from this width on: full state labels, a 20-cell countdown bar, an
 # each request a worker is finishing (up to REQUEST_LINES; narrower: the oldest and "+N more")
 REQUEST_LINES = 4
 NARROW = 64  # below it: the countdown in seconds only, no bar
-
-
-# A word, or a number with its unit and what sticks to it ("6 s:", "(15 s)"): a line may break
-# between words, not inside one. Rich and Textual both break at any whitespace, a no-break
-# space included (Python's \s matches it), so the line is wrapped here.
-_WORD = re.compile(r"\S*\d (?:s|ms|min)\b\S*\s*|\S+\s*|\s+")
-
-
-def _break_offsets(line: str, width: int) -> list[int]:
-    """Where a greedy wrap at `width` cells breaks `line` (a break only before a word)."""
-    offsets: list[int] = []
-    used = 0
-    for m in _WORD.finditer(line):
-        word = m.group().rstrip()
-        if used and used + cell_len(word) > width:
-            offsets.append(m.start())
-            used = 0
-        used += cell_len(m.group())
-    return offsets
-
-
-def wrap_keeping_units(text: Text, width: int) -> Text:
-    """`text` wrapped at `width` cells with "6 s", "15 s" and the like never split: the
-    returned lines fit, so that whoever draws them does not wrap them again. A word longer
-    than the width stays whole (the drawing cuts or folds it)."""
-    if width <= 0:
-        return text
-    lines: list[Text] = []
-    for paragraph in text.split("\n", allow_blank=True):
-        for line in paragraph.divide(_break_offsets(paragraph.plain, width)):
-            line.rstrip()
-            lines.append(line)
-    out = Text("\n", style=text.style).join(lines)
-    out.justify, out.overflow, out.end = text.justify, text.overflow, text.end
-    return out
 
 
 @dataclass(frozen=True, slots=True)
