@@ -74,3 +74,19 @@ def test_unknown_host_is_a_usage_error(tmp_path, fresh_stack):
     assert proc.returncode == 2
     assert proc.stderr.strip() == (f"stackmon kill: no host 'nope' in "
                                    f"{tmp_path / 'hosts.toml'} (hosts: web-1)")
+
+
+def test_reload_lists_every_request_a_draining_worker_holds(fresh_stack, hang, tmp_path):
+    """One worker, two threads, both stuck: the CLI's progress names both requests, as mercy
+    cuts both (it named only the oldest)."""
+    st = fresh_stack(workers=1, threads=2, mercy=3, nginx=False)
+    hang(st, "/hang/first", n=1, via="unix")
+    hang(st, "/hang/second", n=1, via="unix")
+    proc = cli("reload", "web-1", "--hosts", str(hosts_file(tmp_path, st)), "--yes",
+               "--audit-log", str(tmp_path / "a.log"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    finishing = [line for line in proc.stdout.splitlines() if "finishing" in line
+                 and line.startswith("  worker 1:")]
+    assert any("/hang/first" in line and "/hang/second" in line for line in finishing), \
+        proc.stdout
+    assert "2 requests were in flight when their worker's mercy ran out" in proc.stdout

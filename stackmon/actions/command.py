@@ -230,9 +230,9 @@ def _print_progress(p: ReloadProgress, last: list[str]) -> None:
         line = f"  worker {w.id}: {w.state}"
         if w.state == "replaced":
             line += f" (pid {w.old_pid} -> {w.pid})"
-        elif w.request is not None:
-            line += (f" pid {w.pid} finishing {w.request.method} {w.request.uri} "
-                     f"({human_age(w.request.running_s)})")
+        elif w.in_flight:  # every request mercy may cut, not only the oldest
+            line += f" pid {w.pid} finishing " + ", ".join(
+                f"{r.method} {r.uri} ({human_age(r.running_s)})" for r in w.in_flight)
         if w.countdown is not None and w.state in ("draining", "killing"):
             line += f", cut in {max(0.0, w.countdown):.0f} s if still running"
         lines.append(line)
