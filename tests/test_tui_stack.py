@@ -221,7 +221,7 @@ async def test_detail_lists_every_deadline_with_its_source() -> None:
     assert f"nginx uwsgi_read_timeout 60 s · {NGINX_CONF}" in text
     assert "harakiri in 2 s" in text and INI in text
     assert "LB 504 in 287 s" in text
-    assert "LB idle timeout 350 s · hosts file (lb_idle_timeout)" in text
+    assert "LB idle timeout 350 s · lb_idle_timeout (hosts file; 60 s by default)" in text
     assert "The client is gone: nginx gave it a 504 3 s ago" in text
 
 

@@ -73,7 +73,9 @@ _SETTING = {"harakiri": "uWSGI harakiri", "nginx_read_timeout": "nginx uwsgi_rea
 
 def _source(d: Deadline) -> str:
     if d.source == "settings":
-        return "hosts file (lb_idle_timeout)"
+        # Not "hosts file": without one (the demo) the 60 s is stackmon's default (AWS's);
+        # the setting is where to change it either way.
+        return "lb_idle_timeout (hosts file; 60 s by default)"
     if d.source == "default":
         return "nginx's default" if d.name == "nginx_read_timeout" else "default"
     return visible(d.source)
