@@ -110,6 +110,7 @@ async def test_a_kill_through_the_host_is_an_event_of_that_host(fresh_stack, han
         assert after.logs is not None
         (ours,) = [e for e in after.logs.events if e.source == "stackmon"]
         assert ours.pid == worker.pid and ours.worker == worker.id
+        assert ours.uri == "GET /hang/to-kill"  # what the kill aborted (it was None: "-")
     finally:
         await host.aclose()
 

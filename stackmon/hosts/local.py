@@ -296,7 +296,12 @@ class LocalHost(Host):
                                    signal,  # type: ignore[arg-type]  # checked by kill_worker
                                    expect_spawn=expect_spawn, usr2_first=usr2_first, audit=audit,
                                    stack=stack)
-        self.record_event("killed", result.message, worker=worker_id, pid=expect_pid)
+        # The requests the kill aborted (redacted at the parse), for the events screen's uri
+        # column: it read "-" for every kill.
+        aborted = [f"{r.get('method', '')} {r.get('uri', '')}".strip()
+                   for r in result.data.get("requests") or () if isinstance(r, dict)]
+        self.record_event("killed", result.message, worker=worker_id, pid=expect_pid,
+                          uri=", ".join(aborted) or None)
         return result
 
     async def trace(self, index: int, worker_id: int, expect_pid: int, *,
