@@ -27,7 +27,7 @@ from typing import Any
 from stackmon.actions.audit import AuditLog
 from stackmon.addresses import parse_stats_address
 from stackmon.config import HostConfig, Settings, Targets
-from stackmon.model import HostSnapshot, Worker
+from stackmon.model import Core, HostSnapshot, Worker
 from tests.tui_support import app_for, event, feed, recorded, screen_text, summary, wait_for
 from tui.app import StackmonApp
 from tui.screens.confirm import KillConfirm, about_worker
@@ -61,6 +61,24 @@ def _new_requests(host: HostSnapshot, uri: str = "/slow?s=5") -> HostSnapshot:
         c.request, uri=uri, started_at=host.taken_at + 1.0)) if c.request else c
         for c in w.cores)
     return _with(host, replace(w, cores=cores))
+
+
+def _with_arrival(host: HostSnapshot) -> HostSnapshot:
+    """The next poll: the target's requests go on, and a short GET /fast arrived on core 2."""
+    w = _worker(host)
+    first = next(c.request for c in w.cores if c.request is not None) if any(
+        c.request for c in w.cores) else _worker(recorded()).cores[0].request
+    assert first is not None
+    fast = replace(first, core=2, uri="/fast", started_at=host.taken_at + 1.9, running_s=0.1)
+    cores = (*w.cores, Core(id=2, requests=7, in_request=True, request=fast))
+    return _with(host, replace(w, status="busy", cores=cores))
+
+
+def _idle(host: HostSnapshot) -> HostSnapshot:
+    """The recording with the target worker idle (no request in flight)."""
+    w = _worker(host)
+    cores = tuple(replace(c, in_request=False, request=None) for c in w.cores)
+    return _with(host, replace(w, status="idle", cores=cores), later=0.0)
 
 
 def _kills(app: StackmonApp) -> list[tuple[Any, ...]]:
@@ -286,3 +304,45 @@ async def test_a_real_request_swapped_under_the_dialog_asks_again_then_kills(
         assert await wait_for(pilot, lambda: [e["outcome"] for e in audit.entries()]
                               == ["started", "ok"], timeout=10)
         assert audit.entries()[0]["target_pid"] == victim.pid
+
+
+async def test_a_request_that_only_arrived_is_shown_and_does_not_hold_the_kill() -> None:
+    """The listed stuck requests still run and a short one arrived on a third core: the
+    dialog says so (the kill aborts it too) and the first key kills. Asking again for every
+    arrival kept a kill from going through on a worker whose other thread serves."""
+    host = recorded()
+    app = app_for(host)
+    kills = _kills(app)
+    async with app.run_test(size=(120, 36)) as pilot:
+        feed(app, host)
+        await pilot.pause()
+        await pilot.press("K")
+        await pilot.pause()
+        feed(app, _with_arrival(host))
+        await pilot.pause()
+        flat = _flat(app)
+        assert "CHANGED" not in flat
+        assert "Arrived since you opened this: core 2 GET /fast; the kill aborts them too." \
+            in flat, flat
+        await pilot.press("t")
+        await pilot.pause()
+        assert not isinstance(app.screen, KillConfirm) and len(kills) == 1
+
+
+async def test_an_idle_worker_that_starts_serving_asks_again() -> None:
+    host = _idle(recorded())
+    app = app_for(host)
+    kills = _kills(app)
+    async with app.run_test(size=(120, 36)) as pilot:
+        feed(app, host)
+        await pilot.pause()
+        await pilot.press("end", "K")  # worker 4, the last, idle now
+        await pilot.pause()
+        assert f"Kill worker {TARGET} " in _flat(app)
+        await pilot.pause()
+        feed(app, _with_arrival(host))
+        await pilot.pause()
+        assert "CHANGED" in _flat(app)
+        await pilot.press("t")
+        await pilot.pause()
+        assert isinstance(app.screen, KillConfirm) and kills == []

@@ -24,8 +24,10 @@ read from it about the target worker (by the events' pid/id fields; never anothe
 
 The kill's dialog is live (KillConfirm.set_live, fed each poll of its host by the app, the
 latest even while the main screen is paused): what it lists is what a kill hits now. Confirming
-after the requests in flight changed kills nothing: it lists the new ones, says what changed
-and waits for the key again; a respawned or vanished worker cannot be confirmed.
+after a listed request ended (or an idle worker started serving) kills nothing: it lists the
+requests now in flight, says what changed and waits for the key again; a request that only
+arrived is listed and said, and does not hold the kill (must_ask_again). A respawned or
+vanished worker cannot be confirmed.
 """
 
 from __future__ import annotations
@@ -221,6 +223,15 @@ def changed_text(listed: dict[RequestKey, Request], now: dict[RequestKey, Reques
     return f"{what}; now: {_named(list(now.values()))}"
 
 
+def must_ask_again(listed: dict[RequestKey, Request], now: dict[RequestKey, Request]) -> bool:
+    """Whether the kill must be confirmed again: a request the user was shown has ended (what
+    they meant to stop may be over), or they were shown an idle worker that now serves. A
+    request that only arrived does not: on a worker with a thread stuck and another serving,
+    each poll catches new short ones, and asking again for them kept the kill from ever
+    going through; the kill aborts whatever is in flight at its moment anyway."""
+    return bool(listed.keys() - now.keys()) or (not listed and bool(now))
+
+
 def live_worker(inst: UwsgiInstance | None, worker_id: int) -> Worker | None:
     """The worker with `worker_id` in `inst` (ids are positions: unique in an instance)."""
     return next((w for w in inst.workers if w.id == worker_id), None) if inst else None
@@ -390,11 +401,17 @@ class KillConfirm(ModalScreen[KillChoice | None]):
             text.append("The latest poll has nothing from this instance: below is the last "
                         "seen.", "bold")
         now = in_flight(self.worker)
-        if now.keys() != self.listed.keys():
+        if must_ask_again(self.listed, now):
             text.append("\n" if text else "")
             text.append(" CHANGED ", "bold reverse")
             text.append(" The requests changed since you opened this "
                         f"({changed_text(self.listed, now)}). Confirming asks again.", "bold")
+        elif now.keys() != self.listed.keys():
+            text.append("\n" if text else "")
+            text.append(" NEW ", "bold")
+            text.append(" Arrived since you opened this: "
+                        f"{_named([r for k, r in now.items() if k not in self.listed])}; the "
+                        "kill aborts them too.")
         elif self.asked_again:
             text.append("\n" if text else "")
             text.append(" CHANGED ", "bold reverse")
@@ -426,13 +443,13 @@ class KillConfirm(ModalScreen[KillChoice | None]):
             self.query_one("#capture", Static).update(self._capture_text())
 
     def action_choose(self, how: str) -> None:
-        """Kill what is listed, only if it is what is in flight now: else list it, say what
-        changed and wait for the key again (the user decides on what the kill hits)."""
+        """Kill what is listed, only if none of it has ended (must_ask_again): else list what
+        is in flight now, say what changed and wait for the key again."""
         if self.gone:
             self.app.bell()
             return
         now = in_flight(self.worker)
-        if now.keys() != self.listed.keys():
+        if must_ask_again(self.listed, now):
             self.asked_again = changed_text(self.listed, now)
             self.listed = now
             self._redraw()
