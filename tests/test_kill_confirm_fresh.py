@@ -346,3 +346,21 @@ async def test_an_idle_worker_that_starts_serving_asks_again() -> None:
         await pilot.press("t")
         await pilot.pause()
         assert isinstance(app.screen, KillConfirm) and kills == []
+
+
+def test_on_stale_data_the_ages_are_those_of_the_last_sample_and_no_deadline_is_said():
+    """The master stopped answering 15 s ago: the dialog said "running 38s · nginx 504 in
+    21 s" of a request the stats had caught at 21 s, and "running 18s" of a 5 s /slow. Now
+    the ages are the sample's, read "at least", with no deadline predicted."""
+    from tui.screens.confirm import _requests_text
+
+    host = recorded()
+    w = _worker(host)
+    r = w.requests_in_flight[0]
+    assert r.started_at is not None
+    sampled_age = int(host.taken_at - r.started_at)
+    live = _requests_text(w, host.taken_at + 15).plain
+    stale = _requests_text(w, host.taken_at + 15, stale_s=15.0).plain
+    assert f"running {sampled_age + 15}s" in live
+    assert f"running ≥{sampled_age}s" in stale and f"{sampled_age + 15}s" not in stale
+    assert "504" not in stale and "harakiri" not in stale

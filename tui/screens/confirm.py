@@ -92,7 +92,14 @@ def _age(r: Request, now: float) -> float | None:
     return r.running_s if r.started_at is None else max(0.0, now - r.started_at)
 
 
-def _requests_text(worker: Worker, now: float, limit: int = 1000) -> Text:
+def _requests_text(worker: Worker, now: float, limit: int = 1000,
+                   stale_s: float | None = None) -> Text:
+    """The worker's requests with their ages and nearest deadlines; on stale data (`stale_s`)
+    as of the last good sample, ages read "at least" and no deadline is predicted (whether
+    they still run is unknown: the dialog said "running 38s" of a 5 s request the stopped
+    master's stats had caught at 3 s)."""
+    if stale_s is not None:
+        now -= stale_s
     text = Text()
     requests = worker.requests_in_flight
     if not requests:
@@ -107,8 +114,8 @@ def _requests_text(worker: Worker, now: float, limit: int = 1000) -> Text:
         text.append(" ")
         text.append(r.uri or "(request details not captured)")
         text.append(f"  from {r.remote_addr or '?'}  running ")
-        text.append(human_age(age), "bold")
-        d = nearest(live_deadlines(r, age))
+        text.append(("≥" if stale_s is not None else "") + human_age(age), "bold")
+        d = None if stale_s is not None else nearest(live_deadlines(r, age))
         if d is not None:
             text.append(" · ")
             text.append(deadline_text(d, 200), "bold reverse" if client_gone(d) else "")
@@ -378,7 +385,7 @@ class KillConfirm(ModalScreen[KillChoice | None]):
             return Text(f"  nothing to list: pid {self.target.pid} no longer runs", style="dim")
         # A request line wraps to about two rows where the dialog is narrow.
         rows = list_rows(self.app.size.height, 16 + 2 * bool(self._live_text())) // 2
-        return _requests_text(self.worker, self.now, rows)
+        return _requests_text(self.worker, self.now, rows, self.stale_s)
 
     def _usr2(self) -> Text:
         return usr2_text(self.uwsgi_log, self.events, self.target, self.now, by_id=self.by_id)
