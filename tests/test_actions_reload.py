@@ -297,10 +297,10 @@ def _log_time(line: str) -> float:
 
 def test_a_chain_reload_starts_each_countdown_when_uwsgi_curses_the_worker(fresh_stack, hang,
                                                                           tmp_path):
-    """Real uWSGI with lazy-apps and an app that takes 3 s to load, both workers stuck: worker
+    """Real uWSGI with lazy-apps and an app that takes 4 s to load, both workers stuck: worker
     2's countdown starts once worker 1's new process accepts, and runs out when uWSGI's own
-    NO MERCY for it comes (its log, to the second), not 3 s before."""
-    load_s = 3
+    NO MERCY for it comes (its log, to the second), not 4 s before."""
+    load_s = 4  # the old rule's error is this plus ~0.6 s: clear of the bounds below
     st = fresh_stack(workers=2, threads=1, mercy=3, nginx=False, lazy_apps=True,
                      extra_uwsgi={"env": f"STACKMON_DEMO_LOAD_S={load_s}"},
                      startup_timeout=30.0)
@@ -326,8 +326,9 @@ def test_a_chain_reload_starts_each_countdown_when_uwsgi_curses_the_worker(fresh
     assert len(no_mercy) == 1, log[-30:]
     at, countdown = counted_2[0]
     # uWSGI kills in the first second past its whole-second deadline: the countdown runs out
-    # up to ~2 s before its log line (whole seconds, a once-a-second master check).
-    assert -1.0 <= no_mercy[0] - (at + countdown) <= 2.5, (no_mercy[0], at + countdown)
+    # up to ~2 s before its log line (whole seconds, a once-a-second master check), or a
+    # little after it when a loaded machine delayed the sample that saw the new process.
+    assert -1.5 <= no_mercy[0] - (at + countdown) <= 3.0, (no_mercy[0], at + countdown)
 
 
 # --- every request a draining worker holds, and how long no worker served -------------------
