@@ -105,24 +105,26 @@ def _percent(value: int, limit: int) -> int:
 
 
 def _request_reasons(host: HostSnapshot) -> Iterator[Reason]:
-    # (age, -worker id, what): of equal ages the lowest worker id, as the worker list's worst
-    critical: list[tuple[float, int, str]] = []
+    # (age, -worker id, at least, what): of equal ages the lowest worker id, as the worker
+    # list's worst; "at least": from stale data (the last good sample), as the rows say "≥".
+    critical: list[tuple[float, int, str, str]] = []
     slow = 0
     for inst in host.uwsgi:
+        at_least = "≥" if inst.stale_s is not None or host.stale_s is not None else ""
         for w in inst.workers:
             for r in w.requests_in_flight:
                 if r.level == "critical":
-                    critical.append((r.running_s or 0.0, -w.id,
+                    critical.append((r.running_s or 0.0, -w.id, at_least,
                                      f"worker {w.id} {r.method} {r.uri}"))
                 elif r.level == "slow":
                     slow += 1
     if critical:
-        age, _, what = max(critical)
+        age, _, at_least, what = max(critical)
         # Whole seconds cut down, as the rows show ages: rounded, it read "oldest 30 s" over
         # a row's "CRIT 29s".
         yield Reason("critical", "request", f"CRIT {len(critical)}",
-                     f"{len(critical)} request(s) past the critical age; oldest {int(age)} s: "
-                     f"{what}")
+                     f"{len(critical)} request(s) past the critical age; oldest "
+                     f"{at_least}{int(age)} s: {what}")
     if slow:
         yield Reason("warn", "request", f"SLOW {slow}", f"{slow} slow request(s)")
 

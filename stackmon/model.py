@@ -226,7 +226,7 @@ class UwsgiInstance:
     # that tuple is not this.
     index: int = 0
     # Seconds since this instance's stats last answered, when they stopped answering (a hung
-    # master): its last good workers and requests are carried, request ages kept growing.
+    # master): its last good workers and requests are carried as they were (ages not grown).
     stale_s: float | None = None
     kind: Literal["instance", "emperor"] = "instance"
     vassals: tuple[Vassal, ...] = ()
@@ -239,6 +239,16 @@ class UwsgiInstance:
     def cheap_workers(self) -> int:
         """Workers cheaper mode has not spawned (listed by uWSGI, no process)."""
         return sum(1 for w in self.workers if w.cheap)
+
+    def ages_measured_at(self) -> float | None:
+        """When its request ages were measured (epoch s): a request's start plus its age is
+        the parse's clock (the earliest such sum, in case one start lay ahead of that clock
+        and its age was clamped to 0). Stale data is shown as of this moment: measured from
+        `stale_s`, the screen added the stats' timeout (2 s) to every age. None: no request
+        has both figures."""
+        return min((r.started_at + r.running_s for w in self.workers
+                    for r in w.requests_in_flight
+                    if r.started_at is not None and r.running_s is not None), default=None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -280,7 +280,9 @@ class HostPane(TabPane):
         if stale_s is None:
             workers.set_workers(inst.workers if inst else (), now)
         else:  # ages as of the last good sample: whether those requests still run is unknown
-            workers.set_workers(inst.workers if inst else (), snap.taken_at - stale_s, stale=True)
+            measured = inst.ages_measured_at() if inst else None
+            as_of = measured if measured is not None else snap.taken_at - stale_s
+            workers.set_workers(inst.workers if inst else (), as_of, stale=True)
         self._draw_side(snap)
         self.query_one("#recent", TextLines).show(recent_events(snap, self.event_memory))
 

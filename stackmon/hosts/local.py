@@ -246,9 +246,11 @@ class LocalHost(Host):
             self.probe.kick()
         if not fresh and nginx is None and errors:  # nothing answered: the host is unreachable
             return self.unreachable(taken_at, errors), False
+        # Stale ages are said as of now, when the snapshot is made: from `taken_at`, the
+        # poll's start, "STALE 5s" lagged the truth by the stats' timeout (a review: 8 s).
         instances = self._carry_stale(
             [(i, r) for (i, _), r in zip(addresses, uwsgi_results, strict=True)
-             if isinstance(r, UwsgiInstance | SourceError)], taken_at)
+             if isinstance(r, UwsgiInstance | SourceError)], time.time())
         stale_roles = time.monotonic() - self._nginx_roles_at > NGINX_RESCAN
         facts, logs = await asyncio.to_thread(self._local_facts, instances,
                                               None if stale_roles else self._nginx_roles)

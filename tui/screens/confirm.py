@@ -98,8 +98,6 @@ def _requests_text(worker: Worker, now: float, limit: int = 1000,
     as of the last good sample, ages read "at least" and no deadline is predicted (whether
     they still run is unknown: the dialog said "running 38s" of a 5 s request the stopped
     master's stats had caught at 3 s)."""
-    if stale_s is not None:
-        now -= stale_s
     text = Text()
     requests = worker.requests_in_flight
     if not requests:
@@ -108,7 +106,8 @@ def _requests_text(worker: Worker, now: float, limit: int = 1000,
         if i == limit and len(requests) > limit + 1:
             text.append(f"  +{len(requests) - limit} more\n", "dim")
             break
-        age = _age(r, now)
+        # Stale: the age measured with the sample (now - stale_s added the stats' timeout).
+        age = r.running_s if stale_s is not None else _age(r, now)
         text.append(f"  core {r.core}  ")
         text.append(r.method or "?", "bold")
         text.append(" ")
