@@ -230,6 +230,9 @@ class TextWorkerList(WorkerList):
         room = span - text.cell_len
         uri_room = room - tail_width - host_width - method_width
         uri_len = cell_len(plain(r.uri)) if captured else len(NOT_CAPTURED)
+        if uri_room < uri_len and host:  # the layout policy is the widget's (mirrored)
+            uri_room += host_width
+            host_width, host = 0, ""
         if uri_room < min(uri_len, MIN_URI_WIDTH):
             tail_width = host_width = 0
             remote = host = ""

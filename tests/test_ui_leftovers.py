@@ -276,6 +276,8 @@ async def test_the_uri_gets_what_the_deadline_column_does_not_use(monkeypatch):
         app.show(host, now)  # 58 s and 63 s: the second one's client is gone
         await pilot.pause()
         gone = _row(app, "the client already has a 504")
+        # Its URI whole: the Host column gave way (it was cut to "invoices+2…" beside it).
+        assert "/hang/search?q=invoices+2024 " in gone and "from 127.0.0.1" in gone, gone
         wide_at = gone.index(" c1 ")
         assert _row(app, "nginx 504 in 2 s").index(" c0 ") == wide_at > narrow_at
 

@@ -1062,8 +1062,13 @@ class WorkerList(LineStyles, ScrollView, can_focus=True):
         room = span - cell_len("".join(piece for piece, _ in pieces))
         uri_room = room - tail_width - host_width - method_width
         uri_len = cell_len(plain(r.uri)) if captured else len(NOT_CAPTURED)
+        # The URI says what is stuck: the Host header gives way before it is cut (at 200x50,
+        # past nginx's 60 s, the long deadline cut "/hang/search?q=invoices+20…" beside a
+        # Host column), then the client address before it is cut below MIN_URI_WIDTH.
+        if uri_room < uri_len and host:
+            uri_room += host_width
+            host_width, host = 0, ""
         if uri_room < min(uri_len, MIN_URI_WIDTH):
-            # The URI says what is stuck; the host and client address give way first.
             tail_width = host_width = 0
             remote = host = ""
         what_width = room - tail_width - host_width - method_width
