@@ -257,10 +257,22 @@ def test_on_a_host_with_two_instances_only_the_pid_names_the_worker() -> None:
     """The events do not say which instance wrote them: worker 3 of the other one is not
     this worker 3."""
     w = _worker(recorded())
-    same_id = event(0.0, "no_mercy", "worker 4 (pid: 9) NO MERCY", TARGET, 9)
+    same_id = event(w.last_spawn + 5, "chain", "chain next victim is worker 4", TARGET)
     same_pid = event(0.0, "usr2", "SIGUSR2 ...", TARGET, w.pid)
     assert about_worker((same_id, same_pid), w) == [same_id, same_pid]
     assert about_worker((same_id, same_pid), w, by_id=False) == [same_pid]
+
+
+def test_lines_about_an_earlier_process_in_the_same_slot_are_not_shown() -> None:
+    """A review: under a kill of worker 2 (pid 30915) the dialog showed `worker 2 (pid:
+    30182) ... NO MERCY` and `chain next victim is worker 2`, both about the process before
+    it. A line naming another pid is not this one's; a line without a pid counts only from
+    this process's spawn on."""
+    w = _worker(recorded())
+    earlier_pid = event(w.last_spawn + 5, "no_mercy", "worker 4 (pid: 9) NO MERCY", TARGET, 9)
+    before_spawn = event(w.last_spawn - 30, "chain", "chain next victim is worker 4", TARGET)
+    after_spawn = event(w.last_spawn + 2, "chain", "chain next victim is worker 4", TARGET)
+    assert about_worker((earlier_pid, before_spawn, after_spawn), w) == [after_spawn]
 
 
 # ------------------------------------------------------------------ real uWSGI
@@ -364,3 +376,28 @@ def test_on_stale_data_the_ages_are_those_of_the_last_sample_and_no_deadline_is_
     assert f"running {sampled_age + 15}s" in live
     assert f"running ≥{sampled_age}s" in stale and f"{sampled_age + 15}s" not in stale
     assert "504" not in stale and "harakiri" not in stale
+
+
+async def test_after_asking_again_an_arrival_keeps_the_reason_on_screen() -> None:
+    """A review: once the first key had asked again, an arrival's NEW line replaced the
+    "press the key again" line; both stay, and the next key kills."""
+    host = recorded()
+    app = app_for(host)
+    kills = _kills(app)
+    async with app.run_test(size=(120, 36)) as pilot:
+        feed(app, host)
+        await pilot.pause()
+        await pilot.press("K")
+        await pilot.pause()
+        swapped = _new_requests(host)
+        feed(app, swapped)
+        await pilot.pause()
+        await pilot.press("t")  # asks again
+        await pilot.pause()
+        feed(app, _with_arrival(swapped))
+        await pilot.pause()
+        flat = _flat(app)
+        assert "press the key again" in flat and "Arrived since you opened this" in flat, flat
+        await pilot.press("t")
+        await pilot.pause()
+        assert not isinstance(app.screen, KillConfirm) and len(kills) == 1

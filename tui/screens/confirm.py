@@ -126,11 +126,19 @@ def about_worker(events: Sequence[Event], worker: Worker, *, by_id: bool = True,
                  limit: int = USR2_EVENTS) -> list[Event]:
     """The latest uWSGI events about `worker`, by the fields the parser filled (never by the
     line's text): its pid, or its id where ids are unambiguous (`by_id`: the host has one
-    uWSGI instance; the events do not say which instance wrote them). The dialog showed the
+    uWSGI instance; the events do not say which instance wrote them) and only since this
+    process was spawned. The dialog showed the
     latest uWSGI lines whatever they were about: `worker 4 ... NO MERCY` under a kill of
     worker 3 read as worker 3's."""
     def ours(e: Event) -> bool:
-        return e.source == "uwsgi" and (e.pid == worker.pid or (by_id and e.worker == worker.id))
+        if e.source != "uwsgi":
+            return False
+        if e.pid is not None:
+            return e.pid == worker.pid
+        # By id, only lines since this process was spawned: an id is a slot, and a review saw
+        # the previous process's "NO MERCY" and "chain next victim" under a kill of its
+        # successor (spawn times are whole seconds: 1 s of slack).
+        return by_id and e.worker == worker.id and e.at >= worker.last_spawn - 1
     return [e for e in events if ours(e)][:limit]
 
 
@@ -412,18 +420,19 @@ class KillConfirm(ModalScreen[KillChoice | None]):
             text.append(" CHANGED ", "bold reverse")
             text.append(" The requests changed since you opened this "
                         f"({changed_text(self.listed, now)}). Confirming asks again.", "bold")
-        elif now.keys() != self.listed.keys():
-            text.append("\n" if text else "")
-            text.append(" NEW ", "bold")
-            text.append(" Arrived since you opened this: "
-                        f"{_named([r for k, r in now.items() if k not in self.listed])}; the "
-                        "kill aborts them too.")
-        elif self.asked_again:
+            return text
+        if self.asked_again:  # why the last key killed nothing, until the next one
             text.append("\n" if text else "")
             text.append(" CHANGED ", "bold reverse")
             text.append(f" The requests changed since you opened this ({self.asked_again}). "
                         "Nothing was killed: press the key again to kill the ones listed now.",
                         "bold")
+        if now.keys() != self.listed.keys():  # with the above: it hid "press the key again"
+            text.append("\n" if text else "")
+            text.append(" NEW ", "bold")
+            text.append(" Arrived since you opened this: "
+                        f"{_named([r for k, r in now.items() if k not in self.listed])}; the "
+                        "kill aborts them too.")
         return text
 
     def _keys_text(self) -> Text:
