@@ -131,7 +131,7 @@ def shown(spec: ActionSpec, read_only: bool, narrow: bool, one_tab: bool = False
 
 # What the Footer holds besides the registry's keys: the focused list's own (`⏎ Detail`), the
 # command palette's key on its right with its border, and a margin for rounding.
-FOOTER_RESERVED = 24
+FOOTER_RESERVED = 23
 
 
 def footer_cells(spec: ActionSpec) -> int:
@@ -139,20 +139,36 @@ def footer_cells(spec: ActionSpec) -> int:
     return len(spec.key_display or spec.keys.split(",")[0]) + len(spec.description) + 3
 
 
+# The triage keys that give way, in this order, when even they do not fit (below ~80
+# columns "q Quit" was cut to "q Qui"): Kill and Quit always stay.
+NARROW_DROP = ("toggle_pause", "reload", "worst", "help")
+
+
 def footer_fit(read_only: bool, width: int, one_tab: bool = False,
                elsewhere: frozenset[str] = frozenset()) -> frozenset[str]:
-    """The actions the Footer lists at `width`: every `narrow` one, then the others in the
-    registry's order while they fit. Below 132 columns it listed only the narrow ones, and at
-    120 a review found s, /, e and t missing beside 45 empty columns. `elsewhere`: actions
-    the host view never shows (the overview's), left out of the count."""
+    """The actions the Footer lists at `width`: the `narrow` ones (fewer on a very narrow
+    terminal: NARROW_DROP), then the others in the registry's order while the next one fits
+    (in order: skipping one that does not fit for a shorter one after it listed Sort without
+    Stack at 84 columns). Below 132 columns it listed only the narrow ones, and at 120 a
+    review found s, /, e and t missing beside 45 empty columns. `elsewhere`: actions the
+    host view never shows (the overview's), left out of the count."""
     listed = [spec for spec in ACTIONS if spec.name not in elsewhere
               and shown(spec, read_only, narrow=False, one_tab=one_tab)]
-    chosen = {spec.id for spec in listed if spec.narrow}
-    room = width - FOOTER_RESERVED - sum(footer_cells(spec) for spec in listed if spec.narrow)
+    narrow = [spec for spec in listed if spec.narrow]
+    room = width - FOOTER_RESERVED - sum(footer_cells(spec) for spec in narrow)
+    for name in NARROW_DROP:
+        if room >= 0:
+            break
+        room += sum(footer_cells(spec) for spec in narrow if spec.name == name)
+        narrow = [spec for spec in narrow if spec.name != name]
+    chosen = {spec.id for spec in narrow}
     for spec in listed:
-        if not spec.narrow and footer_cells(spec) <= room:
-            chosen.add(spec.id)
-            room -= footer_cells(spec)
+        if spec.narrow:
+            continue
+        if footer_cells(spec) > room:
+            break
+        chosen.add(spec.id)
+        room -= footer_cells(spec)
     return frozenset(chosen)
 
 
