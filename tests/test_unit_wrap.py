@@ -53,3 +53,19 @@ async def test_text_lines_wrap_keeping_units() -> None:
         rows = [row.rstrip() for row in screen_text(app).splitlines()[:2]]
         assert rows == ["2 request(s) past the critical age; oldest",
                         "21 s: worker 3 GET /hang/x"], rows
+
+
+def test_units_kept_wraps_at_the_width_it_is_drawn_at():
+    """The stack screen's head after a kill said "... (respawn #1) in 0.2" / "s" at 80x24."""
+    from rich.console import Console
+
+    from widgets.unit_wrap import UnitsKept
+
+    message = ("worker 2: pid 3188 killed with TERM, respawned as pid 3226 (respawn #1) in "
+               "0.2 s")
+    for width in range(60, 80):
+        console = Console(width=width, record=True, color_system=None)
+        console.print(UnitsKept(Text(message)))
+        lines = [line.rstrip() for line in console.export_text().splitlines()]
+        assert not any(line.endswith(" 0.2") for line in lines), (width, lines)
+        assert " ".join(lines) == message

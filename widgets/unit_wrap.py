@@ -8,8 +8,11 @@ Lines are broken here instead, only between words, a number and its unit countin
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.measure import Measurement
 from rich.text import Text
 
 # A word, or a number with its unit and what sticks to it ("6 s:", "(15 s)"): a line may break
@@ -71,3 +74,17 @@ def wrap_keeping_units(text: Text, width: int) -> Text:
     out = Text("\n", style=text.style).join(lines)
     out.justify, out.overflow, out.end = text.justify, text.overflow, text.end
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class UnitsKept:
+    """A Text drawn wrapped by wrap_keeping_units at whatever width it is given (a dialog's
+    width is only known when it is drawn)."""
+
+    text: Text
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield wrap_keeping_units(self.text, options.max_width)
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement.get(console, options, self.text)

@@ -48,7 +48,7 @@ from stackmon.logs.uwsgi_events import Event
 from stackmon.model import HostSnapshot, Request, UwsgiInstance, Worker
 from stackmon.redact import visible
 from stackmon.render_text import human_age
-from tui.screens.reload_view import UnitsKept
+from widgets.unit_wrap import UnitsKept
 from widgets.worker_list import client_gone, deadline_text, live_deadlines, respawns
 
 USR2_EVENTS = 3  # latest uWSGI events shown under the SIGUSR2 key

@@ -71,20 +71,6 @@ REQUEST_LINES = 4
 NARROW = 64  # below it: the countdown in seconds only, no bar
 
 
-@dataclass(frozen=True, slots=True)
-class UnitsKept:
-    """A Text drawn wrapped by wrap_keeping_units at whatever width it is given (a dialog's
-    width is only known when it is drawn)."""
-
-    text: Text
-
-    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        yield wrap_keeping_units(self.text, options.max_width)
-
-    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
-        return Measurement.get(console, options, self.text)
-
-
 def _bar(countdown: float | None, mercy: float, width: int = 20) -> Text:
     if countdown is None or mercy <= 0:
         return Text("")

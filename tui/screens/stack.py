@@ -19,6 +19,7 @@ from textual.widgets import Footer, Static
 from stackmon.actions.stack import StackResult
 from stackmon.redact import visible
 from widgets.stack_view import StackView
+from widgets.unit_wrap import UnitsKept
 
 
 class StackCaptured(Message):
@@ -54,7 +55,7 @@ class StackScreen(Screen[None]):
         head.append("\nThe kill's audit record carries where each thread was (no locals).",
                     "dim")
         with VerticalScroll():
-            yield Static(head, id="stack-head")
+            yield Static(UnitsKept(head), id="stack-head")  # "in 0.2 s" was split
             yield StackView(id="stack")
         yield Footer()
 
