@@ -81,6 +81,18 @@ def _idle(host: HostSnapshot) -> HostSnapshot:
     return _with(host, replace(w, status="idle", cores=cores), later=0.0)
 
 
+async def _fed(pilot: Any, app: StackmonApp, host: HostSnapshot) -> None:
+    """A poll of `host` reaches the app, and the app has drawn it."""
+    feed(app, host)
+    await pilot.pause()
+
+
+async def _pressed(pilot: Any, *keys: str) -> None:
+    """Keys pressed, and the app has drawn what they did."""
+    await pilot.press(*keys)
+    await pilot.pause()
+
+
 def _kills(app: StackmonApp) -> list[tuple[Any, ...]]:
     """Record the kills the app starts instead of sending signals to the recording's pids."""
     started: list[tuple[Any, ...]] = []
@@ -97,10 +109,8 @@ async def test_a_poll_updates_the_open_dialog_and_a_confirm_after_a_change_asks_
     app = app_for(host)
     kills = _kills(app)
     async with app.run_test(size=(120, 36)) as pilot:
-        feed(app, host)
-        await pilot.pause()
-        await pilot.press("K")
-        await pilot.pause()
+        await _fed(pilot, app, host)
+        await _pressed(pilot, "K")
         assert isinstance(app.screen, KillConfirm)
         flat = _flat(app)
         assert "/hang/report?id=42" in flat and "CHANGED" not in flat
@@ -112,13 +122,11 @@ async def test_a_poll_updates_the_open_dialog_and_a_confirm_after_a_change_asks_
         assert ("The requests changed since you opened this (listed ones ended: core 0 GET "
                 "/hang/report?id=42, core 1 GET /hang/search?q=invoices+2024; now: core 0 GET "
                 "/slow?s=5, core 1 GET /slow?s=5). Confirming asks again.") in flat, flat
-        await pilot.press("t")
-        await pilot.pause()
+        await _pressed(pilot, "t")
         assert isinstance(app.screen, KillConfirm) and kills == []
         flat = _flat(app)
         assert "Nothing was killed: press the key again to kill the ones listed now" in flat
-        await pilot.press("t")  # the same requests still: this one kills
-        await pilot.pause()
+        await _pressed(pilot, "t")  # the same requests still: this one kills
         assert not isinstance(app.screen, KillConfirm)
         assert len(kills) == 1 and kills[0][2].pid == _worker(host).pid
 
@@ -128,18 +136,14 @@ async def test_an_unchanged_list_kills_at_the_first_key_and_ages_move_on() -> No
     app = app_for(host)
     kills = _kills(app)
     async with app.run_test(size=(120, 36)) as pilot:
-        feed(app, host)
-        await pilot.pause()
-        await pilot.press("K")
-        await pilot.pause()
+        await _fed(pilot, app, host)
+        await _pressed(pilot, "K")
         assert "running 67s" in _flat(app)
         app.clock = lambda: host.taken_at + 13.0  # 10 s later, the same requests
-        feed(app, _with(host, _worker(host), later=10.0))
-        await pilot.pause()
+        await _fed(pilot, app, _with(host, _worker(host), later=10.0))
         flat = _flat(app)
         assert "running 77s" in flat and "CHANGED" not in flat
-        await pilot.press("k")
-        await pilot.pause()
+        await _pressed(pilot, "k")
         assert len(kills) == 1 and kills[0][3].signal == "KILL"
 
 
@@ -149,12 +153,9 @@ async def test_a_respawned_worker_cannot_be_confirmed() -> None:
     kills = _kills(app)
     old = _worker(host)
     async with app.run_test(size=(120, 36)) as pilot:
-        feed(app, host)
-        await pilot.pause()
-        await pilot.press("K")
-        await pilot.pause()
-        feed(app, _with(host, replace(old, pid=old.pid + 97, cores=())))
-        await pilot.pause()
+        await _fed(pilot, app, host)
+        await _pressed(pilot, "K")
+        await _fed(pilot, app, _with(host, replace(old, pid=old.pid + 97, cores=())))
         flat = _flat(app)
         assert (f"GONE pid {old.pid} is gone: worker {TARGET} was respawned as pid "
                 f"{old.pid + 97}. Nothing to kill") in flat, flat
@@ -172,14 +173,12 @@ async def test_paused_the_dialog_uses_the_latest_poll_and_says_so() -> None:
     app = app_for(host)
     _kills(app)
     async with app.run_test(size=(120, 36)) as pilot:
-        feed(app, host)
-        await pilot.pause()
+        await _fed(pilot, app, host)
         await pilot.press("p")
         feed(app, _new_requests(host))  # polling goes on; the screen stays frozen
         await pilot.pause()
         assert "/hang/report?id=42" in screen_text(app)  # the frozen main screen
-        await pilot.press("K")
-        await pilot.pause()
+        await _pressed(pilot, "K")
         assert isinstance(app.screen, KillConfirm)
         flat = _flat(app)
         assert "The main screen is PAUSED; this dialog shows live data" in flat, flat
@@ -192,12 +191,10 @@ async def test_paused_on_a_worker_respawned_since_the_dialog_says_gone_at_once()
     app = app_for(host)
     old = _worker(host)
     async with app.run_test(size=(120, 36)) as pilot:
-        feed(app, host)
-        await pilot.pause()
+        await _fed(pilot, app, host)
         await pilot.press("p")
         feed(app, _with(host, replace(old, pid=0, status="idle", cores=())))
-        await pilot.press("K")
-        await pilot.pause()
+        await _pressed(pilot, "K")
         flat = _flat(app)
         assert f"GONE pid {old.pid} is gone (worker {TARGET} is waiting for its respawn)" \
             in flat, flat
@@ -208,14 +205,11 @@ async def test_a_master_gone_stale_under_the_open_dialog_keeps_the_stale_refusal
     host = recorded()
     app = app_for(host)
     async with app.run_test(size=(120, 36)) as pilot:
-        feed(app, host)
-        await pilot.pause()
-        await pilot.press("K")
-        await pilot.pause()
+        await _fed(pilot, app, host)
+        await _pressed(pilot, "K")
         assert "STALE" not in _flat(app)
         stale = _with(host, _worker(host))
-        feed(app, replace(stale, uwsgi=(replace(stale.uwsgi[0], stale_s=6.0),)))
-        await pilot.pause()
+        await _fed(pilot, app, replace(stale, uwsgi=(replace(stale.uwsgi[0], stale_s=6.0),)))
         flat = _flat(app)
         assert "STALE 6s" in flat and "refused, nothing done, unless the uWSGI master" in flat
 
@@ -232,10 +226,8 @@ async def test_only_log_lines_about_the_target_are_shown() -> None:
     host = replace(base, logs=summary(at, events=others))
     app = app_for(host)
     async with app.run_test(size=(120, 36)) as pilot:
-        feed(app, host)
-        await pilot.pause()
-        await pilot.press("K")
-        await pilot.pause()
+        await _fed(pilot, app, host)
+        await _pressed(pilot, "K")
         flat = _flat(app)
         assert "NO MERCY" not in flat and "Respawned" not in flat and "killing" not in flat
         assert f"no recent uWSGI log line about worker {TARGET}" in flat, flat
@@ -245,8 +237,7 @@ async def test_only_log_lines_about_the_target_are_shown() -> None:
                 event(at - 60, "respawn", f"Respawned uWSGI worker {TARGET} (new pid: {pid})",
                       TARGET, pid))
         polled = _with(host, _worker(host))
-        feed(app, replace(polled, logs=summary(at + 2, events=ours + others)))
-        await pilot.pause()
+        await _fed(pilot, app, replace(polled, logs=summary(at + 2, events=ours + others)))
         flat = _flat(app)
         assert f"2s ago SIGUSR2: --- uWSGI worker {TARGET} (pid: {pid})" in flat, flat
         assert f"Respawned uWSGI worker {TARGET}" in flat
@@ -292,8 +283,7 @@ async def test_a_real_request_swapped_under_the_dialog_asks_again_then_kills(
         assert await wait_for(pilot, lambda: "/hang/listed-first" in screen_text(app), 15)
         victim = app.active_pane().selected_worker()
         assert victim is not None and victim.requests_in_flight
-        await pilot.press("K")
-        await pilot.pause()
+        await _pressed(pilot, "K")
         assert isinstance(app.screen, KillConfirm)
         await asyncio.to_thread(first.close)  # the listed request ends...
         await asyncio.to_thread(hang, st, "/hang/started-later", 1, via="unix")  # ...another
@@ -326,18 +316,14 @@ async def test_a_request_that_only_arrived_is_shown_and_does_not_hold_the_kill()
     app = app_for(host)
     kills = _kills(app)
     async with app.run_test(size=(120, 36)) as pilot:
-        feed(app, host)
-        await pilot.pause()
-        await pilot.press("K")
-        await pilot.pause()
-        feed(app, _with_arrival(host))
-        await pilot.pause()
+        await _fed(pilot, app, host)
+        await _pressed(pilot, "K")
+        await _fed(pilot, app, _with_arrival(host))
         flat = _flat(app)
         assert "CHANGED" not in flat
         assert "Arrived since you opened this: core 2 GET /fast; the kill aborts them too." \
             in flat, flat
-        await pilot.press("t")
-        await pilot.pause()
+        await _pressed(pilot, "t")
         assert not isinstance(app.screen, KillConfirm) and len(kills) == 1
 
 
@@ -346,17 +332,13 @@ async def test_an_idle_worker_that_starts_serving_asks_again() -> None:
     app = app_for(host)
     kills = _kills(app)
     async with app.run_test(size=(120, 36)) as pilot:
-        feed(app, host)
-        await pilot.pause()
-        await pilot.press("end", "K")  # worker 4, the last, idle now
-        await pilot.pause()
+        await _fed(pilot, app, host)
+        await _pressed(pilot, "end", "K")  # worker 4, the last, idle now
         assert f"Kill worker {TARGET} " in _flat(app)
         await pilot.pause()
-        feed(app, _with_arrival(host))
-        await pilot.pause()
+        await _fed(pilot, app, _with_arrival(host))
         assert "CHANGED" in _flat(app)
-        await pilot.press("t")
-        await pilot.pause()
+        await _pressed(pilot, "t")
         assert isinstance(app.screen, KillConfirm) and kills == []
 
 
@@ -385,19 +367,13 @@ async def test_after_asking_again_an_arrival_keeps_the_reason_on_screen() -> Non
     app = app_for(host)
     kills = _kills(app)
     async with app.run_test(size=(120, 36)) as pilot:
-        feed(app, host)
-        await pilot.pause()
-        await pilot.press("K")
-        await pilot.pause()
+        await _fed(pilot, app, host)
+        await _pressed(pilot, "K")
         swapped = _new_requests(host)
-        feed(app, swapped)
-        await pilot.pause()
-        await pilot.press("t")  # asks again
-        await pilot.pause()
-        feed(app, _with_arrival(swapped))
-        await pilot.pause()
+        await _fed(pilot, app, swapped)
+        await _pressed(pilot, "t")  # asks again
+        await _fed(pilot, app, _with_arrival(swapped))
         flat = _flat(app)
         assert "press the key again" in flat and "Arrived since you opened this" in flat, flat
-        await pilot.press("t")
-        await pilot.pause()
+        await _pressed(pilot, "t")
         assert not isinstance(app.screen, KillConfirm) and len(kills) == 1
