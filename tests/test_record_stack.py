@@ -257,8 +257,13 @@ def test_agent_records_and_serves_history(stack: Any, tmp_path: Path) -> None:
             assert doc["polls"][0]["uwsgi"][0]["workers"]
             middle = times[len(times) // 2]
             later = client.get(box["url"] + "/v1/history", headers=headers,
-                               params={"from": str(middle)}).json()
+                               params={"from": str(middle), "to": str(times[-1])}).json()
+            # bounded by `to`: the agent goes on recording between the two requests
             assert [p["taken_at"] for p in later["polls"]] == [t for t in times if t >= middle]
+            newer = client.get(box["url"] + "/v1/history", headers=headers,
+                               params={"from": str(middle)}).json()
+            got = [p["taken_at"] for p in newer["polls"]]
+            assert got[:len(later["polls"])] == [t for t in times if t >= middle]
             bad = client.get(box["url"] + "/v1/history", headers=headers,
                              params={"from": "yesterday"})
             assert bad.status_code == 400 and "from" in bad.json()["message"]
