@@ -88,6 +88,14 @@ class Request:
     deadlines: tuple[Deadline, ...] = ()
 
 
+# A request's identity across polls: (core, the core's request count, start time). uWSGI
+# counts a core's request when it ends, so a new request on the same core has a new count even
+# with the same URI in the same second; the URI is left out, it can be missing in one poll (the
+# vars copy raced) and not the next. A kill carries the keys the user confirmed and is refused
+# when one of them has ended by the kill's own stats read (stackmon.actions.kill).
+RequestKey = tuple[int, int, float | None]
+
+
 @dataclass(frozen=True, slots=True)
 class Core:
     id: int
@@ -133,6 +141,11 @@ class Worker:
     @property
     def requests_in_flight(self) -> tuple[Request, ...]:
         return tuple(c.request for c in self.cores if c.request is not None)
+
+    def requests_by_key(self) -> dict[RequestKey, Request]:
+        """Its requests in flight by identity (RequestKey)."""
+        return {(c.id, c.requests, c.request.started_at): c.request for c in self.cores
+                if c.request is not None}
 
     @property
     def busy(self) -> bool:

@@ -90,3 +90,45 @@ def test_reload_lists_every_request_a_draining_worker_holds(fresh_stack, hang, t
     assert any("/hang/first" in line and "/hang/second" in line for line in finishing), \
         proc.stdout
     assert "2 requests were in flight when their worker's mercy ran out" in proc.stdout
+
+
+def test_a_kill_confirmed_at_the_prompt_is_refused_if_the_request_shown_ended(
+        fresh_stack, hang, tmp_path):
+    """The prompt waits on a person: the request it showed ends and another starts before
+    `y`. The kill is refused and the new request is not aborted (a terminal on stdin: a pty)."""
+    import os
+    import selectors
+
+    st = fresh_stack(workers=1, threads=1, nginx=False)
+    shown = hang(st, "/hang/shown-at-prompt", n=1, via="unix")
+    pid = st.stats()["workers"][0]["pid"]
+    master, slave = os.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "stackmon.cli", "kill", "web-1", "1",
+                             "--hosts", str(hosts_file(tmp_path, st)), "--audit-log",
+                             str(tmp_path / "a.log")], stdin=slave, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    os.close(slave)
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        out, sel = "", selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while "[y/N]" not in out:
+            assert sel.select(30), f"no prompt: {out!r}"
+            chunk = os.read(proc.stdout.fileno(), 4096).decode()
+            assert chunk, f"exited before the prompt: {out!r} {proc.stderr.read()}"
+            out += chunk
+        assert "/hang/shown-at-prompt" in out
+        shown.close()
+        hang(st, "/hang/arrived-before-yes", n=1, via="unix")
+        os.write(master, b"y\n")
+        rest, err = proc.communicate(timeout=60)
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, (out + rest, err)
+    assert "ended since you looked" in err and "GET /hang/arrived-before-yes" in err, err
+    assert "Traceback" not in err
+    assert st.stats()["workers"][0]["pid"] == pid
+    entries = [json.loads(line) for line in (tmp_path / "a.log").read_text().splitlines()]
+    assert [e["outcome"] for e in entries] == ["refused: stale"]

@@ -325,6 +325,10 @@ async def test_a_request_that_only_arrived_is_shown_and_does_not_hold_the_kill()
             in flat, flat
         await _pressed(pilot, "t")
         assert not isinstance(app.screen, KillConfirm) and len(kills) == 1
+        # The kill carries what it is for: the two stuck requests listed, not the arrival
+        # (the kill itself is refused if one of those ended by then).
+        listed = _worker(host).requests_by_key()
+        assert sorted(kills[0][3].expect_requests) == sorted(listed) and len(listed) == 2
 
 
 async def test_an_idle_worker_that_starts_serving_asks_again() -> None:

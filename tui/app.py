@@ -678,7 +678,8 @@ class StackmonApp(App[int]):
         try:
             result = await host.kill(
                 instance, worker.id, worker.pid, choice.signal, expect_spawn=worker.last_spawn,
-                usr2_first=choice.usr2_first, audit=self.audit, stack=summary)
+                usr2_first=choice.usr2_first, audit=self.audit, stack=summary,
+                expect_requests=choice.expect_requests)
         except ActionError as exc:
             self.post_message(ActionFinished("Kill refused", exc.message, ok=False))
             outcome = f"kill refused: {exc.message}"

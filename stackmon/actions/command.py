@@ -203,9 +203,14 @@ async def _kill(args: argparse.Namespace, host: Host, audit: AuditLog) -> int:
         if not _confirm(f"Kill worker {worker.id} (pid {worker.pid}) with {how}?"):
             print("nothing done")
             return EXIT_FAILED
+    from stackmon.actions.kill import kill_meant_for
+
+    # Answering takes the user seconds: the kill is refused if what they were shown (the
+    # stuck requests, else all) has ended meanwhile. --yes shows nothing, so checks nothing.
+    meant = None if args.yes else kill_meant_for(worker.requests_by_key())
     result = await host.kill(args.instance, worker.id, worker.pid, args.signal,
                              expect_spawn=worker.last_spawn, usr2_first=args.usr2, audit=audit,
-                             stack=stack)
+                             stack=stack, expect_requests=meant)
     print(result.message)
     return EXIT_OK if result.ok else EXIT_FAILED
 

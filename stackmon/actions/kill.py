@@ -21,13 +21,22 @@ import asyncio
 import contextlib
 import signal as _signal
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import psutil
 
 from stackmon.actions.audit import AuditLog, current_actor
 from stackmon.actions.base import ActionError, ActionResult, ActionTarget
-from stackmon.model import SourceError, Thresholds, UwsgiInstance, Worker
+from stackmon.model import (
+    Request,
+    RequestKey,
+    SourceError,
+    Thresholds,
+    UwsgiInstance,
+    Worker,
+)
+from stackmon.redact import visible
 from stackmon.sources.uwsgi_stats import poll_stats
 from stackmon.trust import (
     ConfirmedMaster,
@@ -76,6 +85,35 @@ def no_process_message(worker: Worker, expect_pid: int = 0) -> str:
 def request_summary(w: Worker) -> list[dict[str, Any]]:
     return [{"core": r.core, "method": r.method, "uri": r.uri, "running_s": r.running_s}
             for r in w.requests_in_flight]
+
+
+def kill_meant_for(requests: Mapping[RequestKey, Request]) -> tuple[RequestKey, ...]:
+    """The requests a confirmed kill is for: the stuck ones (past --slow) when there are any,
+    else every one the user was shown. The kill is refused when one of them has ended by its
+    own stats read (check_requests): the user meant to stop it, and killing then only aborts
+    what came after. Short requests beside a stuck one are not held to that: on a worker whose
+    other threads serve, they end within the second, and the stack capture before a kill
+    alone takes about a second, so a kill that waited for them would never go through."""
+    stuck = tuple(k for k, r in requests.items() if r.level != "ok")
+    return stuck or tuple(requests)
+
+
+def check_requests(worker: Worker, expect: Sequence[RequestKey], now: float) -> None:
+    """Refuse (kind stale) when a request the kill is for is no longer in flight in the
+    sample the kill acts on: the poll the user decided on is up to an interval old, and a
+    stack capture takes a second more. A request that arrived since does not refuse it: the
+    user was shown arrivals, and the kill aborts whatever is in flight at its moment."""
+    live = worker.requests_by_key()
+    ended = [k for k in expect if k not in live]
+    if not ended:
+        return
+    said = ", ".join(f"core {core}" + (f", started {max(0.0, now - start):.0f} s ago"
+                                        if start else "")
+                     for core, _, start in ended[:3])
+    what = "the request" if len(expect) == 1 else f"{len(ended)} of the {len(expect)} requests"
+    still = ", ".join(visible(f"core {r.core} {r.method} {r.uri}")[:80] for r in live.values())
+    raise ActionError("stale", f"{what} the kill was for ended since you looked ({said}); in "
+                               f"flight now: {still or 'nothing'}; nothing was done")
 
 
 def verify_worker(inst: UwsgiInstance, target: ActionTarget, worker_id: int, expect_pid: int,
@@ -166,8 +204,10 @@ async def kill_worker(target: ActionTarget, worker_id: int, expect_pid: int,
                       signal: Signal = "TERM", *, expect_spawn: float | None = None,
                       usr2_first: bool = False, audit: AuditLog | None = None,
                       actor: str = "", grace: float = TERM_GRACE,
-                      stack: dict[str, Any] | None = None) -> ActionResult:
-    """Kill worker `worker_id` of `target` if it still is `expect_pid`; wait for its respawn."""
+                      stack: dict[str, Any] | None = None,
+                      expect_requests: Sequence[RequestKey] | None = None) -> ActionResult:
+    """Kill worker `worker_id` of `target` if it still is `expect_pid` and (when given) still
+    runs every request of `expect_requests` (kill_meant_for); wait for its respawn."""
     audit = audit if audit is not None else AuditLog.default()
     actor = actor or current_actor()
     action = f"kill {signal}" + (" after USR2" if usr2_first else "")
@@ -181,6 +221,8 @@ async def kill_worker(target: ActionTarget, worker_id: int, expect_pid: int,
             raise ActionError("read_only", "read-only mode: actions are disabled")
         inst = await fetch_instance(target)
         worker, proc, ident = verify_worker(inst, target, worker_id, expect_pid, expect_spawn)
+        if expect_requests:
+            check_requests(worker, expect_requests, time.time())
     except ActionError as exc:
         audit.record(**base, outcome=f"refused: {exc.kind}", message=exc.message)
         raise
@@ -216,6 +258,9 @@ async def kill_worker(target: ActionTarget, worker_id: int, expect_pid: int,
     new = await _wait_respawn(target, worker_id, expect_pid, RESPAWN_WAIT)
     took = time.monotonic() - started
     data: dict[str, Any] = {"old_pid": expect_pid, "signals": sent,
+                            # how many confirmed requests were checked in flight (an agent
+                            # older than the check leaves it out: the client says so)
+                            "requests_checked": len(expect_requests or ()),
                             "requests": requests, "seconds": round(took, 2),
                             "new_pid": new.pid if new else None,
                             "respawn_count": new.respawn_count if new else None}

@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import os
 import ssl
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, get_args
 
@@ -39,7 +41,7 @@ from stackmon.actions.base import ActionError, ActionResult, RefusalKind
 from stackmon.addresses import parse_agent_url
 from stackmon.agent.security import client_ssl_context, read_token_file
 from stackmon.config import ConfigError, HostConfig, Settings
-from stackmon.model import HostSnapshot, SourceError
+from stackmon.model import HostSnapshot, RequestKey, SourceError
 from stackmon.redact import visible
 from stackmon.snapshot_json import host_from_dict
 
@@ -527,7 +529,8 @@ async def remote_kill(host: HostConfig, uwsgi_index: int, worker_id: int, expect
                       usr2_first: bool = False, timeout: float = 2.0,
                       action_timeout: float = ACTION_TIMEOUT, actor: str = "",
                       client: httpx.AsyncClient | None = None,
-                      stuck_in: str | None = None) -> ActionResult:
+                      stuck_in: str | None = None,
+                      expect_requests: Sequence[RequestKey] | None = None) -> ActionResult:
     """Kill worker `worker_id` of instance `uwsgi_index` on `host` through its agent.
     `stuck_in`: where the worker's stack was captured stuck (for the agent's audit record).
 
@@ -541,9 +544,17 @@ async def remote_kill(host: HostConfig, uwsgi_index: int, worker_id: int, expect
         body["usr2"] = True
     if stuck_in:
         body["stuck_in"] = stuck_in
-    return await _post(host, f"/v1/workers/{uwsgi_index}/{worker_id}/kill", body,
-                       timeout=timeout, action_timeout=action_timeout, actor=actor,
-                       client=client)
+    if expect_requests:
+        body["expect_requests"] = [list(k) for k in expect_requests]
+    result = await _post(host, f"/v1/workers/{uwsgi_index}/{worker_id}/kill", body,
+                         timeout=timeout, action_timeout=action_timeout, actor=actor,
+                         client=client)
+    if expect_requests and "requests_checked" not in result.data:
+        # An agent older than the check ignores the field: the kill went through unchecked.
+        result = dataclasses.replace(result, message=result.message + " (this agent is older "
+                                     "than the check that the requests you confirmed were "
+                                     "still running at the kill)")
+    return result
 
 
 async def remote_reload(host: HostConfig, uwsgi_index: int, mode: str = "graceful", *,

@@ -76,7 +76,7 @@ from stackmon.agent.security import (
 from stackmon.config import HostConfig, Settings
 from stackmon.hosts.base import Host
 from stackmon.hosts.local import LocalHost
-from stackmon.model import HostSnapshot
+from stackmon.model import HostSnapshot, RequestKey
 from stackmon.snapshot_json import SCHEMA, host_to_dict
 
 log = logging.getLogger("stackmon.agent")
@@ -263,6 +263,33 @@ def _int_field(body: dict[str, Any], key: str, *, required: bool) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ActionError("bad_request", f"{key} must be a positive integer")
     return value
+
+
+MAX_EXPECT_REQUESTS = 256  # a worker's cores: uWSGI's threads x async, far below this
+
+
+def _request_keys(value: Any) -> list[RequestKey] | None:
+    """A kill's `expect_requests`: [[core, core's request count, start epoch or null], ...]
+    (stackmon.model.RequestKey), the requests the caller confirmed the kill for."""
+    if value is None:
+        return None
+    why = ("expect_requests must be a list of [core, requests, started_at] (two integers "
+           "from 0 and an epoch time or null)")
+    if not isinstance(value, list) or len(value) > MAX_EXPECT_REQUESTS:
+        raise ActionError("bad_request", why + f", at most {MAX_EXPECT_REQUESTS}")
+    keys: list[RequestKey] = []
+    for item in value:
+        if not isinstance(item, list) or len(item) != 3:
+            raise ActionError("bad_request", why)
+        core, count, start = item
+        if any(isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < 2**63
+               for n in (core, count)):
+            raise ActionError("bad_request", why)
+        if start is not None and (isinstance(start, bool) or not isinstance(start, int | float)
+                                  or not math.isfinite(start)):
+            raise ActionError("bad_request", why)
+        keys.append((core, count, float(start) if start is not None else None))
+    return keys
 
 
 def _number(text: str | None) -> Any:
@@ -507,6 +534,7 @@ class AgentApp:
         stuck_in = body.get("stuck_in")
         if stuck_in is not None and not isinstance(stuck_in, str):
             raise ActionError("bad_request", "stuck_in must be a string")
+        expect_requests = _request_keys(body.get("expect_requests"))
         target = self._target(request)
         worker_id = int(request.match_info["worker_id"])
         remembered = None
@@ -521,7 +549,8 @@ class AgentApp:
                                        usr2_first=usr2, audit=audit,
                                        actor=self._actor(request),
                                        stack={"stuck_in": redact.clean(stuck_in[:300])}
-                                       if stuck_in else None)
+                                       if stuck_in else None,
+                                       expect_requests=expect_requests)
         except ActionError as exc:
             if remembered is not None and exc.kind == "stale":
                 raise ActionError("stale", f"{exc.message} (this agent served pid {expect_pid} "

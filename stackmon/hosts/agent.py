@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from stackmon.actions.audit import AuditLog, current_actor
@@ -27,7 +27,7 @@ from stackmon.agent.client import (
 )
 from stackmon.config import ConfigError, HostConfig, Settings
 from stackmon.hosts.base import Host
-from stackmon.model import HostSnapshot, SourceError, UwsgiInstance
+from stackmon.model import HostSnapshot, RequestKey, SourceError, UwsgiInstance
 from stackmon.redact import clean
 
 if TYPE_CHECKING:
@@ -180,7 +180,8 @@ class AgentHost(Host):
     async def kill(self, index: int, worker_id: int, expect_pid: int, signal: str, *,
                    audit: AuditLog, expect_spawn: float | None = None,
                    usr2_first: bool = False,
-                   stack: dict[str, Any] | None = None) -> ActionResult:
+                   stack: dict[str, Any] | None = None,
+                   expect_requests: Sequence[RequestKey] | None = None) -> ActionResult:
         base: dict[str, Any] = {"host": self.name, "action": f"kill {signal} via agent",
                                 "worker_id": worker_id, "target_pid": expect_pid,
                                 "agent": clean(self.source.url),
@@ -188,7 +189,7 @@ class AgentHost(Host):
         return await self._audited(audit, base, "ok", lambda: remote_kill(
             self.config, index, worker_id, expect_pid, signal, expect_spawn=expect_spawn,
             usr2_first=usr2_first, timeout=self.settings.timeout, actor=current_actor(),
-            stuck_in=stuck_in(stack)))
+            stuck_in=stuck_in(stack), expect_requests=expect_requests))
 
     async def reload(self, index: int, mode: str, *, audit: AuditLog,
                      expect_master: int | None = None) -> ActionResult:

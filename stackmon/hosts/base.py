@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +11,7 @@ from stackmon.actions.audit import AuditLog
 from stackmon.actions.base import ActionError, ActionResult
 from stackmon.actions.reload_progress import ReloadFacts, ReloadProgress
 from stackmon.config import HostConfig, Settings
-from stackmon.model import HostSnapshot, SourceError, UwsgiInstance
+from stackmon.model import HostSnapshot, RequestKey, SourceError, UwsgiInstance
 
 if TYPE_CHECKING:  # stackmon.actions.stack imports this module's Host for its own hints
     from stackmon.actions.stack import StackResult
@@ -135,9 +135,12 @@ class Host(ABC):
     async def kill(self, index: int, worker_id: int, expect_pid: int, signal: str, *,
                    audit: AuditLog, expect_spawn: float | None = None,
                    usr2_first: bool = False,
-                   stack: dict[str, Any] | None = None) -> ActionResult:
+                   stack: dict[str, Any] | None = None,
+                   expect_requests: Sequence[RequestKey] | None = None) -> ActionResult:
         """Kill worker `worker_id` of instance `index` if it still is `expect_pid`; `stack`
-        (StackResult.summary() of a capture just before) goes into the kill's audit record."""
+        (StackResult.summary() of a capture just before) goes into the kill's audit record.
+        `expect_requests` (stackmon.actions.kill.kill_meant_for of what the user confirmed):
+        refused, nothing done, when one of them has ended by the kill's own stats read."""
 
     @abstractmethod
     async def reload(self, index: int, mode: str, *, audit: AuditLog,

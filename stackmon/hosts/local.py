@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +35,7 @@ from stackmon.hosts.base import Host
 from stackmon.hosts.local_logs import nginx_specs, uwsgi_specs
 from stackmon.logs.host import HostLogs, LogSummary
 from stackmon.logs.uwsgi_events import Event
-from stackmon.model import HostSnapshot, NginxStatus, SourceError, UwsgiInstance
+from stackmon.model import HostSnapshot, NginxStatus, RequestKey, SourceError, UwsgiInstance
 from stackmon.sources.lb_probe import HealthProbe, ProbePolicy
 from stackmon.sources.nginx_status import StubStatusClient
 from stackmon.sources.uwsgi_stats import poll_stats
@@ -293,11 +293,12 @@ class LocalHost(Host):
     async def kill(self, index: int, worker_id: int, expect_pid: int, signal: str, *,
                    audit: AuditLog, expect_spawn: float | None = None,
                    usr2_first: bool = False,
-                   stack: dict[str, Any] | None = None) -> ActionResult:
+                   stack: dict[str, Any] | None = None,
+                   expect_requests: Sequence[RequestKey] | None = None) -> ActionResult:
         result = await kill_worker(self.target(index), worker_id, expect_pid,
                                    signal,  # type: ignore[arg-type]  # checked by kill_worker
                                    expect_spawn=expect_spawn, usr2_first=usr2_first, audit=audit,
-                                   stack=stack)
+                                   stack=stack, expect_requests=expect_requests)
         # The requests the kill aborted (redacted at the parse), for the events screen's uri
         # column: it read "-" for every kill.
         aborted = [f"{r.get('method', '')} {r.get('uri', '')}".strip()

@@ -42,10 +42,11 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from stackmon.actions.kill import kill_meant_for
 from stackmon.actions.reload_progress import ReloadFacts
 from stackmon.deadlines import nearest
 from stackmon.logs.uwsgi_events import Event
-from stackmon.model import HostSnapshot, Request, UwsgiInstance, Worker
+from stackmon.model import HostSnapshot, Request, RequestKey, UwsgiInstance, Worker
 from stackmon.redact import visible
 from stackmon.render_text import human_age
 from widgets.unit_wrap import UnitsKept
@@ -59,6 +60,9 @@ class KillChoice:
     signal: str  # "TERM" | "KILL"
     usr2_first: bool = False
     capture: bool = False  # read the worker's stack first, into the kill's audit record
+    # What the kill is for (kill_meant_for of the listed requests): the kill itself is refused
+    # when one has ended by its own stats read, a poll interval and a capture after the key.
+    expect_requests: tuple[RequestKey, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,18 +212,6 @@ def _keys(*pairs: tuple[str, str]) -> Text:
     return text
 
 
-RequestKey = tuple[int, int, float | None]
-
-
-def in_flight(worker: Worker) -> dict[RequestKey, Request]:
-    """The worker's requests in flight by identity: (core, the core's request count, start
-    time). uWSGI counts a core's request when it ends, so a new request on the same core has
-    a new count even with the same URI in the same second; the URI is left out, it can be
-    missing in one poll (the vars copy raced) and not the next."""
-    return {(c.id, c.requests, c.request.started_at): c.request for c in worker.cores
-            if c.request is not None}
-
-
 def _named(requests: Sequence[Request], most: int = 2) -> str:
     """`core 0 GET /slow?s=5, core 1 GET /x` (URIs cut at 40), "+N" past `most`."""
     out = [f"core {r.core} {visible(r.method or '?')} {visible(r.uri or '?')[:40]}"
@@ -315,7 +307,7 @@ class KillConfirm(ModalScreen[KillChoice | None]):
         self.uwsgi_log = uwsgi_log
         self.events = tuple(events)
         self.paused, self.by_id = paused, by_id
-        self.listed = in_flight(worker)  # what the user is deciding on
+        self.listed = worker.requests_by_key()  # what the user is deciding on
         self.gone: str | None = None
         self.asked_again: str | None = None  # the change that made a confirm ask again
         self.no_data = False  # the latest poll had nothing from this instance
@@ -414,7 +406,7 @@ class KillConfirm(ModalScreen[KillChoice | None]):
             text.append("\n" if text else "")
             text.append("The latest poll has nothing from this instance: below is the last "
                         "seen.", "bold")
-        now = in_flight(self.worker)
+        now = self.worker.requests_by_key()
         if must_ask_again(self.listed, now):
             text.append("\n" if text else "")
             text.append(" CHANGED ", "bold reverse")
@@ -463,16 +455,18 @@ class KillConfirm(ModalScreen[KillChoice | None]):
         if self.gone:
             self.app.bell()
             return
-        now = in_flight(self.worker)
+        now = self.worker.requests_by_key()
         if must_ask_again(self.listed, now):
             self.asked_again = changed_text(self.listed, now)
             self.listed = now
             self._redraw()
             return
+        meant = kill_meant_for(self.listed)
         if how == "USR2":
-            self.dismiss(KillChoice("TERM", usr2_first=True, capture=self.capture))
+            self.dismiss(KillChoice("TERM", usr2_first=True, capture=self.capture,
+                                    expect_requests=meant))
         else:
-            self.dismiss(KillChoice(how, capture=self.capture))
+            self.dismiss(KillChoice(how, capture=self.capture, expect_requests=meant))
 
     def action_cancel(self) -> None:
         self.dismiss(None)
