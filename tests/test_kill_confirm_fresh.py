@@ -118,7 +118,7 @@ async def test_a_poll_updates_the_open_dialog_and_a_confirm_after_a_change_asks_
         await pilot.pause()
         flat = _flat(app)
         assert "/hang/report?id=42" not in flat.split("requests served")[1].split("CHANGED")[0]
-        assert re.search(r"core 0 GET /slow\?s=5 from \S+ running 2s", flat), flat
+        assert re.search(r"core 0 running 2s GET /slow\?s=5 from \S+", flat), flat
         assert ("The requests changed since you opened this (listed ones ended: core 0 GET "
                 "/hang/report?id=42, core 1 GET /hang/search?q=invoices+2024; now: core 0 GET "
                 "/slow?s=5, core 1 GET /slow?s=5). Confirming asks again.") in flat, flat
@@ -381,3 +381,28 @@ async def test_after_asking_again_an_arrival_keeps_the_reason_on_screen() -> Non
         assert "press the key again" in flat and "Arrived since you opened this" in flat, flat
         await _pressed(pilot, "t")
         assert not isinstance(app.screen, KillConfirm) and len(kills) == 1
+
+
+async def test_at_80x24_paused_and_changed_the_sigusr2_part_shortens_instead_of_being_cut(
+        ) -> None:
+    """At 80x24 with the PAUSED and CHANGED lines the SIGUSR2 paragraph ran past the box's
+    bottom ("…to the uWSGI" and the rest gone); now it takes one line there, and the full
+    paragraph where there is room. A request's age sits beside its core, never split from
+    "running" at the line's end."""
+    for size, short in (((80, 24), True), ((120, 36), False)):
+        host = recorded()
+        app = app_for(host)
+        async with app.run_test(size=size) as pilot:
+            await _fed(pilot, app, host)
+            await _pressed(pilot, "p")
+            await _pressed(pilot, "K")
+            await _fed(pilot, app, _new_requests(host))
+            rows = [ln.split("█")[1] for ln in screen_text(app).splitlines()
+                    if ln.count("█") >= 2]
+            text = "\n".join(rows)
+            assert "PAUSED" in text and "CHANGED" in text and "Esc  cancel" in text
+            if short:
+                assert any("SIGUSR2's output: in the uWSGI log (e: events)." in r for r in rows)
+            else:
+                assert "SIGUSR2: the worker writes" in text and "not here." in text, text
+            assert re.search(r"core 0  running 2s  GET /slow\?s=5", text), text

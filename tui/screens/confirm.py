@@ -49,7 +49,7 @@ from stackmon.logs.uwsgi_events import Event
 from stackmon.model import HostSnapshot, Request, RequestKey, UwsgiInstance, Worker
 from stackmon.redact import visible
 from stackmon.render_text import human_age
-from widgets.unit_wrap import UnitsKept
+from widgets.unit_wrap import UnitsKept, wrap_keeping_units
 from widgets.worker_list import client_gone, deadline_text, live_deadlines, respawns
 
 USR2_EVENTS = 3  # latest uWSGI events shown under the SIGUSR2 key
@@ -112,12 +112,15 @@ def _requests_text(worker: Worker, now: float, limit: int = 1000,
             break
         # Stale: the age measured with the sample (now - stale_s added the stats' timeout).
         age = r.running_s if stale_s is not None else _age(r, now)
-        text.append(f"  core {r.core}  ")
+        # The age first, beside its core: at 80 columns a line wraps, and "running" / "67s"
+        # came out split at its end.
+        text.append(f"  core {r.core}  running ")
+        text.append(("≥" if stale_s is not None else "") + human_age(age), "bold")
+        text.append("  ")
         text.append(r.method or "?", "bold")
         text.append(" ")
         text.append(r.uri or "(request details not captured)")
-        text.append(f"  from {r.remote_addr or '?'}  running ")
-        text.append(("≥" if stale_s is not None else "") + human_age(age), "bold")
+        text.append(f"  from {r.remote_addr or '?'}")
         d = None if stale_s is not None else nearest(live_deadlines(r, age))
         if d is not None:
             text.append(" · ")
@@ -169,6 +172,23 @@ def usr2_text(log_path: str | None, events: Sequence[Event], worker: Worker | No
     if worker is not None and not latest and (log_path or events):
         text.append(f"\n  no recent uWSGI log line about worker {worker.id}", "dim italic")
     return text
+
+
+def usr2_short(log_path: str | None) -> Text:
+    """usr2_text in one line, for a short screen: where the output goes, and where to read it."""
+    where = visible(log_path) if log_path else "in the uWSGI log"
+    return Text(f"SIGUSR2's output: {where} (e: events).", style="dim")
+
+
+def content_width(screen_width: int) -> int:
+    """The cells a confirmation's text has (the box: 90% of the screen, at most 100 cells,
+    less its border and padding)."""
+    return max(10, min(screen_width * 9 // 10, 100) - 4)
+
+
+def text_rows(text: Text, width: int) -> int:
+    """The rows `text` takes drawn at `width` (units kept, as UnitsKept draws it)."""
+    return len(wrap_keeping_units(text, width).plain.split("\n"))
 
 
 def consequence_text(worker: Worker, stale_s: float | None, timeout: float,
@@ -326,7 +346,7 @@ class KillConfirm(ModalScreen[KillChoice | None]):
             yield Static(self._sub_text(), id="sub")
             live = self._live_text()
             yield Static(live, id="live").set_styles(f"display: {'block' if live else 'none'};")
-            yield Static(self._requests(), id="requests-list")
+            yield Static(UnitsKept(self._requests()), id="requests-list")
             yield self._unless_gone(Static(
                 consequence_text(w, self.stale_s, self.timeout, self.stale_who),
                 id="consequence"))
@@ -364,7 +384,7 @@ class KillConfirm(ModalScreen[KillChoice | None]):
         live.update(text)
         live.display = bool(text)
         self.query_one("#sub", Static).update(self._sub_text())
-        self.query_one("#requests-list", Static).update(self._requests())
+        self.query_one("#requests-list", Static).update(UnitsKept(self._requests()))
         consequence = self.query_one("#consequence", Static)
         consequence.update(consequence_text(self.target, self.stale_s, self.timeout,
                                             self.stale_who))
@@ -387,7 +407,25 @@ class KillConfirm(ModalScreen[KillChoice | None]):
         return _requests_text(self.worker, self.now, rows, self.stale_s)
 
     def _usr2(self) -> Text:
-        return usr2_text(self.uwsgi_log, self.events, self.target, self.now, by_id=self.by_id)
+        """Where SIGUSR2 writes and the latest lines about the worker; in one line where the
+        screen is short (at 80x24, with the CHANGED and PAUSED lines shown, the paragraph was
+        cut at the bottom)."""
+        full = usr2_text(self.uwsgi_log, self.events, self.target, self.now, by_id=self.by_id)
+        width = content_width(self.app.size.width)
+        if text_rows(full, width) <= self._spare_rows(width):
+            return full
+        return usr2_short(self.uwsgi_log)
+
+    def _spare_rows(self, width: int) -> int:
+        """The rows the dialog has left for the SIGUSR2 part, with everything else drawn."""
+        parts = [Text("title"), self._sub_text(), self._live_text(), self._requests()]
+        if not self.gone:
+            parts.append(consequence_text(self.target, self.stale_s, self.timeout,
+                                          self.stale_who))
+        bottom = [self._keys_text()] + ([self._capture_text()] if self.offer_capture else [])
+        used = sum(text_rows(t, width) for t in parts if t.plain) + sum(
+            1 + text_rows(t, width) for t in bottom)  # each key line has a blank row above
+        return self.app.size.height * 9 // 10 - 2 - used  # 2: the border
 
     def _live_text(self) -> Text:
         """What the user must know before a key: the worker is gone, the requests changed,
