@@ -342,6 +342,27 @@ async def test_a_capture_from_the_list_opens_the_stack_screen() -> None:
         assert app.active_pane().stacks[(0, worker.id)] is result
 
 
+async def test_the_stack_screen_head_keeps_a_figure_with_its_unit_at_every_narrow_width(
+        ) -> None:
+    """From a fresh clone at 80x24 the head read "... in 0.2" / "s" (Textual wrapped it at the
+    space); the head is drawn by UnitsKept now. Widths 60-100 put the line's break at every
+    word of this outcome, "0.2" / "s" among them."""
+    host = recorded()
+    worker, request = stuck(host)[0]
+    outcome = ("worker 2: pid 3188 killed with TERM, respawned as pid 3226 (respawn #1) in "
+               "0.2 s")
+    for width in range(60, 101):
+        app = app_for(host)
+        async with app.run_test(size=(width, 24)) as pilot:
+            feed(app, host)
+            await pilot.pause()
+            app.push_screen(StackScreen("web-1", stack_of(worker, request, host.taken_at),
+                                        outcome, host.taken_at))
+            await pilot.pause()
+            rows = screen_text(app).splitlines()
+            assert any("0.2 s" in row for row in rows), (width, screen_text(app))
+
+
 # ------------------------------------------------------------------ stuck together
 
 
