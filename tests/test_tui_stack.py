@@ -342,6 +342,28 @@ async def test_a_capture_from_the_list_opens_the_stack_screen() -> None:
         assert app.active_pane().stacks[(0, worker.id)] is result
 
 
+async def test_a_capture_whose_kill_was_refused_does_not_say_it_was_killed() -> None:
+    """The kill is refused when the request it was for ended during the capture: the stack
+    screen said "captured before the kill" and that the audit record kept it."""
+    from tui.screens.stack import StackCaptured
+
+    host = recorded()
+    worker, request = stuck(host)[0]
+    app = app_for(host)
+    async with app.run_test(size=(120, 36)) as pilot:
+        feed(app, host)
+        await pilot.pause()
+        app.post_message(StackCaptured(0, "", worker.id, stack_of(worker, request,
+                                                                   host.taken_at),
+                                       "kill refused: the request the kill was for ended",
+                                       killed=False))
+        await pilot.pause()
+        text = screen_text(app)
+        assert "stack captured; the kill was not done" in text and "before the kill" not in text
+        assert "Nothing was killed" in text and "audit record" not in text
+        assert "wait_for_ledger_lock" in text
+
+
 async def test_the_stack_screen_head_keeps_a_figure_with_its_unit_at_every_narrow_width(
         ) -> None:
     """From a fresh clone at 80x24 the head read "... in 0.2" / "s" (Textual wrapped it at the

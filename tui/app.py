@@ -682,18 +682,18 @@ class StackmonApp(App[int]):
                 expect_requests=choice.expect_requests)
         except ActionError as exc:
             self.post_message(ActionFinished("Kill refused", exc.message, ok=False))
-            outcome = f"kill refused: {exc.message}"
+            outcome, killed = f"kill refused: {exc.message}", False
         except OSError as exc:
             self.post_message(ActionFinished("Kill not done", f"audit log: {exc}", ok=False))
-            outcome = f"kill not done: audit log: {exc}"
+            outcome, killed = f"kill not done: audit log: {exc}", False
         else:
             text = result.message + (f"; {captured}" if captured else "")
             if choice.usr2_first:
                 text += "; SIGUSR2's output is in the uWSGI log (e: events)"
             self.post_message(ActionFinished("Worker killed", text, ok=result.ok))
-            outcome = result.message
+            outcome, killed = result.message, True
         if stack is not None:
-            self.post_message(StackCaptured(index, address, worker.id, stack, outcome))
+            self.post_message(StackCaptured(index, address, worker.id, stack, outcome, killed))
         self._poll_now(index)
 
     @on(StackCaptured)
@@ -709,10 +709,11 @@ class StackmonApp(App[int]):
         screen = self.screen
         if (isinstance(screen, WorkerDetailScreen) and screen.host_index == message.host_index
                 and screen.worker_id == message.worker_id):
-            screen.show_stack(result, note=f"Captured before the kill ({message.outcome}).")
+            screen.show_stack(result, note=f"Captured before the kill ({message.outcome})."
+                              if message.killed else f"Captured; {message.outcome}.")
         elif len(self.screen_stack) == 1:
             self.push_screen(StackScreen(pane.host.name, result, message.outcome,
-                                         self.clock()))
+                                         self.clock(), killed=message.killed))
 
     def action_reload(self, mode: str = "graceful") -> None:
         pane = self.active_pane()

@@ -23,11 +23,13 @@ from widgets.unit_wrap import UnitsKept
 
 
 class StackCaptured(Message):
-    """A stack read just before a kill (`result`), and how the kill went (`outcome`)."""
+    """A stack read just before a kill (`result`), and how the kill went (`outcome`; `killed`
+    False when it was refused or not done: the request it was for may have ended meanwhile)."""
 
     def __init__(self, host_index: int, address: str, worker_id: int, result: StackResult,
-                 outcome: str) -> None:
+                 outcome: str, killed: bool = True) -> None:
         super().__init__()
+        self.killed = killed
         self.host_index = host_index
         self.address = address
         self.worker_id = worker_id
@@ -42,17 +44,21 @@ class StackScreen(Screen[None]):
     """
     BINDINGS = [Binding("escape,q", "close", "Back")]
 
-    def __init__(self, host: str, result: StackResult, outcome: str, now: float) -> None:
+    def __init__(self, host: str, result: StackResult, outcome: str, now: float,
+                 killed: bool = True) -> None:
         super().__init__()
         self.host, self.result, self.outcome, self.now = host, result, outcome, now
+        self.killed = killed
 
     def compose(self) -> ComposeResult:
         r = self.result
         head = Text.assemble(("Host ", "dim"), (visible(self.host), "bold"),
                              ("  worker ", "dim"), (str(r.worker_id), "bold"),
-                             ("  stack captured before the kill", "bold"), "\n")
+                             ("  stack captured before the kill" if self.killed else
+                              "  stack captured; the kill was not done", "bold"), "\n")
         head.append(visible(self.outcome))
-        head.append("\nThe kill's audit record carries where each thread was (no locals).",
+        head.append("\nThe kill's audit record carries where each thread was (no locals)."
+                    if self.killed else "\nNothing was killed: this is where it was just now.",
                     "dim")
         with VerticalScroll():
             yield Static(UnitsKept(head), id="stack-head")  # "in 0.2 s" was split
