@@ -362,6 +362,11 @@ class StackmonApp(App[int]):
         self.set_class(event.size.width >= 180, "-wide")
         self.set_class(event.size.height >= 34, "-tall")
         self.set_class(event.size.height >= 46, "-taller")
+        # Textual restyles only the screens on top for an App class: a terminal shrunk from
+        # 200 to 80 columns under the stack screen left the main screen's side panel 56 wide
+        # and the worker list 24 when it came back.
+        for screen in self.screen_stack[:-1]:
+            screen.update_node_styles(animate=False)
         self._footer_for(event.size.width)
 
     def _footer_for(self, width: int) -> None:
