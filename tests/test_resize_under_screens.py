@@ -37,6 +37,7 @@ async def test_the_main_screen_is_laid_out_for_the_size_it_comes_back_to(
         await pilot.press("escape")
         await pilot.pause()
         assert app.screen is main
-        assert main.query_one("#side").styles.width.value == side
+        width = main.query_one("#side").styles.width
+        assert width is not None and width.value == side
         workers = main.query_one("WorkerList")
         assert workers.size.width >= end[0] - side - 3, workers.size
