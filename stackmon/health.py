@@ -19,7 +19,9 @@ Thresholds and why:
 - 5xx from the access log: any 502/503/504 in the window is a warning (a client saw it); a rate of
   at least 1/s, or 5 % of requests with at least 5 of them, is critical.
 - The load balancer's health check: out of service is critical (the LB stops sending traffic);
-  one failure, or a probe slower than 80 % of the LB timeout, is a warning.
+  one failure, or a probe slower than 80 % of the LB timeout, is a warning; so is a streak that
+  took the host out and ended less than 5 minutes ago (the LB puts a host back only after its
+  healthy threshold of passing checks: ALB 5 x 30 s, CLB 10 x 30 s).
 - Request ages: the request's own level (Thresholds.slow / critical, from the hosts file).
 """
 
@@ -49,6 +51,7 @@ class HealthPolicy:
     errors_critical_share: float = 0.05
     errors_critical_min: int = 5
     probe_slow_share: float = 0.8
+    lb_out_recent_s: float = 300.0  # an LB OUT episode is a warning this long after it ended
 
 
 DEFAULT_POLICY = HealthPolicy()
@@ -209,6 +212,12 @@ def _probe_reasons(host: HostSnapshot, policy: HealthPolicy) -> Iterator[Reason]
     check = host.health
     if check is None or check.ok is None:
         return
+    ep = check.episode
+    if check.ok and ep is not None and ep.out_at is not None and ep.end is not None \
+            and host.taken_at - ep.end <= policy.lb_out_recent_s:
+        # Passing again, but the LB took the host out and puts it back only after its
+        # healthy threshold of passing checks: on-call must still hear of it.
+        yield Reason("warn", "health", "LB WAS OUT", ep.sentence())
     if check.out_of_service:
         yield Reason("critical", "health", "LB OUT",
                      f"the load balancer would take this host out: {check.failures_in_row} "

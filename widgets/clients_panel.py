@@ -341,6 +341,9 @@ class ClientsText:
                               self._style("warn")))
         if not check.ok and check.last_error:
             lines.append(Text(plain(check.last_error), self._style("warn")))
+        ep = check.episode  # the latest finished failing streak: "fails" is back to 0
+        if check.ok and ep is not None and ep.recent(check.checked_at):
+            lines.append(Text(ep.short(), self._style("bad" if ep.out_at else "warn")))
         if check.in_flight_s is not None and check.in_flight_s >= 1:
             lines.append(Text(f"probe running for {check.in_flight_s:.0f} s",
                               self._style("muted")))

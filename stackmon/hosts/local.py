@@ -52,6 +52,7 @@ LOG_REDISCOVER_S = 60.0
 FD_RESCAN_S = 5.0
 # An emperor may run many vassals; each found with a stats server is polled as an instance.
 MAX_VASSALS = 256
+MAX_PENDING_EVENTS = 200
 
 
 def aged(inst: UwsgiInstance, sampled: float, now: float) -> UwsgiInstance:
@@ -182,6 +183,19 @@ class LocalHost(Host):
         self._pending_events.append(Event(at=time.time(), source="stackmon", kind=kind,
                                           worker=worker, pid=pid, uri=uri, text=text))
 
+    def _probe_news(self) -> None:
+        """The LB probe's failing streaks as events (source "stackmon", kinds lb_out, lb_in,
+        health_fail), at the moment they say: the events screen keeps stackmon's events for
+        the session, so an outage the LB would have noticed stays on record after "fails"
+        went back to 0 (a review found no trace of a 16 s streak of 502s)."""
+        assert self.probe is not None
+        for kind, at, text in self.probe.take_news():
+            self._pending_events.append(Event(at=at, source="stackmon", kind=kind, worker=None,
+                                              pid=None, uri=None, text=text))
+        # Handed to the logs by the next poll; a host whose logs are not found keeps only
+        # the newest (a flapping health check must not grow this without bound).
+        del self._pending_events[:-MAX_PENDING_EVENTS]
+
     @property
     def traceable(self) -> bool:
         return bool(self.config.uwsgi or self._vassals)
@@ -244,6 +258,7 @@ class LocalHost(Host):
             nginx = None
         if self.probe is not None:
             self.probe.kick()
+            self._probe_news()
         if not fresh and nginx is None and errors:  # nothing answered: the host is unreachable
             return self.unreachable(taken_at, errors), False
         # Stale ages are said as of now, when the snapshot is made: from `taken_at`, the
