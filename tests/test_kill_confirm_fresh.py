@@ -383,12 +383,14 @@ async def test_after_asking_again_an_arrival_keeps_the_reason_on_screen() -> Non
         assert not isinstance(app.screen, KillConfirm) and len(kills) == 1
 
 
-async def test_at_80x24_paused_and_changed_the_sigusr2_part_shortens_instead_of_being_cut(
+async def test_at_80x24_paused_and_changed_the_sigusr2_part_fits_instead_of_being_cut(
         ) -> None:
     """At 80x24 with the PAUSED and CHANGED lines the SIGUSR2 paragraph ran past the box's
-    bottom ("…to the uWSGI" and the rest gone); now it takes one line there, and the full
-    paragraph where there is room. A request's age sits beside its core, never split from
-    "running" at the line's end."""
+    bottom ("…to the uWSGI" and the rest gone); now it is whole where the screen is short: the
+    keys spelt out in the box give way (the line over the main screen's Footer lists them),
+    else it takes one line. A request's age sits beside its core, never split from "running"
+    at the line's end. The main screen's Footer (`⏎ Detail`, where Enter sends SIGTERM) is
+    covered by the dialog's keys."""
     for size, short in (((80, 24), True), ((120, 36), False)):
         host = recorded()
         app = app_for(host)
@@ -400,9 +402,13 @@ async def test_at_80x24_paused_and_changed_the_sigusr2_part_shortens_instead_of_
             rows = [ln.split("█")[1] for ln in screen_text(app).splitlines()
                     if ln.count("█") >= 2]
             text = "\n".join(rows)
-            assert "PAUSED" in text and "CHANGED" in text and "Esc  cancel" in text
-            if short:
-                assert any("SIGUSR2's output: in the uWSGI log (e: events)." in r for r in rows)
-            else:
-                assert "SIGUSR2: the worker writes" in text and "not here." in text, text
+            assert "PAUSED" in text and "CHANGED" in text
+            # the SIGUSR2 part whole: its paragraph to the end, or its one-line form
+            assert ("not here." in text or
+                    any("SIGUSR2's output: in the uWSGI log (e: events)." in r for r in rows))
+            if not short:
+                assert "SIGUSR2: the worker writes" in text and "Esc  cancel" in text, text
             assert re.search(r"core 0  running 2s  GET /slow\?s=5", text), text
+            # the keys, whatever the box keeps: the line over the main screen's Footer
+            bottom = screen_text(app).splitlines()[-1]
+            assert "t/⏎ SIGTERM" in bottom and "Esc cancel" in bottom and "Detail" not in bottom

@@ -49,6 +49,7 @@ from stackmon.logs.uwsgi_events import Event
 from stackmon.model import HostSnapshot, Request, RequestKey, UwsgiInstance, Worker
 from stackmon.redact import visible
 from stackmon.render_text import human_age
+from widgets.modal_keys import ModalKeys
 from widgets.unit_wrap import UnitsKept, wrap_keeping_units
 from widgets.worker_list import client_gone, deadline_text, live_deadlines, respawns
 
@@ -89,7 +90,7 @@ MIN_LIST = 2
 
 def list_rows(screen_height: int, fixed: int = FIXED_ROWS) -> int:
     """How many request lines fit (the rest becomes "+N more")."""
-    return max(MIN_LIST, screen_height * 9 // 10 - fixed)
+    return max(MIN_LIST, (screen_height - 1) * 9 // 10 - fixed)  # -1: ModalKeys
 
 
 def _age(r: Request, now: float) -> float | None:
@@ -285,6 +286,11 @@ def gone_reason(target: Worker, now: Worker | None) -> str | None:
     return None
 
 
+# The dialogs' key lines over the main screen's Footer (widgets/modal_keys.py).
+KILL_KEYS = (("t/⏎", "SIGTERM"), ("k", "SIGKILL"), ("u", "SIGUSR2, then SIGTERM"),
+             ("s", "capture stack"), ("Esc", "cancel"))
+
+
 class KillConfirm(ModalScreen[KillChoice | None]):
     """The kill's confirmation, kept live: the app feeds it each poll of its host (set_live),
     the latest even while the main screen is paused, so the list shows what a kill would hit
@@ -342,7 +348,9 @@ class KillConfirm(ModalScreen[KillChoice | None]):
                 if self.offer_capture:
                     yield self._unless_gone(Static(self._capture_text(), id="capture",
                                                    classes="keys"))
-                yield Static(self._keys_text(), id="keys", classes="keys")
+                keys = Static(self._keys_text(), id="keys", classes="keys")
+                keys.display = self._fitted()[1]
+                yield keys
             yield Static(self._sub_text(), id="sub")
             live = self._live_text()
             yield Static(live, id="live").set_styles(f"display: {'block' if live else 'none'};")
@@ -350,7 +358,8 @@ class KillConfirm(ModalScreen[KillChoice | None]):
             yield self._unless_gone(Static(
                 consequence_text(w, self.stale_s, self.timeout, self.stale_who),
                 id="consequence"))
-            yield Static(self._usr2(), id="usr2")
+            yield Static(self._fitted()[0], id="usr2")
+        yield ModalKeys(KILL_KEYS)
 
     def _unless_gone(self, widget: Static) -> Static:
         """Shown while the worker is there: gone (a poll fed before it was mounted), the
@@ -391,8 +400,11 @@ class KillConfirm(ModalScreen[KillChoice | None]):
         self._unless_gone(consequence)
         for capture in self.query("#capture").results(Static):
             self._unless_gone(capture)
-        self.query_one("#usr2", Static).update(self._usr2())
-        self.query_one("#keys", Static).update(self._keys_text())
+        usr2, with_keys = self._fitted()
+        self.query_one("#usr2", Static).update(usr2)
+        keys = self.query_one("#keys", Static)
+        keys.update(self._keys_text())
+        keys.display = with_keys
 
     def _sub_text(self) -> Text:
         w = self.worker
@@ -406,26 +418,34 @@ class KillConfirm(ModalScreen[KillChoice | None]):
         rows = list_rows(self.app.size.height, 16 + 2 * bool(self._live_text())) // 2
         return _requests_text(self.worker, self.now, rows, self.stale_s)
 
-    def _usr2(self) -> Text:
-        """Where SIGUSR2 writes and the latest lines about the worker; in one line where the
-        screen is short (at 80x24, with the CHANGED and PAUSED lines shown, the paragraph was
-        cut at the bottom)."""
+    def _fitted(self) -> tuple[Text, bool]:
+        """The SIGUSR2 part, and whether the keys are spelt out in the dialog too, for the
+        rows there are: the full paragraph, else one line (at 80x24 with PAUSED and CHANGED
+        shown it was cut at the box's bottom); the keys in the box give way last, the line
+        at the screen's bottom (ModalKeys) lists them anyway."""
         full = usr2_text(self.uwsgi_log, self.events, self.target, self.now, by_id=self.by_id)
+        short = usr2_short(self.uwsgi_log)
         width = content_width(self.app.size.width)
-        if text_rows(full, width) <= self._spare_rows(width):
-            return full
-        return usr2_short(self.uwsgi_log)
+        for with_keys in (True, False):
+            spare = self._spare_rows(width, with_keys)
+            for text in (full, short):
+                if text_rows(text, width) <= spare:
+                    return text, with_keys
+        return short, False
 
-    def _spare_rows(self, width: int) -> int:
-        """The rows the dialog has left for the SIGUSR2 part, with everything else drawn."""
+    def _spare_rows(self, width: int, with_keys: bool = True) -> int:
+        """The rows the dialog has left for the SIGUSR2 part, with everything else drawn
+        (the key lines in the box or not)."""
         parts = [Text("title"), self._sub_text(), self._live_text(), self._requests()]
         if not self.gone:
             parts.append(consequence_text(self.target, self.stale_s, self.timeout,
                                           self.stale_who))
-        bottom = [self._keys_text()] + ([self._capture_text()] if self.offer_capture else [])
+        bottom = [self._keys_text()] if with_keys else []
+        bottom += [self._capture_text()] if self.offer_capture else []
         used = sum(text_rows(t, width) for t in parts if t.plain) + sum(
             1 + text_rows(t, width) for t in bottom)  # each key line has a blank row above
-        return self.app.size.height * 9 // 10 - 2 - used  # 2: the border
+        # 90% of what the key line (ModalKeys) leaves; 2: the border
+        return (self.app.size.height - 1) * 9 // 10 - 2 - used
 
     def _live_text(self) -> Text:
         """What the user must know before a key: the worker is gone, the requests changed,
@@ -658,6 +678,7 @@ class ReloadConfirm(ModalScreen[ReloadChoice | None]):
                                   "past --slow, or older than the mercy)", style="dim"),
                              id="cut-head")
             yield Static(self._list_text(), id="requests")
+        yield ModalKeys(self._key_pairs(enter="⏎"))
 
     def on_resize(self) -> None:
         self.call_after_refresh(self._fit)
@@ -669,7 +690,7 @@ class ReloadConfirm(ModalScreen[ReloadChoice | None]):
         assert dialog is not None
         others = sum(w.outer_size.height for w in dialog.children
                      if w.id != "requests")
-        room = max(MIN_LIST, self.size.height * 9 // 10 - 2 - others)
+        room = max(MIN_LIST, (self.size.height - 1) * 9 // 10 - 2 - others)  # -1: ModalKeys
         if room != self._limit:
             self._limit = room
             self.query_one("#requests", Static).update(self._list_text())
@@ -705,6 +726,7 @@ class ReloadConfirm(ModalScreen[ReloadChoice | None]):
             self.query_one("#facts", Static).update(UnitsKept(self._facts_text()))
             self.query_one("#requests", Static).update(self._list_text())
             self.query_one("#keys", Static).update(self._keys_text())
+            self.query_one(ModalKeys).set_keys(self._key_pairs(enter="⏎"))
 
     def _facts_text(self) -> Text:
         inst, o = self.inst, self._outlook()
@@ -727,10 +749,14 @@ class ReloadConfirm(ModalScreen[ReloadChoice | None]):
         return request_lines(o, self.now, mercy, limit)
 
     def _keys_text(self) -> Text:
+        return _keys(*self._key_pairs())
+
+    def _key_pairs(self, enter: str = "Enter") -> list[tuple[str, str]]:
+        """The keys, what Enter does first (it follows the default: chain when graceful
+        would leave no worker serving)."""
         keys = [("g", "graceful"), ("c", "chain"), ("Esc", "cancel")]
         keys.sort(key=lambda k: k[0] != self.default[0])
-        return _keys(*[(f"{k}/Enter" if k == self.default[0] else k, label)
-                       for k, label in keys])
+        return [(f"{k}/{enter}" if k == self.default[0] else k, label) for k, label in keys]
 
     def action_choose(self, mode: str) -> None:
         self.dismiss(ReloadChoice(mode))

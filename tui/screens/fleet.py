@@ -39,6 +39,7 @@ from stackmon.health import HostState, Severity
 from stackmon.model import HostSnapshot
 from stackmon.redact import visible
 from widgets.fleet_table import ICONS, FleetTable, fleet_row
+from widgets.modal_keys import ModalKeys
 
 PANE_ID = "fleet"
 SEVERITY_ORDER: tuple[Severity, ...] = ("critical", "warn", "unknown", "ok")
@@ -413,6 +414,8 @@ class RollConfirm(ModalScreen[RollPolicy | None]):
             yield Static(self._policy(), id="policy", markup=False)
             yield Static("", id="refused", markup=False)
             yield Static(self._per_host(), id="per-host", markup=False)
+        yield ModalKeys((("y/⏎", "start the roll"), ("+/-/0-9", "hosts at once"),
+                         ("Esc", "cancel")))
 
     def on_mount(self) -> None:
         self.query_one("#refused").display = False
@@ -428,7 +431,7 @@ class RollConfirm(ModalScreen[RollPolicy | None]):
         assert isinstance(dialog, Widget)
         others = sum(w.outer_size.height + w.styles.margin.top + w.styles.margin.bottom
                      for w in dialog.children if w is not plan and w.display)
-        room = max(self.MIN_PLAN, self.size.height * 9 // 10 - 2 - others)
+        room = max(self.MIN_PLAN, (self.size.height - 1) * 9 // 10 - 2 - others)  # ModalKeys
         if plan.styles.max_height != room:
             plan.styles.max_height = room
         scrolls = room < len(self.hosts)

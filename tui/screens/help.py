@@ -11,6 +11,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 from tui.actions import ACTIONS, key_label
+from widgets.modal_keys import ModalKeys
 
 LEGEND = (
     ("SLOW", "bold black on yellow", "a request running past the slow threshold"),
@@ -57,12 +58,13 @@ class HelpScreen(ModalScreen[None]):
         if self.read_only:
             legend.append("\nRead-only mode: actions that change the stack are disabled.")
         with VerticalScroll() as scroll:
-            # The Footer below is the main screen's (a modal has none): how to leave and
+            # The key line below (ModalKeys) covers the main screen's Footer; how to leave and
             # scroll is said on the frame, where it shows at every size.
             scroll.border_subtitle = "Esc close · ↑↓ PgUp PgDn scroll"
             yield Static(Text("stackmon keys", style="bold"))
             yield Static(table)
             yield Static(legend)
+        yield ModalKeys((("Esc/?", "close"), ("↑↓ PgUp PgDn", "scroll")))
 
     def action_dismiss(self) -> None:  # type: ignore[override]
         self.dismiss(None)
