@@ -87,9 +87,11 @@ class ProbeEpisode:
 
     @property
     def lb_checks(self) -> int:
-        """The most of the LB's checks that can have fallen in the streak."""
+        """The most of the LB's checks, `interval` apart, that can have fallen in the streak
+        [start, end): ceil(span / interval), at least one (the LB's threshold is reached when
+        this is; a streak still going counts up to now)."""
         span = self.span_s or 0.0
-        return 1 + math.floor(span / self.interval) if self.interval > 0 else self.failures
+        return max(1, math.ceil(span / self.interval)) if self.interval > 0 else self.failures
 
     def recent(self, now: float | None) -> bool:
         """Finished less than EPISODE_SHOWN_S before `now` (the panel's line)."""
@@ -237,13 +239,14 @@ class HealthProbe:
                 self._threshold_at = now
         self._last = (ok, ms, error, now)
 
-    def _out_at(self, until: float) -> float | None:
+    def _out_at(self, until: float, *, ended: bool = False) -> float | None:
         """When the current streak (failing until `until`) took the host out by the LB's
-        count: threshold failures and (threshold - 1) x interval of failing; None if not."""
+        count: threshold failures and (threshold - 1) x interval of failing; None if not.
+        An ended streak is [start, end): an LB check at `end` itself saw the pass."""
         if self._failing_since is None or self._threshold_at is None:
             return None
         at = max(self._failing_since + self._needed(), self._threshold_at)
-        return at if until >= at else None
+        return at if until > at or (until == at and not ended) else None
 
     def _needed(self) -> float:
         return (self.policy.unhealthy_threshold - 1) * self.policy.interval
@@ -254,7 +257,8 @@ class HealthProbe:
         return ProbeEpisode(start=self._failing_since, end=end, failures=self._failures,
                             last_error=self._last_error, interval=self.policy.interval,
                             threshold=self.policy.unhealthy_threshold,
-                            out_at=self._out_at(now if end is None else end))
+                            out_at=self._out_at(now if end is None else end,
+                                                ended=end is not None))
 
     def _end_streak(self, end: float) -> None:
         episode = self._episode(end, end)
