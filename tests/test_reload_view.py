@@ -29,6 +29,7 @@ from stackmon.actions.reload_progress import (
 )
 from stackmon.addresses import parse_stats_address
 from stackmon.config import HostConfig, Settings, Targets
+from stackmon.logs.host import LogSummary
 from tests.tui_support import (
     app_for,
     event,
@@ -499,6 +500,47 @@ def test_snapshot_a_worker_draining_two_requests(snap_compare, size):
 
     async def run_before(pilot):
         await _open_view(app, pilot, _two_requests_draining())
+
+    assert snap_compare(app, terminal_size=size, run_before=run_before)
+
+
+def _graceful_stuck(hangs) -> ReloadProgress:
+    """The new-user review's frame: graceful, 3 workers exited, worker 4 holding the instance
+    until its mercy, 12 s with no worker serving."""
+    stuck = hangs.uwsgi[0].workers[3].requests_in_flight[0]
+    return ReloadProgress(
+        "graceful", 15.0, 12.0,
+        (*(WorkerReload(i, 5847 + i, 0, "exited") for i in (1, 2, 3)),
+         WorkerReload(4, 5851, 5851, "draining", request=stuck, countdown=3.0)),
+        stats_available=True, done=False,
+        message="graceful reload: 0/4 workers replaced; 1 finishing a request, mercy runs "
+                "out in 3 s", none_serving_since=0.0, started_at=hangs.taken_at - 12.0)
+
+
+def _totals(at: float, s502: int, queue_full: int, cut: int) -> LogSummary:
+    upstream = "unix:/tmp/sm-demo2/uwsgi.sock"
+    return LogSummary(taken_at=at, window_s=60.0, http=None, upstream_errors=(), events=(),
+                      status_totals=(("2xx", 900), ("502", s502), ("504", 0)),
+                      upstream_totals=(("queue_full", upstream, queue_full),
+                                       ("closed_mid_request", upstream, cut)))
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_snapshot_reload_view_with_a_full_unix_queue_counts_the_502s(snap_compare, size):
+    """What clients get while no worker serves: "queue full: nginx answers 502 at once" and
+    the 502s nginx's logs show since the reload began (never "nginx gets no answer")."""
+    hangs = _hangs()
+    app = app_for(hangs)
+
+    async def run_before(pilot):
+        feed(app, hangs)
+        await pilot.pause()
+        before = replace(hangs, logs=_totals(hangs.taken_at - 12.5, 100, 60, 0))
+        screen = ReloadScreen("web-1", "web-1/127.0.0.1:9002", _graceful_stuck(hangs),
+                              host_index=0, address=hangs.uwsgi[0].address, before=before)
+        await app.push_screen(screen)
+        screen.set_host(replace(hangs, logs=_totals(hangs.taken_at, 147, 105, 2)))
+        await pilot.pause()
 
     assert snap_compare(app, terminal_size=size, run_before=run_before)
 

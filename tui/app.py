@@ -147,6 +147,7 @@ class StackmonApp(App[int]):
         self._poll = poll
         self._states: dict[int, tuple[str, Severity] | None] = {}
         self._reload_views: set[str] = set()
+        self._before_reload: dict[str, HostSnapshot | None] = {}  # its view counts 502s from it
         self.fleet_mode = len(targets.hosts) >= FLEET_MIN_HOSTS
         self.panes: dict[int, HostPane] = {}
         self.overview: FleetPane | None = None
@@ -748,6 +749,7 @@ class StackmonApp(App[int]):
             result = await host.reload(instance_index, mode, audit=self.audit,
                                        expect_master=master_pid)
         except ActionError as exc:
+        before = self._latest.get(index)
             self.post_message(ActionFinished("Reload refused", exc.message, ok=False))
             return
         except OSError as exc:
@@ -758,6 +760,7 @@ class StackmonApp(App[int]):
         def progressed(p: ReloadProgress) -> None:
             self.post_message(ReloadProgressed(index, instance, p))
 
+        self._before_reload[instance] = before
         try:
             progress = await host.follow(instance_index, result, progressed, audit=self.audit)
         except (ActionError, OSError) as exc:
@@ -803,7 +806,8 @@ class StackmonApp(App[int]):
             host = self.targets.hosts[message.host_index].name
             address = message.instance.removeprefix(f"{host}/")
             self.push_screen(ReloadScreen(host, message.instance, progress,
-                                          host_index=message.host_index, address=address))
+                                          host_index=message.host_index, address=address,
+                                          before=self._before_reload.pop(message.instance, None)))
         if message.final:
             self._reload_views.discard(message.instance)
 

@@ -39,7 +39,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from stackmon.actions.audit import AuditLog, current_actor
 from stackmon.actions.base import ActionError, ActionResult, ActionTarget
@@ -47,6 +47,9 @@ from stackmon.actions.kill import confirmed_master
 from stackmon.actions.reload import plan_for
 from stackmon.model import Request, SourceError, Thresholds, UwsgiInstance, Worker
 from stackmon.sources.uwsgi_stats import poll_stats
+
+if TYPE_CHECKING:  # the model imports the logs; only annotations here
+    from stackmon.logs.host import LogSummary
 
 WorkerState = Literal["replaced", "draining", "killing", "exited", "stopping", "waiting", "gone"]
 KILL_SOON = 3.0  # seconds before mercy runs out when a draining worker counts as "killing"
@@ -100,6 +103,9 @@ class ReloadProgress:
     # some worker serves), and how long no worker served in all, this stretch included.
     none_serving_since: float | None = None
     none_serving_s: float = 0.0
+    # When the reload was sent, epoch seconds on the host's clock (0.0: not known): where a
+    # count of what nginx answered during it begins (AnswerTally).
+    started_at: float = 0.0
 
     @property
     def replaced(self) -> int:
@@ -176,6 +182,118 @@ def none_serving_said(seconds: float) -> str:
     return f"no worker was serving for {seconds:.1f} s"
 
 
+# What nginx answers while a reload keeps uWSGI from accepting, by the error log's cause
+# (stackmon.logs.nginx_errors): the status the client gets, and how the view names it.
+CAUSE_STATUS = {"queue_full": ("502", "queue full"), "refused": ("502", "refused"),
+                "closed_mid_request": ("502", "cut mid-request"),
+                "no_live_upstreams": ("502", "no live upstreams"),
+                "connect_timeout": ("504", "connect timeout"),
+                "read_timeout": ("504", "read timeout")}
+ANSWER_KEYS = ("502", "504")
+
+
+@dataclass(frozen=True, slots=True)
+class ClientAnswers:
+    """502s and 504s nginx's access log shows since a reload began (the whole host's, as its
+    log is), with the error log's causes of them. whole: counted from a read before the reload
+    began, with no reset of the log's counters in between (False: at least this many). final:
+    a read after the reload's end is counted, nothing more is added."""
+
+    counts: tuple[tuple[str, int], ...]
+    causes: tuple[tuple[str, int], ...] = ()
+    whole: bool = True
+    final: bool = False
+
+    def count(self, status: str) -> int:
+        return dict(self.counts).get(status, 0)
+
+
+class AnswerTally:
+    """Counts what nginx answered during one reload from the host's successive log summaries
+    (LogSummary: monotonic totals since stackmon began following the logs), differenced from
+    the last summary read before the reload was sent (`before`).
+
+    The view counted nothing: it said "nginx gets no answer" for 16 s in which nginx's access
+    log had 2 to 6 502s a second (a full unix-socket queue: connect() fails with EAGAIN, nginx
+    answers 502 at once). Lines are read once a poll, so 502s logged between the `before` read
+    and the reload's start (up to one poll interval) are counted too; a read after the end
+    closes the count (`finish`)."""
+
+    def __init__(self, started_at: float, before: LogSummary | None = None) -> None:
+        self.started_at = started_at
+        self._prev: dict[str, int] | None = None
+        self._got: dict[str, int] = {}
+        self._whole = True
+        self._ended_at: float | None = None
+        self._final = False
+        if before is not None:
+            self.add(before)
+
+    def finish(self, ended_at: float) -> None:
+        """The reload ended at `ended_at` (the host's clock): the first read at or after it is
+        the last counted."""
+        if self._ended_at is None:
+            self._ended_at = ended_at
+
+    def add(self, logs: LogSummary | None) -> None:
+        """One poll's summary. A summary without access-log totals (no access log followed,
+        or not read this time) adds nothing; counters that went down (the logs were opened
+        anew, and a new follow counts its backfill again) make the count a lower bound."""
+        if self._final or logs is None or not logs.status_totals:
+            return
+        now = _totals_of(logs)
+        if self._prev is None:
+            self._whole = logs.taken_at <= self.started_at
+        elif any(n < self._prev.get(k, 0) for k, n in now.items()):
+            self._whole = False
+        else:
+            for key, n in now.items():
+                if n > self._prev.get(key, 0):
+                    self._got[key] = self._got.get(key, 0) + n - self._prev.get(key, 0)
+        self._prev = now
+        if self._ended_at is not None and logs.taken_at >= self._ended_at:
+            self._final = True
+
+    def answers(self) -> ClientAnswers | None:
+        """The count so far; None when no summary with access-log totals came."""
+        if self._prev is None:
+            return None
+        counts = tuple((k, self._got.get(k, 0)) for k in ANSWER_KEYS)
+        causes = tuple((c, self._got[c]) for c in CAUSE_STATUS if self._got.get(c))
+        return ClientAnswers(counts, causes, whole=self._whole, final=self._final)
+
+
+def _totals_of(logs: LogSummary) -> dict[str, int]:
+    """The access log's 502 and 504 totals and the error log's by cause (every upstream), in
+    one map: causes and statuses have different names."""
+    totals = {k: n for k, n in logs.status_totals if k in ANSWER_KEYS}
+    for cause, _upstream, n in logs.upstream_totals:
+        if cause in CAUSE_STATUS:
+            totals[cause] = totals.get(cause, 0) + n
+    return totals
+
+
+def answers_said(a: ClientAnswers, done: bool) -> str:
+    """ "clients got 502 ×47 (queue full ×45, cut mid-request ×2) since the reload began":
+    what nginx's access log says (a status with none left out), the error log's causes beside
+    each status; "clients got no 502 or 504" when there were none."""
+    when = "during it" if done else "since the reload began"
+    if done and not a.final:
+        when += ", so far"
+    if not any(n for _k, n in a.counts):
+        partial = "" if a.whole else " (partly counted: the logs' count began late or reset)"
+        return f"clients got no 502 or 504 {when}{partial}"
+    least = "" if a.whole else "at least "
+    parts = []
+    for status, n in a.counts:
+        if not n:  # "504 ×0" beside 47 502s is noise
+            continue
+        why = ", ".join(f"{CAUSE_STATUS[c][1]} ×{m}" for c, m in a.causes
+                        if CAUSE_STATUS[c][0] == status)
+        parts.append(f"{status} ×{n}" + (f" ({why})" if why else ""))
+    return f"clients got {least}{', '.join(parts)} {when}"
+
+
 @dataclass(frozen=True, slots=True)
 class _Look:
     """An old worker as last seen, still with its old pid."""
@@ -246,7 +364,7 @@ class ReloadTracker:
             return ReloadProgress(
                 self.mode, self.mercy, elapsed, gone, stats_available=False, done=False,
                 message="the master is re-executing: stats unavailable for a moment",
-                none_serving_since=since, none_serving_s=total)
+                none_serving_since=since, none_serving_s=total, started_at=self.started_at)
         self._seen = True
         live = {w.id: w for w in inst.workers}
         for wid, now_w in live.items():
@@ -267,7 +385,8 @@ class ReloadTracker:
         since, total = self._serving(states, elapsed, done)
         return ReloadProgress(self.mode, self.mercy, elapsed, tuple(states), True, done,
                               self._message(states, done, now, total),
-                              none_serving_since=since, none_serving_s=total)
+                              none_serving_since=since, none_serving_s=total,
+                              started_at=self.started_at)
 
     def _serving(self, states: tuple[WorkerReload, ...] | list[WorkerReload], elapsed: float,
                  done: bool, known: bool = True) -> tuple[float | None, float]:

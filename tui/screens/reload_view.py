@@ -8,12 +8,17 @@ a worker with 2 threads holds 2 and its mercy cuts both), about to be killed,
 exited, asked to stop (idle, exiting) or waiting its turn (chain); then the outcome, how long
 it took and how many requests were in flight when their worker's mercy ran out.
 
-Above the table, what the clients get, from the stats and the kernel: how many workers serve
-new requests right now, "NO WORKER SERVING for 12 s" when none does (a graceful reload respawns
-nothing until the last old worker has exited: one stuck request keeps the whole instance from
-serving until mercy, and nginx meanwhile gets no answer), the listen queue and whether it is
-growing, and the requests mercy cuts if they still run when it runs out ("worker 4: 2 requests:
-GET /a 42s, GET /b 40s", every one). Only a worker whose
+Above the table, what the clients get, from the stats, the kernel and nginx's logs: how many
+workers serve new requests right now, "NO WORKER SERVING for 12 s" when none does (a graceful
+reload respawns nothing until the last old worker has exited: one stuck request keeps the whole
+instance from serving until mercy), the listen queue and whether it is growing; under it what a
+request sent now gets, from the queue (docs/reference.md §4): "queue full: nginx answers 502 at
+once" on a unix socket (connect() fails with EAGAIN), on TCP the connect timeout then 504, below
+the limit "new requests wait in the listen queue (N)"; and, when the host's logs are read, the
+502s and 504s nginx's access log shows since the reload began (AnswerTally, with the error
+log's causes), said again in the done line. A review watched "nginx gets no answer" for 16 s
+while nginx answered 2 to 6 502s a second. Then the requests mercy cuts if they still run when
+it runs out ("worker 4: 2 requests: GET /a 42s, GET /b 40s", every one). Only a worker whose
 mercy clock runs has such a line: in a chain reload that is the worker whose turn it is (the
 others' clocks start at their turn), and a request of 1 s may well end before: the line says
 "cut in 14 s if still running", never "cut at mercy in 14 s". How long no worker has served
@@ -47,7 +52,14 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
-from stackmon.actions.reload_progress import ReloadProgress, WorkerReload, serving_count
+from stackmon.actions.reload_progress import (
+    AnswerTally,
+    ClientAnswers,
+    ReloadProgress,
+    WorkerReload,
+    answers_said,
+    serving_count,
+)
 from stackmon.model import HostSnapshot, Request
 from stackmon.redact import visible
 from stackmon.render_text import human_age
@@ -168,10 +180,42 @@ def _row(w: WorkerReload, mercy: float, mode: str = "graceful", *, wide: bool = 
 QueueFigures = tuple[int, int, int | None]  # depth, backlog, the previous depth
 
 
+def socket_kind(name: str) -> str:
+    """"unix" or "tcp" from a uWSGI socket's name (`/run/app.sock`, `@abstract`, `app.sock`;
+    `127.0.0.1:3031`, `:3031`, `[::1]:3031`): a full queue refuses at once on one, drops
+    SYNs on the other."""
+    if name.startswith(("/", "@", ".")) or ":" not in name:
+        return "unix"
+    return "tcp"
+
+
+def what_clients_get(serving_now: int, queue: QueueFigures | None, kind: str) -> str:
+    """What a request sent now gets, from the kernel's queue (docs/reference.md §4): a full
+    unix-socket queue makes connect() fail with EAGAIN, and nginx answers 502 at once; a full
+    TCP queue drops the SYN, and nginx waits its connect timeout, then 504; below the limit
+    (and no worker serving) requests wait in the queue. "" when nothing is to be said: a
+    worker serves and the queue has room, or the queue is not known."""
+    if queue is None:
+        return ""
+    depth, backlog, _before = queue
+    if backlog > 0 and depth > backlog:  # the kernel's "full": backlog + 1 (33/32)
+        if kind == "unix":
+            return "queue full: nginx answers 502 at once"
+        if kind == "tcp":
+            return ("queue full: connections wait for nginx's connect timeout "
+                    "(uwsgi_connect_timeout, 60 s by default), then 504")
+        return "queue full: nginx answers 502 (unix socket) or 504 after its connect timeout"
+    if serving_now == 0:
+        return f"new requests wait in the listen queue ({depth})"
+    return ""
+
+
 def clients_text(p: ReloadProgress, none_for: float | None,
-                 queue: QueueFigures | None) -> Text:
-    """`serving now 0/4  NO WORKER SERVING for 12 s  listen queue 31/100 growing` and the
-    requests mercy will cut."""
+                 queue: QueueFigures | None, kind: str = "",
+                 answers: ClientAnswers | None = None) -> Text:
+    """`serving now 0/4  NO WORKER SERVING for 12 s  listen queue 33/32`, under it what a
+    request gets now ("queue full: nginx answers 502 at once") and what nginx's access log
+    says clients got since the reload began, then the requests mercy will cut."""
     n = serving(p)
     text = Text()
     text.append("serving when last seen " if p.stopped else "serving now ", "dim")
@@ -184,20 +228,38 @@ def clients_text(p: ReloadProgress, none_for: float | None,
         text.append("  ")
         since = f" for {none_for:.0f} s" if none_for is not None else ""
         text.append(f" NO WORKER SERVING{since} ", "bold reverse red")
-        text.append("  nginx gets no answer", "bold")
     if queue is not None:
         depth, backlog, before = queue
-        text.append("   listen queue ", "dim")
+        text.append("  listen queue " if text.plain.endswith(" ") else "   listen queue ",
+                    "dim")
         full = backlog > 0 and depth >= backlog
         text.append(f"{depth}/{backlog or '?'}", "bold reverse red" if full else "bold")
         if before is not None and depth > before:
             text.append(" growing", "bold yellow")
+    text.append_text(_clients_line(n if not p.done else -1, queue, kind,
+                                   None if p.done else answers))
     for w in p.workers:
         if not w.in_flight or w.countdown is None or w.state not in ("draining", "killing"):
             continue  # only a running mercy clock can cut: a worker waiting its turn has none
         text.append("\n")
         text.append(f"{cut_when(w.countdown)}: ", "bold yellow")
         text.append_text(_cut_requests(w.id, w.in_flight))
+    return text
+
+
+def _clients_line(serving_now: int, queue: QueueFigures | None, kind: str,
+                  answers: ClientAnswers | None) -> Text:
+    """The line under the banner: what a request gets now, and the 502/504 count so far
+    (serving_now -1: the reload is done, the queue says nothing about it any more)."""
+    said = what_clients_get(serving_now, queue, kind) if serving_now >= 0 else ""
+    text = Text()
+    if said:
+        text.append("\n")
+        text.append(said, "bold red" if said.startswith("queue full") else "bold")
+    if answers is not None:
+        text.append("   " if said else "\n")
+        bad = any(n for _k, n in answers.counts)
+        text.append(answers_said(answers, done=False), "bold red" if bad else "dim")
     return text
 
 
@@ -238,10 +300,13 @@ def no_mercy_text(no_mercy: tuple[tuple[int, int], ...]) -> Text:
 def render_progress(host: str, instance: str, p: ReloadProgress,
                     none_for: float | None = None, queue: QueueFigures | None = None,
                     width: int = WIDE, quiet_for: float | None = None,
-                    no_mercy: tuple[tuple[int, int], ...] = ()) -> Table:
+                    no_mercy: tuple[tuple[int, int], ...] = (), kind: str = "",
+                    answers: ClientAnswers | None = None) -> Table:
     """The whole view as one renderable (pure: the screen and tests use it), for `width`
     columns. quiet_for: seconds since the last progress arrived, when that is too long.
-    no_mercy: (worker, pid) of this reload's old workers the uWSGI log says it killed."""
+    no_mercy: (worker, pid) of this reload's old workers the uWSGI log says it killed.
+    kind: the queue's socket, "unix" or "tcp" ("" unknown). answers: the 502s and 504s
+    nginx's access log shows since the reload began (None: its logs are not read)."""
     wide = width >= WIDE
     bar = 20 if wide else (8 if width >= NARROW else 0)
     rows = [_row(w, p.mercy, p.mode, wide=wide, bar=bar) for w in p.workers]
@@ -262,11 +327,11 @@ def render_progress(host: str, instance: str, p: ReloadProgress,
     title = Text.assemble((f"{p.mode.capitalize()} reload ", "bold"), "of ",
                           (visible(instance), "bold"), " on ", (visible(host), "bold"),
                           f"   {elapsed}   worker-reload-mercy {p.mercy:g} s\n")
-    title.append_text(clients_text(p, none_for, queue))
+    title.append_text(clients_text(p, none_for, queue, kind, answers))
     title.append_text(no_mercy_text(no_mercy))
     title.justify = "left"
     table.title = wrap_keeping_units(title, width)
-    table.caption = wrap_keeping_units(_status(p, quiet_for, width), width)
+    table.caption = wrap_keeping_units(_status(p, quiet_for, width, answers), width)
     table.caption_justify = "left"
     return table
 
@@ -283,10 +348,11 @@ def short_message(p: ReloadProgress) -> str:
     return text
 
 
-def _status(p: ReloadProgress, quiet_for: float | None, width: int = WIDE) -> Text:
-    """The line under the table: the tracker's message (shorter where it does not fit); when
-    following stopped or went quiet, that in reverse video (the figures above are then the
-    last ones seen)."""
+def _status(p: ReloadProgress, quiet_for: float | None, width: int = WIDE,
+            answers: ClientAnswers | None = None) -> Text:
+    """The line under the table: the tracker's message (shorter where it does not fit), once
+    done with what clients got during the reload; when following stopped or went quiet, that
+    in reverse video (the figures above are then the last ones seen)."""
     if p.stopped:
         said = visible(p.message).removeprefix("stopped following ")
         return Text.assemble((" STOPPED FOLLOWING ", "bold reverse yellow"), " ",
@@ -305,6 +371,10 @@ def _status(p: ReloadProgress, quiet_for: float | None, width: int = WIDE) -> Te
     message = visible(p.message)
     if cell_len(message) > width and p.stats_available and not p.done:
         message = short_message(p)
+    if p.done and answers is not None:
+        message += f"; {answers_said(answers, done=True)}"
+        if any(n for _k, n in answers.counts):
+            style = "bold yellow"
     return Text(message, style=style)
 
 
@@ -333,12 +403,18 @@ class ReloadScreen(Screen[None]):
 
     def __init__(self, host: str, instance: str, start: ReloadProgress,
                  host_index: int = -1, address: str = "",
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 before: HostSnapshot | None = None) -> None:
+        """before: the host's last poll from before the reload (its logs' counters are where
+        the count of 502s and 504s during the reload starts)."""
         super().__init__()
         self.host, self.instance, self.progress = host, instance, start
         self.host_index, self.address = host_index, address
         self._none_since: float | None = None  # elapsed when the last serving worker went
         self._queue: QueueFigures | None = None
+        self._kind = ""  # the queue's socket: "unix" or "tcp"
+        began = start.started_at or time.time() - start.elapsed
+        self._answers = AnswerTally(began, before.logs if before is not None else None)
         self._clock = clock
         self._heard = clock()  # when the last progress arrived
         self._quiet = False  # the view says "no progress for N s"
@@ -381,9 +457,11 @@ class ReloadScreen(Screen[None]):
         p, queue, quiet_for = self.progress, self._queue, self.quiet_for()
         none_for = None if self._none_since is None else p.elapsed - self._none_since
         no_mercy = tuple(sorted((wid, pid) for pid, wid in self._no_mercy.items()))
+        kind, answers = self._kind, self._answers.answers()
         return _Fitted(lambda width: render_progress(self.host, self.instance, p, none_for,
                                                      queue, width=width, quiet_for=quiet_for,
-                                                     no_mercy=no_mercy))
+                                                     no_mercy=no_mercy, kind=kind,
+                                                     answers=answers))
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "close":
@@ -394,6 +472,8 @@ class ReloadScreen(Screen[None]):
         was_done, self.progress = self.progress.done, progress
         self._heard = self._clock()
         self._track(progress)
+        if progress.done:  # the next read of the logs closes the count
+            self._answers.finish(self._answers.started_at + progress.elapsed)
         self._redraw()
         if progress.done != was_done:
             self.refresh_bindings()
@@ -401,22 +481,23 @@ class ReloadScreen(Screen[None]):
     def set_host(self, snap: HostSnapshot) -> None:
         """A poll of the host: the instance's listen queue, from the stats or the kernel
         (which keeps answering while the master re-executes), and the NO MERCY kills of this
-        reload's old workers its uWSGI log shows."""
+        reload's old workers its uWSGI log shows, and what nginx's logs say clients got."""
         self._note_no_mercy(snap)
+        self._answers.add(snap.logs)
         depth = backlog = -1
+        kind = ""
         for inst in snap.uwsgi:
             if inst.address == self.address:
                 for sock in inst.sockets:
                     if sock.queue > depth:
-                        depth, backlog = sock.queue, sock.max_queue
+                        depth, backlog, kind = sock.queue, sock.max_queue, socket_kind(sock.name)
         if depth < 0:
             for li in snap.listeners:
                 if li.instance == self.address and li.queue > depth:
-                    depth, backlog = li.queue, li.backlog
-        if depth < 0:
-            return
-        before = self._queue[0] if self._queue is not None else None
-        self._queue = (depth, backlog, before)
+                    depth, backlog, kind = li.queue, li.backlog, li.kind
+        if depth >= 0:
+            before = self._queue[0] if self._queue is not None else None
+            self._queue, self._kind = (depth, backlog, before), kind
         self._redraw()
 
     def _note_no_mercy(self, snap: HostSnapshot) -> None:
