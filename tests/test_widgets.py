@@ -1106,7 +1106,7 @@ async def test_side_panel_shows_every_section_as_the_widgets_did() -> None:
         assert "Clients" in lines and "no log found" in lines
         assert "LB health check: no health URL" in lines
         assert "nginx" in lines and "dropped 3" in screen_text(app)
-        history = lines.index("History")
+        history = lines.index("History · uWSGI")
         assert lines[history + 1].startswith("queue") and lines[history + 1].endswith(
             "93  max 93")
         assert lines[history + 3].startswith("req/s")

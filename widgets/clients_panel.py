@@ -31,7 +31,7 @@ from stackmon.sources.lb_probe import HealthCheck
 from widgets._fmt import flow, fmt_count, fmt_ms, fmt_rate, plain
 from widgets._styles import StyleGetter, StyleMemo
 from widgets._wrapped import WrappedText
-from widgets.history import sparkline
+from widgets.history import bucket_max, sparkline
 
 DEFAULT_SAMPLES = 60
 MAX_UPSTREAM_ERRORS = 4
@@ -53,6 +53,16 @@ def new_errors(prev: Sequence[UpstreamError], cur: Sequence[UpstreamError]) -> d
     return out
 
 
+class CauseSeries(dict[str, tuple[float, ...]]):
+    """CauseHistory.series(): per cause its rates oldest first, and `span_s`, the seconds
+    those samples cover (from the start of the oldest poll interval to the newest poll): the
+    panel draws them across its log window and marks the part not observed, so a sparkline
+    under "last 60 s" never passes for a minute it did not see."""
+
+    span_s: float = 0.0
+    samples: int = 0  # how many polls (a cause without a series was zero in each)
+
+
 class CauseHistory:
     """5xx/s by cause, one sample per poll, the last `max_samples` polls (a minute at 1 s).
 
@@ -65,6 +75,7 @@ class CauseHistory:
         self._last: LogSummary | None = None
         self._series: dict[str, deque[float]] = {}
         self._samples = 0
+        self._starts: deque[float] = deque(maxlen=max_samples)  # each sample's interval start
 
     def push(self, logs: LogSummary | None) -> None:
         if logs is None or logs is self._last:
@@ -78,6 +89,7 @@ class CauseHistory:
         rates = {cause: n / dt for cause, n in
                  new_errors(prev.upstream_errors, logs.upstream_errors).items()}
         self._samples = min(self._samples + 1, self.max_samples)
+        self._starts.append(prev.taken_at)
         for cause in rates:
             if cause not in self._series and rates[cause] > 0:
                 padding = [0.0] * (self._samples - 1)
@@ -87,21 +99,45 @@ class CauseHistory:
             if not any(series):
                 del self._series[cause]
 
-    def series(self) -> dict[str, tuple[float, ...]]:
-        """Per cause, its rates oldest first (every series as long as the others)."""
-        return {cause: tuple(values) for cause, values in self._series.items()}
+    def series(self) -> CauseSeries:
+        """Per cause, its rates oldest first (every series as long as the others), with the
+        seconds they cover."""
+        out = CauseSeries((cause, tuple(values)) for cause, values in self._series.items())
+        if self._starts and self._last is not None:
+            out.span_s = self._last.taken_at - self._starts[0]
+            out.samples = self._samples
+        return out
 
 
 # ------------------------------------------------------------------------------ the panel
 
+# logs, health check, 5xx/s per cause, and (seconds, polls) those rates cover (None: unknown)
 ClientsShown = tuple[LogSummary | None, HealthCheck | None,
-                     tuple[tuple[str, tuple[float, ...]], ...]]
+                     tuple[tuple[str, tuple[float, ...]], ...], tuple[float, int] | None]
 
 
 def clients_shown(logs: LogSummary | None, health: HealthCheck | None,
                   causes: Mapping[str, Sequence[float]] | None) -> ClientsShown:
-    """What the clients panel shows, comparable from one poll to the next."""
-    return (logs, health, tuple((c, tuple(v)) for c, v in (causes or {}).items()))
+    """What the clients panel shows, comparable from one poll to the next. `causes`:
+    CauseHistory.series() (a plain mapping: its span is not known)."""
+    span = (causes.span_s, causes.samples) if isinstance(causes, CauseSeries) else None
+    return (logs, health, tuple((c, tuple(v)) for c, v in (causes or {}).items()), span)
+
+
+def clients_trouble(shown: ClientsShown) -> bool:
+    """Whether the clients are getting hurt or the evidence is missing: 5xx in the window,
+    an upstream failure, a failing health check, a log that cannot be read. The side panel
+    keeps such a section whole when it has to shorten the others."""
+    logs, health, causes, _span = shown
+    if health is not None and (health.out_of_service or health.ok is False):
+        return True
+    if logs is None:
+        return False
+    http = logs.http
+    if http is not None and http.status.get("5xx", 0):
+        return True
+    return bool(logs.upstream_errors) or any(s.error for s in logs.sources) \
+        or any(any(v) for _c, v in causes)
 
 
 CLIENTS_CLASSES = frozenset({
@@ -204,8 +240,9 @@ class ClientsText:
 
     def lines(self, shown: ClientsShown, width: int) -> list[Text]:
         """build()'s lines, unjoined (the side panel lays out lines: joining them only to split
-        them again was a third of its cost per poll)."""
-        logs, health, causes = shown
+        them again was a third of its cost per poll). The most telling first: a side panel
+        too short for all of them cuts the end."""
+        logs, health, causes, span = shown
         lines: list[Text] = []
         if logs is None:
             lines.append(Text("no log found", self._style("muted")))
@@ -215,11 +252,36 @@ class ClientsText:
         # off screen at 120x36 (a new user found it only with Tab and End).
         lines.extend(self._health_lines(health, width))
         if logs is not None:
-            lines.extend(self._cause_lines(dict(causes), width))
+            lines.extend(self._cause_lines(dict(causes), span, logs, width))
             lines.extend(self._error_lines(logs.upstream_errors, width))
             lines.extend(self._top_5xx_lines(logs))
+            # What to add to log_format: advice, not a figure (3 lines at 80 columns, it was
+            # above the health check and the causes).
+            lines.extend(self._advice_lines(logs))
             lines.extend(self._source_lines(logs.sources))
         return lines
+
+    def summary(self, shown: ClientsShown) -> list[tuple[str, Style | str]]:
+        """The section in one line (the side panel's when it is short of height): the access
+        log's rate, 5xx and the LB's verdict."""
+        logs, health, _causes, _span = shown
+        label = self._style("label")
+        out: list[tuple[str, Style | str]] = []
+        http = logs.http if logs is not None else None
+        if logs is None:
+            out.append(("no log found", self._style("muted")))
+        elif http is None:
+            out.append(("no access log", self._style("muted")))
+        else:
+            n5xx = http.status.get("5xx", 0)
+            out += [("access log req/s ", label), (fmt_rate(http.per_s), ""),
+                    ("  5xx ", label), (fmt_count(n5xx), self._style("bad") if n5xx else "")]
+        if health is not None:
+            verdict, style = ("?", "muted") if health.ok is None else \
+                ("OUT", "bad") if health.out_of_service else \
+                ("ok", "ok") if health.ok else ("FAIL", "warn")
+            out += [("  LB ", label), (verdict, self._style(style))]
+        return out
 
     def _flow(self, chunks: Iterable[Text], width: int) -> Text:
         return flow(chunks, width)
@@ -235,7 +297,10 @@ class ClientsText:
         if http is None:
             return [Text("no access log found", muted)]
         span = min(http.covered_s, http.window_s)
-        head = [self._figure("req/s", fmt_rate(http.per_s)),
+        # "access log": nginx's lines over the window, an average; the header's uWSGI req/s
+        # is the last poll's finished requests and nginx's stub_status counts every request
+        # (its own polls too), so the three differ and each says what it counts.
+        head = [self._figure("access log req/s", fmt_rate(http.per_s)),
                 Text(f"{fmt_count(http.requests)} in {span:.0f} s",
                      self._style("label"))]
         classes = [self._figure(c, fmt_count(http.status.get(c, 0)),
@@ -254,15 +319,19 @@ class ClientsText:
                                      self._figure("p50", fmt_ms(p.p50)),
                                      self._figure("p95", fmt_ms(p.p95)),
                                      self._figure("p99", fmt_ms(p.p99))], width))
-        elif http.advice:
-            lines.append(Text.assemble(("no timing: ", self._style("label")),
-                                       (plain(http.advice), self._style("warn"))))
-        else:
+        elif not http.advice:
             lines.append(Text(f"{who} time: no timed request", muted))
         if http.unparsed:
             lines.append(Text(f"{fmt_count(http.unparsed)} line(s) not in the log format",
                               muted))
         return lines
+
+    def _advice_lines(self, logs: LogSummary) -> list[Text]:
+        http = logs.http
+        if http is None or http.upstream_ms is not None or not http.advice:
+            return []
+        return [Text.assemble(("no timing: ", self._style("label")),
+                              (plain(http.advice), self._style("warn")))]
 
     def _top_5xx_lines(self, logs: LogSummary) -> list[Text]:
         http = logs.http
@@ -274,17 +343,34 @@ class ClientsText:
                                        " ", plain(e.endpoint)))
         return lines
 
-    def _cause_lines(self, causes: Mapping[str, tuple[float, ...]], width: int) -> list[Text]:
-        if not causes:
+    def _cause_lines(self, causes: Mapping[str, tuple[float, ...]],
+                     span: tuple[float, int] | None, logs: LogSummary,
+                     width: int) -> list[Text]:
+        """`queue_full  ▁ ▃█▂   ×19`: per cause, its 5xx/s across the whole log window (each
+        cell the largest of the polls it covers, as History; `·` where stackmon was not
+        watching yet), then the cause's count in the window, the figure the upstream errors
+        below add up to. It showed the last `room` polls (17 s at 120x36 under "last 60 s")
+        and the last poll's rate (`0.0` beside `×19 queue_full`)."""
+        counts: dict[str, int] = {}
+        for e in logs.upstream_errors:
+            counts[e.cause] = counts.get(e.cause, 0) + e.count
+        names = sorted({*causes, *counts}, key=lambda c: (-counts.get(c, 0), c))
+        if not names:
             return []
         top = max((max(v, default=0.0) for v in causes.values()), default=0.0)
         lines = [Text.assemble(("5xx/s by cause", self._style("heading")),
-                               (f"  max {fmt_rate(top)}/s", self._style("label")))]
-        label_w = min(max(len(c) for c in causes), max(6, width // 2))
-        for cause, values in causes.items():
-            now = f" {fmt_rate(values[-1] if values else 0.0):>5}"
+                               (f"  max {fmt_rate(top)}/s" if top else "", self._style("label")))]
+        figures = {c: f"×{fmt_count(counts.get(c, 0))}" for c in names}
+        fig_w = max(len(f) for f in figures.values())
+        label_w = min(max(len(c) for c in names), max(6, width // 2))
+        span_s, samples = span if span is not None else (None, 0)
+        for cause in names:
+            now = f" {figures[cause]:>{fig_w}}"
+            # A cause only in the window: it was zero in every poll watched.
+            values = causes.get(cause) or (0.0,) * samples
             room = max(0, width - label_w - 1 - len(now))
-            spark = sparkline(values[-room:] if room else (), top).rjust(room)
+            cells = bucket_max(_over_window(values, span_s, logs.window_s, room), room)
+            spark = sparkline(cells, top).rjust(room)
             label = cause if len(cause) <= label_w else cause[: label_w - 1] + "…"
             lines.append(Text.assemble((f"{label:<{label_w}} ", self._style("label")),
                                        (spark, self._style("spark")), now))
@@ -366,6 +452,20 @@ class ClientsText:
                 lines.append(Text.assemble((f"{name}: ", self._style("label")),
                                            (what, self._style(style))))
         return lines
+
+
+def _over_window(values: Sequence[float], span_s: float | None, window_s: float,
+                 cells: int) -> list[float | None]:
+    """`values` (one per poll, covering `span_s`) preceded by unknowns for the part of the
+    window they do not cover, as many as the same polls would have taken: the sparkline
+    then spans the window whatever the poll interval and however long stackmon has run."""
+    if not values or not span_s or span_s <= 0:
+        return [None] * max(cells, 1)
+    per = span_s / len(values)
+    missing = max(0, round((window_s - span_s) / per)) if window_s > span_s else 0
+    # Never more than the window's polls at this rate (a huge window at a short interval).
+    missing = min(missing, max(cells, len(values)) * 4)
+    return [None] * missing + list(values)
 
 
 def _cut_left(text: str, width: int) -> str:

@@ -66,7 +66,7 @@ def short_paths(text: str) -> str:
 
 
 class HostHeader(StyleMemo, TextLines):
-    """`web-1  CRIT 2  uWSGI 2.0.28  master 4242  busy 5/8  req/s 12.3` on one line.
+    """`web-1  CRIT 2  uWSGI 2.0.28  master 4242  busy 5/8  uWSGI req/s 12` on one line.
 
     The widget carries the CSS class `-ok`, `-warn`, `-critical` or `-unknown` for its state.
     A TextLines: a poll that changes one figure redraws one cached line, no Visual pipeline.
@@ -143,8 +143,9 @@ class HostHeader(StyleMemo, TextLines):
 
     def set_snapshot(self, host: HostSnapshot, rps: float | None,
                      state: HostState | None = None) -> None:
-        """Show this poll of the host; `rps`: requests per second (nginx's, or None); `state`:
-        the host's assess() when the caller has it already."""
+        """Show this poll of the host; `rps`: the requests uWSGI finished per second since the
+        previous poll (its workers' counters; None: unknown); `state`: the host's assess()
+        when the caller has it already."""
         state = state if state is not None else assess(host)
         label, severity = plain(state.label), state.severity
         versions = sorted({u.version or "?" for u in host.uwsgi})
@@ -197,8 +198,12 @@ class HostHeader(StyleMemo, TextLines):
         for flag in self._flags:
             text.append(" ")
             text.append(f" {plain(flag)} ", flag_style)
+        # "uWSGI req/s": the last poll's finished requests, by uWSGI's counters. The side
+        # panel's access-log and stub_status rates count other things over other spans (a
+        # review saw 38 here beside 6.5 there: a burst's queued requests all finishing in one
+        # second, 38 lines in the access log that second too).
         for caption, value in (("uWSGI", version), ("master", master), ("busy", busy),
-                               ("req/s", rps)):
+                               ("uWSGI req/s", rps)):
             text.append(f"  {caption} ", field)
             text.append(value)
         return text

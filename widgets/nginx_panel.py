@@ -39,6 +39,11 @@ NGINX_STYLES = """
 """
 
 
+# Why nginx's rate is above uWSGI's: stackmon's own polls of stub_status are requests too (1/s
+# at the default interval). The side panel shows it under the figures.
+NGINX_RATE_NOTE = "(stub_status, polls included)"
+
+
 def nginx_shown(status: NginxStatus | None, error: str | None) -> NginxShown:
     """Only what is displayed: a new sample with the same figures repaints nothing."""
     if status is None:
@@ -51,7 +56,8 @@ def nginx_shown(status: NginxStatus | None, error: str | None) -> NginxShown:
 
 
 class NginxPanel(StyleMemo, WrappedText):
-    """`active 291  reading 6  writing 179  waiting 106  dropped 0  req/s 45.2`, flowed onto
+    """`active 291  reading 6  writing 179  waiting 106  dropped 0  nginx req/s 45`, flowed
+    onto
     more lines when the panel is narrow (the app titles the panel "nginx").
 
     `set_status(None)`: "nginx: not configured"; with `error`: an error line (below the last
@@ -124,7 +130,11 @@ def nginx_text(shown: NginxShown, width: int, get: StyleGetter) -> Text:
         chunks.append(Text(f" dropped {fmt_count(dropped)} ", get("nginx-panel--dropped")))
     else:
         chunks.append(Text.assemble(("dropped ", label), str(dropped)))
-    chunks.append(Text.assemble(("req/s ", label), rate))
+    # stub_status's request counter: every request nginx read, stackmon's own polls of this
+    # page included (1/s at the default interval), 502s nginx answered itself too; so it is
+    # above uWSGI's rate; named "nginx req/s" (NGINX_RATE_NOTE, under it in the side panel,
+    # says where it comes from).
+    chunks.append(Text.assemble(("nginx req/s ", label), rate))
     flow(chunks, width, into=text)
     if error:
         text.append("\n")

@@ -29,18 +29,28 @@ from textual.strip import Strip
 from stackmon.logs.host import LogSummary
 from stackmon.model import NginxStatus
 from stackmon.sources.lb_probe import HealthCheck
-from widgets._styles import StyleMemo
+from widgets._fmt import SEVERITY_RANK, ellipsize, fmt_count, fmt_rate
+from widgets._styles import StyleGetter, StyleMemo
 from widgets.clients_panel import (
     CLIENTS_CLASSES,
     CLIENTS_STYLES,
     ClientsShown,
     ClientsText,
     clients_shown,
+    clients_trouble,
 )
-from widgets.gauge import GAUGE_CLASSES, GAUGE_STYLES, GaugeItem, gauge_lines
+from widgets.gauge import (
+    GAUGE_CLASSES,
+    GAUGE_STYLES,
+    GaugeItem,
+    gauge_lines,
+    gauge_percent,
+    gauge_severity,
+)
 from widgets.history import HISTORY_CLASSES, HISTORY_STYLES, history_lines
 from widgets.nginx_panel import (
     NGINX_CLASSES,
+    NGINX_RATE_NOTE,
     NGINX_STYLES,
     NginxShown,
     nginx_shown,
@@ -49,6 +59,13 @@ from widgets.nginx_panel import (
 from widgets.text_lines import line_strip
 
 SECTIONS = ("queues", "fds", "clients", "nginx", "history")
+# When the column is too short for every section whole, the sections with nothing wrong become
+# one line each, in this order, until the rest fits (the gauges last: their one line still
+# says how full the fullest is).
+COMPACT_ORDER = ("history", "nginx", "clients", "fds", "queues")
+SHORT_NAMES = {"queues": "queues", "fds": "fds", "clients": "clients", "nginx": "nginx",
+               "history": "history"}
+MIN_CUT = 2  # a section in trouble cut short keeps its title and at least one line
 HOLD_S = 10.0  # the panel's scrollable height shrinks only after this long
 _UNSET = object()  # a section not built yet (its key can be None)
 
@@ -59,7 +76,7 @@ class SideData(NamedTuple):
     queues: tuple[GaugeItem, ...] = ()
     somaxconn: int = 0
     fds: tuple[GaugeItem, ...] = ()
-    clients: ClientsShown = (None, None, ())
+    clients: ClientsShown = (None, None, (), None)
     clients_window_s: float | None = None
     nginx: NginxShown = (None, None)
     history: tuple[tuple[int, ...], tuple[int, ...], tuple[float | None, ...]] = ((), (), ())
@@ -102,12 +119,22 @@ class SidePanel(StyleMemo, ScrollView):
     """The side column: five titled sections, one Strip per line, refreshed line by line.
 
     `show(SideData)` on every poll. `section_text(name)` is a section's text before wrapping
-    (what a test or a paste wants); `lines` the plain lines as laid out at the current width.
+    (what a test or a paste wants); `lines` the plain lines as laid out at the current size.
+
+    When the column is too short for every section whole (80x24 had five sections hidden
+    below one scrollbar glyph), it still shows every section at once: the ones with nothing
+    wrong shrink to one line each (`File descriptors ok, max 0%`), a section in trouble (5xx,
+    a failing health check, a queue or fd count near its limit, nginx dropping connections)
+    stays whole or, if even that is too tall, keeps its first lines; the last line then says
+    what is not shown whole (`▼ Tab ↓: clients +6, fds, nginx, history`: the lines
+    of a section cut short first) and the
+    full sections follow below it, for scrolling.
     """
 
     COMPONENT_CLASSES: ClassVar[set[str]] = {
         "side-panel--title",
         "side-panel--empty",
+        "side-panel--more",
         *GAUGE_CLASSES,
         *NGINX_CLASSES,
         *CLIENTS_CLASSES,
@@ -118,6 +145,7 @@ class SidePanel(StyleMemo, ScrollView):
     | :- | :- |
     | `side-panel--title` | the section titles (Listen queues, File descriptors, ...) |
     | `side-panel--empty` | "no listener seen", "no process seen" |
+    | `side-panel--more` | the line naming what is not shown whole, below the fold |
     | `gauge--*`, `nginx-panel--*`, `clients-panel--*`, `history--*` | as in those widgets |
     """
 
@@ -128,6 +156,7 @@ class SidePanel(StyleMemo, ScrollView):
         overflow-y: auto;
         & > .side-panel--title {{ text-style: bold; color: $text-muted; }}
         & > .side-panel--empty {{ color: $text-muted; text-style: italic; }}
+        & > .side-panel--more {{ text-style: bold reverse; }}
         {GAUGE_STYLES}
         {NGINX_STYLES}
         {CLIENTS_STYLES}
@@ -140,10 +169,14 @@ class SidePanel(StyleMemo, ScrollView):
         super().__init__(name=name, id=id, classes=classes)
         self._data = SideData()
         self._width = 0  # the width the lines below were laid out for (0: not yet)
+        self._height = 0  # ... and the height they were fitted to (0: not fitted)
         self._keys: dict[str, object] = {}
         self._texts: dict[str, list[Text]] = {}  # each section's body lines before wrapping
-        self._section_lines: dict[str, list[Text]] = {}
+        self._section_lines: dict[str, list[Text]] = {}  # title + body, wrapped
+        self._compact: dict[str, Text] = {}  # each section in one line
+        self._trouble: dict[str, bool] = {}
         self._lines: list[Text] = []
+        self._fitted: dict[str, int | None] = {}  # lines shown of each section (None: whole)
         self._strips: dict[int, Strip] = {}
         self._base: Style | None = None
         self._count = 0  # the scrollable height in lines (>= the lines shown, see HOLD_S)
@@ -157,9 +190,9 @@ class SidePanel(StyleMemo, ScrollView):
         if data == self._data and self._width:
             return
         self._data = data
-        width = self._content_width()
+        width, height = self._content_size()
         if width > 0:
-            self._layout(width, repaint=True)
+            self._layout(width, height, repaint=True)
 
     @property
     def data(self) -> SideData:
@@ -174,6 +207,12 @@ class SidePanel(StyleMemo, ScrollView):
     def line_count(self) -> int:
         return len(self._lines)
 
+    @property
+    def fitted(self) -> dict[str, int | None]:
+        """Per section, how many of its lines the first screen shows: None whole, 1 its
+        one-line summary (or title and nothing), else its first lines. Empty: all whole."""
+        return dict(self._fitted)
+
     def section_text(self, name: str) -> str:
         """A section's body before wrapping, as last laid out ("" before the first)."""
         if name not in SECTIONS:
@@ -183,25 +222,29 @@ class SidePanel(StyleMemo, ScrollView):
 
     # --- laying out -------------------------------------------------------------------------
 
-    def _content_width(self) -> int:
-        return self.scrollable_content_region.width if self.is_mounted else 0
+    def _content_size(self) -> tuple[int, int]:
+        if not self.is_mounted:
+            return 0, 0
+        region = self.scrollable_content_region
+        return region.width, region.height
 
-    def _layout(self, width: int, *, repaint: bool) -> None:
-        """Rebuild the sections whose data changed, at `width`; refresh the changed lines
-        (`repaint`), and ask for a layout only when the number of lines changed."""
+    def _layout(self, width: int, height: int, *, repaint: bool) -> None:
+        """Rebuild the sections whose data changed, at `width`; fit them to `height`; refresh
+        the changed lines (`repaint`), and ask for a layout only when the number of lines
+        changed."""
         if width != self._width:
             self._width = width
             self._keys.clear()
             self._strips.clear()
             self._count_needed_at = float("-inf")  # a new width: the new height at once
+        self._height = height
         data = self._data
-        lines: list[Text] = []
         for name in SECTIONS:
             key = _key(name, data)
             if self._keys.get(name, _UNSET) != key:
                 self._keys[name] = key
-                self._section_lines[name] = self._section(name, data, width)
-            lines.extend(self._section_lines[name])
+                self._section(name, data, width)
+        lines = self._arrange(height)
         old, self._lines = self._lines, lines
         changed = [y for y in range(max(len(old), len(lines)))
                    if y >= len(old) or y >= len(lines) or old[y] != lines[y]]
@@ -211,6 +254,42 @@ class SidePanel(StyleMemo, ScrollView):
         if repaint:
             for first, count in _runs(changed):
                 self.refresh_lines(first, count)
+
+    def _arrange(self, height: int) -> list[Text]:
+        """Every section whole when they fit in `height` (blank lines between); else the
+        first screen fitted (fit_sections), a line naming what it does not show whole, and
+        those sections whole below it."""
+        full = self._section_lines
+        sizes = {name: len(full[name]) for name in SECTIONS}
+        fitted = fit_sections(sizes, self._trouble, height)
+        self._fitted = fitted
+        lines: list[Text] = []
+        if not fitted:
+            for name in SECTIONS:
+                if lines:
+                    lines.append(Text())
+                lines.extend(full[name])
+            return lines
+        cut: list[str] = []  # sections cut short first: lines of them are not on screen
+        compact: list[str] = []
+        for name in SECTIONS:
+            shown = fitted[name]
+            if shown is None:
+                lines.extend(full[name])
+            elif shown == 1:
+                lines.append(self._compact[name])
+                compact.append(SHORT_NAMES[name])
+            else:
+                lines.extend(full[name][:shown])
+                cut.append(f"{SHORT_NAMES[name]} +{sizes[name] - shown} lines")
+        more = ", ".join(cut + compact)
+        lines.append(Text(ellipsize(f"▼ Tab ↓: {more}", self._width),
+                          self._full_style("side-panel--more"), end=""))
+        for name in SECTIONS:
+            if fitted[name] is not None:
+                lines.append(Text())
+                lines.extend(full[name])
+        return lines
 
     def _hold_line_count(self, count: int) -> None:
         """More lines scroll at once; fewer only once no poll needed the old count for
@@ -236,12 +315,12 @@ class SidePanel(StyleMemo, ScrollView):
         self.set_reactive(ScrollView.virtual_size, size)
         self._scroll_update(size)
 
-    def _section(self, name: str, data: SideData, width: int) -> list[Text]:
-        """A section's lines: a blank line (but before the first), its title, its body."""
+    def _section(self, name: str, data: SideData, width: int) -> None:
+        """A section's lines (its title, its body wrapped), its one-line form and whether it
+        is in trouble."""
         title, body = self._build(name, data, width)
         self._texts[name] = body
-        lines = [] if name == SECTIONS[0] else [Text()]
-        lines.append(Text(title, self._full_style("side-panel--title"), end=""))
+        lines = [Text(title, self._full_style("side-panel--title"), end="")]
         console = self.app.console
         for line in _split_lines(body):
             # Text.wrap splits and divides every line: only the too long ones need it.
@@ -249,13 +328,16 @@ class SidePanel(StyleMemo, ScrollView):
                 lines.append(line)
             else:
                 lines.extend(line.wrap(console, width, overflow="fold"))
-        for line in lines:
+        compact = self._summary(name, title, data, width)
+        for line in (*lines, compact):
             # A line's own style as a span: Text equality (what changed) and Text.render
             # (a line without spans) both ignore Text.style.
             if line.style:
                 line.stylize_before(line.style)
                 line.style = ""
-        return lines
+        self._section_lines[name] = lines
+        self._compact[name] = compact
+        self._trouble[name] = _in_trouble(name, data)
 
     def _build(self, name: str, data: SideData, width: int) -> tuple[str, list[Text]]:
         """A section's title and body lines (built as lines: a Text joined only to be split
@@ -274,9 +356,32 @@ class SidePanel(StyleMemo, ScrollView):
                 title += f" · last {data.clients_window_s:.0f} s"
             return title, ClientsText(get).lines(data.clients, width)
         if name == "nginx":
-            return "nginx", [nginx_text(data.nginx, width, get)]
+            lines = [nginx_text(data.nginx, width, get)]
+            if data.nginx[0] is not None:
+                lines.append(Text(NGINX_RATE_NOTE, get("nginx-panel--muted"), end=""))
+            return "nginx", lines
         queue, busy, rps = data.history
-        return "History", history_lines(queue, busy, rps, width, get)
+        # All three are uWSGI's, per poll: its listen queue, busy workers, finished req/s
+        # (the header's figure), not the access log's average or stub_status's count.
+        return "History · uWSGI", history_lines(queue, busy, rps, width, get)
+
+    def _summary(self, name: str, title: str, data: SideData, width: int) -> Text:
+        """The section in one line of at most `width` cells: the title (without its details)
+        and what says whether anything is wrong."""
+        title_style = self._full_style("side-panel--title")
+        head = title.split(" · ")[0]
+        if name in ("queues", "fds"):
+            items = data.queues if name == "queues" else data.fds
+            return _gauge_summary(head, items, width, title_style, self.component_style)
+        parts: list[tuple[str, Style | str]]
+        get = self.component_style
+        if name == "clients":
+            parts = ClientsText(get).summary(data.clients)
+        elif name == "nginx":
+            parts = _nginx_summary(data.nginx, get)
+        else:
+            parts = _history_summary(data.history, get)
+        return _fit_line([(head + " ", title_style), *parts], width)
 
     def _gauges(self, items: Sequence[GaugeItem], empty: str, width: int) -> list[Text]:
         if not items:
@@ -297,13 +402,22 @@ class SidePanel(StyleMemo, ScrollView):
         self._keys.clear()
         self._strips.clear()
         if self._width:
-            self._layout(self._width, repaint=False)
+            self._layout(self._width, self._height, repaint=False)
             self.refresh()
 
     def render_lines(self, crop: Region) -> list[Strip]:
         """The width and the top line once for all the lines of a frame (as WorkerList):
-        the region and scroll offset were a tenth of this widget's drawing, asked per line."""
-        self._frame_at = (self.scrollable_content_region.width, round(self.scroll_y))
+        the region and scroll offset were a tenth of this widget's drawing, asked per line.
+        A new size (a resize, a scrollbar that came or went) lays the lines out again first:
+        the fit depends on the height too."""
+        region = self.scrollable_content_region
+        width, height = region.width, region.height
+        if width > 0 and (width != self._width or height != self._height):
+            count = len(self._lines)
+            self._layout(width, height, repaint=False)
+            if len(self._lines) != count:
+                self.call_after_refresh(self.refresh)
+        self._frame_at = (width, round(self.scroll_y))
         try:
             return super().render_lines(crop)
         finally:
@@ -313,12 +427,6 @@ class SidePanel(StyleMemo, ScrollView):
         frame_at = self._frame_at
         width, top = frame_at if frame_at is not None else \
             (self.scrollable_content_region.width, round(self.scroll_y))
-        if width != self._width and width > 0:
-            # A resize or a scrollbar that came or went: the whole widget is being repainted.
-            count = len(self._lines)
-            self._layout(width, repaint=False)
-            if len(self._lines) != count:
-                self.call_after_refresh(self.refresh)
         line_no = top + y
         strip = self._strips.get(line_no)
         if strip is None:
@@ -331,6 +439,133 @@ class SidePanel(StyleMemo, ScrollView):
             base = self._base = self.rich_style
         line = self._lines[line_no] if line_no < len(self._lines) else None
         return line_strip(line, width, base, self.app.console)
+
+
+def fit_sections(sizes: Mapping[str, int], trouble: Mapping[str, bool],
+                 height: int) -> dict[str, int | None]:
+    """How many lines of each section the first `height` lines show: {} when every section
+    fits whole with a blank line between; else per section None (whole), 1 (its one-line
+    form) or a count of its first lines, leaving a line for what is not shown whole.
+
+    Sections with nothing wrong shrink first (COMPACT_ORDER); a section in trouble is cut
+    only when the others are one line each, the lowest first, to its title and first lines;
+    then anything that fits whole again is given back, from the top."""
+    names = [n for n in SECTIONS if n in sizes]
+    if height <= 0 or sum(sizes.values()) + len(names) - 1 <= height:
+        return {}
+    shown: dict[str, int | None] = dict.fromkeys(names)
+    budget = height - 1  # the "more" line
+
+    def used() -> int:
+        return sum(sizes[n] if v is None else v for n, v in shown.items())
+
+    for name in COMPACT_ORDER:
+        if name in shown and not trouble.get(name) and used() > budget:
+            shown[name] = 1
+    for name in reversed(names):
+        over = used() - budget
+        if over <= 0:
+            break
+        if shown[name] is None and sizes[name] > MIN_CUT:
+            shown[name] = max(MIN_CUT, sizes[name] - over)
+    for name in reversed(names):  # a tiny column: every section one line
+        if used() <= budget:
+            break
+        shown[name] = 1
+    for name in names:  # what fits whole again, from the top
+        v = shown[name]
+        if v is not None and used() - v + sizes[name] <= budget:
+            shown[name] = None
+    for name in names:  # a cut section takes what room is left
+        v = shown[name]
+        if v is not None and v > 1:
+            shown[name] = min(sizes[name], v + budget - used())
+            if shown[name] == sizes[name]:
+                shown[name] = None
+    if all(v is None for v in shown.values()):
+        return {}
+    return shown
+
+
+def _in_trouble(name: str, data: SideData) -> bool:
+    """Whether a section shows something wrong (it then keeps its lines when others shrink)."""
+    if name in ("queues", "fds"):
+        items = data.queues if name == "queues" else data.fds
+        return any(gauge_severity(i.value, i.limit, i.kind) in ("warn", "critical")
+                   for i in items)
+    if name == "clients":
+        return clients_trouble(data.clients)
+    if name == "nginx":
+        figures, error = data.nginx
+        return bool(error) or (figures is not None and figures[4] > 0)
+    return False
+
+
+def _fit_line(parts: Sequence[tuple[str, Style | str]], width: int) -> Text:
+    """Styled parts on one line, cut with an ellipsis at `width` cells."""
+    text = Text(end="", no_wrap=True)
+    for words, style in parts:
+        text.append(words, style)
+    if text.cell_len > width:
+        text.truncate(max(0, width - 1))
+        text.append("…")
+    return text
+
+
+def _gauge_summary(head: str, items: Sequence[GaugeItem], width: int, title_style: Style,
+                   get: StyleGetter) -> Text:
+    """`Listen queues ok, max uwsgi.sock 3/32 9%`: the fullest gauge, with as much of it as
+    fits (its label, then its figures, then its percentage alone)."""
+    if not items:
+        return _fit_line([(head + ": ", title_style), ("none seen", get("side-panel--empty"))],
+                         width)
+
+    def rank(i: GaugeItem) -> tuple[int, int]:
+        pct = gauge_percent(i.value, i.limit)
+        return (SEVERITY_RANK[gauge_severity(i.value, i.limit, i.kind)],
+                -1 if pct is None else pct)
+
+    worst = max(items, key=rank)
+    severity = gauge_severity(worst.value, worst.limit, worst.kind)
+    pct = gauge_percent(worst.value, worst.limit)
+    word = {"ok": "ok", "warn": "WARN", "critical": "CRIT"}.get(severity, "?")
+    figures = f"{fmt_count(worst.value)}/{fmt_count(worst.limit) if worst.limit else '?'}"
+    percent = f"{pct}%" if pct is not None else "?"
+    head_parts: list[tuple[str, Style | str]] = [(head + " ", title_style),
+                                                 (word, get(f"gauge--{severity}")),
+                                                 (", max ", get("gauge--label"))]
+    for tail in (f"{worst.label} {figures} {percent}", f"{figures} {percent}", percent):
+        line = _fit_line([*head_parts, (tail, get(f"gauge--{severity}"))], width)
+        if not line.plain.endswith("…"):
+            return line
+    return line
+
+
+def _nginx_summary(shown: NginxShown, get: StyleGetter) -> list[tuple[str, Style | str]]:
+    label = get("nginx-panel--label")
+    figures, error = shown
+    if figures is None:
+        return [(error or "not configured", get("nginx-panel--error" if error else
+                                                "nginx-panel--muted"))]
+    active, _reading, _writing, _waiting, dropped, rate = figures
+    # The rate and the one alarm first: at 35 columns the line's end is cut.
+    out: list[tuple[str, Style | str]] = [
+        ("req/s ", label), (rate, ""), ("  dropped ", label),
+        (fmt_count(dropped), get("nginx-panel--dropped") if dropped else ""),
+        ("  active ", label), (fmt_count(active), "")]
+    if error:
+        out.append(("  last poll failed", get("nginx-panel--error")))
+    return out
+
+
+def _history_summary(history: tuple[tuple[int, ...], tuple[int, ...], tuple[float | None, ...]],
+                     get: StyleGetter) -> list[tuple[str, Style | str]]:
+    label = get("history--label")
+    queue, busy, rps = history
+    known = [r for r in rps if r is not None]
+    return [("max: queue ", label), (fmt_count(max(queue, default=0)), ""),
+            ("  busy ", label), (fmt_count(max(busy, default=0)), ""),
+            ("  req/s ", label), (fmt_rate(max(known)) if known else "?", "")]
 
 
 def _split_lines(body: list[Text]) -> list[Text]:
