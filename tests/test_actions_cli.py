@@ -131,4 +131,4 @@ def test_a_kill_confirmed_at_the_prompt_is_refused_if_the_request_shown_ended(
     assert "Traceback" not in err
     assert st.stats()["workers"][0]["pid"] == pid
     entries = [json.loads(line) for line in (tmp_path / "a.log").read_text().splitlines()]
-    assert [e["outcome"] for e in entries] == ["refused: stale"]
+    assert [e["outcome"] for e in entries] == ["refused: ended"]

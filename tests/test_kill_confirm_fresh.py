@@ -412,3 +412,38 @@ async def test_at_80x24_paused_and_changed_the_sigusr2_part_fits_instead_of_bein
             # the keys, whatever the box keeps: the line over the main screen's Footer
             bottom = screen_text(app).splitlines()[-1]
             assert "t/⏎ SIGTERM" in bottom and "Esc cancel" in bottom and "Detail" not in bottom
+
+
+async def test_a_request_that_ends_between_the_last_poll_and_the_key_is_not_killed(
+        fresh_stack: Any, hang: Any, tmp_path: Path) -> None:
+    """Polls 30 s apart: the dialog still shows the request when it has already ended. The
+    kill's own stats read finds it gone: nothing is killed, and the notification names the
+    request the kill was for (it named only its core)."""
+    from tests.conftest import in_flight
+
+    st = fresh_stack(workers=1, threads=1, nginx=False)
+    held = hang(st, "/hang/gone-before-the-key", n=1, via="unix")
+    host = HostConfig(name="late", uwsgi=(parse_stats_address(st.stats_address),))
+    audit = AuditLog(tmp_path / "audit.log")
+    app = StackmonApp(Targets(hosts=(host,), settings=Settings(interval=30)), audit=audit)
+    async with app.run_test(size=(120, 36)) as pilot:
+        def serving() -> bool:
+            w = app.active_pane().selected_worker()
+            return w is not None and bool(w.requests_in_flight)
+
+        assert await wait_for(pilot, serving, 15)
+        victim = app.active_pane().selected_worker()
+        assert victim is not None
+        await _pressed(pilot, "K")
+        assert "/hang/gone-before-the-key" in _flat(app)
+        await asyncio.to_thread(held.close)
+        assert not in_flight(st.stats())
+        await pilot.press("t")
+        assert await wait_for(pilot, lambda: any(
+            "Nothing killed" in (n.title or "") for n in app._notifications), 15), \
+            [(n.title, n.message) for n in app._notifications]
+        (note,) = [n for n in app._notifications if "Nothing killed" in (n.title or "")]
+        assert note.message.startswith("GET /hang/gone-before-the-key: the request the kill "
+                                       "was for ended since you looked"), note.message
+        assert st.stats()["workers"][0]["pid"] == victim.pid
+        assert [e["outcome"] for e in audit.entries()] == ["refused: ended"]

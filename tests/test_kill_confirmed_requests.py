@@ -79,13 +79,13 @@ def test_a_kill_for_a_request_that_ended_is_refused_and_kills_nothing(
     hang(stack, "/hang/after", n=1, via="unix")
     with pytest.raises(ActionError) as err:
         _kill(host, seen, meant, audit)
-    assert err.value.kind == "stale"
+    assert err.value.kind == "ended" and err.value.http_status == 409
     assert "ended since you looked" in err.value.message
     assert "GET /hang/after" in err.value.message and "nothing was done" in err.value.message
     now = _worker(host)
     assert now.pid == seen.pid and "/hang/after" in _uris(now)  # not aborted
     # (through an agent, this side records "started" before asking it)
-    assert [e["outcome"] for e in audit.entries()][-1:] == ["refused: stale"]
+    assert [e["outcome"] for e in audit.entries()][-1:] == ["refused: ended"]
     assert not [e for e in audit.entries() if e["outcome"] == "ok"]
     # Confirmed again on what runs now: the kill goes through, and says it checked.
     result = _kill(host, now, kill_meant_for(now.requests_by_key()), audit)
@@ -146,3 +146,31 @@ def test_the_agent_refuses_malformed_expect_requests(request):
                                            "expect_requests": [[0, 3, 1_795_000_000.0],
                                                                [1, 0, None]]})
     assert resp.status_code != 400, resp.text
+
+
+async def test_a_refused_kill_is_an_event_of_its_host(fresh_stack, hang, tmp_path) -> None:
+    """A refused kill showed only in the audit log; the events screen lists it beside the
+    kills (the Host that polls is the one that kills, as in the TUI)."""
+    from stackmon.model import HostSnapshot
+    from tests.conftest import in_flight
+
+    stack = fresh_stack(workers=1, threads=1)
+    hang(stack, "/hang/ends?s=1", n=1, via="unix")
+    host = open_host(HostConfig(name="s", uwsgi=(parse_stats_address(stack.stats_address),),
+                                nginx=stack.nginx_status_url), Settings())
+    try:
+        seen = (await host.poll()).uwsgi[0].workers[0]
+        meant = kill_meant_for(seen.requests_by_key())
+        assert meant
+        await asyncio.to_thread(wait_until, lambda: not in_flight(stack.stats()), 10)
+        with pytest.raises(ActionError) as err:
+            await host.kill(0, seen.id, seen.pid, "TERM", audit=AuditLog(tmp_path / "a.log"),
+                            expect_spawn=seen.last_spawn, expect_requests=meant)
+        assert err.value.kind == "ended"
+        after: HostSnapshot = await host.poll()
+        assert after.logs is not None
+        (ours,) = [e for e in after.logs.events if e.source == "stackmon"]
+        assert ours.kind == "kill_refused" and ours.pid == seen.pid and ours.worker == seen.id
+        assert "ended since you looked" in ours.text
+    finally:
+        await host.aclose()

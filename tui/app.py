@@ -687,7 +687,11 @@ class StackmonApp(App[int]):
                 usr2_first=choice.usr2_first, audit=self.audit, stack=summary,
                 expect_requests=choice.expect_requests)
         except ActionError as exc:
-            self.post_message(ActionFinished("Kill refused", exc.message, ok=False))
+            if exc.kind == "ended":  # what the user confirmed the kill for, by name
+                self.post_message(ActionFinished("Nothing killed: the request ended",
+                                                 f"{choice.meant}: {exc.message}", ok=False))
+            else:
+                self.post_message(ActionFinished("Kill refused", exc.message, ok=False))
             outcome, killed = f"kill refused: {exc.message}", False
         except OSError as exc:
             self.post_message(ActionFinished("Kill not done", f"audit log: {exc}", ok=False))

@@ -7,8 +7,9 @@ from typing import Any, ClassVar, Literal
 
 from stackmon.addresses import StatsAddress
 
+# "ended": a request the kill was confirmed for is no longer in flight (the caller names it).
 RefusalKind = Literal["read_only", "stale", "not_worker", "gone", "not_found", "permission",
-                      "not_local", "unsupported", "bad_request", "failed"]
+                      "not_local", "unsupported", "bad_request", "failed", "ended"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +37,7 @@ class ActionError(Exception):
 
     HTTP_STATUS: ClassVar[dict[str, int]] = {
         "read_only": 403, "not_worker": 403, "permission": 403, "stale": 409, "gone": 409,
+        "ended": 409,
         "not_found": 404, "not_local": 400, "unsupported": 400, "bad_request": 400,
         "failed": 500,
     }

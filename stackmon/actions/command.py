@@ -19,7 +19,12 @@ from typing import Any
 
 from stackmon.actions.audit import AuditLog, AuditWriteError
 from stackmon.actions.base import ActionError, ActionResult
-from stackmon.actions.reload_progress import ReloadProgress
+from stackmon.actions.reload_progress import (
+    AnswerTally,
+    ClientAnswers,
+    ReloadProgress,
+    answers_said,
+)
 from stackmon.actions.rolling import RollPolicy, RollStep, rolling_reload
 from stackmon.config import (
     ConfigError,
@@ -33,7 +38,9 @@ from stackmon.config import (
     targets_from_args,
 )
 from stackmon.hosts import Host, open_host
+from stackmon.logs.host import LogSummary
 from stackmon.model import UwsgiInstance, Worker
+from stackmon.redact import visible
 from stackmon.render_text import human_age
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -151,7 +158,7 @@ def run(name: str, args: argparse.Namespace) -> int:
                              message=exc.message, worker_id=getattr(args, "worker_id", None))
             raise
     except ActionError as exc:
-        print(f"stackmon {name}: {exc.message}", file=sys.stderr)
+        print(f"stackmon {name}: {visible(exc.message)}", file=sys.stderr)
         return EXIT_UNREACHABLE if exc.kind == "gone" and "cannot read" in exc.message \
             else EXIT_FAILED
     except AuditWriteError as exc:  # says itself whether the action went ahead
@@ -195,8 +202,8 @@ async def _kill(args: argparse.Namespace, host: Host, audit: AuditLog) -> int:
     if not args.yes:
         print(f"{_where(host, inst)}  worker {worker.id}  pid {worker.pid}  {worker.status}")
         for r in worker.requests_in_flight:
-            print(f"  core {r.core}: {r.method} {r.uri}  from {r.remote_addr}  running "
-                  f"{human_age(r.running_s)}")
+            print(visible(f"  core {r.core}: {r.method} {r.uri}  from {r.remote_addr}  "
+                          f"running {human_age(r.running_s)}"))
         if not worker.requests_in_flight:
             print("  no request in flight")
         how = f"SIG{args.signal}" + (" (after SIGUSR2)" if args.usr2 else "")
@@ -207,10 +214,17 @@ async def _kill(args: argparse.Namespace, host: Host, audit: AuditLog) -> int:
 
     # Answering takes the user seconds: the kill is refused if what they were shown (the
     # stuck requests, else all) has ended meanwhile. --yes shows nothing, so checks nothing.
-    meant = None if args.yes else kill_meant_for(worker.requests_by_key())
-    result = await host.kill(args.instance, worker.id, worker.pid, args.signal,
-                             expect_spawn=worker.last_spawn, usr2_first=args.usr2, audit=audit,
-                             stack=stack, expect_requests=meant)
+    shown = worker.requests_by_key()
+    meant = None if args.yes else kill_meant_for(shown)
+    try:
+        result = await host.kill(args.instance, worker.id, worker.pid, args.signal,
+                                 expect_spawn=worker.last_spawn, usr2_first=args.usr2,
+                                 audit=audit, stack=stack, expect_requests=meant)
+    except ActionError as exc:
+        if exc.kind != "ended" or not meant:
+            raise
+        named = ", ".join(f"{shown[k].method} {shown[k].uri}" for k in meant)
+        raise ActionError("ended", f"{named}: {exc.message}") from None
     print(result.message)
     return EXIT_OK if result.ok else EXIT_FAILED
 
@@ -229,7 +243,12 @@ async def _capture_stack(host: Host, args: argparse.Namespace,
     return stack.summary() if stack is not None else {"not_captured": message}
 
 
-def _print_progress(p: ReloadProgress, last: list[str]) -> None:
+def _print_progress(p: ReloadProgress, last: list[str],
+                    answers: ClientAnswers | None = None) -> None:
+    """The tracker's line and one per worker, when they change; the done line with the 502s
+    and 504s nginx's logs show during the reload (`answers`, when its logs are read)."""
+    if p.done and answers is not None:
+        p = replace(p, message=f"{p.message}; {answers_said(answers, done=True)}")
     lines = [p.message]
     for w in p.workers:
         line = f"  worker {w.id}: {w.state}"
@@ -260,14 +279,34 @@ async def _reload(args: argparse.Namespace, host: Host, audit: AuditLog) -> int:
         if not _confirm(f"Start a {mode} reload of {inst.address} on {host.name}?"):
             print("nothing done")
             return EXIT_FAILED
+    before = None if args.no_follow else await _logs_now(host)  # where the 502 count starts
     result: ActionResult = await host.reload(args.instance, mode, audit=audit)
     print(result.message, flush=True)
     if args.no_follow:
         return EXIT_OK
+    started = float(result.data.get("started_at") or 0.0)
+    tally = AnswerTally(started, before) if before is not None and started else None
     last: list[str] = []
-    progress = await host.follow(args.instance, result, lambda p: _print_progress(p, last),
+    # The done line waits for a read of the logs after the end (they say what clients got).
+    progress = await host.follow(args.instance, result,
+                                 lambda p: None if p.done else _print_progress(p, last),
                                  audit=audit)
+    answers = None
+    if progress.done and tally is not None:
+        tally.finish(tally.started_at + progress.elapsed)
+        tally.add(await _logs_now(host))
+        answers = tally.answers()
+    _print_progress(progress, last, answers)
     return EXIT_OK if progress.done else EXIT_FAILED
+
+
+async def _logs_now(host: Host) -> LogSummary | None:
+    """The host's log summary now (a poll), None when it cannot be had: the count of 502s
+    during a reload is then not said, never said as zero."""
+    try:
+        return (await host.poll()).logs
+    except (ActionError, OSError):
+        return None
 
 
 # --- stackmon reload --group G --rolling -------------------------------------------------------

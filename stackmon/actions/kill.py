@@ -47,6 +47,7 @@ from stackmon.trust import (
     process_ids,
     signal_checked,
 )
+from stackmon.units import human_age
 
 Signal = Literal["TERM", "KILL"]
 SIGNALS: dict[str, int] = {"TERM": _signal.SIGTERM, "KILL": _signal.SIGKILL}
@@ -99,7 +100,7 @@ def kill_meant_for(requests: Mapping[RequestKey, Request]) -> tuple[RequestKey, 
 
 
 def check_requests(worker: Worker, expect: Sequence[RequestKey], now: float) -> None:
-    """Refuse (kind stale) when a request the kill is for is no longer in flight in the
+    """Refuse (kind ended) when a request the kill is for is no longer in flight in the
     sample the kill acts on: the poll the user decided on is up to an interval old, and a
     stack capture takes a second more. A request that arrived since does not refuse it: the
     user was shown arrivals, and the kill aborts whatever is in flight at its moment."""
@@ -107,12 +108,12 @@ def check_requests(worker: Worker, expect: Sequence[RequestKey], now: float) -> 
     ended = [k for k in expect if k not in live]
     if not ended:
         return
-    said = ", ".join(f"core {core}" + (f", started {max(0.0, now - start):.0f} s ago"
+    said = ", ".join(f"core {core}" + (f", started {human_age(max(0.0, now - start))} ago"
                                         if start else "")
                      for core, _, start in ended[:3])
     what = "the request" if len(expect) == 1 else f"{len(ended)} of the {len(expect)} requests"
     still = ", ".join(visible(f"core {r.core} {r.method} {r.uri}")[:80] for r in live.values())
-    raise ActionError("stale", f"{what} the kill was for ended since you looked ({said}); in "
+    raise ActionError("ended", f"{what} the kill was for ended since you looked ({said}); in "
                                f"flight now: {still or 'nothing'}; nothing was done")
 
 
@@ -240,6 +241,13 @@ async def kill_worker(target: ActionTarget, worker_id: int, expect_pid: int,
             _send(expect_pid, ident, _signal.SIGUSR2)
             sent.append("USR2")
             await asyncio.sleep(0.3)  # let the worker log its request and backtrace
+            if expect_requests:  # and look again: 0.3 s is long enough for it to end
+                again = await fetch_instance(target)
+                now_worker = next((w for w in again.workers if w.id == worker_id), None)
+                if now_worker is None or now_worker.pid != expect_pid:
+                    raise ActionError("gone", f"worker {worker_id} is no longer pid "
+                                              f"{expect_pid} after SIGUSR2; no SIGTERM sent")
+                check_requests(now_worker, expect_requests, time.time())
         _send(expect_pid, ident, SIGNALS[signal])
         sent.append(signal)
         gone = await _wait_gone(proc, grace if signal == "TERM" else 2.0)

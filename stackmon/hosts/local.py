@@ -310,10 +310,18 @@ class LocalHost(Host):
                    usr2_first: bool = False,
                    stack: dict[str, Any] | None = None,
                    expect_requests: Sequence[RequestKey] | None = None) -> ActionResult:
-        result = await kill_worker(self.target(index), worker_id, expect_pid,
-                                   signal,  # type: ignore[arg-type]  # checked by kill_worker
-                                   expect_spawn=expect_spawn, usr2_first=usr2_first, audit=audit,
-                                   stack=stack, expect_requests=expect_requests)
+        try:
+            result = await kill_worker(self.target(index), worker_id, expect_pid,
+                                       signal,  # type: ignore[arg-type]  # kill_worker checks
+                                       expect_spawn=expect_spawn, usr2_first=usr2_first,
+                                       audit=audit, stack=stack,
+                                       expect_requests=expect_requests)
+        except ActionError as exc:
+            # On the events screen beside the kills: a review found a refused kill only in
+            # the audit log.
+            self.record_event("kill_refused", f"kill {signal} refused ({exc.kind}): "
+                                              f"{exc.message}", worker=worker_id, pid=expect_pid)
+            raise
         # The requests the kill aborted (redacted at the parse), for the events screen's uri
         # column: it read "-" for every kill.
         aborted = [f"{r.get('method', '')} {r.get('uri', '')}".strip()

@@ -64,6 +64,7 @@ class KillChoice:
     # What the kill is for (kill_meant_for of the listed requests): the kill itself is refused
     # when one has ended by its own stats read, a poll interval and a capture after the key.
     expect_requests: tuple[RequestKey, ...] = ()
+    meant: str = ""  # those requests named ("GET /x, GET /y"), for a refusal's message
 
 
 @dataclass(frozen=True, slots=True)
@@ -520,11 +521,13 @@ class KillConfirm(ModalScreen[KillChoice | None]):
             self._redraw()
             return
         meant = kill_meant_for(self.listed)
+        named = ", ".join(f"{self.listed[k].method} {self.listed[k].uri}" for k in meant)
         if how == "USR2":
             self.dismiss(KillChoice("TERM", usr2_first=True, capture=self.capture,
-                                    expect_requests=meant))
+                                    expect_requests=meant, meant=named))
         else:
-            self.dismiss(KillChoice(how, capture=self.capture, expect_requests=meant))
+            self.dismiss(KillChoice(how, capture=self.capture, expect_requests=meant,
+                                    meant=named))
 
     def action_cancel(self) -> None:
         self.dismiss(None)
