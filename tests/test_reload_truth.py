@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import http.client
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -149,6 +151,34 @@ async def test_a_graceful_reload_with_a_full_unix_queue_says_502_and_counts_them
     assert int(said.group(1)) == truth, (done, truth)
     assert "so far" not in done and "at least" not in done
     assert "cut mid-request ×2" in said.group(2)  # the two held requests, NO MERCY
+
+
+def test_the_cli_done_line_says_the_502s_nginx_answered_during_the_reload(
+        fresh_stack: Callable[..., Stack], hang: Callable[..., Any], tmp_path: Path) -> None:
+    """`stackmon reload`: the same count in its done line, against the access log."""
+    stack = fresh_stack(workers=2, threads=1, listen=4, mercy=4)
+    assert stack.has_nginx
+    hang(stack, "/hang/cli-held", n=2, via="nginx")
+    hosts = tmp_path / "hosts.toml"
+    hosts.write_text(f'[[host]]\nname = "web-1"\nuwsgi = ["{stack.stats_address}"]\n'
+                     f'nginx = "{stack.nginx_status_url}"\n')
+    offset = stack.nginx_access_log_path.stat().st_size
+    cmd = [sys.executable, "-m", "stackmon.cli", "reload", "web-1", "--hosts", str(hosts),
+           "--yes", "--audit-log", str(tmp_path / "a.log")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    sent = proc.stdout.readline()  # the reload's own message: it was sent
+    with Traffic(stack):
+        out, err = proc.communicate(timeout=60)
+    out = sent + out
+    truth = access_502s(stack.nginx_access_log_path, offset)
+    assert proc.returncode == 0, out + err
+    assert truth >= 5, truth
+    done = next(line for line in out.splitlines() if "graceful reload done" in line)
+    said = re.search(r"clients got 502 ×(\d+) \(queue full ×\d+, cut mid-request ×2\) "
+                     r"during it$", done)
+    assert said and int(said.group(1)) == truth, (done, truth)
 
 
 # --- the sentence, from the figures ---------------------------------------------------------
