@@ -447,3 +447,22 @@ async def test_a_request_that_ends_between_the_last_poll_and_the_key_is_not_kill
                                        "was for ended since you looked"), note.message
         assert st.stats()["workers"][0]["pid"] == victim.pid
         assert [e["outcome"] for e in audit.entries()] == ["refused: ended"]
+
+
+async def test_when_the_listed_requests_ended_and_none_runs_the_dialog_says_the_worker_is_idle(
+        ) -> None:
+    """It said "press the key again to kill the ones listed now" over "no request in flight":
+    the next key kills an idle worker, and the dialog must say that is what it would do."""
+    host = recorded()
+    app = app_for(host)
+    kills = _kills(app)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await _fed(pilot, app, host)
+        await _pressed(pilot, "K")
+        await _fed(pilot, app, _idle(host))
+        await _pressed(pilot, "t")
+        flat = _flat(app)
+        assert kills == [] and "no request in flight" in flat
+        assert ("Nothing was killed: nothing is in flight now: Esc closes, the key again kills "
+                "the idle worker.") in flat, flat
+        assert "kill the ones listed now" not in flat

@@ -475,9 +475,11 @@ class KillConfirm(ModalScreen[KillChoice | None]):
         if self.asked_again:  # why the last key killed nothing, until the next one
             text.append("\n" if text else "")
             text.append(" CHANGED ", "bold reverse")
+            again = ("press the key again to kill the ones listed now" if now else
+                     "nothing is in flight now: Esc closes, the key again kills the idle "
+                     "worker")
             text.append(f" The requests changed since you opened this ({self.asked_again}). "
-                        "Nothing was killed: press the key again to kill the ones listed now.",
-                        "bold")
+                        f"Nothing was killed: {again}.", "bold")
         if now.keys() != self.listed.keys():  # with the above: it hid "press the key again"
             text.append("\n" if text else "")
             text.append(" NEW ", "bold")
