@@ -20,6 +20,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import ClassVar, NamedTuple
 
+from rich.cells import cell_len
 from rich.style import Style
 from rich.text import Text
 from textual.geometry import Region, Size
@@ -29,7 +30,7 @@ from textual.strip import Strip
 from stackmon.logs.host import LogSummary
 from stackmon.model import NginxStatus
 from stackmon.sources.lb_probe import HealthCheck
-from widgets._fmt import SEVERITY_RANK, ellipsize, fmt_count, fmt_rate
+from widgets._fmt import SEVERITY_RANK, fmt_count, fmt_rate
 from widgets._styles import StyleGetter, StyleMemo
 from widgets.clients_panel import (
     CLIENTS_CLASSES,
@@ -66,6 +67,7 @@ COMPACT_ORDER = ("history", "nginx", "clients", "fds", "queues")
 SHORT_NAMES = {"queues": "queues", "fds": "fds", "clients": "clients", "nginx": "nginx",
                "history": "history"}
 MIN_CUT = 2  # a section in trouble cut short keeps its title and at least one line
+MORE_LINES = 2  # the most the line naming what is below may take
 HOLD_S = 10.0  # the panel's scrollable height shrinks only after this long
 _UNSET = object()  # a section not built yet (its key can be None)
 
@@ -270,21 +272,32 @@ class SidePanel(StyleMemo, ScrollView):
                     lines.append(Text())
                 lines.extend(full[name])
             return lines
-        cut: list[str] = []  # sections cut short first: lines of them are not on screen
-        compact: list[str] = []
+        more = _more_text(fitted, sizes)
+        if cell_len(more) > self._width and height > MORE_LINES + 1:
+            # Two lines for it (at 35 columns one cut the section names off): the first
+            # screen is fitted again with a line less.
+            fitted = self._fitted = fit_sections(sizes, self._trouble, height,
+                                                 more_lines=MORE_LINES)
+            more = _more_text(fitted, sizes)
         for name in SECTIONS:
             shown = fitted[name]
             if shown is None:
                 lines.extend(full[name])
             elif shown == 1:
                 lines.append(self._compact[name])
-                compact.append(SHORT_NAMES[name])
             else:
                 lines.extend(full[name][:shown])
-                cut.append(f"{SHORT_NAMES[name]} +{sizes[name] - shown} lines")
-        more = ", ".join(cut + compact)
-        lines.append(Text(ellipsize(f"▼ Tab ↓: {more}", self._width),
-                          self._full_style("side-panel--more"), end=""))
+        style = self._full_style("side-panel--more")
+        rows = list(Text(more, style, end="").wrap(self.app.console, self._width,
+                                                    overflow="fold"))
+        if len(rows) > MORE_LINES:
+            rows = rows[:MORE_LINES]
+            rows[-1].truncate(max(0, self._width - 1))
+            rows[-1].append("…")
+        for row in rows:
+            row.stylize_before(style)
+            row.style = ""
+            lines.append(row)
         for name in SECTIONS:
             if fitted[name] is not None:
                 lines.append(Text())
@@ -442,10 +455,10 @@ class SidePanel(StyleMemo, ScrollView):
 
 
 def fit_sections(sizes: Mapping[str, int], trouble: Mapping[str, bool],
-                 height: int) -> dict[str, int | None]:
+                 height: int, *, more_lines: int = 1) -> dict[str, int | None]:
     """How many lines of each section the first `height` lines show: {} when every section
     fits whole with a blank line between; else per section None (whole), 1 (its one-line
-    form) or a count of its first lines, leaving a line for what is not shown whole.
+    form) or a count of its first lines, leaving `more_lines` for what is not shown whole.
 
     Sections with nothing wrong shrink first (COMPACT_ORDER); a section in trouble is cut
     only when the others are one line each, the lowest first, to its title and first lines;
@@ -454,7 +467,7 @@ def fit_sections(sizes: Mapping[str, int], trouble: Mapping[str, bool],
     if height <= 0 or sum(sizes.values()) + len(names) - 1 <= height:
         return {}
     shown: dict[str, int | None] = dict.fromkeys(names)
-    budget = height - 1  # the "more" line
+    budget = height - more_lines
 
     def used() -> int:
         return sum(sizes[n] if v is None else v for n, v in shown.items())
@@ -485,6 +498,25 @@ def fit_sections(sizes: Mapping[str, int], trouble: Mapping[str, bool],
     if all(v is None for v in shown.values()):
         return {}
     return shown
+
+
+def _more_text(fitted: Mapping[str, int | None], sizes: Mapping[str, int]) -> str:
+    """`▼ Tab ↓: clients +4 lines; queues, fds, nginx, history`: the sections cut short
+    first (lines of them are nowhere on screen), then those shown as one line (in full
+    below)."""
+    cut: list[str] = []
+    compact: list[str] = []
+    for name in SECTIONS:
+        shown = fitted.get(name)
+        if shown == 1:
+            compact.append(SHORT_NAMES[name])
+        elif shown is not None:
+            hidden = sizes[name] - shown
+            cut.append(f"{SHORT_NAMES[name]} +{hidden} line{'s' if hidden > 1 else ''}")
+    parts = [", ".join(cut)] if cut else []
+    if compact:
+        parts.append(", ".join(compact))
+    return "▼ Tab ↓: " + "; ".join(parts)
 
 
 def _in_trouble(name: str, data: SideData) -> bool:
