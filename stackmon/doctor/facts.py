@@ -93,6 +93,10 @@ class HostFacts:
     uwsgi: tuple[UwsgiFacts, ...] = ()
     nginx: tuple[NginxFacts, ...] = ()
     live: LiveFacts | None = None
+    # (upstream, time) of each full-queue 502 in nginx's error log over the logs' window: the
+    # log summary keeps a count per upstream, and telling overflows during a reload from the
+    # others needs each one's time.
+    queue_full_at: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,10 @@ from stackmon.doctor.facts import (
 from stackmon.doctor.nginx_conf import NginxConfError
 from stackmon.doctor.nginx_conf import load as load_nginx
 from stackmon.hosts import Host, open_host
+from stackmon.logs.host import LogSummary
+from stackmon.logs.nginx_errors import line_time as error_line_time
+from stackmon.logs.nginx_errors import parse_error_line
+from stackmon.logs.tail import LogTail
 from stackmon.model import HostSnapshot, KernelCounters, SourceError, UwsgiInstance
 from stackmon.nginx_master import nginx_conf_path
 from stackmon.sources.procfs import read_kernel_counters, system_fds
@@ -212,7 +216,34 @@ def live_host_facts(host: HostConfig, live: LiveFacts, *,
                 inputs.append(Input("nginx-conf", path, host=host.name))
             except (NginxConfError, BoundedReadError) as exc:
                 inputs.append(Input("nginx-conf", path, host=host.name, error=str(exc)))
-    return HostFacts(name=host.name, uwsgi=tuple(uwsgi), nginx=tuple(nginx), live=live), inputs
+    logs = live.latest.logs or live.first.logs
+    return HostFacts(name=host.name, uwsgi=tuple(uwsgi), nginx=tuple(nginx), live=live,
+                     queue_full_at=queue_full_times(logs)), inputs
+
+
+def queue_full_times(logs: LogSummary | None) -> tuple[tuple[str, float], ...]:
+    """(upstream, time) of every full-queue line in the nginx error logs the poll read, over
+    the logs' window: read again here (a bounded backward read to the window's start, as the
+    poll's own first read), because the summary only counts them. Never raises: a log that
+    cannot be read gives nothing, and the rule falls back to the count alone."""
+    if logs is None or not any(e.cause == "queue_full" for e in logs.upstream_errors):
+        return ()
+    since = logs.taken_at - logs.window_s
+    out: list[tuple[str, float]] = []
+    for src in logs.sources:
+        if src.kind != "nginx_error" or not src.path:
+            continue
+        try:
+            with LogTail(src.path, since=since, line_time=error_line_time) as tail:
+                read = tail.poll()
+        except OSError:
+            continue
+        for line in read.lines:
+            err = parse_error_line(line)
+            if err is not None and err.cause == "queue_full" \
+                    and int(since) <= err.at <= logs.taken_at:  # nginx: whole seconds
+                out.append((err.upstream, err.at))
+    return tuple(out)
 
 
 def ini_files_of(u: UwsgiFacts) -> set[str]:

@@ -1017,6 +1017,60 @@ def _causes(facts: Facts, cause: str) -> Iterator[tuple[HostFacts, LogSummary, U
                 yield host, logs, err
 
 
+# A graceful reload's no-service window ends when uWSGI logs its master respawned; its new
+# workers take a moment more to accept. Without that line (the window cut it, the reload is
+# still going) it ends when worker-reload-mercy would have run out.
+RELOAD_REOPEN_S = 3.0
+
+
+@dataclass(frozen=True)
+class ReloadSpan:
+    """A graceful (or brutal) reload during which no worker served: from its start (uWSGI's
+    "...gracefully killing workers..." line, or stackmon's own reload) to the respawned
+    master's line plus RELOAD_REOPEN_S. `by` says where its start was read."""
+
+    start: float
+    end: float
+    by: str
+
+
+def reload_spans(host: HostFacts, mercy: float) -> list[ReloadSpan]:
+    """The reloads in the polls' logs that left no worker serving, oldest first."""
+    if host.live is None:
+        return []
+    events = {(e.at, e.source, e.kind, e.text): e
+              for snap in (host.live.first, host.live.latest)
+              if snap is not None and snap.logs is not None for e in snap.logs.events}
+    spans: list[ReloadSpan] = []
+    start: float | None = None
+    by = ""
+    for e in sorted(events.values(), key=lambda e: e.at):
+        if e.kind != "reload":
+            continue
+        if e.source == "uwsgi" and "(RE)spawned" in e.text:
+            if start is not None:
+                spans.append(ReloadSpan(start, e.at + RELOAD_REOPEN_S, by))
+                start = None
+        elif start is None and (e.source == "stackmon" or "killing workers" in e.text):
+            start = e.at
+            by = "stackmon's reload" if e.source == "stackmon" else "uWSGI's log"
+    if start is not None:
+        spans.append(ReloadSpan(start, start + mercy + RELOAD_REOPEN_S, by))
+    return spans
+
+
+def _during_reloads(times: Sequence[float], spans: Sequence[ReloadSpan]
+                    ) -> list[tuple[ReloadSpan, int]]:
+    """How many of `times` fell in each span (nginx's times are whole seconds: a second of
+    slack before the start)."""
+    out = []
+    for span in spans:
+        n = sum(1 for t in times if span.start - 1 <= t <= span.end)
+        if n:
+            out.append((span, n))
+    return out
+
+
 @rule("logs.upstream-queue-full", "a unix-socket listen queue overflowed (nginx's error log)")
 def upstream_queue_full(facts: Facts) -> Iterator[Finding]:
     for host, logs, err in _causes(facts, "queue_full"):
@@ -1024,10 +1078,12 @@ def upstream_queue_full(facts: Facts) -> Iterator[Finding]:
         evidence = [_error_evidence(logs, err), *_status_evidence(logs, "502")]
         owner = _owner_of(host, err.upstream)
         listen: int | None = None
+        mercy: int | None = UWSGI_DEFAULT_MERCY
         where = "the uWSGI ini"
         if owner is not None:
             listen, ev = uwsgi_int(owner, "listen", UWSGI_DEFAULT_LISTEN)
             evidence.append(ev)
+            mercy, _ = uwsgi_int(owner, "worker-reload-mercy", UWSGI_DEFAULT_MERCY)
             where = os.path.basename(config_file(owner))
         live = _live_backlog(host, err.upstream)
         if live is not None:
@@ -1036,25 +1092,62 @@ def upstream_queue_full(facts: Facts) -> Iterator[Finding]:
         smax = facts.system.somaxconn
         if smax is not None:
             evidence.append(Evidence(SOMAXCONN, 0, {"somaxconn": smax}))
-        want = max(4 * (listen or 32), 128)
-        sysctl = (f"within net.core.somaxconn ({smax})" if smax is not None and smax >= want
-                  else f"together with net.core.somaxconn (sysctl -w net.core.somaxconn="
-                       f"{want}, persisted in /etc/sysctl.d/)")
+        times = [at for up, at in host.queue_full_at if up == err.upstream]
+        during = _during_reloads(times, reload_spans(host, mercy or UWSGI_DEFAULT_MERCY))
+        in_reload = min(sum(n for _, n in during), err.count)
+        evidence.extend(Evidence(f"reload {_clock(span.start)}", 0, {
+            "from": _clock(span.start), "to": _clock(span.end), "overflows": n,
+            "seen_in": span.by}) for span, n in during)
+        title = (f"the listen queue of {socket} overflowed {err.count}x in the last "
+                 f"{logs.window_s:.0f} s (502 at once), last at {_clock(err.last_at)}")
+        if in_reload:
+            title += (f"; {in_reload} of them during the graceful reload at "
+                      f"{', '.join(_clock(span.start) for span, _ in during)}")
         yield _finding(
-            "logs.upstream-queue-full", "critical",
-            f"the listen queue of {socket} overflowed {err.count}x in the last "
-            f"{logs.window_s:.0f} s (502 at once), last at {_clock(err.last_at)}",
-            evidence,
-            "Every worker was busy and the socket's backlog was full: Linux refuses a "
-            "connect() to a full unix socket at once (EAGAIN), so nginx answered 502 without "
-            "waiting. Nothing else records it: uWSGI's stats show 0/0 for unix sockets and "
-            "the kernel's ListenOverflows counts TCP only.",
-            f"Find the stuck requests holding the workers (stackmon: the oldest requests per "
-            f"worker; bound them with harakiri); add workers (processes/threads) if they are "
-            f"busy with ordinary traffic; raise listen (now {listen if listen else '?'}) to "
-            f"{want} in {where} {sysctl}, then restart uWSGI (a reload keeps the old "
-            "socket's backlog).",
+            "logs.upstream-queue-full", "critical", title, evidence,
+            _queue_full_why(in_reload, err.count - in_reload, during, mercy),
+            _queue_full_fix(in_reload, err.count - in_reload, listen, where, smax),
             host)
+
+
+def _queue_full_why(in_reload: int, rest: int, during: Sequence[tuple[ReloadSpan, int]],
+                    mercy: int | None) -> str:
+    kernel = ("Linux refuses a connect() to a full unix socket at once (EAGAIN), so nginx "
+              "answered 502 without waiting. Nothing else records it: uWSGI's stats show 0/0 "
+              "for unix sockets and the kernel's ListenOverflows counts TCP only.")
+    busy = "Every worker was busy and the socket's backlog was full: "
+    if not in_reload:
+        return busy + kernel
+    spans = ", ".join(f"{_clock(s.start)} to {_clock(s.end)}" for s, _ in during)
+    text = (f"{in_reload} overflow(s) came during a graceful reload with no worker serving "
+            f"({spans}): a graceful reload stops every worker and starts the new ones only "
+            f"when the last has finished or worker-reload-mercy ({mercy or '?'} s) runs out, "
+            "so the queue fills whatever the number of workers. That is the reload, not a "
+            "lack of capacity. ")
+    if rest > 0:
+        text += f"The other {rest}: every worker was busy and the backlog was full. "
+    return text + kernel
+
+
+def _queue_full_fix(in_reload: int, rest: int, listen: int | None, where: str,
+                    smax: int | None) -> str:
+    reload_fix = ("Reload with a chain reload (stackmon `C`, master FIFO `c`): workers are "
+                  "replaced one at a time while the others keep accepting; bound requests "
+                  "with harakiri so that no reload waits out worker-reload-mercy.")
+    if in_reload and rest <= 0:
+        return reload_fix
+    want = max(4 * (listen or 32), 128)
+    sysctl = (f"within net.core.somaxconn ({smax})" if smax is not None and smax >= want
+              else f"together with net.core.somaxconn (sysctl -w net.core.somaxconn="
+                   f"{want}, persisted in /etc/sysctl.d/)")
+    capacity = (f"Find the stuck requests holding the workers (stackmon: the oldest requests "
+                f"per worker; bound them with harakiri); add workers (processes/threads) if "
+                f"they are busy with ordinary traffic; raise listen (now "
+                f"{listen if listen else '?'}) to {want} in {where} {sysctl}, then restart "
+                "uWSGI (a reload keeps the old socket's backlog).")
+    if not in_reload:
+        return capacity
+    return f"{reload_fix} For the other {rest} (outside the reload): {capacity}"
 
 
 def _read_timeout_evidence(host: HostFacts, upstream: str) -> list[Evidence]:
