@@ -92,7 +92,7 @@ def test_overflows_during_a_graceful_reload_are_the_reloads(
         await host.prime()
         await host.poll()
         hang(st, "/hang/x", n=1)
-        stop = flood(st.nginx_base_url + "/fast")
+        stop = flood(f"{st.nginx_base_url}/fast")
         st.send_fifo(b"r")  # graceful: the held worker keeps every worker away for mercy
         await _watch(host, 14)
         stop.set()
@@ -129,7 +129,7 @@ def test_overflows_without_a_reload_still_ask_for_capacity(
     async def run() -> HostSnapshot:
         await host.prime()
         hang(st, "/hang/x", n=2)
-        stop = flood(st.nginx_base_url + "/fast")
+        stop = flood(f"{st.nginx_base_url}/fast")
         snap = await _watch(host, 4)
         stop.set()
         return snap
