@@ -749,22 +749,22 @@ class StackmonApp(App[int]):
     async def _reload(self, index: int, instance_index: int, address: str, mode: str,
                       master_pid: int) -> None:
         host = self._host(index)
+        before = self._latest.get(index)
         try:
             result = await host.reload(instance_index, mode, audit=self.audit,
                                        expect_master=master_pid)
         except ActionError as exc:
-        before = self._latest.get(index)
             self.post_message(ActionFinished("Reload refused", exc.message, ok=False))
             return
         except OSError as exc:
             self.post_message(ActionFinished("Reload not done", f"audit log: {exc}", ok=False))
             return
         instance = f"{host.name}/{address}"
+        self._before_reload[instance] = before
 
         def progressed(p: ReloadProgress) -> None:
             self.post_message(ReloadProgressed(index, instance, p))
 
-        self._before_reload[instance] = before
         try:
             progress = await host.follow(instance_index, result, progressed, audit=self.audit)
         except (ActionError, OSError) as exc:
