@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shutil
 import signal
 import sys
 import tempfile
@@ -57,6 +58,18 @@ def run_demo(args: argparse.Namespace) -> int:
             raise ConfigError(f"--workdir {workdir}: {exc.strerror or exc}") from None
     else:
         workdir = Path(tempfile.mkdtemp(prefix="stackmon-demo-"))
+    try:
+        return _run_in(workdir, args)
+    finally:
+        if not args.workdir:  # ours: a review found 60 of them left in /tmp
+            shutil.rmtree(workdir, ignore_errors=True)
+            print(f"stackmon demo: removed {workdir} (--workdir DIR keeps the logs)",
+                  file=sys.stderr)
+
+
+def _run_in(workdir: Path, args: argparse.Namespace) -> int:
+    """The demo in `workdir`: the stack started, the TUI (or --no-ui's wait), the stack
+    stopped whatever happens."""
     # A lost SSH session sends SIGHUP, whose default ends the process at once: no finally, no
     # atexit, and the stack would run on. From here on it (and SIGTERM) is an exit that unwinds
     # through the finally below, even while the stack is still starting.
