@@ -154,7 +154,7 @@ async def test_at_80x24_every_section_is_on_the_first_screen() -> None:
         assert shown[0].startswith("Listen queues ok, max"), shown
         assert shown[1].startswith("File descriptors ok, max"), shown
         for part in ("Clients · last 60 s", "LB health check", "FAIL", "5xx/s by cause",
-                     "queue_full", "nginx req/s", "History max:"):
+                     "queue_full", "nginx req/s", "History · uWSGI max queue"):
             assert part in joined, f"{part!r} not on the first screen:\n{joined}"
         at = next(i for i, line in enumerate(shown) if line.startswith("▼ Tab ↓: "))
         assert at >= len(shown) - 2, shown  # the last line or two

@@ -382,7 +382,8 @@ class SidePanel(StyleMemo, ScrollView):
         """The section in one line of at most `width` cells: the title (without its details)
         and what says whether anything is wrong."""
         title_style = self._full_style("side-panel--title")
-        head = title.split(" · ")[0]
+        # Without its details (somaxconn, the window), but History keeps whose it is.
+        head = title if name == "history" else title.split(" · ")[0]
         if name in ("queues", "fds"):
             items = data.queues if name == "queues" else data.fds
             return _gauge_summary(head, items, width, title_style, self.component_style)
@@ -595,7 +596,7 @@ def _history_summary(history: tuple[tuple[int, ...], tuple[int, ...], tuple[floa
     label = get("history--label")
     queue, busy, rps = history
     known = [r for r in rps if r is not None]
-    return [("max: queue ", label), (fmt_count(max(queue, default=0)), ""),
+    return [("max queue ", label), (fmt_count(max(queue, default=0)), ""),
             ("  busy ", label), (fmt_count(max(busy, default=0)), ""),
             ("  req/s ", label), (fmt_rate(max(known)) if known else "?", "")]
 
