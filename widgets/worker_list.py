@@ -189,11 +189,12 @@ def client_gone(d: Deadline) -> bool:
 
 def deadline_text(d: Deadline, width: int) -> str:
     """The nearest deadline in the words that fit a list of `width` cells: `504 in 2s` /
-    `CLIENT GONE` (narrow), `nginx 504 in 2 s` / `client has a 504`, and from
+    `504 SENT` (narrow), `nginx 504 in 2 s` / `client has a 504`, and from
     DEADLINE_FULL_WIDTH on the core's whole sentence (stackmon.deadlines.describe)."""
     if width < NARROW_WIDTH:
         if d.past:
-            return "CLIENT GONE" if client_gone(d) else "hk overdue"
+            # Not "CLIENT GONE": the client is there, it got nginx's (or the LB's) 504.
+            return "504 SENT" if client_gone(d) else "hk overdue"
         left = "<1s" if d.after_s < 1 else f"{int(d.after_s)}s"
         return f"{_SHORT_WHAT[d.name]} in {left}"
     if width >= DEADLINE_FULL_WIDTH or not d.past:

@@ -614,7 +614,8 @@ def modes_text(o: ReloadOutlook, facts: ReloadFacts | None) -> Text:
         who = f"workers {which} are" if len(o.held_by) > 1 else f"worker {which} is"
         text.append(":")
         text.append(f" all {o.workers} stop at once and none respawns until {who} cut; "
-                    "nginx queues, then 502s.")
+                    "requests wait in the listen queue, and once it is full nginx answers "
+                    "502 (504 after its connect timeout on TCP).")
     elif o.busy:
         text.append(f"all {o.workers} replaced at once: none serves until the {o.busy} busy "
                     f"finish (at most {mercy}) and the app has started.")
