@@ -162,6 +162,7 @@ class StackmonApp(App[int]):
         self._roll_members: list[int] | None = None
         self._last_host: int | None = None  # the host tab shown last (see _back_to)
         self.paused = False
+        self._paused_at = 0.0  # the clock when p was pressed (ages on a paused screen)
         self._footer_shape: frozenset[str] | None = None  # the actions the Footer lists
         for b in bindings(self.read_only):
             self.bind(b.key, b.action, description=b.description, show=b.show,
@@ -275,10 +276,16 @@ class StackmonApp(App[int]):
         if isinstance(screen, ReloadScreen) and screen.host_index == index:
             screen.set_host(snap)
         if isinstance(screen, WorkerDetailScreen) and screen.host_index == index:
-            screen.set_worker(pane.find_worker(screen.worker_id, screen.address,
-                                               nth=screen.worker_nth), self.clock())
+            self._feed_detail(screen, pane)
         if isinstance(screen, KillConfirm) and screen.host_index == index:
             self._feed_kill_confirm(screen, snap)
+
+    def _feed_detail(self, screen: WorkerDetailScreen, pane: HostPane) -> None:
+        """The detail shows what the main screen shows: the frozen worker at the moment of
+        the pause while paused, the latest now otherwise."""
+        now = self._paused_at if self.paused else self.clock()
+        screen.set_worker(pane.find_worker(screen.worker_id, screen.address,
+                                           nth=screen.worker_nth), now, paused=self.paused)
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -467,6 +474,7 @@ class StackmonApp(App[int]):
 
     def action_toggle_pause(self) -> None:
         self.paused = not self.paused
+        self._paused_at = self.clock()
         self.sub_title = "PAUSED" if self.paused else ""
         for pane in self.panes.values():
             pane.set_paused(self.paused)
@@ -479,6 +487,9 @@ class StackmonApp(App[int]):
             if self.overview is not None:
                 for index, snap in self._latest.items():
                     self.overview.set_host(index, snap, self._assessed[index])
+        screen = self.screen
+        if isinstance(screen, WorkerDetailScreen) and screen.host_index in self.panes:
+            self._feed_detail(screen, self.panes[screen.host_index])
         self.notify("Paused: the screen is frozen, polling goes on (p resumes)." if self.paused
                     else "Resumed: showing the latest poll.", timeout=3)
 

@@ -111,10 +111,15 @@ def _gone_note(r: Request, now: float) -> Text | None:
 
 
 def render_worker_head(host: str, worker: Worker | None, worker_id: int, now: float,
-                       first_pid: int) -> Group:
-    """Title, counters and each request in flight with its deadlines (pure)."""
+                       first_pid: int, paused: bool = False) -> Group:
+    """Title, counters and each request in flight with its deadlines (pure); `paused`: all
+    of it as of the moment the screen was paused, and the title says so."""
     title = Text.assemble(("Host ", "dim"), (visible(host), "bold"), ("  worker ", "dim"),
                           (str(worker_id), "bold"))
+    if paused:
+        title.append("  ")
+        title.append(" PAUSED ", "bold reverse")
+        title.append(" as of when p was pressed; polling goes on (p resumes)", "dim")
     if worker is None:
         return Group(title, Text("\nThis worker is no longer in the stats.", style="bold red"))
     head = Table.grid(padding=(0, 2))
@@ -201,6 +206,7 @@ class WorkerDetailScreen(Screen[None]):
         self.first_pid = worker.pid
         self.worker: Worker | None = worker
         self._now = now
+        self.paused = False  # the main screen is: figures and ages stay as they were
         self._tracer = tracer
         self.with_locals = False
         # K kills this worker; read-only keeps the key (it says why) out of the Footer.
@@ -218,16 +224,18 @@ class WorkerDetailScreen(Screen[None]):
             yield Static(id="vars")
         yield Footer()
 
-    def set_worker(self, worker: Worker | None, now: float) -> None:
-        if worker == self.worker and int(now) == int(self._now):
+    def set_worker(self, worker: Worker | None, now: float, paused: bool = False) -> None:
+        """The worker as the main screen shows it, at `now`; paused: the frozen worker at
+        the moment of the pause (its counters froze and its ages ticked on, seen)."""
+        if worker == self.worker and int(now) == int(self._now) and paused == self.paused:
             return
-        self.worker, self._now = worker, now
+        self.worker, self._now, self.paused = worker, now, paused
         self._refresh()
 
     def _refresh(self) -> None:
         self.query_one("#detail", Static).update(
             render_worker_head(self.host_name, self.worker, self.worker_id, self._now,
-                               self.first_pid))
+                               self.first_pid, self.paused))
         self.query_one("#vars", Static).update(render_worker_vars(self.worker))
         self._stack_note()
 
