@@ -364,6 +364,25 @@ async def test_a_capture_whose_kill_was_refused_does_not_say_it_was_killed() -> 
         assert "wait_for_ledger_lock" in text
 
 
+async def test_the_stack_screens_capture_age_moves_on() -> None:
+    """It read "0 s ago" for as long as the screen was open (a review kept it 12 s)."""
+    host = recorded()
+    worker, request = stuck(host)[0]
+    clock = [host.taken_at]
+    app = app_for(host)
+    app.clock = lambda: clock[0]
+    async with app.run_test(size=(120, 36)) as pilot:
+        feed(app, host)
+        await pilot.pause()
+        result = stack_of(worker, request, host.taken_at)
+        app.push_screen(StackScreen("web-1", result, "killed", clock[0]))
+        await pilot.pause()
+        clock[0] += 12.0
+        await pilot.pause(1.3)
+        text = screen_text(app)
+        assert "12 s ago" in text or "12s ago" in text, text
+
+
 async def test_the_stack_screen_head_keeps_a_figure_with_its_unit_at_every_narrow_width(
         ) -> None:
     """From a fresh clone at 80x24 the head read "... in 0.2" / "s" (Textual wrapped it at the

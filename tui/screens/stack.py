@@ -8,6 +8,9 @@ carries a capture into the UI is here too: pollers and action workers only post 
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -67,6 +70,12 @@ class StackScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.query_one(StackView).show_stack(self.result, now=self.now)
+        # The capture's age moves on (it read "0 s ago" for as long as the screen was open).
+        self.set_interval(1.0, self._tick)
+
+    def _tick(self) -> None:
+        clock: Callable[[], float] = getattr(self.app, "clock", time.time)
+        self.query_one(StackView).set_note("", clock())
 
     def action_close(self) -> None:
         self.dismiss(None)
