@@ -467,7 +467,9 @@ async def test_recent_events_arriving_and_ageing_out_never_lay_the_screen_out():
     app = app_for(host)
     async with app.run_test(size=(120, 36)) as pilot:
         feed(app, replace(host, logs=summary(host.taken_at)))
-        await pilot.pause()
+        # The first poll's own layout lands on the screen's next update tick (the side
+        # panel's sections settle to their height then): counted from after it.
+        await pilot.pause(0.3)
         layouts = LayoutCounter(app)
         for n in range(1, 8):
             events = tuple(event(host.taken_at + i, "respawn", f"worker {i} respawned",
