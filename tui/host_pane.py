@@ -223,9 +223,9 @@ class HostPane(TabPane):
             queue = max((u.listen_queue for u in snap.uwsgi), default=0)
             self._queue_hist.append(queue)
             self._busy_hist.append(sum(u.busy_workers for u in snap.uwsgi))
-            rate = self._rps if self._rps is not None else (
-                snap.nginx.requests_per_s if snap.nginx else None)
-            self._rps_hist.append(rate)
+            # uWSGI's own rate only: the history is titled "History · uWSGI", and nginx's
+            # stub_status rate (its polls included) stood in for it across reloads.
+            self._rps_hist.append(self._rps)
             self._causes.push(snap.logs)
         if visible:
             self.show_latest()
