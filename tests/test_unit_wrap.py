@@ -69,3 +69,17 @@ def test_units_kept_wraps_at_the_width_it_is_drawn_at():
         lines = [line.rstrip() for line in console.export_text().splitlines()]
         assert not any(line.endswith(" 0.2") for line in lines), (width, lines)
         assert " ".join(lines) == message
+
+
+def test_a_no_break_space_keeps_a_label_with_its_figure() -> None:
+    """"respawns" / "0" at the end of the kill dialog's line at 80 columns: joined by NBSP they
+    move together (Python's \\s matches NBSP, so it had been a break like any space)."""
+    from widgets.unit_wrap import NBSP
+
+    line = f"uWSGI 127.0.0.1:40665   status{NBSP}busy   requests{NBSP}served{NBSP}0   " \
+           f"respawns{NBSP}0"
+    for width in range(20, len(line)):
+        rows = wrap_keeping_units(Text(line), width).plain.split("\n")
+        assert all(not row.endswith("respawns") and not row.endswith("requests")
+                   and not row.endswith("status") for row in rows), (width, rows)
+        assert any(f"respawns{NBSP}0" in row for row in rows)

@@ -16,8 +16,11 @@ from rich.measure import Measurement
 from rich.text import Text
 
 # A word, or a number with its unit and what sticks to it ("6 s:", "(15 s)"): a line may break
-# between words, not inside one.
-_WORD = re.compile(r"\S*\d (?:s|ms|min)\b\S*\s*|\S+\s*|\s+")
+# between words, not inside one. A no-break space (NBSP) is part of a word, so a label and its
+# figure joined by one ("respawns\u00a00") stay together: only spaces, tabs and newlines part
+# words here (Python's \s would match NBSP too).
+_WORD = re.compile(r"[^ \t\n]*\d (?:s|ms|min)\b[^ \t\n]*[ \t]*|[^ \t\n]+[ \t]*|[ \t]+")
+NBSP = "\u00a0"
 
 
 def break_offsets(line: str, width: int, fold: bool = False) -> list[int]:

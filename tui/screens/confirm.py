@@ -50,7 +50,7 @@ from stackmon.model import HostSnapshot, Request, RequestKey, UwsgiInstance, Wor
 from stackmon.redact import visible
 from stackmon.render_text import human_age
 from widgets.modal_keys import ModalKeys
-from widgets.unit_wrap import UnitsKept, wrap_keeping_units
+from widgets.unit_wrap import NBSP, UnitsKept, wrap_keeping_units
 from widgets.worker_list import client_gone, deadline_text, live_deadlines, respawns
 
 USR2_EVENTS = 3  # latest uWSGI events shown under the SIGUSR2 key
@@ -126,7 +126,9 @@ def _requests_text(worker: Worker, now: float, limit: int = 1000,
         d = None if stale_s is not None else nearest(live_deadlines(r, age))
         if d is not None:
             text.append(" · ")
-            text.append(deadline_text(d, 200), "bold reverse" if client_gone(d) else "")
+            # whole on its line: "nginx 504" / "in 29 s" at 120 columns
+            text.append(deadline_text(d, 200).replace(" ", NBSP),
+                        "bold reverse" if client_gone(d) else "")
         text.append("\n")
     return text
 
@@ -352,7 +354,7 @@ class KillConfirm(ModalScreen[KillChoice | None]):
                 keys = Static(self._keys_text(), id="keys", classes="keys")
                 keys.display = self._fitted()[1]
                 yield keys
-            yield Static(self._sub_text(), id="sub")
+            yield Static(UnitsKept(self._sub_text()), id="sub")
             live = self._live_text()
             yield Static(live, id="live").set_styles(f"display: {'block' if live else 'none'};")
             yield Static(UnitsKept(self._requests()), id="requests-list")
@@ -393,7 +395,7 @@ class KillConfirm(ModalScreen[KillChoice | None]):
         text = self._live_text()
         live.update(text)
         live.display = bool(text)
-        self.query_one("#sub", Static).update(self._sub_text())
+        self.query_one("#sub", Static).update(UnitsKept(self._sub_text()))
         self.query_one("#requests-list", Static).update(UnitsKept(self._requests()))
         consequence = self.query_one("#consequence", Static)
         consequence.update(consequence_text(self.target, self.stale_s, self.timeout,
@@ -409,8 +411,9 @@ class KillConfirm(ModalScreen[KillChoice | None]):
 
     def _sub_text(self) -> Text:
         w = self.worker
-        return Text(f"uWSGI {self.instance}   status {w.status}   requests served "
-                    f"{w.requests}   respawns {respawns(w)}", style="dim")
+        # Each label with its figure (NBSP, drawn by UnitsKept): "respawns" / "0" at 80.
+        return Text(f"uWSGI {self.instance}   status{NBSP}{w.status}   requests{NBSP}served"
+                    f"{NBSP}{w.requests}   respawns{NBSP}{respawns(w)}", style="dim")
 
     def _requests(self) -> Text:
         if self.gone:
