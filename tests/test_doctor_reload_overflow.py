@@ -110,7 +110,9 @@ def test_overflows_during_a_graceful_reload_are_the_reloads(
     assert "chain reload" in f.fix, f.fix
     total = int(f.title.split("overflowed ")[1].split("x")[0])
     during = int(f.title.split("; ")[1].split(" of them")[0])
-    assert total >= 5 and during >= total - 2, f.title
+    # The flood goes on a moment after the reload's window (it ends 3 s after the new
+    # master): a few overflows can fall after it (5 of 2993 in one CI run).
+    assert total >= 5 and during >= 0.95 * total, f.title
     reload_ev = [e for e in f.evidence if e.file.startswith("reload ")]
     assert reload_ev and reload_ev[0].values["seen_in"] == "uWSGI's log", f.evidence
     if during == total:  # nothing outside the reload: no capacity advice

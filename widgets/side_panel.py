@@ -230,10 +230,12 @@ class SidePanel(StyleMemo, ScrollView):
         region = self.scrollable_content_region
         return region.width, region.height
 
-    def _layout(self, width: int, height: int, *, repaint: bool) -> None:
+    def _layout(self, width: int, height: int, *, repaint: bool,
+                in_render: bool = False) -> None:
         """Rebuild the sections whose data changed, at `width`; fit them to `height`; refresh
         the changed lines (`repaint`), and ask for a layout only when the number of lines
-        changed."""
+        changed. `in_render`: called while a frame is drawn, the scrollbar is told after it
+        (told during it, the frame drew its thumb where it had been: a stale glyph)."""
         if width != self._width:
             self._width = width
             self._keys.clear()
@@ -252,7 +254,10 @@ class SidePanel(StyleMemo, ScrollView):
                    if y >= len(old) or y >= len(lines) or old[y] != lines[y]]
         for y in changed:
             self._strips.pop(y, None)
-        self._hold_line_count(len(lines))
+        if in_render:
+            self.call_after_refresh(self._hold_line_count, len(lines))
+        else:
+            self._hold_line_count(len(lines))
         if repaint:
             for first, count in _runs(changed):
                 self.refresh_lines(first, count)
@@ -428,7 +433,7 @@ class SidePanel(StyleMemo, ScrollView):
         width, height = region.width, region.height
         if width > 0 and (width != self._width or height != self._height):
             count = len(self._lines)
-            self._layout(width, height, repaint=False)
+            self._layout(width, height, repaint=False, in_render=True)
             if len(self._lines) != count:
                 self.call_after_refresh(self.refresh)
         self._frame_at = (width, round(self.scroll_y))
