@@ -30,6 +30,7 @@ import struct
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Generator, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -429,3 +430,39 @@ def hang_fixture() -> Iterator[Callable[..., Hang]]:
                 errors.append(exc)
         if errors:
             raise errors[0]
+
+
+# ------------------------------------------------------------------ traffic that overflows
+
+
+def _flood(url: str, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                resp.read()
+        except OSError:
+            pass
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def flood() -> Iterator[Callable[[str], threading.Event]]:
+    """`flood(url)`: 8 threads requesting `url` back to back (enough to overflow a small
+    listen queue while no worker serves) until the returned Event is set or the test ends."""
+    stops: list[threading.Event] = []
+    threads: list[threading.Thread] = []
+
+    def start(url: str) -> threading.Event:
+        stop = threading.Event()
+        stops.append(stop)
+        for _ in range(8):
+            t = threading.Thread(target=_flood, args=(url, stop), daemon=True)
+            t.start()
+            threads.append(t)
+        return stop
+
+    yield start
+    for stop in stops:
+        stop.set()
+    for t in threads:
+        t.join(5)

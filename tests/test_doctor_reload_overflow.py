@@ -11,11 +11,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
-
-import pytest
 
 from stackmon.addresses import parse_stats_address
 from stackmon.config import HostConfig, Settings
@@ -27,37 +24,6 @@ from stackmon.hosts.local import LocalHost
 from stackmon.logs.host import LogSummary
 from stackmon.logs.uwsgi_events import Event
 from stackmon.model import HostSnapshot
-
-
-def _flood(url: str, stop: threading.Event) -> None:
-    while not stop.is_set():
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                resp.read()
-        except OSError:
-            pass
-        time.sleep(0.02)
-
-
-@pytest.fixture
-def flood() -> Iterator[Callable[[str], threading.Event]]:
-    stops: list[threading.Event] = []
-    threads: list[threading.Thread] = []
-
-    def start(url: str) -> threading.Event:
-        stop = threading.Event()
-        stops.append(stop)
-        for _ in range(8):
-            t = threading.Thread(target=_flood, args=(url, stop), daemon=True)
-            t.start()
-            threads.append(t)
-        return stop
-
-    yield start
-    for stop in stops:
-        stop.set()
-    for t in threads:
-        t.join(5)
 
 
 def _config(st: Stack) -> HostConfig:

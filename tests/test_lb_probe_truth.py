@@ -16,8 +16,7 @@ import math
 import re
 import threading
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,34 +42,7 @@ def _probe_statuses(access_log: Path) -> list[str]:
             if (m := PROBE_LINE.search(line))]
 
 
-def _flood(url: str, stop: threading.Event) -> None:
-    while not stop.is_set():
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                resp.read()
-        except OSError:
-            pass
-        time.sleep(0.02)
-
-
-@pytest.fixture
-def flood() -> Iterator[Callable[[str], None]]:
-    stop = threading.Event()
-    threads: list[threading.Thread] = []
-
-    def start(url: str) -> None:
-        for _ in range(8):
-            t = threading.Thread(target=_flood, args=(url, stop), daemon=True)
-            t.start()
-            threads.append(t)
-
-    yield start
-    stop.set()
-    for t in threads:
-        t.join(5)
-
-
-async def _outage(st: Stack, hang: Callable[..., Any], flood: Callable[[str], None],
+async def _outage(st: Stack, hang: Callable[..., Any], flood: Callable[[str], threading.Event],
                   settings: Settings) -> tuple[list[HostSnapshot], LocalHost]:
     """Poll each second through a graceful reload that leaves no worker serving (one worker
     held by /hang, mercy 12 s) while traffic overflows the listen queue (listen 4), until
@@ -111,7 +83,7 @@ def _panel(snap: HostSnapshot) -> str:
 
 async def test_a_short_outage_is_counted_and_the_lb_would_not_take_the_host_out(
         fresh_stack: Callable[..., Stack], hang: Callable[..., Any],
-        flood: Callable[[str], None]) -> None:
+        flood: Callable[[str], threading.Event]) -> None:
     # ELB defaults (30 s x 2): a streak shorter than 30 s holds at most one LB check.
     st = fresh_stack(workers=2, threads=1, listen=4, mercy=12)
     snaps, host = await _outage(st, hang, flood, Settings())
@@ -140,7 +112,7 @@ async def test_a_short_outage_is_counted_and_the_lb_would_not_take_the_host_out(
 
 async def test_an_outage_past_the_threshold_is_an_lb_out_episode(
         fresh_stack: Callable[..., Stack], hang: Callable[..., Any],
-        flood: Callable[[str], None]) -> None:
+        flood: Callable[[str], threading.Event]) -> None:
     # An LB checking every 2 s, out after 2 failures: a 10 s streak takes the host out.
     st = fresh_stack(workers=2, threads=1, listen=4, mercy=12)
     snaps, host = await _outage(st, hang, flood,
