@@ -38,11 +38,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import re
+import ssl
 import time
 from collections import deque
 from dataclasses import dataclass
-
-import httpx
+from urllib.parse import urlsplit
 
 from stackmon.redact import clean
 
@@ -153,6 +154,48 @@ class ProbePolicy:
     window: float = 60.0  # how long the worst latency is remembered
 
 
+_STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3})[ \r]")
+STATUS_LINE_MAX = 8 * 1024  # bytes read for the status line at most
+
+
+async def get_status(url: str) -> int:
+    """The status code of a GET of `url` on a new connection (the LB's way: no keep-alive,
+    `Connection: close`), read from the status line alone; the caller bounds the time.
+
+    Why not httpx: a GET on a new connection cost 1.6-1.7 ms of CPU in httpx, httpcore and
+    anyio, 0.40-0.41 ms this way (300 GETs of the demo's /health, process time; py-spy on
+    the demo had the probe at 13 % of the TUI's busy samples), and the probe runs every poll.
+    TLS is not verified, as an LB does not verify its targets."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {clean(url)}")
+    port = parts.port or (443 if parts.scheme == "https" else 80)  # ValueError if bad
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in target):  # no header injection
+        raise ValueError(f"the URL's path has spaces or control characters: {clean(url)}")
+    context = None
+    if parts.scheme == "https":
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    reader, writer = await asyncio.open_connection(
+        parts.hostname, port, ssl=context, limit=STATUS_LINE_MAX,
+        server_hostname=parts.hostname if context else None)
+    try:
+        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+        host += f":{parts.port}" if parts.port else ""
+        writer.write(f"GET {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: "
+                     "stackmon-health-probe\r\nConnection: close\r\n\r\n".encode("latin-1"))
+        line = await reader.readuntil(b"\n")
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+    match = _STATUS_LINE.match(line)
+    if match is None:
+        raise ValueError(f"not an HTTP reply: {clean(line[:60].decode('latin-1'))}")
+    return int(match.group(1))
+
+
 class HealthProbe:
     """Probes one URL in the background; `state()` is the latest HealthCheck."""
 
@@ -162,7 +205,6 @@ class HealthProbe:
         self._shown = clean(url)
         self._task: asyncio.Task[None] | None = None
         self._started: float | None = None
-        self._client: httpx.AsyncClient | None = None
         self._latencies: list[tuple[float, float]] = []  # (time, ms), within the window
         self._last: tuple[bool, float | None, str, float] | None = None
         self._failures = 0
@@ -192,32 +234,20 @@ class HealthProbe:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            # A new connection per probe, like the LB (no keep-alive across probes).
-            self._client = httpx.AsyncClient(
-                trust_env=False, verify=False, follow_redirects=False,
-                timeout=httpx.Timeout(self.policy.timeout),
-                limits=httpx.Limits(max_keepalive_connections=0),
-                headers={"User-Agent": "stackmon-health-probe"})
-        return self._client
 
     async def _probe(self) -> None:
         started = time.monotonic()
         ok, error = False, ""
         try:
             async with asyncio.timeout(self.policy.timeout):
-                resp = await self._http().get(self.url)
-            ok = resp.status_code == HEALTHY_STATUS
+                status = await get_status(self.url)
+            ok = status == HEALTHY_STATUS
             if not ok:
-                error = f"HTTP {resp.status_code}"
-        except (TimeoutError, httpx.TimeoutException):
+                error = f"HTTP {status}"
+        except TimeoutError:
             error = f"timed out after {self.policy.timeout:g} s"
-        except (httpx.HTTPError, httpx.InvalidURL, ValueError, OSError) as exc:
+        except (ValueError, OSError, asyncio.IncompleteReadError,
+                asyncio.LimitOverrunError) as exc:
             error = clean(str(exc) or type(exc).__name__)
         ms = (time.monotonic() - started) * 1000
         self._record(ok, ms, error, time.time())
