@@ -174,3 +174,34 @@ async def test_a_refused_kill_is_an_event_of_its_host(fresh_stack, hang, tmp_pat
         assert "ended since you looked" in ours.text
     finally:
         await host.aclose()
+
+
+def test_an_agents_kills_and_refusals_are_events_of_its_host(fresh_stack, hang, request,
+                                                            tmp_path) -> None:
+    """Through an agent a kill and a refused kill were in its audit log only: its snapshots'
+    events (the events screen of an agent host) carry them now, as a local host's do."""
+    stack = fresh_stack(workers=1, threads=1)
+    new_host = _host("agent", stack, request)
+    hang(stack, "/hang/agent-ends?s=1", n=1, via="unix")
+    seen = _worker(new_host)
+    meant = kill_meant_for(seen.requests_by_key())
+    wait_until(lambda: not _uris(_worker(new_host)), 10)
+    with pytest.raises(ActionError):
+        _kill(new_host, seen, meant, AuditLog(tmp_path / "a.log"))
+    hang(stack, "/hang/agent-killed", n=1, via="unix")
+    now = _worker(new_host)
+    assert _kill(new_host, now, kill_meant_for(now.requests_by_key()),
+                 AuditLog(tmp_path / "a.log")).ok
+
+    def kinds() -> dict[str, Any]:
+        async def events(host: Host) -> Any:
+            snap = await host.poll()
+            return {e.kind: e for e in (snap.logs.events if snap.logs else ())
+                    if e.source == "stackmon"}
+        return _run(new_host, events)
+
+    wait_until(lambda: {"kill_refused", "killed"} <= kinds().keys(), 10)
+    got = kinds()
+    assert got["kill_refused"].pid == seen.pid and "ended since you looked" in \
+        got["kill_refused"].text
+    assert got["killed"].pid == now.pid and got["killed"].uri == "GET /hang/agent-killed"

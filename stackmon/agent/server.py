@@ -552,6 +552,10 @@ class AgentApp:
                                        if stuck_in else None,
                                        expect_requests=expect_requests)
         except ActionError as exc:
+            # Among the host's events (served with its snapshots), as a local kill is.
+            self.local.record_event("kill_refused", f"kill {sig} refused ({exc.kind}): "
+                                                    f"{exc.message}", worker=worker_id,
+                                    pid=expect_pid)
             if remembered is not None and exc.kind == "stale":
                 raise ActionError("stale", f"{exc.message} (this agent served pid {expect_pid} "
                                            f"as worker {worker_id} spawned at {remembered:.0f}; "
@@ -562,6 +566,10 @@ class AgentApp:
             return self._audit_failure(exc, audit)
         finally:
             self.cache.invalidate()
+        aborted = [f"{r.get('method', '')} {r.get('uri', '')}".strip()
+                   for r in result.data.get("requests") or () if isinstance(r, dict)]
+        self.local.record_event("killed", result.message, worker=worker_id, pid=expect_pid,
+                                uri=", ".join(aborted) or None)
         return self._result(result)
 
     async def stack(self, request: web.Request) -> web.Response:
