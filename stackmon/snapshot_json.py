@@ -40,7 +40,7 @@ from stackmon.model import (
     Worker,
 )
 from stackmon.redact import clean, redact_pair, visible
-from stackmon.sources.lb_probe import HealthCheck
+from stackmon.sources.lb_probe import HealthCheck, ProbeEpisode
 
 # The bounds the uWSGI parser applies (stackmon.sources.uwsgi_stats), for documents read back.
 PID_MAX = 4_194_304
@@ -116,7 +116,15 @@ def health_to_dict(c: HealthCheck) -> dict[str, Any]:
             "failures_in_row": c.failures_in_row, "out_of_service": c.out_of_service,
             "last_error": visible(c.last_error), "checked_at": c.checked_at,
             "in_flight_s": c.in_flight_s, "timeout_s": c.timeout_s,
-            "failing_since": c.failing_since, "out_in_s": c.out_in_s}
+            "failing_since": c.failing_since, "out_in_s": c.out_in_s,
+            # the latest failing streak: an agent host's panel and health model need it too
+            "episode": _episode_to_dict(c.episode) if c.episode is not None else None}
+
+
+def _episode_to_dict(e: ProbeEpisode) -> dict[str, Any]:
+    return {"start": e.start, "end": e.end, "failures": e.failures,
+            "last_error": visible(e.last_error), "interval": e.interval,
+            "threshold": e.threshold, "out_at": e.out_at}
 
 
 def clients_to_dict(h: HostSnapshot) -> dict[str, Any]:
@@ -458,7 +466,18 @@ def _health(d: Any) -> HealthCheck | None:
         out_of_service=bool(d.get("out_of_service", False)), last_error=_text(d, "last_error"),
         checked_at=_opt_float(d.get("checked_at")), in_flight_s=_opt_float(d.get("in_flight_s")),
         timeout_s=_float(d.get("timeout_s", 5.0)), failing_since=_opt_float(d.get("failing_since")),
-        out_in_s=_opt_float(d.get("out_in_s")))
+        out_in_s=_opt_float(d.get("out_in_s")), episode=_episode(d.get("episode")))
+
+
+def _episode(d: Any) -> ProbeEpisode | None:
+    """A failing streak from a document (an older agent sends none: None)."""
+    if not isinstance(d, dict) or _opt_float(d.get("start")) is None:
+        return None
+    return ProbeEpisode(start=_float(d.get("start", 0.0)), end=_opt_float(d.get("end")),
+                        failures=_int(d.get("failures", 0)), last_error=_text(d, "last_error"),
+                        interval=max(1.0, _float(d.get("interval", 30.0))),
+                        threshold=max(1, _int(d.get("threshold", 2))),
+                        out_at=_opt_float(d.get("out_at")))
 
 
 def snapshot_from_dict(d: dict[str, Any]) -> Snapshot:

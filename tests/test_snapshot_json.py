@@ -203,3 +203,29 @@ def test_deadlines_round_trip_and_a_foreign_list_is_bounded():
     assert len(r.deadlines) == 8
     req["deadlines"] = {"name": "harakiri"}
     assert host_from_dict(doc).uwsgi[0].workers[0].requests_in_flight[0].deadlines == ()
+
+
+def test_the_lb_probes_latest_failing_streak_round_trips() -> None:
+    """An agent host's panel ('LB OUT for 8 s at …') and health model ('LB WAS OUT') need the
+    episode: it was not in the document, so only a local host had it. An older agent sends
+    none (None), and a foreign one's text is made visible."""
+    from dataclasses import replace
+
+    from stackmon.sources.lb_probe import HealthCheck, ProbeEpisode
+    from tests.tui_support import recorded
+
+    episode = ProbeEpisode(start=1000.0, end=1008.0, failures=8, last_error="HTTP 502\x1b[2J",
+                           interval=2.0, threshold=2, out_at=1002.0)
+    check = HealthCheck(url="http://127.0.0.1/health", ok=True, last_ms=3.0, max_ms=5.0,
+                        failures_in_row=0, out_of_service=False, episode=episode)
+    doc = json.loads(json.dumps(host_to_dict(replace(recorded(), health=check))))
+    back = host_from_dict(doc).health
+    assert back is not None and back.episode is not None
+    assert (back.episode.start, back.episode.end, back.episode.failures, back.episode.out_at,
+            back.episode.interval, back.episode.threshold) == (1000.0, 1008.0, 8, 1002.0,
+                                                               2.0, 2)
+    assert "\x1b" not in back.episode.last_error and "HTTP 502" in back.episode.last_error
+    assert back.episode.out_for_s == episode.out_for_s
+    del doc["health"]["episode"]
+    older = host_from_dict(doc).health
+    assert older is not None and older.episode is None
