@@ -89,7 +89,8 @@ def test_lb_verdict(threshold: int, interval: float, fails: int, span: float, ou
                                                  unhealthy_threshold=threshold))
     t0 = 1000.0
     for i in range(fails):
-        probe._record(False, 5.0, "HTTP 502", t0 + span * i / max(fails - 1, 1))
+        # 0 ms: each probe sent when it came back (a streak starts when its probe was sent)
+        probe._record(False, 0.0, "HTTP 502", t0 + span * i / max(fails - 1, 1))
     state = probe.state(now=t0 + span)
     assert state.out_of_service is out
     if not out:

@@ -124,7 +124,9 @@ async def test_an_outage_past_the_threshold_is_an_lb_out_episode(
         last = snaps[-1]
         ep = last.health.episode if last.health else None
         assert ep is not None and ep.out_at is not None and ep.end is not None
-        assert ep.out_at - ep.start == pytest.approx(2.0, abs=1.1)
+        # OUT once the LB's span (1 x 2 s) is covered and its 2nd failure is seen: a probe
+        # that times out is seen failing its timeout (5 s) after it was sent, when it began.
+        assert 2.0 - 0.1 <= ep.out_at - ep.start <= 2.0 + 5.0 + 1.1, ep
         assert ep.out_for_s is not None and ep.out_for_s > 0
         failed_in_log = sum(1 for s in _probe_statuses(Path(st.nginx_access_log_path))
                             if s != "200")
@@ -154,7 +156,7 @@ def test_an_episode_counts_the_lbs_checks(interval: float, threshold: int, span:
     t0 = 1000.0
     n = int(span) + 1  # one probe a second, as the poll kicks it
     for i in range(n):
-        probe._record(False, 3.0, "HTTP 502", t0 + i)
+        probe._record(False, 0.0, "HTTP 502", t0 + i)  # sent when it came back
     probe._record(True, 0.0, "", t0 + span + 1)
     (ep,) = probe.episodes()
     assert ep.failures == n and ep.span_s == pytest.approx(span + 1)
@@ -164,3 +166,18 @@ def test_an_episode_counts_the_lbs_checks(interval: float, threshold: int, span:
     assert (ep.lb_checks >= threshold) is out
     (news,) = probe.take_news(now=t0 + span + 2)
     assert news[0] == ("lb_in" if out else "health_fail")
+
+
+def test_a_streak_starts_when_its_first_failing_probe_was_sent() -> None:
+    """A probe that times out comes back `timeout` later: the streak began when it was sent.
+    A review saw `failed ×2 for 7 s from 16:44:57` for an outage nginx logged from 16:44:52
+    to 16:45:08 (the reload view: no worker serving for 16.1 s)."""
+    from stackmon.sources.lb_probe import HealthProbe, ProbePolicy
+
+    probe = HealthProbe("http://127.0.0.1/health", ProbePolicy(timeout=5.0, interval=30.0))
+    probe._record(False, 5000.0, "timed out after 5 s", 1005.0)   # sent at 1000
+    probe._record(False, 5000.0, "timed out after 5 s", 1011.0)   # sent at 1006
+    probe._record(True, 3.0, "", 1016.003)                        # sent at 1016
+    (episode,) = probe.episodes()
+    assert episode.start == 1000.0 and episode.end == 1016.0
+    assert episode.span_s == 16.0 and episode.failures == 2

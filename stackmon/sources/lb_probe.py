@@ -264,7 +264,9 @@ class HealthProbe:
             self._failures += 1
             self._last_error = error
             if self._failing_since is None:
-                self._failing_since = now
+                # When the failing probe was sent: a timeout comes back `timeout` later, and
+                # a review saw a 16 s outage read "for 7 s from" 5 s after it began.
+                self._failing_since = now - ms / 1000
             if self._failures == self.policy.unhealthy_threshold:
                 self._threshold_at = now
         self._last = (ok, ms, error, now)
