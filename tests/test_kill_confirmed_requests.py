@@ -172,6 +172,7 @@ async def test_a_refused_kill_is_an_event_of_its_host(fresh_stack, hang, tmp_pat
         (ours,) = [e for e in after.logs.events if e.source == "stackmon"]
         assert ours.kind == "kill_refused" and ours.pid == seen.pid and ours.worker == seen.id
         assert "ended since you looked" in ours.text
+        assert ours.uri == "GET /hang/ends?s=1"  # what it was for, though no poll shows it now
     finally:
         await host.aclose()
 
@@ -204,4 +205,5 @@ def test_an_agents_kills_and_refusals_are_events_of_its_host(fresh_stack, hang, 
     got = kinds()
     assert got["kill_refused"].pid == seen.pid and "ended since you looked" in \
         got["kill_refused"].text
+    assert got["kill_refused"].uri == "GET /hang/agent-ends?s=1"
     assert got["killed"].pid == now.pid and got["killed"].uri == "GET /hang/agent-killed"

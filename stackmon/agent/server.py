@@ -553,9 +553,10 @@ class AgentApp:
                                        expect_requests=expect_requests)
         except ActionError as exc:
             # Among the host's events (served with its snapshots), as a local kill is.
-            self.local.record_event("kill_refused", f"kill {sig} refused ({exc.kind}): "
-                                                    f"{exc.message}", worker=worker_id,
-                                    pid=expect_pid)
+            self.local.record_event(
+                "kill_refused", f"kill {sig} refused ({exc.kind}): {exc.message}",
+                worker=worker_id, pid=expect_pid,
+                uri=self.local.requests_named(target.index, worker_id, expect_requests))
             if remembered is not None and exc.kind == "stale":
                 raise ActionError("stale", f"{exc.message} (this agent served pid {expect_pid} "
                                            f"as worker {worker_id} spawned at {remembered:.0f}; "

@@ -55,6 +55,9 @@ MAX_VASSALS = 256
 MAX_PENDING_EVENTS = 200
 
 
+NAMES_KEPT = 4096  # request names remembered before the old ones are dropped
+NAMES_KEPT_S = 600.0  # ... and those not seen for this long, when they are
+
 def aged(inst: UwsgiInstance, sampled: float, now: float) -> UwsgiInstance:
     """`inst` (sampled at `sampled`) standing in at `now`: marked stale since then, its
     requests as they were then. Their ages are not grown from their start times: nobody knows
@@ -80,6 +83,9 @@ class LocalHost(Host):
         self._nginx_roles: dict[int, str] | None = None
         self._nginx_roles_at = 0.0
         self._last_instances: dict[int, tuple[UwsgiInstance, float]] = {}
+        # "GET /x" of each request seen lately, by (instance, worker, RequestKey): a refused
+        # kill names what it was for though the polls since no longer show it.
+        self._request_names: dict[tuple[int, int, RequestKey], tuple[str, float]] = {}
         self._pending_events: list[Event] = []
         self._deadline_plan: DeadlinePlan | None = None
         self._last_facts: LocalFacts | None = None
@@ -174,6 +180,26 @@ class LocalHost(Host):
             self._deadline_plan = plan_for(self.config, self.settings, instances, nginx_master,
                                            addresses=dict(self._addresses()), previous=plan)
 
+    def _remember_names(self, instances: Sequence[UwsgiInstance], now: float) -> None:
+        """Each request in flight by name, kept NAMES_KEPT_S after it was last seen."""
+        for inst in instances:
+            for w in inst.workers:
+                for key, r in w.requests_by_key().items():
+                    self._request_names[(inst.index, w.id, key)] = (f"{r.method} {r.uri}", now)
+        if len(self._request_names) > NAMES_KEPT:  # bounded: the newest half stays
+            newest = sorted(self._request_names.items(), key=lambda kv: kv[1][1])
+            self._request_names = {k: v for k, v in newest[-NAMES_KEPT // 2:]
+                                   if now - v[1] <= NAMES_KEPT_S}
+
+    def requests_named(self, index: int, worker_id: int,
+                       keys: Sequence[RequestKey] | None) -> str | None:
+        """`GET /x, GET /y`: the requests of `keys` as this host's polls saw them (a refused
+        kill's event names what it was for: the kill's own read no longer has them, and the
+        row said only "core 0")."""
+        named = [got[0] for k in keys or ()
+                 if (got := self._request_names.get((index, worker_id, k))) is not None]
+        return ", ".join(named) or None
+
     def record_event(self, kind: str, text: str, *, worker: int | None = None,
                      pid: int | None = None, uri: str | None = None) -> None:
         """An action stackmon took, shown among the log events (source "stackmon").
@@ -253,6 +279,7 @@ class LocalHost(Host):
         errors: list[SourceError] = [r for r in uwsgi_results if isinstance(r, SourceError)]
         fresh = [r for r in uwsgi_results if isinstance(r, UwsgiInstance)]
         self._last_instances.update((i.index, (i, taken_at)) for i in fresh)
+        self._remember_names(fresh, taken_at)
         if isinstance(nginx, SourceError):
             errors.append(nginx)
             nginx = None
@@ -320,7 +347,8 @@ class LocalHost(Host):
             # On the events screen beside the kills: a review found a refused kill only in
             # the audit log.
             self.record_event("kill_refused", f"kill {signal} refused ({exc.kind}): "
-                                              f"{exc.message}", worker=worker_id, pid=expect_pid)
+                                              f"{exc.message}", worker=worker_id, pid=expect_pid,
+                              uri=self.requests_named(index, worker_id, expect_requests))
             raise
         # The requests the kill aborted (redacted at the parse), for the events screen's uri
         # column: it read "-" for every kill.
