@@ -202,8 +202,20 @@ class HostHeader(StyleMemo, TextLines):
         # panel's access-log and stub_status rates count other things over other spans (a
         # review saw 38 here beside 6.5 there: a burst's queued requests all finishing in one
         # second, 38 lines in the access log that second too).
-        for caption, value in (("uWSGI", version), ("master", master), ("busy", busy),
-                               ("uWSGI req/s", rps)):
+        fields = [("uWSGI", version), ("master", master), ("busy", busy), ("uWSGI req/s", rps)]
+        # What gives way where the line is short, in this order: the version, the master's
+        # pid, the rate's "uWSGI" (the side panel names the others), busy; a figure is never
+        # cut (PAUSED at 80 columns cut "req/s 6…", review).
+        room = self.size.width - text.cell_len
+        for step in ("uWSGI", "master", "uWSGI req/s", "busy"):
+            if sum(len(c) + len(v) + 3 for c, v in fields) <= room:
+                break
+            fields = [("req/s", v) if c == step == "uWSGI req/s" else (c, v)
+                      for c, v in fields if c != step or step == "uWSGI req/s"]
+        for caption, value in fields:
             text.append(f"  {caption} ", field)
             text.append(value)
         return text
+
+    def on_resize(self) -> None:
+        self._redraw()
