@@ -466,3 +466,26 @@ async def test_when_the_listed_requests_ended_and_none_runs_the_dialog_says_the_
         assert ("Nothing was killed: nothing is in flight now: Esc closes, the key again kills "
                 "the idle worker.") in flat, flat
         assert "kill the ones listed now" not in flat
+
+
+async def test_the_stuck_requests_come_first_tagged_as_in_the_list() -> None:
+    """A 1 s /slow on core 0 was listed above the 36 s request the kill was for, both alike
+    (review, NO_COLOR): the stuck ones first, CRIT/SLOW tagged, the client never cut from
+    its "from"."""
+    host = recorded()
+    w = _worker(host)
+    first = next(c.request for c in w.cores if c.request is not None)
+    assert first is not None and first.level == "critical"
+    young = replace(first, core=0, uri="/slow?s=1.6", started_at=host.taken_at + 2.0,
+                    running_s=1.0, level="ok")
+    cores = tuple(replace(c, request=young) if c.id == 0 else c for c in w.cores)
+    host = _with(host, replace(w, cores=cores), later=0.0)
+    app = app_for(host)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _fed(pilot, app, host)
+        await _pressed(pilot, "K")
+        flat = _flat(app)
+        crit = flat.index("CRIT core 1")
+        assert crit < flat.index("core 0 running 1s GET /slow?s=1.6"), flat
+        rows = [ln.split("█")[1] for ln in screen_text(app).splitlines() if ln.count("█") >= 2]
+        assert not any(row.rstrip().endswith(" from") for row in rows), rows

@@ -94,6 +94,10 @@ def list_rows(screen_height: int, fixed: int = FIXED_ROWS) -> int:
     return max(MIN_LIST, (screen_height - 1) * 9 // 10 - fixed)  # -1: ModalKeys
 
 
+LEVEL_RANK = {"critical": 2, "slow": 1}
+LEVEL_TAG = {"critical": (" CRIT ", "bold reverse"), "slow": (" SLOW ", "bold")}
+
+
 def _age(r: Request, now: float) -> float | None:
     return r.running_s if r.started_at is None else max(0.0, now - r.started_at)
 
@@ -105,7 +109,11 @@ def _requests_text(worker: Worker, now: float, limit: int = 1000,
     they still run is unknown: the dialog said "running 38s" of a 5 s request the stopped
     master's stats had caught at 3 s)."""
     text = Text()
-    requests = worker.requests_in_flight
+    # The stuck ones first, tagged as in the list (CRIT in reverse video: it reads without
+    # colour too): listed by core, the request the kill was for sat second, looking like a
+    # 1 s /slow above it (review, NO_COLOR).
+    requests = sorted(worker.requests_in_flight,
+                      key=lambda r: (-LEVEL_RANK.get(r.level, 0), -(r.running_s or 0.0)))
     if not requests:
         text.append("  no request in flight\n", "dim")
     for i, r in enumerate(requests):
@@ -116,13 +124,18 @@ def _requests_text(worker: Worker, now: float, limit: int = 1000,
         age = r.running_s if stale_s is not None else _age(r, now)
         # The age first, beside its core: at 80 columns a line wraps, and "running" / "67s"
         # came out split at its end.
-        text.append(f"  core {r.core}  running ")
+        tag = LEVEL_TAG.get(r.level)
+        text.append("  ")
+        if tag is not None:
+            text.append(tag[0], tag[1])
+            text.append(" ")
+        text.append(f"core {r.core}  running ")
         text.append(("≥" if stale_s is not None else "") + human_age(age), "bold")
         text.append("  ")
         text.append(r.method or "?", "bold")
         text.append(" ")
         text.append(r.uri or "(request details not captured)")
-        text.append(f"  from {r.remote_addr or '?'}")
+        text.append(f"  from{NBSP}{r.remote_addr or '?'}")  # never "from" / "127.0.0.1"
         d = None if stale_s is not None else nearest(live_deadlines(r, age))
         if d is not None:
             text.append(" · ")
