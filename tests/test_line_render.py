@@ -102,7 +102,8 @@ class TextWorkerList(WorkerList):
             # The one deliberate change: this was Text("      ⋯ ended", muted) whose own style
             # _text_strip replaced, a segment without any style, which crashed the app under
             # NO_COLOR (test_held_line_under_no_color below).
-            return self._text_strip(Text(no_wrap=True, end="").append("      ⋯ ended",
+            held = "      ⋯ no longer in flight"
+            return self._text_strip(Text(no_wrap=True, end="").append(held,
                                                                        self._style("muted")),
                                     width, False)
         is_cursor = sub == 0 and wid == self._cursor
@@ -327,7 +328,7 @@ async def _draw(cls: type[WorkerList], width: int, focus: bool) -> list[list[Str
         await pilot.pause()
         assert wl.line_count > 5
         drawn.append(_all_strips(wl))
-        # Requests end: held lines ("⋯ ended"), the cursor on the dead worker.
+        # Requests end: held lines ("⋯ no longer in flight"), the cursor on the dead worker.
         wl.set_workers([replace(w, cores=()) if w.id == 1 else w for w in WORKERS], NOW + 1)
         wl.cursor_worker_id = 3
         await pilot.pause()
@@ -460,8 +461,8 @@ def test_worker_list_module_has_no_text_path_left() -> None:
 
 
 async def test_held_line_under_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A request line held after its request ended ("⋯ ended") is drawn muted over the line
-    style; it had no style at all, and Textual's Monochrome filter (NO_COLOR) raised
+    """A request line held after its request ended ("⋯ no longer in flight") is drawn muted
+    over the line style; it had no style at all, and Textual's Monochrome filter (NO_COLOR) raised
     AttributeError on it: the app crashed when a slow request ended."""
     monkeypatch.setenv("NO_COLOR", "1")
     wl = WorkerList()
@@ -472,8 +473,8 @@ async def test_held_line_under_no_color(monkeypatch: pytest.MonkeyPatch) -> None
         wl.set_workers([worker(1)], NOW + 1)  # the request ended: its line is held
         await pilot.pause()
         ended = wl.render_line(1)
-        assert ended.text.startswith("      ⋯ ended")
+        assert ended.text.startswith("      ⋯ no longer in flight")
         assert all(segment.style is not None for segment in ended)
         assert wl.render_line(1).text == ended.text
         screen = app.export_screenshot()
-        assert "ended" in screen  # a frame was drawn with it (the crash was in the frame)
+        assert "no longer in flight" in screen  # a frame was drawn with it (the crash was there)

@@ -422,5 +422,5 @@ async def test_held_request_lines_say_ended_and_the_stuck_row_stays_on_tall_scre
         before = _line_of(app, 4)
         poll(False)
         await pilot.pause()
-        assert "⋯ ended" in screen_text(app) and _line_of(app, 4) == before
+        assert "⋯ no longer in flight" in screen_text(app) and _line_of(app, 4) == before
         assert stuck.display and not stuck.content.plain  # shown, empty: its row stays

@@ -907,8 +907,10 @@ class WorkerList(LineStyles, ScrollView, can_focus=True):
             # Said, not blank: empty rows between workers looked like a drawing glitch. Muted
             # over the line style: it was a rich Text's own style, which the line style then
             # replaced, so its segment had no style at all, and with NO_COLOR Textual's
-            # Monochrome filter raised AttributeError on it (the app crashed).
-            return self._to_strip([("      ⋯ ended", self._style("muted"))], width, False)
+            # Monochrome filter raised AttributeError on it (the app crashed). Not "ended":
+            # a killed or cut request read as if it had completed (review).
+            held = "      ⋯ no longer in flight"
+            return self._to_strip([(held, self._style("muted"))], width, False)
         is_cursor = sub == 0 and wid == self._cursor
         cache = self._strips.setdefault(wid, {})
         strip = cache.get((sub, is_cursor))

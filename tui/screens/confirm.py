@@ -507,8 +507,9 @@ class KillConfirm(ModalScreen[KillChoice | None]):
     def _keys_text(self) -> Text:
         if self.gone:
             return _keys(("Esc", "close: nothing to kill"))
+        # One line from 100 columns (it wrapped "Esc cancel" alone at every width, review).
         return _keys(("t/Enter", "SIGTERM (KILL after 3 s)"), ("k", "SIGKILL now"),
-                     ("u", "SIGUSR2 to log it, then SIGTERM"), ("Esc", "cancel"))
+                     ("u", "SIGUSR2 first"), ("Esc", "cancel"))
 
     def _capture_text(self) -> Text:
         text = _keys(("s", "[x] capture its Python stack first" if self.capture
