@@ -252,7 +252,7 @@ async def test_the_reload_confirm_names_the_cut_requests_and_warns_of_no_worker_
         assert "NO WORKER SERVING for up to 15 s" in text
         cut = [line for line in text.splitlines() if " CUT " in line]
         assert cut and all("worker 4" in line and "CRIT" in line for line in cut)
-        assert any("ok   worker 1" in line for line in text.splitlines())
+        assert any("young  worker 1" in line for line in text.splitlines())
         assert "Enter is chain here" in text and screen.default == "chain"
         screen.dismiss = results.append  # type: ignore[method-assign,assignment]
         await pilot.press("enter")

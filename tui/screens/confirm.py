@@ -568,7 +568,7 @@ def _mercy_text(facts: ReloadFacts | None, pending: bool) -> str:
 
 
 def request_lines(inst: UwsgiInstance, now: float, mercy: float | None, limit: int) -> Text:
-    """One line per busy worker's request, the verdict first (`CUT` / `ok`), the URI last
+    """One line per busy worker's request, the verdict first (`CUT` / `young`), the URI last
     (cut with … where the dialog is narrow); "+N more" past `limit` lines."""
     lines = [(w, r) for w in inst.workers for r in w.requests_in_flight]
     lines.sort(key=lambda wr: not will_be_cut(wr[1], _age(wr[1], now), mercy))
@@ -577,7 +577,9 @@ def request_lines(inst: UwsgiInstance, now: float, mercy: float | None, limit: i
     for w, r in shown:
         age = _age(r, now)
         cut = will_be_cut(r, age, mercy)
-        text.append(" CUT " if cut else " ok  ", "bold reverse yellow" if cut else "dim")
+        # Not "ok": a young request is cut too if still running at mercy, and one that was
+        # read "ok" above the done line's "2 requests were cut" (review).
+        text.append(" CUT  " if cut else "young ", "bold reverse yellow" if cut else "dim")
         text.append(f" worker {w.id} pid {w.pid}  ")
         text.append(human_age(age), "bold")
         if r.level != "ok":
@@ -698,7 +700,8 @@ class ReloadConfirm(ModalScreen[ReloadChoice | None]):
             yield Static(UnitsKept(self._facts_text()), id="facts")
             if any(w.requests_in_flight for w in self.inst.workers):
                 yield Static(Text("CUT: killed at mercy unless it ends first (it is stuck "
-                                  "past --slow, or older than the mercy)", style="dim"),
+                                  "past --slow, or older than the mercy); young: cut too if "
+                                  "still running then", style="dim"),
                              id="cut-head")
             yield Static(self._list_text(), id="requests")
         yield ModalKeys(self._key_pairs(enter="⏎"))
