@@ -42,3 +42,20 @@ async def test_paused_the_detail_keeps_its_ages_and_says_paused_then_resumes() -
         resumed = screen_text(app)
         assert "PAUSED" not in resumed
         assert _ages(resumed) != _ages(before)  # the same requests, ten seconds older
+
+
+async def test_the_footer_says_resume_while_paused() -> None:
+    host = recorded()
+    app = app_for(host)
+    async with app.run_test(size=(120, 36)) as pilot:
+        feed(app, host)
+        await pilot.pause()
+        footer = screen_text(app).splitlines()[-1]
+        assert "p Pause" in footer, footer
+        await pilot.press("p")
+        await pilot.pause()
+        footer = screen_text(app).splitlines()[-1]
+        assert "p Resume" in footer and "Pause" not in footer, footer
+        await pilot.press("p")
+        await pilot.pause()
+        assert "p Pause" in screen_text(app).splitlines()[-1]

@@ -476,6 +476,11 @@ class StackmonApp(App[int]):
         self.paused = not self.paused
         self._paused_at = self.clock()
         self.sub_title = "PAUSED" if self.paused else ""
+        # The Footer says what p does now (it said "p Pause" on a paused screen, review).
+        keymap = self._bindings.key_to_bindings
+        keymap["p"] = [dataclasses.replace(b, description="Resume" if self.paused else "Pause")
+                       if b.action == "toggle_pause" else b for b in keymap.get("p", [])]
+        self.refresh_bindings()
         for pane in self.panes.values():
             pane.set_paused(self.paused)
         if self.overview is not None:
