@@ -106,7 +106,8 @@ class ProbeEpisode:
             return f"LB OUT {took} at {_clock(self.out_at)} (×{self.failures} failed)"
         span = "" if self.span_s is None else f" for {self.span_s:.0f} s"
         return (f"failed ×{self.failures}{span} at {_clock(self.start)}: "
-                f"LB not out (≤{self.lb_checks} of {self.threshold} checks)")
+                f"LB not out: ≤{self.lb_checks} of its checks in it, {self.threshold} "
+                "needed")  # "(≤1 of 2 checks)" read as cryptic (review)
 
     def sentence(self) -> str:
         """The events screen's text for a finished streak."""
