@@ -235,3 +235,21 @@ def test_history_in_the_side_panel_covers_the_minute(width: int) -> None:
     spark = line[len("queue  "):line.index("     0")]
     assert spark.strip() and spark.strip()[0] == "█", line
     assert line.endswith("max 33")
+
+
+def test_empty_columns_and_below_120_the_source_give_their_room_to_the_text() -> None:
+    """At 80x24 the text column had 17 cells (a health_fail took 16 rows, review): columns
+    of nothing but "-" go, and below 120 columns the source does (the kind names it)."""
+    from tests.tui_support import event, summary
+    from tui.screens.events import render_events
+
+    logs = summary(1000.0, events=(event(990.0, "queue_full", "×20 uWSGI listen queue full",
+                                         source="nginx"),))
+    _, narrow = render_events("web-1", logs, width=80)
+    _, wide = render_events("web-1", logs, width=160)
+    assert [c.header for c in narrow.columns] == ["time", "kind", "text"]  # type: ignore[union-attr]
+    assert [c.header for c in wide.columns] == ["time", "source", "kind", "text"]  # type: ignore[union-attr]
+    killed = summary(1000.0, events=(event(995.0, "killed", "SIGTERM", 2, 4302, "GET /x",
+                                           source="stackmon"),))
+    _, both = render_events("web-1", killed, width=80)
+    assert [c.header for c in both.columns] == ["time", "kind", "worker", "pid", "uri", "text"]  # type: ignore[union-attr]

@@ -243,9 +243,15 @@ def render_events(host: str, logs: LogSummary | None, needle: str = "",
         return title, Text(why, style="italic")
     table = Table(box=None, expand=True, pad_edge=False, padding=(0, 1), show_edge=False,
                   header_style="bold")
-    has_uri = any(e.uri for e in shown)  # else its column is a "-": the text gets the room
-    for name in COLUMNS:
-        if name == "uri" and has_uri:
+    # Columns of nothing but "-" give their room to the text too, and below NARROW so does
+    # the source (the kind names it: queue_full, harakiri, killed): at 80x24 the text had 17
+    # cells, a health_fail took 16 rows (review).
+    cells = [event_fields(e) for e in shown]
+    keep = [i for i, name in enumerate(COLUMNS)
+            if not (name in ("worker", "pid", "uri") and all(c[i] == "-" for c in cells))
+            and not (name == "source" and narrow)]
+    for name in (COLUMNS[i] for i in keep):
+        if name == "uri":
             table.add_column(name, ratio=1, overflow="fold", min_width=8)
         elif name == "text":
             table.add_column(name, ratio=2, overflow="fold", min_width=12)
@@ -253,10 +259,11 @@ def render_events(host: str, logs: LogSummary | None, needle: str = "",
             table.add_column(name, overflow="fold", max_width=12 if narrow else None)
         else:
             table.add_column(name, no_wrap=True)
-    for e in shown:
-        cells = [Text(f) for f in event_fields(e)]
-        cells[2].stylize(KIND_STYLE.get(e.kind, ""))
-        table.add_row(*cells)
+    kind_at = COLUMNS.index("kind")
+    for e, fields in zip(shown, cells, strict=True):
+        row = [Text(fields[i]) for i in keep]
+        row[keep.index(kind_at)].stylize(KIND_STYLE.get(e.kind, ""))
+        table.add_row(*row)
     return title, table
 
 
