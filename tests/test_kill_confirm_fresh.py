@@ -19,7 +19,9 @@ dialog, and the second key really kills.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -104,13 +106,21 @@ def _kills(app: StackmonApp) -> list[tuple[Any, ...]]:
     return started
 
 
-async def test_a_poll_updates_the_open_dialog_and_a_confirm_after_a_change_asks_again() -> None:
-    host = recorded()
+@contextlib.asynccontextmanager
+async def _dialog_open(host: HostSnapshot, size: tuple[int, int] = (120, 36)
+                       ) -> AsyncIterator[tuple[Any, StackmonApp, list[tuple[Any, ...]]]]:
+    """The app on `host` with K pressed: the kill dialog open, kills recorded (_kills)."""
     app = app_for(host)
     kills = _kills(app)
-    async with app.run_test(size=(120, 36)) as pilot:
+    async with app.run_test(size=size) as pilot:
         await _fed(pilot, app, host)
         await _pressed(pilot, "K")
+        yield pilot, app, kills
+
+
+async def test_a_poll_updates_the_open_dialog_and_a_confirm_after_a_change_asks_again() -> None:
+    host = recorded()
+    async with _dialog_open(host) as (pilot, app, kills):
         assert isinstance(app.screen, KillConfirm)
         flat = _flat(app)
         assert "/hang/report?id=42" in flat and "CHANGED" not in flat
@@ -133,11 +143,7 @@ async def test_a_poll_updates_the_open_dialog_and_a_confirm_after_a_change_asks_
 
 async def test_an_unchanged_list_kills_at_the_first_key_and_ages_move_on() -> None:
     host = recorded()
-    app = app_for(host)
-    kills = _kills(app)
-    async with app.run_test(size=(120, 36)) as pilot:
-        await _fed(pilot, app, host)
-        await _pressed(pilot, "K")
+    async with _dialog_open(host) as (pilot, app, kills):
         assert "running 67s" in _flat(app)
         app.clock = lambda: host.taken_at + 13.0  # 10 s later, the same requests
         await _fed(pilot, app, _with(host, _worker(host), later=10.0))
@@ -313,11 +319,7 @@ async def test_a_request_that_only_arrived_is_shown_and_does_not_hold_the_kill()
     dialog says so (the kill aborts it too) and the first key kills. Asking again for every
     arrival kept a kill from going through on a worker whose other thread serves."""
     host = recorded()
-    app = app_for(host)
-    kills = _kills(app)
-    async with app.run_test(size=(120, 36)) as pilot:
-        await _fed(pilot, app, host)
-        await _pressed(pilot, "K")
+    async with _dialog_open(host) as (pilot, app, kills):
         await _fed(pilot, app, _with_arrival(host))
         flat = _flat(app)
         assert "CHANGED" not in flat
@@ -368,11 +370,7 @@ async def test_after_asking_again_an_arrival_keeps_the_reason_on_screen() -> Non
     """A review: once the first key had asked again, an arrival's NEW line replaced the
     "press the key again" line; both stay, and the next key kills."""
     host = recorded()
-    app = app_for(host)
-    kills = _kills(app)
-    async with app.run_test(size=(120, 36)) as pilot:
-        await _fed(pilot, app, host)
-        await _pressed(pilot, "K")
+    async with _dialog_open(host) as (pilot, app, kills):
         swapped = _new_requests(host)
         await _fed(pilot, app, swapped)
         await _pressed(pilot, "t")  # asks again
@@ -454,11 +452,7 @@ async def test_when_the_listed_requests_ended_and_none_runs_the_dialog_says_the_
     """It said "press the key again to kill the ones listed now" over "no request in flight":
     the next key kills an idle worker, and the dialog must say that is what it would do."""
     host = recorded()
-    app = app_for(host)
-    kills = _kills(app)
-    async with app.run_test(size=(120, 36)) as pilot:
-        await _fed(pilot, app, host)
-        await _pressed(pilot, "K")
+    async with _dialog_open(host) as (pilot, app, kills):
         await _fed(pilot, app, _idle(host))
         await _pressed(pilot, "t")
         flat = _flat(app)
