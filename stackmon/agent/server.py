@@ -553,10 +553,8 @@ class AgentApp:
                                        expect_requests=expect_requests)
         except ActionError as exc:
             # Among the host's events (served with its snapshots), as a local kill is.
-            self.local.record_event(
-                "kill_refused", f"kill {sig} refused ({exc.kind}): {exc.message}",
-                worker=worker_id, pid=expect_pid,
-                uri=self.local.requests_named(target.index, worker_id, expect_requests))
+            self.local.record_kill(target.index, worker_id, expect_pid, sig, refused=exc,
+                                   expect_requests=expect_requests)
             if remembered is not None and exc.kind == "stale":
                 raise ActionError("stale", f"{exc.message} (this agent served pid {expect_pid} "
                                            f"as worker {worker_id} spawned at {remembered:.0f}; "
@@ -567,10 +565,7 @@ class AgentApp:
             return self._audit_failure(exc, audit)
         finally:
             self.cache.invalidate()
-        aborted = [f"{r.get('method', '')} {r.get('uri', '')}".strip()
-                   for r in result.data.get("requests") or () if isinstance(r, dict)]
-        self.local.record_event("killed", result.message, worker=worker_id, pid=expect_pid,
-                                uri=", ".join(aborted) or None)
+        self.local.record_kill(target.index, worker_id, expect_pid, sig, result=result)
         return self._result(result)
 
     async def stack(self, request: web.Request) -> web.Response:

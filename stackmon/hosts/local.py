@@ -344,19 +344,29 @@ class LocalHost(Host):
                                        audit=audit, stack=stack,
                                        expect_requests=expect_requests)
         except ActionError as exc:
-            # On the events screen beside the kills: a review found a refused kill only in
-            # the audit log.
-            self.record_event("kill_refused", f"kill {signal} refused ({exc.kind}): "
-                                              f"{exc.message}", worker=worker_id, pid=expect_pid,
-                              uri=self.requests_named(index, worker_id, expect_requests))
+            self.record_kill(index, worker_id, expect_pid, signal, refused=exc,
+                             expect_requests=expect_requests)
             raise
-        # The requests the kill aborted (redacted at the parse), for the events screen's uri
-        # column: it read "-" for every kill.
-        aborted = [f"{r.get('method', '')} {r.get('uri', '')}".strip()
-                   for r in result.data.get("requests") or () if isinstance(r, dict)]
-        self.record_event("killed", result.message, worker=worker_id, pid=expect_pid,
-                          uri=", ".join(aborted) or None)
+        self.record_kill(index, worker_id, expect_pid, signal, result=result)
         return result
+
+    def record_kill(self, index: int, worker_id: int, pid: int, signal: str, *,
+                    result: ActionResult | None = None, refused: ActionError | None = None,
+                    expect_requests: Sequence[RequestKey] | None = None) -> None:
+        """A kill as an event of this host (here and in the agent, which kills through
+        kill_worker itself): `killed` with the requests it aborted (the uri column read "-"
+        for every kill), or `kill_refused` with the requests it was for (a refusal was only
+        in the audit log, then named only "core 0")."""
+        if refused is not None:
+            self.record_event("kill_refused", f"kill {signal} refused ({refused.kind}): "
+                                              f"{refused.message}", worker=worker_id, pid=pid,
+                              uri=self.requests_named(index, worker_id, expect_requests))
+            return
+        assert result is not None
+        aborted = [f"{r.get('method', '')} {r.get('uri', '')}".strip()  # redacted at the parse
+                   for r in result.data.get("requests") or () if isinstance(r, dict)]
+        self.record_event("killed", result.message, worker=worker_id, pid=pid,
+                          uri=", ".join(aborted) or None)
 
     async def trace(self, index: int, worker_id: int, expect_pid: int, *,
                     with_locals: bool = False,
